@@ -1,0 +1,56 @@
+# meshless — the commands other tools call (see ../shared/DESIGN.md, "Interfaces").
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
+
+.PHONY: install cluster cluster-down crds run test lint typecheck unit integration bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+cluster: install
+	$(PY) hack/localcluster.py up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else echo "nothing to stop"; fi
+
+crds: cluster
+	kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply --server-side -f crds/
+	kubectl --kubeconfig $(KUBECONFIG_LOCAL) wait --for=condition=Established --timeout=60s crd --all
+
+# Foreground: Ctrl-C stops the operator, then the control plane.
+run: crds
+	@trap '$(PY) hack/localcluster.py down' EXIT; \
+	KUBECONFIG=$(KUBECONFIG_LOCAL) MESHLESS_NAMESPACE=$${MESHLESS_NAMESPACE:-meshless-system} \
+	  $(VENV)/bin/meshless run
+
+lint: install
+	$(VENV)/bin/ruff check operator tests bench hack
+	$(VENV)/bin/ruff format --check operator tests bench hack
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest tests/unit -q
+
+integration: install
+	$(VENV)/bin/pytest tests/integration -q
+
+# The whole suite: static checks, then unit and integration tests (the test session starts
+# the local control plane itself and stops it at the end).
+test: lint typecheck
+	$(VENV)/bin/pytest tests -q -ra
+
+bench: install
+	$(PY) bench/run.py
+
+clean: cluster-down
+	rm -rf .cache/cluster $(VENV) .mypy_cache .ruff_cache .pytest_cache

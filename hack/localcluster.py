@@ -1,0 +1,337 @@
+"""A local Kubernetes control plane for development and tests: etcd and kube-apiserver.
+
+Like controller-runtime's envtest: no kubelet, scheduler or controller-manager. Both binaries
+are built from their Go modules by hack/build-control-plane.sh. The API server listens on
+loopback with a generated PKI, client-certificate admin auth, RBAC, service-account token
+issuance (TokenRequest) and the admission webhook plugins on.
+
+    python hack/localcluster.py up      # start in the background, wait for /readyz
+    python hack/localcluster.py down    # stop, leaving no process behind
+    python hack/localcluster.py status
+
+State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, etcd data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".cache" / "cluster"
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _cert(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    server: bool = False,
+    client: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    else:
+        usages = []
+        if server:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        if client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(pki: Path) -> None:
+    """CA, API server serving cert, admin client cert, service-account signing key."""
+    pki.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshless-local-ca")])
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    _write_key(pki / "ca.key", ca_key)
+    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+    server = _cert(server_name, server_key, ca_name, ca_key, ca=False, server=True)
+    _write_key(pki / "apiserver.key", server_key)
+    (pki / "apiserver.crt").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+
+    admin_key = ec.generate_private_key(ec.SECP256R1())
+    admin_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "meshless-admin"),
+        ]
+    )
+    admin = _cert(admin_name, admin_key, ca_name, ca_key, ca=False, client=True)
+    _write_key(pki / "admin.key", admin_key)
+    (pki / "admin.crt").write_bytes(admin.public_bytes(serialization.Encoding.PEM))
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(pki / "sa.key", sa_key)
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def kubeconfig(server: str, pki: Path) -> str:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "meshless-local",
+                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": "meshless-admin",
+                "user": {
+                    "client-certificate": str(pki / "admin.crt"),
+                    "client-key": str(pki / "admin.key"),
+                },
+            }
+        ],
+        "contexts": [
+            {"name": "meshless-local", "context": {"cluster": "meshless-local", "user": "meshless-admin"}}
+        ],
+        "current-context": "meshless-local",
+    }
+    return json.dumps(cfg, indent=2)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pids() -> dict[str, int]:
+    path = STATE / "pids.json"
+    if not path.exists():
+        return {}
+    return {k: int(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def is_ready() -> bool:
+    info = STATE / "info.json"
+    if not info.exists():
+        return False
+    server = json.loads(info.read_text())["server"]
+    pki = STATE / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    try:
+        with urllib.request.urlopen(f"{server}/readyz", context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def binaries() -> Path:
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-control-plane.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout.strip().splitlines()[-1]
+    return Path(out)
+
+
+def up() -> None:
+    pids = read_pids()
+    if pids and all(_pid_alive(p) for p in pids.values()) and is_ready():
+        print(f"control plane already running; kubeconfig at {STATE / 'kubeconfig'}")
+        return
+    down(quiet=True)
+    bindir = binaries()
+    started = time.monotonic()
+    STATE.mkdir(parents=True, exist_ok=True)
+    pki = STATE / "pki"
+    make_pki(pki)
+    logs = STATE / "logs"
+    logs.mkdir(exist_ok=True)
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    data = STATE / "etcd-data"
+    etcd_cmd = [
+        str(bindir / "etcd"),
+        "--name=default",
+        f"--data-dir={data}",
+        f"--listen-client-urls={etcd_url}",
+        f"--advertise-client-urls={etcd_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=default={peer_url}",
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+        "--quota-backend-bytes=8589934592",
+    ]
+    server = f"https://127.0.0.1:{api_port}"
+    api_cmd = [
+        str(bindir / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        f"--cert-dir={pki}",
+        f"--secure-port={api_port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--allow-privileged=true",
+        "--disable-admission-plugins=ServiceAccount",
+        "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+        # a single-user test server: no client-side fairness queueing between our own tests
+        "--max-requests-inflight=1000",
+        "--max-mutating-requests-inflight=500",
+        "--enable-priority-and-fairness=false",
+        "--v=0",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    procs: dict[str, int] = {}
+    with (logs / "etcd.log").open("ab") as etcd_log:
+        procs["etcd"] = subprocess.Popen(
+            etcd_cmd, stdout=etcd_log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        ).pid
+    with (logs / "kube-apiserver.log").open("ab") as api_log:
+        procs["kube-apiserver"] = subprocess.Popen(
+            api_cmd, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        ).pid
+    (STATE / "pids.json").write_text(json.dumps(procs))
+    (STATE / "info.json").write_text(json.dumps({"server": server}))
+    (STATE / "kubeconfig").write_text(kubeconfig(server, pki))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not is_ready():
+        for name, pid in procs.items():
+            if not _pid_alive(pid) or _reaped(pid):
+                tail = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                down(quiet=True)
+                sys.exit(f"{name} exited during start; last log lines:\n{tail}")
+        if time.monotonic() > deadline:
+            down(quiet=True)
+            sys.exit(f"control plane not ready after {READY_TIMEOUT_S:.0f}s; logs in {logs}")
+        time.sleep(0.2)
+    print(
+        f"control plane ready in {time.monotonic() - started:.1f}s at {server}; "
+        f"kubeconfig at {STATE / 'kubeconfig'}"
+    )
+
+
+def _reaped(pid: int) -> bool:
+    """True if pid is our exited (zombie) child."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
+def down(quiet: bool = False) -> None:
+    pids = read_pids()
+    # API server first, so it does not log etcd errors on its way out.
+    for name in ("kube-apiserver", "etcd"):
+        pid = pids.get(name)
+        if pid is None or not _pid_alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 15
+        while _pid_alive(pid) and not _reaped(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid) and not _reaped(pid):
+            os.killpg(pid, signal.SIGKILL)
+    for leftover in ("pids.json", "info.json", "kubeconfig"):
+        (STATE / leftover).unlink(missing_ok=True)
+    data = STATE / "etcd-data"
+    if data.exists():
+        subprocess.run(["rm", "-rf", str(data)], check=True)
+    if not quiet:
+        print("control plane stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args()
+    if args.command == "up":
+        up()
+    elif args.command == "down":
+        down()
+    else:
+        ok = is_ready()
+        print("ready" if ok else "not running")
+        sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
