@@ -151,7 +151,10 @@ def kubeconfig(server: str, pki: Path) -> str:
             }
         ],
         "contexts": [
-            {"name": "meshless-local", "context": {"cluster": "meshless-local", "user": "meshless-admin"}}
+            {
+                "name": "meshless-local",
+                "context": {"cluster": "meshless-local", "user": "meshless-admin"},
+            }
         ],
         "current-context": "meshless-local",
     }
@@ -191,12 +194,16 @@ def is_ready() -> bool:
 
 
 def binaries() -> Path:
-    out = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-control-plane.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            ["bash", str(ROOT / "hack" / "build-control-plane.sh")],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return Path(out)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from meshless.cli import main
+
+sys.exit(main())

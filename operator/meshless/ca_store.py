@@ -1,0 +1,102 @@
+"""The issuing CA, kept in a Secret in the operator's namespace (shell around pki.ca).
+
+`self-signed`: the operator bootstraps a root and an intermediate once and stores them in the
+Secret `meshless-ca`. Otherwise the named Secret holds a user's intermediate. A CA that fails
+to load never replaces the last good one; the failure is kept for status and Events.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from meshless.identity.render import MANAGED_BY, decode_secret_data
+from meshless.kube import ApiError, Kube
+from meshless.pki.bundle import bundle_pem, fingerprint
+from meshless.pki.ca import (
+    CAError,
+    CertificateAuthority,
+    bootstrap_self_signed,
+    ca_from_secret_data,
+    ca_to_secret_data,
+)
+from meshless.settings import CA_SELF_SIGNED, Settings
+
+log = logging.getLogger(__name__)
+
+
+class CAStore:
+    def __init__(self, kube: Kube, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self._kube = kube
+        self._settings = settings
+        self._clock = clock
+        self.current: CertificateAuthority | None = None
+        self.error: CAError | None = None
+        self._identity: bytes | None = None
+
+    @property
+    def bundle(self) -> bytes | None:
+        return bundle_pem(self.current.roots) if self.current else None
+
+    async def load(self) -> bool:
+        """Read the CA Secret (bootstrapping it if self-signed and missing).
+        Returns True when the active CA changed."""
+        try:
+            ca = await self._read_or_bootstrap()
+        except CAError as exc:
+            if self.error is None or self.error.reason != exc.reason:
+                log.error(
+                    "CA Secret %s/%s unusable: %s",
+                    self._settings.namespace,
+                    self._settings.ca_secret_name,
+                    exc,
+                )
+            self.error = exc
+            return False
+        self.error = None
+        identity = fingerprint(ca.issuer_cert) + b"".join(fingerprint(r) for r in ca.roots)
+        if identity == self._identity:
+            return False
+        self._identity = identity
+        self.current = ca
+        log.info(
+            "issuing CA %s (expires %s)",
+            ca.issuer_cert.subject.rfc4514_string(),
+            ca.issuer_cert.not_valid_after_utc.isoformat(),
+        )
+        return True
+
+    async def _read_or_bootstrap(self) -> CertificateAuthority:
+        ns, name = self._settings.namespace, self._settings.ca_secret_name
+        secret = await self._kube.get_secret(ns, name)
+        if secret is None and self._settings.ca_source == CA_SELF_SIGNED:
+            secret = await self._bootstrap(ns, name)
+        if secret is None:
+            raise CAError("CASecretMissing", f"CA Secret {ns}/{name} does not exist")
+        return ca_from_secret_data(decode_secret_data(secret.get("data")), self._clock())
+
+    async def _bootstrap(self, ns: str, name: str) -> dict[str, object] | None:
+        ca, root_key = bootstrap_self_signed(self._settings.trust_domain, self._clock())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
+            "type": "Opaque",
+            "data": {
+                k: base64.b64encode(v).decode() for k, v in ca_to_secret_data(ca, root_key).items()
+            },
+        }
+        try:
+            created = await self._kube.create_secret(body)
+            log.info("bootstrapped a self-signed root and intermediate in Secret %s/%s", ns, name)
+            return created
+        except ApiError as exc:
+            if exc.status == 409:  # another replica won the race: use theirs
+                return await self._kube.get_secret(ns, name)
+            if exc.status == 404:
+                raise CAError(
+                    "CANamespaceMissing", f"namespace {ns} for the CA Secret does not exist"
+                ) from None
+            raise

@@ -1,0 +1,37 @@
+"""`meshless run` and `meshless version`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshless import __version__
+from meshless.logs import configure_logging
+from meshless.settings import SettingsError, add_arguments, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshless", description="mTLS without a service mesh")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run the operator")
+    add_arguments(run_parser)
+    commands.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(__version__)
+        return 0
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"meshless: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format)
+    from meshless.operator import run  # imports Kopf; keep `version` light
+
+    run(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

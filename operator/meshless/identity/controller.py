@@ -1,0 +1,387 @@
+"""The WorkloadIdentity controller (shell): watch events in, level-based reconciles out.
+
+Every reconcile reads the identity's Secret by name, runs the pure reissue chain, and writes
+only what differs: a Secret (through the write budget), one status patch, an Event on
+transitions. Our own writes come back as watch events; they are recognised by
+resourceVersion and not reconciled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from meshless import metrics
+from meshless.budget import WriteBudget
+from meshless.ca_store import CAStore
+from meshless.conditions import find_condition, rfc3339, set_condition
+from meshless.identity.render import (
+    API_VERSION,
+    IDENTITY_LABEL,
+    KIND,
+    TRUST_BUNDLE_KEY,
+    TRUST_BUNDLE_NAME,
+    certificate_status,
+    decode_secret_data,
+    identity_secret,
+    is_owned_by,
+    metadata_drift,
+    trust_bundle_configmap,
+)
+from meshless.identity.spec import IdentitySpec, SpecError, parse_identity
+from meshless.kube import ApiError, Json, Kube
+from meshless.pki.reissue import (
+    CertificateSummary,
+    ObservedSecret,
+    Reason,
+    reissue_reason,
+    summarize,
+)
+from meshless.pki.svid import issue_svid, parse_certificate_chain
+from meshless.settings import Settings
+from meshless.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, name
+CA_RETRY_S = 15.0
+CONFLICT_RETRY_S = 30.0
+ISSUING_NOTICE_S = 1.0  # report Issuing=True only when the write budget makes us wait
+
+
+class IdentityController:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        ca: CAStore,
+        budget: WriteBudget,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.ca = ca
+        self.budget = budget
+        self.clock = clock
+        self.store: dict[Key, Json] = {}
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.issued = 0
+        self._own_rv: dict[Key, str] = {}
+        self._own_secret_rv: dict[Key, str] = {}
+        self._bundles: dict[str, bytes] = {}
+        self._bundle_locks: dict[str, asyncio.Lock] = {}
+
+    # --- watch events -----------------------------------------------------------------------
+    def on_identity_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.store.pop(key, None)
+            self._own_rv.pop(key, None)
+            self.queue.forget(key)
+            metrics.forget_identity(*key)
+            return
+        self.store[key] = dict(body)
+        if meta.get("resourceVersion") == self._own_rv.get(key):
+            return  # the echo of our own status patch
+        self.queue.add(key)
+
+    def on_secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Secrets are watched only through the label selector on our identity label."""
+        meta = body["metadata"]
+        secret_key = (meta["namespace"], meta["name"])
+        if event_type != "DELETED" and meta.get("resourceVersion") == self._own_secret_rv.get(
+            secret_key
+        ):
+            return
+        identity = (meta.get("labels") or {}).get(IDENTITY_LABEL)
+        if identity and (meta["namespace"], identity) in self.store:
+            self.queue.add((meta["namespace"], identity))
+
+    def enqueue_all(self) -> None:
+        for key in list(self.store):
+            self.queue.add(key)
+
+    # --- reconcile --------------------------------------------------------------------------
+    async def reconcile(self, key: Key) -> float | None:
+        try:
+            return await self._reconcile(key)
+        except ApiError as exc:
+            if exc.status == 403 and "being terminated" in exc.message:
+                # The namespace is going away; its objects will go with it.
+                log.debug("%s/%s: namespace is terminating; not reconciled", *key)
+                return None
+            raise
+
+    async def _reconcile(self, key: Key) -> float | None:
+        body = self.store.get(key)
+        if body is None:
+            return None
+        namespace, name = key
+        try:
+            spec = parse_identity(namespace, name, body.get("spec") or {}, self.settings)
+        except SpecError as exc:
+            await self._not_ready(body, "InvalidSpec", str(exc))
+            return None
+        ca = self.ca.current
+        if ca is None:
+            return await self._without_ca(body)
+        bundle = self.ca.bundle or b""
+        await self._ensure_trust_bundle(namespace, bundle)
+
+        secret = await self.kube.get_secret(namespace, spec.secret_name)
+        if secret is not None and not is_owned_by(secret["metadata"], name):
+            await self._not_ready(
+                body,
+                "SecretConflict",
+                f"Secret {namespace}/{spec.secret_name} exists and is not owned by "
+                f"WorkloadIdentity {name}; it is left untouched. Delete it or set "
+                "spec.secretName to another name.",
+            )
+            return CONFLICT_RETRY_S
+        data = decode_secret_data(secret.get("data")) if secret is not None else None
+        now = self.clock()
+        reason = reissue_reason(ObservedSecret(data), spec.desired, ca, now)
+        if reason is None and secret is not None and data is not None:
+            leaf = parse_certificate_chain(data["tls.crt"])[0]
+            if metadata_drift(spec, secret["metadata"]):
+                await self._write_secret(
+                    spec, body, secret, data["tls.crt"], data["tls.key"], bundle
+                )
+            summary = summarize(leaf, spec.desired)
+            await self._ready(body, spec, summary)
+            return self._next_check(summary, now)
+        assert reason is not None
+        return await self._issue(body, spec, secret, reason, bundle)
+
+    async def _issue(
+        self, body: Json, spec: IdentitySpec, secret: Json | None, reason: Reason, bundle: bytes
+    ) -> float | None:
+        ca = self.ca.current
+        assert ca is not None
+        if self.budget.expected_wait() > ISSUING_NOTICE_S:
+            await self._patch_status(body, self._issuing_status(body, reason))
+        svid = issue_svid(ca, spec.desired.request, self.clock())
+        try:
+            await self._write_secret(
+                spec, body, secret, svid.chain_pem, svid.private_key_pem, bundle
+            )
+        except ApiError as exc:
+            if exc.status in (404, 409):  # raced with someone else's write: look again
+                return 0.2
+            raise
+        self.issued += 1
+        metrics.CERTIFICATES_ISSUED.labels(reason.code).inc()
+        summary = summarize(svid.certificate, spec.desired)
+        first = not (body.get("status") or {}).get("serialNumber")
+        await self._ready(body, spec, summary)
+        event_reason = (
+            "Issued" if first else ("Renewed" if reason.code == "RenewalDue" else "Reissued")
+        )
+        self._event(
+            body,
+            "Normal",
+            event_reason,
+            f"Issued certificate {summary.serial_number} for {summary.spiffe_id} into Secret "
+            f"{spec.secret_name}, valid until {rfc3339(summary.not_after)} ({reason.code}: "
+            f"{reason.message})",
+        )
+        log.info(
+            "%s/%s: issued %s (%s)", spec.namespace, spec.name, summary.serial_number, reason.code
+        )
+        return self._next_check(summary, self.clock())
+
+    async def _write_secret(
+        self,
+        spec: IdentitySpec,
+        body: Json,
+        existing: Json | None,
+        chain_pem: bytes,
+        key_pem: bytes,
+        bundle: bytes,
+    ) -> None:
+        manifest = identity_secret(
+            spec,
+            body["metadata"]["uid"],
+            chain_pem=chain_pem,
+            private_key_pem=key_pem,
+            bundle_pem=bundle,
+            resource_version=existing["metadata"]["resourceVersion"] if existing else None,
+        )
+        waited = await self.budget.acquire()
+        metrics.WRITE_BUDGET_WAIT.observe(waited)
+        if existing is None:
+            written = await self.kube.create_secret(manifest)
+        else:
+            written = await self.kube.replace_secret(manifest)
+        self._own_secret_rv[(spec.namespace, spec.secret_name)] = written["metadata"][
+            "resourceVersion"
+        ]
+
+    def _next_check(self, summary: CertificateSummary, now: datetime) -> float:
+        until_renewal = (summary.renewal_time - now).total_seconds()
+        return max(1.0, min(until_renewal, self.settings.resync_interval.total_seconds()))
+
+    async def _without_ca(self, body: Json) -> float:
+        """No usable CA: identities with a valid certificate keep it and stay Ready; the rest
+        report why they cannot be issued."""
+        status = body.get("status") or {}
+        ready = find_condition(status.get("conditions") or [], "Ready")
+        not_after = status.get("notAfter")
+        if (
+            ready
+            and ready.get("status") == "True"
+            and not_after
+            and not_after > rfc3339(self.clock())
+        ):
+            return CA_RETRY_S
+        error = self.ca.error
+        reason = error.reason if error else "CAUnavailable"
+        message = str(error) if error else "the issuing CA is not loaded yet"
+        await self._not_ready(body, reason, f"cannot issue: {message}")
+        return CA_RETRY_S
+
+    # --- trust bundle -----------------------------------------------------------------------
+    async def _ensure_trust_bundle(self, namespace: str, bundle: bytes) -> None:
+        if self._bundles.get(namespace) == bundle:
+            return
+        lock = self._bundle_locks.setdefault(namespace, asyncio.Lock())
+        async with lock:
+            if self._bundles.get(namespace) == bundle:
+                return
+            current = await self.kube.get_configmap(namespace, TRUST_BUNDLE_NAME)
+            if (current or {}).get("data", {}).get(TRUST_BUNDLE_KEY) != bundle.decode():
+                await self.kube.apply_configmap(trust_bundle_configmap(namespace, bundle))
+            self._bundles[namespace] = bundle
+
+    async def refresh_trust_bundles(self) -> None:
+        bundle = self.ca.bundle
+        if bundle is None:
+            return
+        for namespace in sorted({ns for ns, _ in self.store}):
+            await self._ensure_trust_bundle(namespace, bundle)
+
+    # --- status -----------------------------------------------------------------------------
+    async def _ready(self, body: Json, spec: IdentitySpec, summary: CertificateSummary) -> None:
+        status = dict(body.get("status") or {})
+        generation = body["metadata"].get("generation")
+        now = self.clock()
+        conditions = set_condition(
+            status.get("conditions") or [],
+            type="Ready",
+            status=True,
+            reason="Ready",
+            message=f"Certificate is valid until {rfc3339(summary.not_after)}",
+            generation=generation,
+            now=now,
+        )
+        conditions = set_condition(
+            conditions,
+            type="Issuing",
+            status=False,
+            reason="UpToDate",
+            message=f"Renews at {rfc3339(summary.renewal_time)}",
+            generation=generation,
+            now=now,
+        )
+        wanted = {
+            **certificate_status(summary, spec.secret_name),
+            "conditions": conditions,
+            "observedGeneration": generation,
+        }
+        await self._patch_status(body, wanted)
+        ns, name = spec.namespace, spec.name
+        metrics.CERTIFICATE_EXPIRATION.labels(ns, name).set(summary.not_after.timestamp())
+        metrics.CERTIFICATE_RENEWAL.labels(ns, name).set(summary.renewal_time.timestamp())
+        metrics.CERTIFICATE_READY.labels(ns, name).set(1)
+
+    def _issuing_status(self, body: Json, reason: Reason) -> Json:
+        status = body.get("status") or {}
+        return {
+            "conditions": set_condition(
+                status.get("conditions") or [],
+                type="Issuing",
+                status=True,
+                reason=reason.code,
+                message=f"Waiting for the write budget to issue a certificate: {reason.message}",
+                generation=body["metadata"].get("generation"),
+                now=self.clock(),
+            )
+        }
+
+    async def _not_ready(self, body: Json, reason: str, message: str) -> None:
+        status = body.get("status") or {}
+        generation = body["metadata"].get("generation")
+        before = find_condition(status.get("conditions") or [], "Ready")
+        conditions = set_condition(
+            status.get("conditions") or [],
+            type="Ready",
+            status=False,
+            reason=reason,
+            message=message,
+            generation=generation,
+            now=self.clock(),
+        )
+        conditions = set_condition(
+            conditions,
+            type="Issuing",
+            status=False,
+            reason=reason,
+            message=message,
+            generation=generation,
+            now=self.clock(),
+        )
+        changed = await self._patch_status(
+            body, {"conditions": conditions, "observedGeneration": generation}
+        )
+        meta = body["metadata"]
+        metrics.CERTIFICATE_READY.labels(meta["namespace"], meta["name"]).set(0)
+        if changed and (
+            before is None or before.get("reason") != reason or before.get("message") != message
+        ):
+            metrics.CERTIFICATE_FAILURES.labels(reason).inc()
+            self._event(body, "Warning", reason, message)
+
+    async def _patch_status(self, body: Json, wanted: Json) -> bool:
+        """Merge-patch the fields of `wanted` that differ. Returns True if it wrote."""
+        current = body.get("status") or {}
+        if all(current.get(k) == v for k, v in wanted.items()):
+            return False
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        try:
+            updated = await self.kube.patch_identity_status(key[0], key[1], wanted)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        self._own_rv[key] = updated["metadata"]["resourceVersion"]
+        if key in self.store:
+            self.store[key] = updated
+        body["status"] = updated.get("status") or {}
+        return True
+
+    def _event(self, body: Json, type: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        }
+        task = asyncio.get_running_loop().create_task(
+            self.kube.post_event(involved, type=type, reason=reason, message=message)
+        )
+        task.add_done_callback(_log_event_failure)
+
+
+def _log_event_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not post an Event: %s", task.exception())
+
+
+__all__ = ["IdentityController", "Key"]

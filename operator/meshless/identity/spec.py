@@ -1,0 +1,93 @@
+"""A WorkloadIdentity's spec, with the operator's defaults applied (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from meshless.durations import format_duration, parse_duration
+from meshless.pki.keys import KeyAlgorithm
+from meshless.pki.reissue import DesiredIdentity
+from meshless.pki.spiffe import spiffe_id
+from meshless.pki.svid import SvidRequest
+from meshless.settings import Settings
+
+
+class SpecError(ValueError):
+    """The spec passed the schema but cannot be honoured; the message names the field."""
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    namespace: str
+    name: str
+    secret_name: str
+    desired: DesiredIdentity
+    secret_labels: Mapping[str, str] = field(default_factory=dict)
+    secret_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def default_secret_name(identity_name: str) -> str:
+    return f"{identity_name}-mtls"
+
+
+def parse_identity(
+    namespace: str, name: str, spec: Mapping[str, Any], settings: Settings
+) -> IdentitySpec:
+    sa = spec.get("serviceAccountName")
+    if not sa:
+        raise SpecError("spec.serviceAccountName is required")
+    ttl = _duration(spec, "ttl") or settings.default_ttl
+    if ttl < settings.ttl_floor:
+        raise SpecError(
+            f"spec.ttl {format_duration(ttl)} is below the operator's ttl floor "
+            f"{format_duration(settings.ttl_floor)}"
+        )
+    renew_before = _duration(spec, "renewBefore")
+    if renew_before is not None and renew_before >= ttl:
+        raise SpecError(
+            f"spec.renewBefore {format_duration(renew_before)} must be shorter than the ttl "
+            f"{format_duration(ttl)}"
+        )
+    if renew_before is None:
+        renew_before = timedelta(seconds=int(ttl.total_seconds() * settings.renewal_fraction))
+    algorithm_name = (spec.get("privateKey") or {}).get("algorithm") or KeyAlgorithm.ECDSAP256
+    try:
+        algorithm = KeyAlgorithm(algorithm_name)
+    except ValueError:
+        raise SpecError(f"spec.privateKey.algorithm {algorithm_name!r} is not supported") from None
+    secret_name = spec.get("secretName") or default_secret_name(name)
+    if len(secret_name) > 253:
+        raise SpecError(
+            f"the Secret name {secret_name[:40]}... is longer than 253 characters; "
+            "set spec.secretName"
+        )
+    template = spec.get("secretTemplate") or {}
+    request = SvidRequest(
+        spiffe_id=spiffe_id(settings.trust_domain, namespace, sa),
+        dns_names=tuple(sorted(set(spec.get("dnsNames") or ()))),
+        ttl=ttl,
+        algorithm=algorithm,
+    )
+    return IdentitySpec(
+        namespace=namespace,
+        name=name,
+        secret_name=secret_name,
+        desired=DesiredIdentity(
+            request=request, renew_before=renew_before, jitter_fraction=settings.jitter
+        ),
+        secret_labels=dict(template.get("labels") or {}),
+        secret_annotations=dict(template.get("annotations") or {}),
+    )
+
+
+def _duration(spec: Mapping[str, Any], key: str) -> timedelta | None:
+    raw = spec.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        return parse_duration(str(raw))
+    except ValueError as exc:
+        raise SpecError(f"spec.{key}: {exc}") from None

@@ -1,0 +1,48 @@
+"""Prometheus metrics, served on /metrics (names follow cert-manager's where they overlap)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CERTIFICATES_ISSUED = Counter(
+    "meshless_certificates_issued_total",
+    "Certificates issued, by the reason a new one was needed",
+    ["reason"],
+)
+CERTIFICATE_FAILURES = Counter(
+    "meshless_certificate_failures_total",
+    "Identities that could not be issued, by reason",
+    ["reason"],
+)
+CERTIFICATE_EXPIRATION = Gauge(
+    "meshless_certificate_expiration_timestamp_seconds",
+    "notAfter of each identity's current certificate",
+    ["namespace", "name"],
+)
+CERTIFICATE_RENEWAL = Gauge(
+    "meshless_certificate_renewal_timestamp_seconds",
+    "When each identity's certificate will be renewed",
+    ["namespace", "name"],
+)
+CERTIFICATE_READY = Gauge(
+    "meshless_certificate_ready_status",
+    "1 when the identity is Ready",
+    ["namespace", "name"],
+)
+CA_EXPIRATION = Gauge(
+    "meshless_ca_expiration_timestamp_seconds",
+    "notAfter of the issuing CA certificate",
+)
+WRITE_BUDGET_WAIT = Histogram(
+    "meshless_write_budget_wait_seconds",
+    "Time a Secret write waited for the cluster-wide write budget",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+
+def forget_identity(namespace: str, name: str) -> None:
+    for gauge in (CERTIFICATE_EXPIRATION, CERTIFICATE_RENEWAL, CERTIFICATE_READY):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

@@ -1,0 +1,152 @@
+"""The Kopf operator: wiring only. Watches come in through Kopf; the work is done by the
+controllers, which call the pure core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from meshless import metrics
+from meshless.budget import WriteBudget
+from meshless.ca_store import CAStore
+from meshless.identity.controller import IdentityController
+from meshless.identity.render import IDENTITY_LABEL
+from meshless.kube import Kube, load_api_client
+from meshless.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CA_POLL_S = 10.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Operator:
+    """Holds the running parts; Kopf's handlers reach it through `memo`."""
+
+    def __init__(self, settings: Settings, kube: Kube) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.ca = CAStore(kube, settings, utcnow)
+        self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
+        self.identities = IdentityController(kube, settings, self.ca, self.budget, utcnow)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.ca.load()
+        self._note_ca()
+        self.identities.queue.start()
+        self._tasks.append(asyncio.create_task(self._poll_ca()))
+        self._tasks.append(asyncio.create_task(self._resync()))
+        log.info("operator started")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.identities.queue.stop()
+        self.kube.close()
+
+    def _note_ca(self) -> None:
+        if self.ca.current is not None:
+            metrics.CA_EXPIRATION.set(self.ca.current.issuer_cert.not_valid_after_utc.timestamp())
+
+    async def _poll_ca(self) -> None:
+        """The CA Secret is read by name every few seconds: a changed or repaired CA reaches
+        every identity (new issuer, new bundle) without a Secret watch."""
+        while True:
+            await asyncio.sleep(CA_POLL_S)
+            try:
+                changed = await self.ca.load()
+            except Exception:  # the API being away must not stop the poll
+                log.exception("reading the CA Secret failed")
+                continue
+            if changed:
+                self._note_ca()
+                await self.identities.refresh_trust_bundles()
+                self.identities.enqueue_all()
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_interval.total_seconds())
+            self.identities.enqueue_all()
+
+
+def configure(settings: Settings) -> kopf.OperatorRegistry:
+    """A registry with our handlers; kept out of import time so tests can build their own."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        ours: Settings = memo.meshless_settings
+        settings.peering.standalone = True
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+        settings.watching.connect_timeout = 30
+        settings.persistence.finalizer = "meshless.dev/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="meshless.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="meshless.dev", key="last-handled-configuration"
+        )
+        # Only our own Secrets are watched, filtered by the API server: never all Secrets.
+        settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
+        kube = Kube(load_api_client(), threads=max(8, ours.workers * 2))
+        memo.operator = Operator(ours, kube)
+        await memo.operator.start()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own does not get Kopf's default login handlers.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        operator: Operator | None = getattr(memo, "operator", None)
+        if operator is not None:
+            await operator.stop()
+
+    @kopf.on.event("meshless.dev", "v1alpha1", "workloadidentities", registry=registry)
+    async def identity_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.identities.on_identity_event(type, body)
+
+    @kopf.on.event("v1", "secrets", labels={IDENTITY_LABEL: kopf.PRESENT}, registry=registry)
+    async def secret_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.identities.on_secret_event(type, body)
+
+    @kopf.on.probe(id="issued", registry=registry)
+    async def issued_probe(memo: kopf.Memo, **_: Any) -> int:
+        operator: Operator | None = getattr(memo, "operator", None)
+        return operator.identities.issued if operator else 0
+
+    return registry
+
+
+def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (Kopf handles both) or until `stop_flag` is set."""
+    start_http_server(settings.metrics_port, addr="0.0.0.0")
+    registry = configure(settings)
+    memo = kopf.Memo(meshless_settings=settings)
+    namespaces = list(settings.watch_namespaces)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            memo=memo,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            stop_flag=stop_flag,
+        )
+    )

@@ -1,0 +1,197 @@
+"""Operator settings: command-line flags, each with an environment variable and a Helm value.
+
+Invalid settings stop the operator at start with one clear line (SettingsError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from meshless.durations import parse_duration
+from meshless.pki.spiffe import validate_trust_domain
+
+CA_SELF_SIGNED = "self-signed"
+CA_SECRET_NAME = "meshless-ca"
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used; the message is one line naming flag and variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str = "meshless-system"
+    trust_domain: str = "cluster.local"
+    root_namespace: str = ""  # empty: the operator's namespace
+    ca_source: str = CA_SELF_SIGNED  # or the name of a Secret in `namespace` with an intermediate
+    default_ttl: timedelta = timedelta(hours=24)
+    ttl_floor: timedelta = timedelta(minutes=10)
+    renewal_fraction: float = 1 / 3  # renewBefore default = ttl * fraction
+    jitter: float = 0.1  # up to this fraction of the lifetime earlier, spread per certificate
+    write_budget_qps: float = 50.0
+    write_budget_burst: int = 100
+    watch_namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all
+    webhook_port: int = 9443
+    metrics_port: int = 8080
+    health_port: int = 8081
+    log_format: str = "text"
+    workers: int = 16
+    resync_interval: timedelta = timedelta(minutes=10)
+
+    @property
+    def effective_root_namespace(self) -> str:
+        return self.root_namespace or self.namespace
+
+    @property
+    def ca_secret_name(self) -> str:
+        return CA_SECRET_NAME if self.ca_source == CA_SELF_SIGNED else self.ca_source
+
+
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    env: str
+    attr: str
+    help: str
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("--namespace", "MESHLESS_NAMESPACE", "namespace", "the operator's own namespace"),
+    _Option("--trust-domain", "MESHLESS_TRUST_DOMAIN", "trust_domain", "SPIFFE trust domain"),
+    _Option(
+        "--root-namespace",
+        "MESHLESS_ROOT_NAMESPACE",
+        "root_namespace",
+        "namespace of cluster-wide MtlsPolicies (default: the operator's namespace)",
+    ),
+    _Option(
+        "--ca-source",
+        "MESHLESS_CA_SOURCE",
+        "ca_source",
+        "'self-signed' or the name of a Secret (tls.crt, tls.key, ca.crt) holding an intermediate",
+    ),
+    _Option("--default-ttl", "MESHLESS_DEFAULT_TTL", "default_ttl", "certificate lifetime"),
+    _Option("--ttl-floor", "MESHLESS_TTL_FLOOR", "ttl_floor", "shortest lifetime accepted"),
+    _Option(
+        "--renewal-fraction",
+        "MESHLESS_RENEWAL_FRACTION",
+        "renewal_fraction",
+        "default renewBefore as a fraction of the lifetime",
+    ),
+    _Option("--jitter", "MESHLESS_JITTER", "jitter", "renewal jitter as a fraction of lifetime"),
+    _Option(
+        "--write-budget-qps",
+        "MESHLESS_WRITE_BUDGET_QPS",
+        "write_budget_qps",
+        "cluster-wide Secret writes per second",
+    ),
+    _Option(
+        "--write-budget-burst",
+        "MESHLESS_WRITE_BUDGET_BURST",
+        "write_budget_burst",
+        "Secret writes allowed in a burst",
+    ),
+    _Option(
+        "--watch-namespaces",
+        "MESHLESS_WATCH_NAMESPACES",
+        "watch_namespaces",
+        "comma-separated namespaces to watch (default: all)",
+    ),
+    _Option("--webhook-port", "MESHLESS_WEBHOOK_PORT", "webhook_port", "admission webhook port"),
+    _Option("--metrics-port", "MESHLESS_METRICS_PORT", "metrics_port", "Prometheus /metrics port"),
+    _Option("--health-port", "MESHLESS_HEALTH_PORT", "health_port", "/healthz port"),
+    _Option("--log-format", "MESHLESS_LOG_FORMAT", "log_format", "text or json"),
+    _Option("--workers", "MESHLESS_WORKERS", "workers", "concurrent reconciles"),
+    _Option(
+        "--resync-interval",
+        "MESHLESS_RESYNC_INTERVAL",
+        "resync_interval",
+        "how often every identity is checked even without changes",
+    ),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        parser.add_argument(opt.flag, dest=opt.attr, default=None, help=f"{opt.help} [{opt.env}]")
+
+
+def _convert(opt: _Option, raw: str) -> object:
+    default = getattr(Settings(), opt.attr)
+    try:
+        if isinstance(default, timedelta):
+            return parse_duration(raw)
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"invalid {opt.flag} / {opt.env} {raw!r}: {exc}") from None
+    return raw.strip()
+
+
+def load_settings(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Flags win over environment variables, which win over defaults."""
+    environ = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for opt in OPTIONS:
+        raw = getattr(args, opt.attr, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(opt.env)
+        if raw is not None and raw != "":
+            values[opt.attr] = _convert(opt, str(raw))
+    settings = Settings(**values)  # type: ignore[arg-type]
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    def fail(flag: str, message: str) -> None:
+        env = next(o.env for o in OPTIONS if o.flag == flag)
+        raise SettingsError(f"invalid {flag} / {env}: {message}")
+
+    try:
+        validate_trust_domain(s.trust_domain)
+    except ValueError as exc:
+        fail("--trust-domain", str(exc))
+    if not s.namespace:
+        fail("--namespace", "must not be empty")
+    if s.ttl_floor < timedelta(minutes=1):
+        fail("--ttl-floor", "must be at least 1m")
+    if s.default_ttl < s.ttl_floor:
+        fail("--default-ttl", f"{s.default_ttl} is below the ttl floor {s.ttl_floor}")
+    if s.default_ttl > timedelta(days=30):
+        fail("--default-ttl", "must be at most 30d")
+    if not 0 < s.renewal_fraction < 1:
+        fail("--renewal-fraction", f"{s.renewal_fraction} must be between 0 and 1")
+    if not 0 <= s.jitter < 1 - s.renewal_fraction:
+        fail("--jitter", f"{s.jitter} must be >= 0 and leave room before renewal")
+    if s.write_budget_qps <= 0:
+        fail("--write-budget-qps", "must be positive")
+    if s.write_budget_burst < 1:
+        fail("--write-budget-burst", "must be at least 1")
+    for flag, port in (
+        ("--webhook-port", s.webhook_port),
+        ("--metrics-port", s.metrics_port),
+        ("--health-port", s.health_port),
+    ):
+        if not 0 <= port <= 65535:
+            fail(flag, f"{port} is not a port")
+    if s.log_format not in ("text", "json"):
+        fail("--log-format", f"{s.log_format!r} must be text or json")
+    if s.workers < 1:
+        fail("--workers", "must be at least 1")
+
+
+def describe(s: Settings) -> Sequence[str]:
+    return [f"{o.attr}={getattr(s, o.attr)}" for o in OPTIONS]
