@@ -1,0 +1,132 @@
+"""Issuing X.509-SVIDs (SPIFFE leaf certificates)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshless.pki.bundle import parse_pem_certificates
+from meshless.pki.ca import CAError, CertificateAuthority, authority_key_id_for
+from meshless.pki.keys import (
+    KeyAlgorithm,
+    PrivateKey,
+    generate_private_key,
+    private_key_to_pem,
+    signature_hash_for,
+)
+
+CLOCK_SKEW = timedelta(minutes=1)
+"""How far notBefore is back-dated, so peers with slightly slow clocks accept a fresh SVID."""
+
+SUBJECT = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshless")])
+
+
+@dataclass(frozen=True)
+class SvidRequest:
+    spiffe_id: str
+    dns_names: tuple[str, ...]
+    ttl: timedelta
+    algorithm: KeyAlgorithm
+
+
+@dataclass(frozen=True)
+class IssuedSvid:
+    certificate: x509.Certificate
+    chain_pem: bytes  # leaf, then ca.intermediates; never a root
+    private_key_pem: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"IssuedSvid(serial={self.certificate.serial_number:x}, "
+            f"not_after={self.certificate.not_valid_after_utc.isoformat()}, "
+            "private_key_pem=<redacted>)"
+        )
+
+
+def random_serial_number() -> int:
+    """A random positive serial that fits a 16-byte (128-bit) DER INTEGER.
+
+    Bit 126 is forced to one and bit 127 (the DER sign bit) is zero, so every serial is exactly
+    127 bits long, encodes in exactly 16 octets with no padding byte, and carries 126 random
+    bits (x509.random_serial_number gives 159 bits, more than the 128 we promise).
+    """
+    return secrets.randbits(127) | (1 << 126)
+
+
+def _key_usage(key: PrivateKey) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _san(request: SvidRequest) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(request.spiffe_id)]
+    names += [x509.DNSName(name) for name in dict.fromkeys(request.dns_names)]
+    return x509.SubjectAlternativeName(names)
+
+
+def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) -> IssuedSvid:
+    """Issue a new X.509-SVID with a new private key.
+
+    notBefore = now - CLOCK_SKEW (never before the issuer's notBefore); notAfter = now + ttl,
+    clipped to the issuer's notAfter.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if not request.spiffe_id.startswith("spiffe://"):
+        raise ValueError(f"not a SPIFFE ID: {request.spiffe_id!r}")
+    if request.ttl <= timedelta(0):
+        raise ValueError("ttl must be positive")
+    issuer = ca.issuer_cert
+    if now >= issuer.not_valid_after_utc:
+        raise CAError("CAExpired", f"issuing CA expired at {issuer.not_valid_after_utc}")
+    not_before = max(now - CLOCK_SKEW, issuer.not_valid_before_utc)
+    not_after = min(now + request.ttl, issuer.not_valid_after_utc)
+
+    key = generate_private_key(request.algorithm)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(SUBJECT)
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(_san(request), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(authority_key_id_for(issuer), critical=False)
+        .sign(ca.issuer_key, signature_hash_for(ca.issuer_key))
+    )
+    chain_pem = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (cert, *ca.intermediates)
+    )
+    return IssuedSvid(
+        certificate=cert, chain_pem=chain_pem, private_key_pem=private_key_to_pem(key)
+    )
+
+
+def parse_certificate_chain(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a tls.crt, leaf first; ValueError on garbage or an empty chain."""
+    return parse_pem_certificates(pem, "certificate chain")
