@@ -33,3 +33,5 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     # The Kubernetes client logs request bodies at DEBUG; Secrets travel in those bodies.
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # Kopf logs every handled watch event at INFO; our handlers only enqueue.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -23,8 +23,6 @@ from meshless.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CA_POLL_S = 10.0
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -64,7 +62,7 @@ class Operator:
         """The CA Secret is read by name every few seconds: a changed or repaired CA reaches
         every identity (new issuer, new bundle) without a Secret watch."""
         while True:
-            await asyncio.sleep(CA_POLL_S)
+            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
             try:
                 changed = await self.ca.load()
             except Exception:  # the API being away must not stop the poll

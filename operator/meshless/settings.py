@@ -41,6 +41,7 @@ class Settings:
     log_format: str = "text"
     workers: int = 16
     resync_interval: timedelta = timedelta(minutes=10)
+    ca_poll_interval: timedelta = timedelta(seconds=10)
 
     @property
     def effective_root_namespace(self) -> str:
@@ -111,6 +112,12 @@ OPTIONS: tuple[_Option, ...] = (
         "MESHLESS_RESYNC_INTERVAL",
         "resync_interval",
         "how often every identity is checked even without changes",
+    ),
+    _Option(
+        "--ca-poll-interval",
+        "MESHLESS_CA_POLL_INTERVAL",
+        "ca_poll_interval",
+        "how often the CA Secret is read for changes",
     ),
 )
 
@@ -189,6 +196,8 @@ def validate(s: Settings) -> None:
             fail(flag, f"{port} is not a port")
     if s.log_format not in ("text", "json"):
         fail("--log-format", f"{s.log_format!r} must be text or json")
+    if s.ca_poll_interval < timedelta(seconds=1):
+        fail("--ca-poll-interval", "must be at least 1s")
     if s.workers < 1:
         fail("--workers", "must be at least 1")
 

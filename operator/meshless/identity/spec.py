@@ -15,6 +15,11 @@ from meshless.pki.svid import SvidRequest
 from meshless.settings import Settings
 
 
+# The least time between issuing a certificate and renewing it: a renewBefore that leaves
+# less would make the operator reissue in a loop.
+MIN_RENEWAL_INTERVAL = timedelta(seconds=30)
+
+
 class SpecError(ValueError):
     """The spec passed the schema but cannot be honoured; the message names the field."""
 
@@ -53,6 +58,12 @@ def parse_identity(
         )
     if renew_before is None:
         renew_before = timedelta(seconds=int(ttl.total_seconds() * settings.renewal_fraction))
+    if ttl - renew_before < MIN_RENEWAL_INTERVAL:
+        raise SpecError(
+            f"spec.renewBefore {format_duration(renew_before)} leaves less than "
+            f"{format_duration(MIN_RENEWAL_INTERVAL)} between issuance and renewal "
+            f"(ttl {format_duration(ttl)})"
+        )
     algorithm_name = (spec.get("privateKey") or {}).get("algorithm") or KeyAlgorithm.ECDSAP256
     try:
         algorithm = KeyAlgorithm(algorithm_name)
