@@ -11,6 +11,7 @@ import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from meshless.identity.render import MANAGED_BY, decode_secret_data
 from meshless.kube import ApiError, Kube
@@ -35,6 +36,7 @@ class CAStore:
         self.current: CertificateAuthority | None = None
         self.error: CAError | None = None
         self._identity: bytes | None = None
+        self._secret_meta: dict[str, Any] | None = None
 
     @property
     def bundle(self) -> bytes | None:
@@ -42,23 +44,20 @@ class CAStore:
 
     async def load(self) -> bool:
         """Read the CA Secret (bootstrapping it if self-signed and missing).
-        Returns True when the active CA changed."""
+        Returns True when the active CA or the CA's error changed."""
         try:
             ca = await self._read_or_bootstrap()
         except CAError as exc:
-            if self.error is None or self.error.reason != exc.reason:
-                log.error(
-                    "CA Secret %s/%s unusable: %s",
-                    self._settings.namespace,
-                    self._settings.ca_secret_name,
-                    exc,
-                )
+            if self.error is not None and self.error.reason == exc.reason:
+                return False
             self.error = exc
-            return False
+            await self._report(exc)
+            return True
+        error_cleared = self.error is not None
         self.error = None
         identity = fingerprint(ca.issuer_cert) + b"".join(fingerprint(r) for r in ca.roots)
         if identity == self._identity:
-            return False
+            return error_cleared
         self._identity = identity
         self.current = ca
         log.info(
@@ -68,11 +67,29 @@ class CAStore:
         )
         return True
 
+    async def _report(self, error: CAError) -> None:
+        """Log the error and put a Warning Event on the CA Secret. While a last good CA is
+        loaded it stays in use; identities only fail when there is none."""
+        ns, name = self._settings.namespace, self._settings.ca_secret_name
+        keeping = " (the last good CA stays in use)" if self.current else ""
+        log.error("CA Secret %s/%s unusable: %s%s", ns, name, error, keeping)
+        secret = self._secret_meta or {}
+        involved = {"apiVersion": "v1", "kind": "Secret", "name": name, "namespace": ns}
+        if secret.get("uid"):
+            involved["uid"] = secret["uid"]
+        try:
+            await self._kube.post_event(
+                involved, type="Warning", reason=error.reason, message=f"{error}{keeping}"
+            )
+        except ApiError as exc:
+            log.warning("could not post an Event about the CA Secret: %s", exc)
+
     async def _read_or_bootstrap(self) -> CertificateAuthority:
         ns, name = self._settings.namespace, self._settings.ca_secret_name
         secret = await self._kube.get_secret(ns, name)
         if secret is None and self._settings.ca_source == CA_SELF_SIGNED:
             secret = await self._bootstrap(ns, name)
+        self._secret_meta = (secret or {}).get("metadata")
         if secret is None:
             raise CAError("CASecretMissing", f"CA Secret {ns}/{name} does not exist")
         return ca_from_secret_data(decode_secret_data(secret.get("data")), self._clock())

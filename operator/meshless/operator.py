@@ -70,7 +70,10 @@ class Operator:
                 continue
             if changed:
                 self._note_ca()
-                await self.identities.refresh_trust_bundles()
+                try:
+                    await self.identities.refresh_trust_bundles()
+                except Exception:
+                    log.exception("updating the trust bundles failed; the next change retries")
                 self.identities.enqueue_all()
 
     async def _resync(self) -> None:

@@ -78,6 +78,17 @@ class OperatorProcess:
                 raise AssertionError(f"no {needle!r} in the operator log after {timeout}s")
             time.sleep(0.1)
 
+    def wait_for_metrics(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        """Scrape /metrics until `predicate` holds; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.metrics()
+            if predicate(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"metrics not as expected after {timeout}s:\n{text[-2000:]}")
+            time.sleep(0.1)
+
     def metrics(self) -> str:
         import urllib.request
 

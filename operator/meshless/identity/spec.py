@@ -14,7 +14,6 @@ from meshless.pki.spiffe import spiffe_id
 from meshless.pki.svid import SvidRequest
 from meshless.settings import Settings
 
-
 # The least time between issuing a certificate and renewing it: a renewBefore that leaves
 # less would make the operator reissue in a loop.
 MIN_RENEWAL_INTERVAL = timedelta(seconds=30)

@@ -1,0 +1,205 @@
+"""The operator's life: restarts, a user-provided CA that is wrong in each way the schema
+cannot see, and a clean stop."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from kubernetes import client
+
+from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
+from meshless.pki.keys import KeyAlgorithm, generate_private_key, private_key_to_pem
+from meshless.pki.svid import SvidRequest, issue_svid, parse_certificate_chain
+
+from .conftest import OperatorFactory
+from .kubehelpers import (
+    condition,
+    create_identity,
+    get_identity,
+    is_ready,
+    ready_with_reason,
+    wait_event,
+    wait_identity,
+)
+
+
+def pem(*certs: object) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)  # type: ignore[attr-defined]
+
+
+def user_ca() -> CertificateAuthority:
+    ca, _root_key = bootstrap_self_signed("cluster.local", datetime.now(UTC))
+    return ca
+
+
+def put_secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, bytes]) -> None:
+    body = {
+        "metadata": {"name": name},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+    try:
+        core.replace_namespaced_secret(name, namespace, body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        core.create_namespaced_secret(namespace, body)
+
+
+def secret_versions(core: client.CoreV1Api, namespace: str, names: list[str]) -> dict[str, str]:
+    return {n: core.read_namespaced_secret(n, namespace).metadata.resource_version for n in names}
+
+
+def ready_gauges(metrics: str, namespace: str) -> int:
+    pattern = rf'meshless_certificate_ready_status\{{name="[^"]+",namespace="{namespace}"\}} 1\.0'
+    return len(re.findall(pattern, metrics))
+
+
+def test_a_restart_with_valid_identities_reissues_nothing(
+    operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    first = operator_factory()
+    names = [f"svc-{i}" for i in range(5)]
+    for name in names:
+        create_identity(api_client, namespace, name)
+    serials = {
+        n: wait_identity(api_client, namespace, n, is_ready)["status"]["serialNumber"]
+        for n in names
+    }
+    before = secret_versions(core, namespace, [f"{n}-mtls" for n in names])
+    identity_versions = {
+        n: get_identity(api_client, namespace, n)["metadata"]["resourceVersion"] for n in names
+    }
+    assert first.stop() == 0, "SIGTERM must stop the operator cleanly"
+
+    second = operator_factory(namespace=first.namespace)  # same CA Secret
+    second.wait_for_log("operator started", timeout=30)
+    # Every identity has been looked at once the ready gauge is set for all of them.
+    metrics = second.wait_for_metrics(
+        lambda text: ready_gauges(text, namespace) == len(names), timeout=30
+    )
+    assert "meshless_certificates_issued_total{" not in metrics
+    assert secret_versions(core, namespace, [f"{n}-mtls" for n in names]) == before
+    after = {n: get_identity(api_client, namespace, n) for n in names}
+    assert {n: o["status"]["serialNumber"] for n, o in after.items()} == serials
+    # Not even a status write: the identities are exactly as the first operator left them.
+    assert {n: o["metadata"]["resourceVersion"] for n, o in after.items()} == identity_versions
+
+
+def test_a_user_ca_that_is_wrong_is_reported_and_a_good_one_is_used(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    core = client.CoreV1Api(api_client)
+    op = operator_factory(ca_source="user-ca")  # the Secret does not exist yet
+    ca_ns = op.namespace
+    create_identity(api_client, namespace, "early")
+    wid = wait_identity(api_client, namespace, "early", ready_with_reason("CASecretMissing"))
+    assert "user-ca" in condition(wid, "Ready")["message"]  # type: ignore[index]
+    wait_event(api_client, namespace, "early", "CASecretMissing")
+
+    good = user_ca()
+    leaf = issue_svid(
+        good,
+        SvidRequest(
+            "spiffe://cluster.local/ns/x/sa/y",
+            (),
+            good.issuer_cert.not_valid_after_utc - datetime.now(UTC),
+            KeyAlgorithm.ECDSAP256,
+        ),
+        datetime.now(UTC),
+    )
+    # A certificate that is not a CA.
+    put_secret(
+        core,
+        ca_ns,
+        "user-ca",
+        {
+            "tls.crt": leaf.chain_pem,
+            "tls.key": leaf.private_key_pem,
+            "ca.crt": pem(*good.roots),
+        },
+    )
+    wait_identity(api_client, namespace, "early", ready_with_reason("CANotACA"))
+    # A CA whose key does not match.
+    put_secret(
+        core,
+        ca_ns,
+        "user-ca",
+        {
+            "tls.crt": pem(good.issuer_cert),
+            "tls.key": private_key_to_pem(generate_private_key(KeyAlgorithm.ECDSAP256)),
+            "ca.crt": pem(*good.roots),
+        },
+    )
+    wait_identity(api_client, namespace, "early", ready_with_reason("CAKeyMismatch"))
+    wait_event(api_client, ca_ns, "user-ca", "CAKeyMismatch")
+
+    # A good intermediate: the identity is issued under it, chaining to the user's root.
+    put_secret(
+        core,
+        ca_ns,
+        "user-ca",
+        {
+            "tls.crt": pem(good.issuer_cert),
+            "tls.key": private_key_to_pem(good.issuer_key),
+            "ca.crt": pem(*good.roots),
+        },
+    )
+    wait_identity(api_client, namespace, "early", is_ready)
+    data = {
+        k: base64.b64decode(v)
+        for k, v in core.read_namespaced_secret("early-mtls", namespace).data.items()
+    }
+    chain = parse_certificate_chain(data["tls.crt"])
+    assert chain[0].issuer == good.issuer_cert.subject
+    assert data["ca.crt"] == pem(*good.roots)
+    (tmp_path / "ca.crt").write_bytes(data["ca.crt"])
+    (tmp_path / "leaf.pem").write_bytes(pem(chain[0]))
+    (tmp_path / "chain.pem").write_bytes(pem(*chain[1:]))
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(tmp_path / "ca.crt"),
+            "-untrusted",
+            str(tmp_path / "chain.pem"),
+            str(tmp_path / "leaf.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    early_version = core.read_namespaced_secret("early-mtls", namespace).metadata.resource_version
+
+    # The CA Secret breaks while the operator is down: the identity with a valid certificate
+    # keeps it and stays Ready; a new identity says why it cannot be issued.
+    assert op.stop() == 0
+    put_secret(
+        core,
+        ca_ns,
+        "user-ca",
+        {
+            "tls.crt": pem(good.issuer_cert),
+            "tls.key": private_key_to_pem(generate_private_key(KeyAlgorithm.ECDSAP256)),
+        },
+    )
+    op2 = operator_factory(namespace=ca_ns, ca_source="user-ca")
+    create_identity(api_client, namespace, "late")
+    late = wait_identity(api_client, namespace, "late", ready_with_reason("CAKeyMismatch"))
+    assert "key" in condition(late, "Ready")["message"]  # type: ignore[index]
+    early = get_identity(api_client, namespace, "early")
+    assert is_ready(early)
+    assert core.read_namespaced_secret("early-mtls", namespace).metadata.resource_version == (
+        early_version
+    )
+    assert op2.proc is not None and op2.proc.poll() is None, "one bad CA must not stop the operator"
