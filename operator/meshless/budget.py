@@ -20,7 +20,7 @@ class WriteBudget:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if rate <= 0 or burst < 1:
+        if not rate > 0 or burst < 1:  # `not rate > 0` rejects NaN too
             raise ValueError("write budget needs rate > 0 and burst >= 1")
         self.rate = rate
         self.burst = burst

@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 from kubernetes import client, config
 
+from meshless import metrics
+
 Json = dict[str, Any]
 
 GROUP = "meshless.dev"
@@ -53,12 +55,11 @@ class Kube:
     def __init__(self, api_client: client.ApiClient, *, threads: int = 32) -> None:
         self._api = api_client
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
-        self.writes = 0  # successful writes, for benchmarks and tests
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _request_sync(
+    def request_sync(
         self,
         method: str,
         path: str,
@@ -76,6 +77,7 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         response = self._api.call_api(*params, _request_timeout=(10, 60))
+        metrics.API_REQUESTS.labels(method).inc()
         raw = response.read()
         try:
             payload: Json = json.loads(raw) if raw else {}
@@ -87,8 +89,6 @@ class Kube:
                 str(payload.get("reason") or response.reason),
                 str(payload.get("message") or ""),
             )
-        if method != "GET":
-            self.writes += 1
         return payload
 
     async def request(
@@ -101,7 +101,7 @@ class Kube:
     ) -> Json:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._request_sync, method, path, body, content_type, query
+            self._executor, self.request_sync, method, path, body, content_type, query
         )
 
     async def get(self, path: str) -> Json | None:

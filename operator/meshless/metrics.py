@@ -35,6 +35,11 @@ CA_EXPIRATION = Gauge(
     "meshless_ca_expiration_timestamp_seconds",
     "notAfter of the issuing CA certificate",
 )
+API_REQUESTS = Counter(
+    "meshless_api_requests_total",
+    "Requests the operator made to the Kubernetes API (watches excluded), by verb",
+    ["verb"],
+)
 WRITE_BUDGET_WAIT = Histogram(
     "meshless_write_budget_wait_seconds",
     "Time a Secret write waited for the cluster-wide write budget",

@@ -183,7 +183,7 @@ def validate(s: Settings) -> None:
         fail("--renewal-fraction", f"{s.renewal_fraction} must be between 0 and 1")
     if not 0 <= s.jitter < 1 - s.renewal_fraction:
         fail("--jitter", f"{s.jitter} must be >= 0 and leave room before renewal")
-    if s.write_budget_qps <= 0:
+    if not s.write_budget_qps > 0:  # written so that NaN fails too
         fail("--write-budget-qps", "must be positive")
     if s.write_budget_burst < 1:
         fail("--write-budget-burst", "must be at least 1")

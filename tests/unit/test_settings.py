@@ -1,0 +1,275 @@
+"""Operator settings: flags over environment over defaults, and one clear line per bad setting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from meshless.settings import (
+    CA_SECRET_NAME,
+    OPTIONS,
+    Settings,
+    SettingsError,
+    add_arguments,
+    load_settings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_OF = {opt.flag: opt.env for opt in OPTIONS}
+
+
+def parse_flags(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def assert_one_line_naming(exc: SettingsError, flag: str) -> None:
+    message = str(exc)
+    assert "\n" not in message
+    assert flag in message
+    assert ENV_OF[flag] in message
+
+
+def test_defaults_with_an_empty_environment() -> None:
+    s = load_settings(None, env={})
+    assert s == Settings()
+    assert s.trust_domain == "cluster.local"
+    assert s.default_ttl == timedelta(hours=24)
+    assert s.ttl_floor == timedelta(minutes=10)
+    assert s.renewal_fraction == pytest.approx(1 / 3)
+    assert s.watch_namespaces == ()
+    assert s.log_format == "text"
+    assert s.effective_root_namespace == "meshless-system"
+    assert s.ca_secret_name == CA_SECRET_NAME
+
+
+def test_environment_overrides_defaults() -> None:
+    env = {
+        "MESHLESS_NAMESPACE": "ops",
+        "MESHLESS_TRUST_DOMAIN": "example.org",
+        "MESHLESS_ROOT_NAMESPACE": "istio-system",
+        "MESHLESS_CA_SOURCE": "my-intermediate",
+        "MESHLESS_DEFAULT_TTL": "1h30m",
+        "MESHLESS_TTL_FLOOR": "5m",
+        "MESHLESS_RENEWAL_FRACTION": "0.5",
+        "MESHLESS_JITTER": "0.2",
+        "MESHLESS_WRITE_BUDGET_QPS": "7.5",
+        "MESHLESS_WRITE_BUDGET_BURST": "3",
+        "MESHLESS_WEBHOOK_PORT": "10443",
+        "MESHLESS_METRICS_PORT": "9090",
+        "MESHLESS_HEALTH_PORT": "9091",
+        "MESHLESS_LOG_FORMAT": "json",
+        "MESHLESS_WORKERS": "4",
+        "MESHLESS_RESYNC_INTERVAL": "2m",
+        "MESHLESS_CA_POLL_INTERVAL": "30s",
+    }
+    s = load_settings(None, env=env)
+    assert s.namespace == "ops"
+    assert s.trust_domain == "example.org"
+    assert s.effective_root_namespace == "istio-system"
+    assert s.ca_source == "my-intermediate"
+    assert s.ca_secret_name == "my-intermediate"
+    assert s.default_ttl == timedelta(hours=1, minutes=30)
+    assert s.ttl_floor == timedelta(minutes=5)
+    assert s.renewal_fraction == 0.5
+    assert s.jitter == 0.2
+    assert s.write_budget_qps == 7.5
+    assert s.write_budget_burst == 3
+    assert (s.webhook_port, s.metrics_port, s.health_port) == (10443, 9090, 9091)
+    assert s.log_format == "json"
+    assert s.workers == 4
+    assert s.resync_interval == timedelta(minutes=2)
+    assert s.ca_poll_interval == timedelta(seconds=30)
+
+
+def test_flags_override_environment() -> None:
+    env = {
+        "MESHLESS_TRUST_DOMAIN": "from-env.example",
+        "MESHLESS_DEFAULT_TTL": "2h",
+        "MESHLESS_WORKERS": "2",
+        "MESHLESS_LOG_FORMAT": "text",
+    }
+    args = parse_flags("--trust-domain", "from-flag.example", "--default-ttl", "3h")
+    s = load_settings(args, env=env)
+    assert s.trust_domain == "from-flag.example"
+    assert s.default_ttl == timedelta(hours=3)
+    # Not given as flags: the environment still applies.
+    assert s.workers == 2
+    assert s.log_format == "text"
+
+
+def test_a_flag_hides_a_bad_environment_value() -> None:
+    args = parse_flags("--log-format", "json")
+    s = load_settings(args, env={"MESHLESS_LOG_FORMAT": "xml"})
+    assert s.log_format == "json"
+
+
+def test_empty_values_count_as_unset() -> None:
+    args = parse_flags("--workers", "")
+    s = load_settings(args, env={"MESHLESS_WORKERS": "", "MESHLESS_TRUST_DOMAIN": ""})
+    assert s.workers == Settings().workers
+    assert s.trust_domain == "cluster.local"
+
+
+def test_os_environ_is_the_default_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHLESS_TRUST_DOMAIN", "env.example")
+    monkeypatch.setenv("MESHLESS_WORKERS", "3")
+    s = load_settings(None)
+    assert s.trust_domain == "env.example"
+    assert s.workers == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("shop", ("shop",)),
+        ("shop,payments", ("shop", "payments")),
+        (" shop , payments ,, billing ", ("shop", "payments", "billing")),
+        ("shop,", ("shop",)),
+    ],
+)
+def test_watch_namespaces_split_on_commas(raw: str, expected: tuple[str, ...]) -> None:
+    assert load_settings(None, env={"MESHLESS_WATCH_NAMESPACES": raw}).watch_namespaces == expected
+    args = parse_flags("--watch-namespaces", raw)
+    assert load_settings(args, env={}).watch_namespaces == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"--trust-domain": "spiffe://cluster.local"}, "--trust-domain"),
+        ({"--trust-domain": "Cluster.Local"}, "--trust-domain"),
+        ({"--trust-domain": "cluster.local/ns"}, "--trust-domain"),
+        ({"--trust-domain": "cluster.local:443"}, "--trust-domain"),
+        ({"--trust-domain": "a" * 256}, "--trust-domain"),
+        ({"--namespace": "   "}, "--namespace"),
+        ({"--ttl-floor": "59s"}, "--ttl-floor"),
+        ({"--ttl-floor": "0s"}, "--ttl-floor"),
+        ({"--default-ttl": "5m"}, "--default-ttl"),  # below the default floor of 10m
+        ({"--ttl-floor": "1h", "--default-ttl": "30m"}, "--default-ttl"),
+        ({"--default-ttl": "31d"}, "--default-ttl"),
+        ({"--renewal-fraction": "0"}, "--renewal-fraction"),
+        ({"--renewal-fraction": "1"}, "--renewal-fraction"),
+        ({"--renewal-fraction": "1.5"}, "--renewal-fraction"),
+        ({"--renewal-fraction": "-0.1"}, "--renewal-fraction"),
+        ({"--renewal-fraction": "nan"}, "--renewal-fraction"),
+        ({"--jitter": "0.7"}, "--jitter"),  # leaves no room before renewal at 1/3
+        ({"--renewal-fraction": "0.5", "--jitter": "0.5"}, "--jitter"),
+        ({"--jitter": "-0.01"}, "--jitter"),
+        ({"--write-budget-qps": "0"}, "--write-budget-qps"),
+        ({"--write-budget-qps": "-5"}, "--write-budget-qps"),
+        ({"--write-budget-qps": "nan"}, "--write-budget-qps"),
+        ({"--write-budget-burst": "0"}, "--write-budget-burst"),
+        ({"--webhook-port": "65536"}, "--webhook-port"),
+        ({"--metrics-port": "-1"}, "--metrics-port"),
+        ({"--health-port": "70000"}, "--health-port"),
+        ({"--log-format": "xml"}, "--log-format"),
+        ({"--log-format": "JSON"}, "--log-format"),
+        ({"--ca-poll-interval": "0s"}, "--ca-poll-interval"),
+        ({"--workers": "0"}, "--workers"),
+        # Unparseable values.
+        ({"--default-ttl": "ten minutes"}, "--default-ttl"),
+        ({"--ttl-floor": "10"}, "--ttl-floor"),
+        ({"--resync-interval": "500ms"}, "--resync-interval"),
+        ({"--workers": "many"}, "--workers"),
+        ({"--webhook-port": "https"}, "--webhook-port"),
+        ({"--write-budget-burst": "1.5"}, "--write-budget-burst"),
+        ({"--renewal-fraction": "1/3"}, "--renewal-fraction"),
+        ({"--write-budget-qps": "fast"}, "--write-budget-qps"),
+    ],
+)
+def test_invalid_settings_raise_one_line_naming_flag_and_variable(
+    values: dict[str, str], flag: str
+) -> None:
+    # Through flags ...
+    argv = [item for pair in values.items() for item in pair]
+    with pytest.raises(SettingsError) as from_flags:
+        load_settings(parse_flags(*argv), env={})
+    assert_one_line_naming(from_flags.value, flag)
+    # ... and through the environment.
+    env = {ENV_OF[f]: v for f, v in values.items()}
+    with pytest.raises(SettingsError) as from_env:
+        load_settings(None, env=env)
+    assert_one_line_naming(from_env.value, flag)
+
+
+def test_unparseable_value_is_quoted_in_the_message() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env={"MESHLESS_DEFAULT_TTL": "1h\n2m"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("invalid --default-ttl / MESHLESS_DEFAULT_TTL ")
+    assert repr("1h\n2m") in message
+
+
+def test_boundary_values_are_accepted() -> None:
+    s = load_settings(
+        parse_flags(
+            "--ttl-floor",
+            "1m",
+            "--default-ttl",
+            "30d",
+            "--jitter",
+            "0",
+            "--webhook-port",
+            "65535",
+            "--ca-poll-interval",
+            "1s",
+            "--write-budget-burst",
+            "1",
+        ),
+        env={},
+    )
+    assert s.ttl_floor == timedelta(minutes=1)
+    assert s.default_ttl == timedelta(days=30)
+    assert s.jitter == 0.0
+    assert s.webhook_port == 65535
+    assert s.write_budget_burst == 1
+
+
+def test_default_ttl_equal_to_the_floor_is_accepted() -> None:
+    s = load_settings(None, env={"MESHLESS_TTL_FLOOR": "2m", "MESHLESS_DEFAULT_TTL": "120s"})
+    assert s.default_ttl == s.ttl_floor == timedelta(minutes=2)
+
+
+def test_every_option_names_a_settings_field_and_a_prefixed_variable() -> None:
+    fields = set(Settings.__dataclass_fields__)
+    for opt in OPTIONS:
+        assert opt.attr in fields
+        assert opt.env.startswith("MESHLESS_")
+        assert opt.flag == "--" + opt.attr.replace("_", "-")
+        assert opt.env == "MESHLESS_" + opt.attr.upper()
+
+
+def test_cli_rejects_a_bad_log_format_with_one_line_before_any_cluster_contact(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHLESS_")}
+    # Were a cluster contacted, this kubeconfig would make it fail differently.
+    env["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    meshless = Path(sys.executable).parent / "meshless"
+    if not meshless.exists():
+        meshless = ROOT / ".venv" / "bin" / "meshless"
+    proc = subprocess.run(
+        [str(meshless), "run", "--log-format", "xml"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "--log-format" in lines[0]
+    assert "MESHLESS_LOG_FORMAT" in lines[0]
+    assert "'xml'" in lines[0]
+    assert proc.stdout == ""
