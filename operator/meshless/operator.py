@@ -28,6 +28,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """We register no change-detecting handlers, only event handlers that feed our own work
+    queue, so Kopf needs no "last handled" essence; building one deep-copies every event's
+    body (Secrets included) for nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 class Operator:
     """Holds the running parts; Kopf's handlers reach it through `memo`."""
 
@@ -98,9 +113,7 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="meshless.dev"
         )
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="meshless.dev", key="last-handled-configuration"
-        )
+        settings.persistence.diffbase_storage = NoDiffBaseStorage()
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
         kube = Kube(load_api_client(), threads=max(8, ours.workers * 2))

@@ -29,7 +29,6 @@ from .conftest import OperatorProcess
 from .kubehelpers import (
     condition,
     create_identity,
-    get_identity,
     is_ready,
     ready_with_reason,
     wait_event,
@@ -325,8 +324,16 @@ def test_deleted_and_corrupted_secrets_are_repaired(
     data = secret_data(fixed)
     new_leaf = parse_certificate_chain(data["tls.crt"])[0]
     assert key_matches_certificate(load_private_key(data["tls.key"]), new_leaf)
-    wid = get_identity(api_client, namespace, "fragile")
-    assert wid["status"]["serialNumber"] == format(new_leaf.serial_number, "x")
+    # The Secret is written before the status that describes it.
+    wait_identity(
+        api_client,
+        namespace,
+        "fragile",
+        lambda o: (
+            (o.get("status") or {}).get("serialNumber") == format(new_leaf.serial_number, "x")
+        ),
+        what="status naming the repaired certificate",
+    )
 
 
 def test_a_secret_we_do_not_own_is_left_byte_for_byte(

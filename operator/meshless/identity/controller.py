@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 CA_RETRY_S = 15.0
 CONFLICT_RETRY_S = 30.0
-ISSUING_NOTICE_S = 1.0  # report Issuing=True only when the write budget makes us wait
+ISSUING_NOTICE_S = 1.0
+FIRST_ISSUE = Reason(
+    "SecretMissing", "the Secret does not exist"
+)  # report Issuing=True only when the write budget makes us wait
 
 
 class IdentityController:
@@ -132,6 +135,12 @@ class IdentityController:
         bundle = self.ca.bundle or b""
         await self._ensure_trust_bundle(namespace, bundle)
 
+        if self._never_issued(body, spec):
+            # Never issued: try to create the Secret straight away, saving a read per new
+            # identity. If something already holds the name, the normal path below decides.
+            issued = await self._issue(body, spec, None, FIRST_ISSUE, bundle)
+            if issued is not None:
+                return issued
         secret = await self.kube.get_secret(namespace, spec.secret_name)
         if secret is not None and not is_owned_by(secret["metadata"], name):
             await self._not_ready(
@@ -157,6 +166,15 @@ class IdentityController:
         assert reason is not None
         return await self._issue(body, spec, secret, reason, bundle)
 
+    def _never_issued(self, body: Json, spec: IdentitySpec) -> bool:
+        status = body.get("status") or {}
+        ready = find_condition(status.get("conditions") or [], "Ready") or {}
+        return (
+            not status.get("serialNumber")
+            and ready.get("reason") != "SecretConflict"
+            and (spec.namespace, spec.secret_name) not in self._own_secret_rv
+        )
+
     async def _issue(
         self, body: Json, spec: IdentitySpec, secret: Json | None, reason: Reason, bundle: bytes
     ) -> float | None:
@@ -170,6 +188,8 @@ class IdentityController:
                 spec, body, secret, svid.chain_pem, svid.private_key_pem, bundle
             )
         except ApiError as exc:
+            if exc.status == 409 and secret is None and reason is FIRST_ISSUE:
+                return None  # the name is taken: the caller reads the Secret and decides
             if exc.status in (404, 409):  # raced with someone else's write: look again
                 return 0.2
             raise

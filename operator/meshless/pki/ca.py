@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -64,10 +65,25 @@ class CertificateAuthority:
     intermediates: tuple[x509.Certificate, ...]
     roots: tuple[x509.Certificate, ...]
 
-    @property
+    # Derived once per CA, not once per issued certificate (issue_svid is the hot path).
+    @cached_property
     def issuer_key_id(self) -> bytes:
         """The issuer's SubjectKeyIdentifier (computed from its key if the extension is absent)."""
         return subject_key_id(self.issuer_cert)
+
+    @cached_property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """The AKI extension of every certificate this CA issues."""
+        return authority_key_id_for(self.issuer_cert)
+
+    @cached_property
+    def intermediates_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.intermediates)
+
+    @cached_property
+    def validity(self) -> tuple[datetime, datetime]:
+        """The issuer's (notBefore, notAfter), timezone-aware."""
+        return self.issuer_cert.not_valid_before_utc, self.issuer_cert.not_valid_after_utc
 
 
 def _subject_key_identifier(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:

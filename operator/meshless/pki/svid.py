@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshless.pki.bundle import parse_pem_certificates
-from meshless.pki.ca import CAError, CertificateAuthority, authority_key_id_for
+from meshless.pki.ca import CAError, CertificateAuthority
 from meshless.pki.keys import (
     KeyAlgorithm,
     PrivateKey,
@@ -92,10 +92,11 @@ def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) ->
     if request.ttl <= timedelta(0):
         raise ValueError("ttl must be positive")
     issuer = ca.issuer_cert
-    if now >= issuer.not_valid_after_utc:
-        raise CAError("CAExpired", f"issuing CA expired at {issuer.not_valid_after_utc}")
-    not_before = max(now - CLOCK_SKEW, issuer.not_valid_before_utc)
-    not_after = min(now + request.ttl, issuer.not_valid_after_utc)
+    issuer_not_before, issuer_not_after = ca.validity
+    if now >= issuer_not_after:
+        raise CAError("CAExpired", f"issuing CA expired at {issuer_not_after}")
+    not_before = max(now - CLOCK_SKEW, issuer_not_before)
+    not_after = min(now + request.ttl, issuer_not_after)
 
     key = generate_private_key(request.algorithm)
     cert = (
@@ -116,12 +117,10 @@ def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) ->
         )
         .add_extension(_san(request), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(authority_key_id_for(issuer), critical=False)
+        .add_extension(ca.authority_key_identifier, critical=False)
         .sign(ca.issuer_key, signature_hash_for(ca.issuer_key))
     )
-    chain_pem = b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in (cert, *ca.intermediates)
-    )
+    chain_pem = cert.public_bytes(serialization.Encoding.PEM) + ca.intermediates_pem
     return IssuedSvid(
         certificate=cert, chain_pem=chain_pem, private_key_pem=private_key_to_pem(key)
     )
