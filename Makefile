@@ -22,6 +22,7 @@ cluster-down:
 	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else echo "nothing to stop"; fi
 
 crds: cluster
+	hack/sync-chart-crds.sh
 	kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply --server-side -f crds/
 	kubectl --kubeconfig $(KUBECONFIG_LOCAL) wait --for=condition=Established --timeout=60s crd --all
 
@@ -32,6 +33,7 @@ run: crds
 	  $(VENV)/bin/meshless run
 
 lint: install
+	hack/sync-chart-crds.sh --check
 	$(VENV)/bin/ruff check operator tests bench hack
 	$(VENV)/bin/ruff format --check operator tests bench hack
 

@@ -9,6 +9,7 @@ resourceVersion and not reconciled again.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -87,7 +88,7 @@ class IdentityController:
             self.queue.forget(key)
             metrics.forget_identity(*key)
             return
-        self.store[key] = dict(body)
+        self.store[key] = slim(body)
         if meta.get("resourceVersion") == self._own_rv.get(key):
             return  # the echo of our own status patch
         self.queue.add(key)
@@ -380,7 +381,7 @@ class IdentityController:
             raise
         self._own_rv[key] = updated["metadata"]["resourceVersion"]
         if key in self.store:
-            self.store[key] = updated
+            self.store[key] = slim(updated)
         body["status"] = updated.get("status") or {}
         return True
 
@@ -397,6 +398,21 @@ class IdentityController:
             self.kube.post_event(involved, type=type, reason=reason, message=message)
         )
         task.add_done_callback(_log_event_failure)
+
+
+def slim(body: Mapping[str, Any]) -> Json:
+    """What a reconcile needs of an identity. managedFields and other annotations would
+    multiply the memory held per identity (thousands of them) for nothing."""
+    meta = body["metadata"]
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "generation", "resourceVersion")
+            if k in meta
+        },
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
 
 
 def _log_event_failure(task: asyncio.Task[None]) -> None:
