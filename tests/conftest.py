@@ -1,8 +1,8 @@
 """Shared fixtures. Integration tests run against a real local kube-apiserver.
 
-The session starts the local control plane (hack/localcluster.py) once and stops it at the end,
-unless MESHLESS_TEST_KUBECONFIG names a cluster to use instead (then it is left running and
-only namespaces the tests made are removed).
+The session starts the local control plane (hack/localcluster.py) once and stops it at the end
+(a control plane that was already running, e.g. from `make cluster`, is used and left running),
+unless MESHLESS_TEST_KUBECONFIG names a cluster to use instead.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ def kubeconfig() -> Iterator[str]:
         yield named
         return
     launcher = [sys.executable, str(ROOT / "hack" / "localcluster.py")]
+    already_running = subprocess.run([*launcher, "status"], capture_output=True).returncode == 0
     subprocess.run([*launcher, "up"], check=True)
     try:
         yield str(LOCAL_KUBECONFIG)
     finally:
-        subprocess.run([*launcher, "down"], check=False)
+        if not already_running:  # leave a cluster started by `make cluster` running
+            subprocess.run([*launcher, "down"], check=False)
 
 
 def _kubectl_runner(kubeconfig: str) -> Kubectl:

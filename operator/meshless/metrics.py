@@ -31,6 +31,11 @@ CERTIFICATE_READY = Gauge(
     "1 when the identity is Ready",
     ["namespace", "name"],
 )
+IDENTITIES = Gauge(
+    "meshless_identities",
+    "WorkloadIdentities the operator holds, by whether they are Ready",
+    ["state"],
+)
 CA_EXPIRATION = Gauge(
     "meshless_ca_expiration_timestamp_seconds",
     "notAfter of the issuing CA certificate",

@@ -18,7 +18,7 @@ from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.identity.controller import IdentityController
 from meshless.identity.render import IDENTITY_LABEL
-from meshless.kube import Kube, load_api_client
+from meshless.kube import Kube, load_configuration
 from meshless.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Operator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.identities.queue.stop()
-        self.kube.close()
+        await self.kube.close()
 
     def _note_ca(self) -> None:
         if self.ca.current is not None:
@@ -116,7 +116,7 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
-        kube = Kube(load_api_client(), threads=max(8, ours.workers * 2))
+        kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
         memo.operator = Operator(ours, kube)
         await memo.operator.start()
 

@@ -32,7 +32,7 @@ from meshless.identity.render import (
     metadata_drift,
     trust_bundle_configmap,
 )
-from meshless.identity.spec import IdentitySpec, SpecError, parse_identity
+from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
 from meshless.kube import ApiError, Json, Kube
 from meshless.pki.reissue import (
     CertificateSummary,
@@ -75,8 +75,14 @@ class IdentityController:
         self.issued = 0
         self._own_rv: dict[Key, str] = {}
         self._own_secret_rv: dict[Key, str] = {}
+        self._seen_secrets: dict[Key, Json] = {}  # Secret bodies from watch events, read once
         self._bundles: dict[str, bytes] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
+        self._ready_keys: set[Key] = set()
+        metrics.IDENTITIES.labels("ready").set_function(lambda: len(self._ready_keys))
+        metrics.IDENTITIES.labels("not_ready").set_function(
+            lambda: len(self.store) - len(self._ready_keys)
+        )
 
     # --- watch events -----------------------------------------------------------------------
     def on_identity_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -84,6 +90,10 @@ class IdentityController:
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
             self.store.pop(key, None)
+            self._ready_keys.discard(key)
+            spec = body.get("spec") or {}
+            secret_name = spec.get("secretName") or default_secret_name(meta["name"])
+            self._seen_secrets.pop((meta["namespace"], secret_name), None)
             self._own_rv.pop(key, None)
             self.queue.forget(key)
             metrics.forget_identity(*key)
@@ -103,6 +113,13 @@ class IdentityController:
             return
         identity = (meta.get("labels") or {}).get(IDENTITY_LABEL)
         if identity and (meta["namespace"], identity) in self.store:
+            if event_type == "DELETED":
+                self._seen_secrets.pop(secret_key, None)
+            else:
+                # Hand the body to the reconcile this event causes, sparing it a read (after a
+                # restart that is one read per identity). It is consumed, not cached: a stale
+                # copy can only make a write fail its resourceVersion check and be retried.
+                self._seen_secrets[secret_key] = dict(body)
             self.queue.add((meta["namespace"], identity))
 
     def enqueue_all(self) -> None:
@@ -142,7 +159,9 @@ class IdentityController:
             issued = await self._issue(body, spec, None, FIRST_ISSUE, bundle)
             if issued is not None:
                 return issued
-        secret = await self.kube.get_secret(namespace, spec.secret_name)
+        secret = self._seen_secrets.pop((namespace, spec.secret_name), None)
+        if secret is None:
+            secret = await self.kube.get_secret(namespace, spec.secret_name)
         if secret is not None and not is_owned_by(secret["metadata"], name):
             await self._not_ready(
                 body,
@@ -318,6 +337,7 @@ class IdentityController:
         metrics.CERTIFICATE_EXPIRATION.labels(ns, name).set(summary.not_after.timestamp())
         metrics.CERTIFICATE_RENEWAL.labels(ns, name).set(summary.renewal_time.timestamp())
         metrics.CERTIFICATE_READY.labels(ns, name).set(1)
+        self._ready_keys.add((ns, name))
 
     def _issuing_status(self, body: Json, reason: Reason) -> Json:
         status = body.get("status") or {}
@@ -360,6 +380,7 @@ class IdentityController:
         )
         meta = body["metadata"]
         metrics.CERTIFICATE_READY.labels(meta["namespace"], meta["name"]).set(0)
+        self._ready_keys.discard((meta["namespace"], meta["name"]))
         if changed and (
             before is None or before.get("reason") != reason or before.get("message") != message
         ):
