@@ -630,4 +630,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the benchmark's cluster holds thousands of identities: do not leave it around
+        subprocess.run(
+            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
+        )

@@ -374,3 +374,41 @@ def test_ttl_below_the_operator_floor_is_not_ready_with_a_reason(
     with pytest.raises(client.ApiException) as missing:
         read_secret(api_client, namespace, "short-mtls")
     assert missing.value.status == 404
+
+
+def test_a_spec_change_reissues_with_the_new_sans_and_algorithm(
+    meshless_operator: OperatorProcess, api_client: client.ApiClient, namespace: str
+) -> None:
+    first = ready_identity(api_client, namespace, "changing", dnsNames=["old.example"])
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        "meshless.dev",
+        "v1alpha1",
+        namespace,
+        "workloadidentities",
+        "changing",
+        {
+            "spec": {
+                "dnsNames": ["new.example", "also.example"],
+                "privateKey": {"algorithm": "Ed25519"},
+            }
+        },
+    )
+    changed = wait_identity(
+        api_client,
+        namespace,
+        "changing",
+        lambda o: (
+            is_ready(o)
+            and o["status"]["serialNumber"] != first["status"]["serialNumber"]
+            and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+        ),
+        what="a certificate for the new spec",
+    )
+    data = secret_data(read_secret(api_client, namespace, "changing-mtls"))
+    leaf = parse_certificate_chain(data["tls.crt"])[0]
+    assert format(leaf.serial_number, "x") == changed["status"]["serialNumber"]
+    assert sorted(dns_sans(leaf)) == ["also.example", "new.example"]
+    assert leaf.public_key().__class__.__name__ == "Ed25519PublicKey"
+    assert key_matches_certificate(load_private_key(data["tls.key"]), leaf)
+    reissued = wait_event(api_client, namespace, "changing", "Reissued")
+    assert "SpecChanged" in reissued.message

@@ -203,3 +203,39 @@ def test_a_user_ca_that_is_wrong_is_reported_and_a_good_one_is_used(
         early_version
     )
     assert op2.proc is not None and op2.proc.poll() is None, "one bad CA must not stop the operator"
+
+
+def test_a_renewal_storm_is_spread_by_the_write_budget_and_nothing_is_dropped(
+    operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
+) -> None:
+    """20 identities against a budget of 4 Secret writes per second (burst 1): all are
+    issued, and their Secrets are written over at least (20 - 1) / 4 seconds."""
+    op = operator_factory(write_budget_qps="4", write_budget_burst="1")
+    names = [f"storm-{i}" for i in range(20)]
+    for name in names:
+        create_identity(api_client, namespace, name)
+    for name in names:
+        wait_identity(api_client, namespace, name, is_ready, timeout=60)
+    core = client.CoreV1Api(api_client)
+    secrets = core.list_namespaced_secret(namespace, label_selector="meshless.dev/identity").items
+    assert sorted(s.metadata.name for s in secrets) == sorted(f"{n}-mtls" for n in names)
+    created = sorted(s.metadata.creation_timestamp for s in secrets)
+    assert (created[-1] - created[0]).total_seconds() >= 4.0  # 19 tokens at 4/s, 1 s granularity
+
+    metrics = op.metrics()
+    waited = re.search(r"^meshless_write_budget_wait_seconds_sum (\S+)$", metrics, re.M)
+    assert waited is not None and float(waited.group(1)) > 10, "writers waited for tokens"
+    assert 'meshless_certificates_issued_total{reason="SecretMissing"} 20.0' in metrics
+    # Per-identity gauges carry the certificate's real times.
+    wid = get_identity(api_client, namespace, names[0])
+    not_after = datetime.strptime(wid["status"]["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
+    expiration = re.search(
+        rf'^meshless_certificate_expiration_timestamp_seconds\{{name="{names[0]}",'
+        rf'namespace="{namespace}"\}} (\S+)$',
+        metrics,
+        re.M,
+    )
+    assert expiration is not None and float(expiration.group(1)) == not_after.timestamp()
+    assert re.search(r"^meshless_ca_expiration_timestamp_seconds \d", metrics, re.M)
