@@ -27,9 +27,13 @@ crds: cluster
 	kubectl --kubeconfig $(KUBECONFIG_LOCAL) wait --for=condition=Established --timeout=60s crd --all
 
 # Foreground: Ctrl-C stops the operator, then the control plane.
+OPERATOR_NAMESPACE ?= meshless-system
+
 run: crds
+	kubectl --kubeconfig $(KUBECONFIG_LOCAL) create namespace $(OPERATOR_NAMESPACE) \
+	  --dry-run=client -o yaml | kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f -
 	@trap '$(PY) hack/localcluster.py down' EXIT; \
-	KUBECONFIG=$(KUBECONFIG_LOCAL) MESHLESS_NAMESPACE=$${MESHLESS_NAMESPACE:-meshless-system} \
+	KUBECONFIG=$(KUBECONFIG_LOCAL) MESHLESS_NAMESPACE=$(OPERATOR_NAMESPACE) \
 	  $(VENV)/bin/meshless run
 
 lint: install
