@@ -37,10 +37,12 @@ class CAStore:
         self.error: CAError | None = None
         self._identity: bytes | None = None
         self._secret_meta: dict[str, Any] | None = None
+        self._bundle: bytes | None = None
 
     @property
     def bundle(self) -> bytes | None:
-        return bundle_pem(self.current.roots) if self.current else None
+        """ca.crt for every identity: the trusted roots (computed once per CA change)."""
+        return self._bundle
 
     async def load(self) -> bool:
         """Read the CA Secret (bootstrapping it if self-signed and missing).
@@ -60,6 +62,7 @@ class CAStore:
             return error_cleared
         self._identity = identity
         self.current = ca
+        self._bundle = bundle_pem(ca.roots)
         log.info(
             "issuing CA %s (expires %s)",
             ca.issuer_cert.subject.rfc4514_string(),
