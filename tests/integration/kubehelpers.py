@@ -42,6 +42,45 @@ def condition(obj: Json, type_: str) -> Json | None:
     return None
 
 
+def watch_until(
+    list_fn: Callable[..., Any],
+    *args: Any,
+    field_selector: str,
+    predicate: Callable[[Any], bool],
+    timeout: float,
+    what: str,
+    resource_version: Callable[[Any], str],
+    items: Callable[[Any], list[Any]],
+) -> Any:
+    """List what `field_selector` selects; return the first item for which `predicate` holds,
+    else watch from the list's resourceVersion until one arrives. Fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        listed = list_fn(*args, field_selector=field_selector)
+        for item in items(listed):
+            last = item
+            if predicate(item):
+                return item
+        remaining = int(deadline - time.monotonic())
+        if remaining <= 0:
+            raise AssertionError(f"no {what} within {timeout}s; last seen: {last}")
+        stream = watch.Watch()
+        for event in stream.stream(
+            list_fn,
+            *args,
+            field_selector=field_selector,
+            resource_version=resource_version(listed),
+            timeout_seconds=remaining,
+        ):
+            if event["type"] == "DELETED":
+                continue
+            last = event["object"]
+            if predicate(last):
+                stream.stop()
+                return last
+
+
 def wait_identity(
     api: client.ApiClient,
     namespace: str,
@@ -51,31 +90,19 @@ def wait_identity(
     what: str = "condition",
 ) -> Json:
     """Watch one identity until `predicate` holds; fail after `timeout` seconds."""
-    custom = client.CustomObjectsApi(api)
-    deadline = time.monotonic() + timeout
-    last: Json | None = None
-    while time.monotonic() < deadline:
-        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        last = current
-        if predicate(current):
-            return current  # type: ignore[no-any-return]
-        remaining = max(1, int(deadline - time.monotonic()))
-        stream = watch.Watch()
-        for event in stream.stream(
-            custom.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            field_selector=f"metadata.name={name}",
-            resource_version=current["metadata"]["resourceVersion"],
-            timeout_seconds=remaining,
-        ):
-            last = event["object"]
-            if predicate(last):
-                stream.stop()
-                return last
-    raise AssertionError(f"{namespace}/{name}: no {what} within {timeout}s; last: {last}")
+    return watch_until(  # type: ignore[no-any-return]
+        client.CustomObjectsApi(api).list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        field_selector=f"metadata.name={name}",
+        predicate=predicate,
+        timeout=timeout,
+        what=f"{what} on {namespace}/{name}",
+        resource_version=lambda listed: listed["metadata"]["resourceVersion"],
+        items=lambda listed: listed["items"],
+    )
 
 
 def is_ready(obj: Json) -> bool:
@@ -98,51 +125,30 @@ def wait_secret(
     predicate: Callable[[client.V1Secret], bool],
     timeout: float = 30,
 ) -> client.V1Secret:
-    core = client.CoreV1Api(api)
-    deadline = time.monotonic() + timeout
-    while True:
-        secrets = core.list_namespaced_secret(namespace, field_selector=f"metadata.name={name}")
-        for secret in secrets.items:
-            if predicate(secret):
-                return secret
-        remaining = int(deadline - time.monotonic())
-        if remaining <= 0:
-            raise AssertionError(f"Secret {namespace}/{name}: not as expected within {timeout}s")
-        stream = watch.Watch()
-        for event in stream.stream(
-            core.list_namespaced_secret,
-            namespace,
-            field_selector=f"metadata.name={name}",
-            resource_version=secrets.metadata.resource_version,
-            timeout_seconds=remaining,
-        ):
-            if event["type"] != "DELETED" and predicate(event["object"]):
-                stream.stop()
-                return event["object"]  # type: ignore[no-any-return]
+    return watch_until(  # type: ignore[no-any-return]
+        client.CoreV1Api(api).list_namespaced_secret,
+        namespace,
+        field_selector=f"metadata.name={name}",
+        predicate=predicate,
+        timeout=timeout,
+        what=f"expected content in Secret {namespace}/{name}",
+        resource_version=lambda listed: listed.metadata.resource_version,
+        items=lambda listed: listed.items,
+    )
 
 
 def wait_event(
     api: client.ApiClient, namespace: str, name: str, reason: str, timeout: float = 15
 ) -> client.CoreV1Event:
-    """Watch Events about `name` until one with `reason` arrives (Events are posted after the
-    status they describe, so a test must wait for them)."""
-    core = client.CoreV1Api(api)
-    selector = f"involvedObject.name={name},reason={reason}"
-    deadline = time.monotonic() + timeout
-    while True:
-        events = core.list_namespaced_event(namespace, field_selector=selector)
-        if events.items:
-            return events.items[0]
-        remaining = int(deadline - time.monotonic())
-        if remaining <= 0:
-            raise AssertionError(f"no {reason} Event for {namespace}/{name} within {timeout}s")
-        stream = watch.Watch()
-        for event in stream.stream(
-            core.list_namespaced_event,
-            namespace,
-            field_selector=selector,
-            resource_version=events.metadata.resource_version,
-            timeout_seconds=remaining,
-        ):
-            stream.stop()
-            return event["object"]
+    """Wait for an Event about `name` with `reason` (Events are posted after the status they
+    describe, so a test must wait for them)."""
+    return watch_until(  # type: ignore[no-any-return]
+        client.CoreV1Api(api).list_namespaced_event,
+        namespace,
+        field_selector=f"involvedObject.name={name},reason={reason}",
+        predicate=lambda event: True,
+        timeout=timeout,
+        what=f"{reason} Event for {namespace}/{name}",
+        resource_version=lambda listed: listed.metadata.resource_version,
+        items=lambda listed: listed.items,
+    )
