@@ -139,7 +139,7 @@ def test_rendered_secret_is_owned_by_its_identity_only() -> None:
 def test_no_metadata_drift_on_what_we_rendered() -> None:
     spec = make_spec(labels={"team": "x"}, annotations={"note": "y"})
     meta = render(spec)["metadata"]
-    assert metadata_drift(spec, meta) is False
+    assert metadata_drift(spec, meta, UID) is False
 
 
 def test_extra_labels_and_annotations_are_not_drift() -> None:
@@ -147,7 +147,7 @@ def test_extra_labels_and_annotations_are_not_drift() -> None:
     meta = render(spec)["metadata"]
     meta["labels"]["added-by-someone"] = "x"
     meta["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "{}"
-    assert metadata_drift(spec, meta) is False
+    assert metadata_drift(spec, meta, UID) is False
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,13 @@ def test_metadata_drift_when_ours_are_missing_or_changed(
     spec = make_spec(labels={"team": "x"}, annotations={"note": "y"})
     meta = render(spec)["metadata"]
     mutate(meta)
-    assert metadata_drift(spec, meta) is True
+    assert metadata_drift(spec, meta, UID) is True
+
+
+def test_an_owner_reference_to_a_previous_identity_is_drift() -> None:
+    spec = make_spec()
+    meta = render(spec)["metadata"]
+    assert metadata_drift(spec, meta, "uid-of-the-identity-made-again") is True
 
 
 def test_trust_bundle_configmap() -> None:

@@ -94,6 +94,7 @@ class IdentityController:
             spec = body.get("spec") or {}
             secret_name = spec.get("secretName") or default_secret_name(meta["name"])
             self._seen_secrets.pop((meta["namespace"], secret_name), None)
+            self._own_secret_rv.pop((meta["namespace"], secret_name), None)
             self._own_rv.pop(key, None)
             self.queue.forget(key)
             metrics.forget_identity(*key)
@@ -176,7 +177,7 @@ class IdentityController:
         reason = reissue_reason(ObservedSecret(data), spec.desired, ca, now)
         if reason is None and secret is not None and data is not None:
             leaf = parse_certificate_chain(data["tls.crt"])[0]
-            if metadata_drift(spec, secret["metadata"]):
+            if metadata_drift(spec, secret["metadata"], body["metadata"]["uid"]):
                 await self._write_secret(
                     spec, body, secret, data["tls.crt"], data["tls.key"], bundle
                 )

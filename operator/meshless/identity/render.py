@@ -83,12 +83,16 @@ def identity_secret(
     }
 
 
-def metadata_drift(spec: IdentitySpec, secret_meta: Mapping[str, Any]) -> bool:
-    """True when labels or annotations we set are missing or changed on our Secret."""
+def metadata_drift(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity_uid: str) -> bool:
+    """True when labels or annotations we set are missing or changed on our Secret, or its
+    ownerReference names a previous identity's uid (garbage collection would delete it)."""
     labels = secret_meta.get("labels") or {}
     annotations = secret_meta.get("annotations") or {}
-    return any(labels.get(k) != v for k, v in secret_labels(spec).items()) or any(
-        annotations.get(k) != v for k, v in secret_annotations(spec).items()
+    owners = secret_meta.get("ownerReferences") or ()
+    return (
+        any(labels.get(k) != v for k, v in secret_labels(spec).items())
+        or any(annotations.get(k) != v for k, v in secret_annotations(spec).items())
+        or not any(ref.get("uid") == identity_uid for ref in owners)
     )
 
 
