@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -337,7 +338,7 @@ def run_requests(
         finally:
             await kube.close()
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
 def verify_secrets(core: client.CoreV1Api, namespace: str, names: list[str], bundle: bytes) -> int:
@@ -516,7 +517,7 @@ def bench_latency(api: client.ApiClient, rate_per_s: float, seconds: float) -> d
         await asyncio.gather(*pending)
         await kube.close()
 
-    asyncio.run(paced())
+    uvloop.run(paced())
     watcher.wait_all(total, timeout=300)
     watcher.stop()
     latencies = sorted((watcher.ready_at[n] - created_at[n]) * 1000 for n in created_at)
