@@ -239,3 +239,18 @@ def test_a_renewal_storm_is_spread_by_the_write_budget_and_nothing_is_dropped(
     )
     assert expiration is not None and float(expiration.group(1)) == not_after.timestamp()
     assert re.search(r"^meshless_ca_expiration_timestamp_seconds \d", metrics, re.M)
+
+
+def test_the_operator_serves_healthz_and_logs_json(operator_factory: OperatorFactory) -> None:
+    import json
+    import urllib.request
+
+    op = operator_factory(log_format="json")
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=10) as r:
+        assert r.status == 200
+        probes = json.loads(r.read())
+    assert probes.get("issued") == 0  # our probe, through Kopf's liveness endpoint
+    lines = [line for line in op.log().splitlines() if line.strip()]
+    started = [json.loads(line) for line in lines if '"operator started"' in line]
+    assert started and started[0]["level"] == "info" and started[0]["logger"] == "meshless.operator"
+    assert op.stop() == 0

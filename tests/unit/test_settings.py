@@ -273,3 +273,15 @@ def test_cli_rejects_a_bad_log_format_with_one_line_before_any_cluster_contact(
     assert "MESHLESS_LOG_FORMAT" in lines[0]
     assert "'xml'" in lines[0]
     assert proc.stdout == ""
+
+
+def test_meshless_version_prints_the_package_version() -> None:
+    import subprocess
+    import sys
+
+    from meshless import __version__
+
+    out = subprocess.run(
+        [sys.executable, "-m", "meshless", "version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == __version__ != "0.0.0+unknown"
