@@ -248,6 +248,16 @@ def test_workload_identity_accepts(
             id="secretTemplate-reserved-label",
         ),
         pytest.param(
+            {"secretTemplate": {"labels": {"bad key": "v"}}},
+            ["spec.secretTemplate.labels", "qualified names"],
+            id="secretTemplate-bad-label-key",
+        ),
+        pytest.param(
+            {"secretTemplate": {"annotations": {"example.com/ok": "v", "not a key!": "v"}}},
+            ["spec.secretTemplate.annotations", "qualified names"],
+            id="secretTemplate-bad-annotation-key",
+        ),
+        pytest.param(
             {"secretTemplate": {"labels": {"team": "not a label value"}}},
             ["spec.secretTemplate.labels.team"],
             id="secretTemplate-bad-label-value",

@@ -412,3 +412,23 @@ def test_a_spec_change_reissues_with_the_new_sans_and_algorithm(
     assert key_matches_certificate(load_private_key(data["tls.key"]), leaf)
     reissued = wait_event(api_client, namespace, "changing", "Reissued")
     assert "SpecChanged" in reissued.message
+
+
+def test_a_secret_the_api_refuses_is_not_ready_and_others_keep_working(
+    meshless_operator: OperatorProcess, api_client: client.ApiClient, namespace: str
+) -> None:
+    # Passes the schema (annotation values are free text) but exceeds the 256 KiB that
+    # Kubernetes allows for a Secret's annotations: only the write can tell.
+    create_identity(
+        api_client,
+        namespace,
+        "oversized",
+        secretTemplate={"annotations": {"example.com/blob": "x" * (300 * 1024)}},
+    )
+    create_identity(api_client, namespace, "neighbour")
+    failed = wait_identity(api_client, namespace, "oversized", ready_with_reason("IssuingFailed"))
+    message = condition(failed, "Ready")["message"]  # type: ignore[index]
+    assert "annotations" in message and "PRIVATE KEY" not in message
+    assert wait_event(api_client, namespace, "oversized", "IssuingFailed").type == "Warning"
+    assert is_ready(wait_identity(api_client, namespace, "neighbour", is_ready))
+    assert meshless_operator.proc is not None and meshless_operator.proc.poll() is None

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import aiohttp
+
 from meshless import metrics
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
@@ -136,7 +138,22 @@ class IdentityController:
                 # The namespace is going away; its objects will go with it.
                 log.debug("%s/%s: namespace is terminating; not reconciled", *key)
                 return None
+            await self._report_failure(key, exc)
             raise
+        except Exception as exc:  # one bad object must not stop the others: report, retry
+            await self._report_failure(key, exc)
+            raise
+
+    async def _report_failure(self, key: Key, exc: Exception) -> None:
+        """Ready=False with the error (our errors never carry key material), best effort: the
+        API may be what failed. The work queue retries with backoff."""
+        body = self.store.get(key)
+        if body is None or _transient(exc):
+            return
+        try:
+            await self._not_ready(body, "IssuingFailed", f"{type(exc).__name__}: {exc}"[:512])
+        except Exception as report_exc:
+            log.debug("%s/%s: could not report the failure: %s", *key, report_exc)
 
     async def _reconcile(self, key: Key) -> float | None:
         body = self.store.get(key)
@@ -420,6 +437,13 @@ class IdentityController:
             self.kube.post_event(involved, type=type, reason=reason, message=message)
         )
         task.add_done_callback(_log_event_failure)
+
+
+def _transient(exc: Exception) -> bool:
+    """Errors worth a quiet retry rather than a status change: the API away or overloaded."""
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, aiohttp.ClientError | TimeoutError)
 
 
 def slim(body: Mapping[str, Any]) -> Json:
