@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install control-plane cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-cluster: install
+# Builds (or reuses) kube-apiserver and etcd; several minutes on a fresh machine, so it runs
+# before pytest rather than inside a test fixture's time limit.
+control-plane:
+	bash hack/build-control-plane.sh
+
+cluster: install control-plane
 	$(PY) hack/localcluster.py up
 
 cluster-down:
@@ -47,15 +52,15 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest tests/unit -q
 
-integration: install
+integration: install control-plane
 	$(VENV)/bin/pytest tests/integration -q
 
 # The whole suite: static checks, then unit and integration tests (the test session starts
 # the local control plane itself and stops it at the end).
-test: lint typecheck
+test: lint typecheck control-plane
 	$(VENV)/bin/pytest tests -q -ra
 
-bench: install
+bench: install control-plane
 	$(PY) bench/run.py
 
 clean: cluster-down
