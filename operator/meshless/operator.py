@@ -109,10 +109,6 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         settings.watching.connect_timeout = 30
-        settings.persistence.finalizer = "meshless.dev/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="meshless.dev"
-        )
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL

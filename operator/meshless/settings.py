@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -200,7 +200,3 @@ def validate(s: Settings) -> None:
         fail("--ca-poll-interval", "must be at least 1s")
     if s.workers < 1:
         fail("--workers", "must be at least 1")
-
-
-def describe(s: Settings) -> Sequence[str]:
-    return [f"{o.attr}={getattr(s, o.attr)}" for o in OPTIONS]

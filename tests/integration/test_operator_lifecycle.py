@@ -37,6 +37,12 @@ def user_ca() -> CertificateAuthority:
     return ca
 
 
+def key_mismatch(ca: CertificateAuthority) -> dict[str, bytes]:
+    """The CA's certificate with somebody else's key."""
+    other_key = private_key_to_pem(generate_private_key(KeyAlgorithm.ECDSAP256))
+    return {"tls.crt": pem(ca.issuer_cert), "tls.key": other_key}
+
+
 def put_secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, bytes]) -> None:
     body = {
         "metadata": {"name": name},
@@ -134,11 +140,7 @@ def test_a_user_ca_that_is_wrong_is_reported_and_a_good_one_is_used(
         core,
         ca_ns,
         "user-ca",
-        {
-            "tls.crt": pem(good.issuer_cert),
-            "tls.key": private_key_to_pem(generate_private_key(KeyAlgorithm.ECDSAP256)),
-            "ca.crt": pem(*good.roots),
-        },
+        {**key_mismatch(good), "ca.crt": pem(*good.roots)},
     )
     wait_identity(api_client, namespace, "early", ready_with_reason("CAKeyMismatch"))
     wait_event(api_client, ca_ns, "user-ca", "CAKeyMismatch")
@@ -188,10 +190,7 @@ def test_a_user_ca_that_is_wrong_is_reported_and_a_good_one_is_used(
         core,
         ca_ns,
         "user-ca",
-        {
-            "tls.crt": pem(good.issuer_cert),
-            "tls.key": private_key_to_pem(generate_private_key(KeyAlgorithm.ECDSAP256)),
-        },
+        key_mismatch(good),
     )
     op2 = operator_factory(namespace=ca_ns, ca_source="user-ca")
     create_identity(api_client, namespace, "late")

@@ -324,26 +324,11 @@ class IdentityController:
 
     # --- status -----------------------------------------------------------------------------
     async def _ready(self, body: Json, spec: IdentitySpec, summary: CertificateSummary) -> None:
-        status = dict(body.get("status") or {})
         generation = body["metadata"].get("generation")
-        now = self.clock()
-        conditions = set_condition(
-            status.get("conditions") or [],
-            type="Ready",
-            status=True,
-            reason="Ready",
-            message=f"Certificate is valid until {rfc3339(summary.not_after)}",
-            generation=generation,
-            now=now,
-        )
-        conditions = set_condition(
-            conditions,
-            type="Issuing",
-            status=False,
-            reason="UpToDate",
-            message=f"Renews at {rfc3339(summary.renewal_time)}",
-            generation=generation,
-            now=now,
+        conditions = self._conditions(
+            body,
+            ("Ready", True, "Ready", f"Certificate is valid until {rfc3339(summary.not_after)}"),
+            ("Issuing", False, "UpToDate", f"Renews at {rfc3339(summary.renewal_time)}"),
         )
         wanted = {
             **certificate_status(summary, spec.secret_name),
@@ -357,41 +342,32 @@ class IdentityController:
         metrics.CERTIFICATE_READY.labels(ns, name).set(1)
         self._ready_keys.add((ns, name))
 
-    def _issuing_status(self, body: Json, reason: Reason) -> Json:
-        status = body.get("status") or {}
-        return {
-            "conditions": set_condition(
-                status.get("conditions") or [],
-                type="Issuing",
-                status=True,
-                reason=reason.code,
-                message=f"Waiting for the write budget to issue a certificate: {reason.message}",
-                generation=body["metadata"].get("generation"),
-                now=self.clock(),
+    def _conditions(self, body: Json, *changes: tuple[str, bool, str, str]) -> list[dict[str, Any]]:
+        """The identity's conditions with each (type, status, reason, message) applied."""
+        conditions = list((body.get("status") or {}).get("conditions") or [])
+        generation, now = body["metadata"].get("generation"), self.clock()
+        for type_, status, reason, message in changes:
+            conditions = set_condition(
+                conditions,
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                generation=generation,
+                now=now,
             )
-        }
+        return conditions
+
+    def _issuing_status(self, body: Json, reason: Reason) -> Json:
+        message = f"Waiting for the write budget to issue a certificate: {reason.message}"
+        return {"conditions": self._conditions(body, ("Issuing", True, reason.code, message))}
 
     async def _not_ready(self, body: Json, reason: str, message: str) -> None:
         status = body.get("status") or {}
         generation = body["metadata"].get("generation")
         before = find_condition(status.get("conditions") or [], "Ready")
-        conditions = set_condition(
-            status.get("conditions") or [],
-            type="Ready",
-            status=False,
-            reason=reason,
-            message=message,
-            generation=generation,
-            now=self.clock(),
-        )
-        conditions = set_condition(
-            conditions,
-            type="Issuing",
-            status=False,
-            reason=reason,
-            message=message,
-            generation=generation,
-            now=self.clock(),
+        conditions = self._conditions(
+            body, ("Ready", False, reason, message), ("Issuing", False, reason, message)
         )
         changed = await self._patch_status(
             body, {"conditions": conditions, "observedGeneration": generation}
