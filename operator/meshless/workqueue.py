@@ -77,6 +77,10 @@ class WorkQueue(Generic[K]):
         due = self._due.get(key)
         return None if due is None else due - self._clock()
 
+    def __len__(self) -> int:
+        """Keys queued or being processed (not those only scheduled for later)."""
+        return len(self._queued) + len(self._active)
+
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._scheduler()))
