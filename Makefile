@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install control-plane cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages control-plane cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Debian packages the tests need as real peers (openssl, nginx, ...): hack/system-packages.txt
+system-packages:
+	bash hack/install-system-packages.sh
 
 # Builds (or reuses) kube-apiserver and etcd; several minutes on a fresh machine, so it runs
 # before pytest rather than inside a test fixture's time limit.
@@ -57,7 +61,7 @@ integration: install control-plane
 
 # The whole suite: static checks, then unit and integration tests (the test session starts
 # the local control plane itself and stops it at the end).
-test: lint typecheck control-plane
+test: lint typecheck control-plane system-packages
 	$(VENV)/bin/pytest tests -q -ra
 
 bench: install control-plane

@@ -1,0 +1,100 @@
+"""The API's names in one place (pure): group, version, kinds, labels, annotations,
+condition types and reasons. Nothing else in the code spells these strings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+GROUP = "meshless.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+LABEL_PREFIX = f"{GROUP}/"
+
+
+class Kind(StrEnum):
+    WORKLOAD_IDENTITY = "WorkloadIdentity"
+    MTLS_POLICY = "MtlsPolicy"
+
+
+class Plural(StrEnum):
+    WORKLOAD_IDENTITIES = "workloadidentities"
+    MTLS_POLICIES = "mtlspolicies"
+
+
+# --- labels -------------------------------------------------------------------------------
+# On an identity Secret: the WorkloadIdentity's name. On a pod: its ServiceAccount's name, set
+# only by the injector; NetworkPolicies trust it.
+IDENTITY_LABEL = f"{GROUP}/identity"
+# On a WorkloadIdentity the operator made for an MtlsPolicy: "true".
+PROVISIONED_LABEL = f"{GROUP}/provisioned"
+# On objects the operator owns for a policy (NetworkPolicies): "<namespace>.<name>" of the
+# policy that decided them.
+POLICY_LABEL = f"{GROUP}/policy"
+POLICY_NAMESPACE_LABEL = f"{GROUP}/policy-namespace"
+MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "meshless"
+MANAGED_BY = {MANAGED_BY_KEY: MANAGED_BY_VALUE}
+
+# --- annotations --------------------------------------------------------------------------
+SPIFFE_ID_ANNOTATION = f"{GROUP}/spiffe-id"
+INJECT_ANNOTATION = f"{GROUP}/inject"  # "false" opts a pod out of injection
+# On the CA Secret: a root rotation requested by `meshless ca rotate`.
+ROTATE_ANNOTATION = f"{GROUP}/rotate"
+
+# --- the trust bundle ---------------------------------------------------------------------
+TRUST_BUNDLE_NAME = "meshless-trust-bundle"
+TRUST_BUNDLE_KEY = "ca.crt"
+
+# --- what injection puts into a pod -------------------------------------------------------
+IDENTITY_MOUNT_PATH = "/var/run/secrets/meshless/"
+IDENTITY_VOLUME = "meshless-identity"
+ENV_SPIFFE_ID = "MESHLESS_SPIFFE_ID"
+ENV_MTLS_MODE = "MESHLESS_MTLS_MODE"
+ENV_MTLS_PORTS = "MESHLESS_MTLS_PORTS"
+ENV_PREFIX = "MESHLESS_"
+
+
+class Mode(StrEnum):
+    """PeerAuthentication modes. UNSET never comes out of the resolver."""
+
+    STRICT = "STRICT"
+    PERMISSIVE = "PERMISSIVE"
+    DISABLE = "DISABLE"
+    UNSET = "UNSET"
+
+
+class AdmissionAction(StrEnum):
+    ENFORCE = "Enforce"
+    WARN = "Warn"
+    AUDIT = "Audit"
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    ISSUING = "Issuing"
+    CONFLICTED = "Conflicted"
+    ENFORCED = "Enforced"
+
+
+class Reason(StrEnum):
+    """Condition and Event reasons (CamelCase, metav1.Condition)."""
+
+    # WorkloadIdentity
+    READY = "Ready"
+    UP_TO_DATE = "UpToDate"
+    INVALID_SPEC = "InvalidSpec"
+    SECRET_CONFLICT = "SecretConflict"
+    ISSUING_FAILED = "IssuingFailed"
+    CA_UNAVAILABLE = "CAUnavailable"
+    ISSUED = "Issued"
+    RENEWED = "Renewed"
+    REISSUED = "Reissued"
+    # MtlsPolicy
+    IN_EFFECT = "InEffect"
+    NETWORK_OPEN = "NetworkOpen"
+    NAMESPACE_TERMINATING = "NamespaceTerminating"
+    RECONCILE_FAILED = "ReconcileFailed"
+    CONFLICT = "Conflict"  # Conflicted=True: ignored in favour of another policy
+    NO_CONFLICT = "NoConflict"
+    ADMISSION_WARNED = "AdmissionWarned"
+    ADMISSION_AUDITED = "AdmissionAudited"

@@ -1,0 +1,1 @@
+"""MtlsPolicy: PeerAuthentication semantics (spec, resolution, rendering) and its controller."""
