@@ -7,14 +7,16 @@ to load never replaces the last good one; the failure is kept for status and Eve
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from meshless.identity.render import MANAGED_BY, decode_secret_data
-from meshless.kube import ApiError, Kube
+from meshless.api import MANAGED_BY
+from meshless.identity.render import decode_secret_data
+from meshless.kube import SECRETS, ApiError, Json, Kube
 from meshless.pki.bundle import bundle_pem, fingerprint
 from meshless.pki.ca import (
     CAError,
@@ -89,7 +91,7 @@ class CAStore:
 
     async def _read_or_bootstrap(self) -> CertificateAuthority:
         ns, name = self._settings.namespace, self._settings.ca_secret_name
-        secret = await self._kube.get_secret(ns, name)
+        secret = await self._kube.get(SECRETS, ns, name)
         if secret is None and self._settings.ca_source == CA_SELF_SIGNED:
             secret = await self._bootstrap(ns, name)
         self._secret_meta = (secret or {}).get("metadata")
@@ -97,8 +99,10 @@ class CAStore:
             raise CAError("CASecretMissing", f"CA Secret {ns}/{name} does not exist")
         return ca_from_secret_data(decode_secret_data(secret.get("data")), self._clock())
 
-    async def _bootstrap(self, ns: str, name: str) -> dict[str, object] | None:
-        ca, root_key = bootstrap_self_signed(self._settings.trust_domain, self._clock())
+    async def _bootstrap(self, ns: str, name: str) -> Json | None:
+        ca, root_key = await asyncio.to_thread(
+            bootstrap_self_signed, self._settings.trust_domain, self._clock()
+        )
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -109,12 +113,12 @@ class CAStore:
             },
         }
         try:
-            created = await self._kube.create_secret(body)
+            created = await self._kube.create(SECRETS, body)
             log.info("bootstrapped a self-signed root and intermediate in Secret %s/%s", ns, name)
             return created
         except ApiError as exc:
             if exc.status == 409:  # another replica won the race: use theirs
-                return await self._kube.get_secret(ns, name)
+                return await self._kube.get(SECRETS, ns, name)
             if exc.status == 404:
                 raise CAError(
                     "CANamespaceMissing", f"namespace {ns} for the CA Secret does not exist"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import ssl
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -18,13 +19,59 @@ from urllib.parse import quote
 import aiohttp
 from kubernetes import client, config
 
-from meshless import metrics
+from meshless import api, metrics
 
 Json = dict[str, Any]
 
-GROUP = "meshless.dev"
-VERSION = "v1alpha1"
-IDENTITIES = "workloadidentities"
+FIELD_MANAGER = "meshless"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind of object the API serves: group ("" for core), version, plural."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace is not None:
+            base += f"/namespaces/{_q(namespace)}"
+        path = f"{base}/{self.plural}"
+        if name is not None:
+            path += f"/{_q(name)}"
+        if subresource is not None:
+            path += f"/{subresource}"
+        return path
+
+
+SECRETS = Resource("", "v1", "secrets")
+CONFIGMAPS = Resource("", "v1", "configmaps")
+EVENTS = Resource("", "v1", "events")
+PODS = Resource("", "v1", "pods")
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
+NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+MUTATING_WEBHOOKS = Resource(
+    "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", namespaced=False
+)
+VALIDATING_WEBHOOKS = Resource(
+    "admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", namespaced=False
+)
+IDENTITIES = Resource(api.GROUP, api.VERSION, api.Plural.WORKLOAD_IDENTITIES)
+POLICIES = Resource(api.GROUP, api.VERSION, api.Plural.MTLS_POLICIES)
 
 
 class ApiError(Exception):
@@ -115,60 +162,94 @@ class Kube:
             )
         return payload
 
-    async def get(self, path: str) -> Json | None:
+    # --- generic verbs on any resource ---------------------------------------------------
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Json | None:
+        """The object, or None when it does not exist."""
         try:
-            return await self.request("GET", path)
+            return await self.request("GET", resource.path(namespace, name))
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    # --- core objects by name -------------------------------------------------------------
-    @staticmethod
-    def namespaced(kind_plural: str, namespace: str, name: str | None = None) -> str:
-        path = f"/api/v1/namespaces/{_q(namespace)}/{kind_plural}"
-        return f"{path}/{_q(name)}" if name else path
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+    ) -> list[Json]:
+        """Every object (all pages), across namespaces when `namespace` is None."""
+        items: list[Json] = []
+        token = ""
+        while True:
+            query = [("limit", str(page_size))]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if field_selector:
+                query.append(("fieldSelector", field_selector))
+            if token:
+                query.append(("continue", token))
+            page = await self.request("GET", resource.path(namespace), query=query)
+            items.extend(page.get("items") or ())
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
 
-    async def get_secret(self, namespace: str, name: str) -> Json | None:
-        return await self.get(self.namespaced("secrets", namespace, name))
+    async def create(self, resource: Resource, body: Json) -> Json:
+        return await self.request("POST", resource.path(_namespace_of(resource, body)), body)
 
-    async def create_secret(self, body: Json) -> Json:
-        ns = body["metadata"]["namespace"]
-        return await self.request("POST", self.namespaced("secrets", ns), body)
+    async def replace(self, resource: Resource, body: Json) -> Json:
+        """PUT: with metadata.resourceVersion set, fails with 409 when the object changed."""
+        name = body["metadata"]["name"]
+        return await self.request("PUT", resource.path(_namespace_of(resource, body), name), body)
 
-    async def replace_secret(self, body: Json) -> Json:
-        meta = body["metadata"]
+    async def patch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        content_type: str = MERGE_PATCH,
+        subresource: str | None = None,
+    ) -> Json:
         return await self.request(
-            "PUT", self.namespaced("secrets", meta["namespace"], meta["name"]), body
+            "PATCH", resource.path(namespace, name, subresource), patch, content_type=content_type
         )
 
-    async def get_configmap(self, namespace: str, name: str) -> Json | None:
-        return await self.get(self.namespaced("configmaps", namespace, name))
-
-    async def apply_configmap(self, body: Json) -> Json:
-        """Create or replace a ConfigMap we own (server-side apply, our field manager)."""
+    async def apply(self, resource: Resource, body: Json, *, force: bool = True) -> Json:
+        """Server-side apply with our field manager: we own exactly the fields we send."""
         meta = body["metadata"]
         return await self.request(
             "PATCH",
-            self.namespaced("configmaps", meta["namespace"], meta["name"]),
+            resource.path(_namespace_of(resource, body), meta["name"]),
             body,
-            content_type="application/apply-patch+yaml",
-            query=[("fieldManager", "meshless"), ("force", "true")],
+            content_type=APPLY_PATCH,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")],
         )
 
-    # --- WorkloadIdentity -------------------------------------------------------------------
-    @staticmethod
-    def identity_path(namespace: str, name: str | None = None) -> str:
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{_q(namespace)}/{IDENTITIES}"
-        return f"{path}/{_q(name)}" if name else path
+    async def delete(
+        self, resource: Resource, namespace: str | None, name: str, *, uid: str | None = None
+    ) -> bool:
+        """True when deleted, False when it was already gone. With `uid`, only that object
+        (a precondition: a newer object of the same name is left alone)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            await self.request("DELETE", resource.path(namespace, name), body)
+        except ApiError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
 
-    async def patch_identity_status(self, namespace: str, name: str, status: Json) -> Json:
-        return await self.request(
-            "PATCH",
-            self.identity_path(namespace, name) + "/status",
-            {"status": status},
-            content_type="application/merge-patch+json",
-        )
+    async def patch_status(
+        self, resource: Resource, namespace: str | None, name: str, status: Json
+    ) -> Json:
+        """Merge-patch the status subresource."""
+        return await self.patch(resource, namespace, name, {"status": status}, subresource="status")
 
     # --- Events ---------------------------------------------------------------------------
     async def post_event(
@@ -191,4 +272,8 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        await self.request("POST", self.namespaced("events", ns), event)
+        await self.request("POST", EVENTS.path(ns), event)
+
+
+def _namespace_of(resource: Resource, body: Json) -> str | None:
+    return body["metadata"].get("namespace") if resource.namespaced else None

@@ -14,12 +14,13 @@ import kopf
 from prometheus_client import start_http_server
 
 from meshless import metrics
+from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.identity.controller import IdentityController
-from meshless.identity.render import IDENTITY_LABEL
 from meshless.kube import Kube, load_configuration
 from meshless.settings import Settings
+from meshless.status import EventRecorder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ class Operator:
         self.kube = kube
         self.ca = CAStore(kube, settings, utcnow)
         self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
-        self.identities = IdentityController(kube, settings, self.ca, self.budget, utcnow)
+        self.events = EventRecorder(kube)
+        self.identities = IdentityController(
+            kube, settings, self.ca, self.budget, utcnow, self.events
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -67,6 +71,7 @@ class Operator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.identities.queue.stop()
+        await self.events.close()
         await self.kube.close()
 
     def _note_ca(self) -> None:
@@ -127,7 +132,7 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         if operator is not None:
             await operator.stop()
 
-    @kopf.on.event("meshless.dev", "v1alpha1", "workloadidentities", registry=registry)
+    @kopf.on.event(GROUP, VERSION, Plural.WORKLOAD_IDENTITIES, registry=registry)
     async def identity_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         memo.operator.identities.on_identity_event(type, body)
 

@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
+from meshless.api import IDENTITY_LABEL, SPIFFE_ID_ANNOTATION, TRUST_BUNDLE_KEY, TRUST_BUNDLE_NAME
 from meshless.identity.render import (
-    IDENTITY_LABEL,
-    SPIFFE_ID_ANNOTATION,
-    TRUST_BUNDLE_KEY,
-    TRUST_BUNDLE_NAME,
     certificate_status,
     decode_secret_data,
     identity_secret,

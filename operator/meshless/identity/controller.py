@@ -18,15 +18,19 @@ from typing import Any
 import aiohttp
 
 from meshless import metrics
-from meshless.budget import WriteBudget
-from meshless.ca_store import CAStore
-from meshless.conditions import find_condition, rfc3339, set_condition
-from meshless.identity.render import (
+from meshless.api import (
     API_VERSION,
     IDENTITY_LABEL,
-    KIND,
     TRUST_BUNDLE_KEY,
     TRUST_BUNDLE_NAME,
+    ConditionType,
+    Kind,
+)
+from meshless.api import Reason as R
+from meshless.budget import WriteBudget
+from meshless.ca_store import CAStore
+from meshless.conditions import find_condition, rfc3339
+from meshless.identity.render import (
     certificate_status,
     decode_secret_data,
     identity_secret,
@@ -35,7 +39,7 @@ from meshless.identity.render import (
     trust_bundle_configmap,
 )
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
-from meshless.kube import ApiError, Json, Kube
+from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
 from meshless.pki.reissue import (
     CertificateSummary,
     ObservedSecret,
@@ -45,6 +49,13 @@ from meshless.pki.reissue import (
 )
 from meshless.pki.svid import issue_svid, parse_certificate_chain
 from meshless.settings import Settings
+from meshless.status import (
+    ConditionChange,
+    EventRecorder,
+    StatusWriter,
+    conditions_with,
+    involved_object,
+)
 from meshless.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -53,9 +64,10 @@ Key = tuple[str, str]  # namespace, name
 CA_RETRY_S = 15.0
 CONFLICT_RETRY_S = 30.0
 ISSUING_NOTICE_S = 1.0
-FIRST_ISSUE = Reason(
-    "SecretMissing", "the Secret does not exist"
-)  # report Issuing=True only when the write budget makes us wait
+# report Issuing=True only when the write budget makes us wait
+FIRST_ISSUE = Reason("SecretMissing", "the Secret does not exist")
+READY = ConditionType.READY.value
+ISSUING = ConditionType.ISSUING.value
 
 
 class IdentityController:
@@ -66,6 +78,7 @@ class IdentityController:
         ca: CAStore,
         budget: WriteBudget,
         clock: Callable[[], datetime],
+        events: EventRecorder,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -75,7 +88,8 @@ class IdentityController:
         self.store: dict[Key, Json] = {}
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
         self.issued = 0
-        self._own_rv: dict[Key, str] = {}
+        self.events = events
+        self.status = StatusWriter(kube, IDENTITIES)
         self._own_secret_rv: dict[Key, str] = {}
         self._seen_secrets: dict[Key, Json] = {}  # Secret bodies from watch events, read once
         self._bundles: dict[str, bytes] = {}
@@ -97,12 +111,12 @@ class IdentityController:
             secret_name = spec.get("secretName") or default_secret_name(meta["name"])
             self._seen_secrets.pop((meta["namespace"], secret_name), None)
             self._own_secret_rv.pop((meta["namespace"], secret_name), None)
-            self._own_rv.pop(key, None)
+            self.status.forget(key)
             self.queue.forget(key)
             metrics.forget_identity(*key)
             return
         self.store[key] = slim(body)
-        if meta.get("resourceVersion") == self._own_rv.get(key):
+        if self.status.is_echo(body):
             return  # the echo of our own status patch
         self.queue.add(key)
 
@@ -151,7 +165,7 @@ class IdentityController:
         if body is None or _transient(exc):
             return
         try:
-            await self._not_ready(body, "IssuingFailed", f"{type(exc).__name__}: {exc}"[:512])
+            await self._not_ready(body, R.ISSUING_FAILED, f"{type(exc).__name__}: {exc}"[:512])
         except Exception as report_exc:
             log.debug("%s/%s: could not report the failure: %s", *key, report_exc)
 
@@ -163,7 +177,7 @@ class IdentityController:
         try:
             spec = parse_identity(namespace, name, body.get("spec") or {}, self.settings)
         except SpecError as exc:
-            await self._not_ready(body, "InvalidSpec", str(exc))
+            await self._not_ready(body, R.INVALID_SPEC, str(exc))
             return None
         ca = self.ca.current
         if ca is None:
@@ -179,11 +193,11 @@ class IdentityController:
                 return issued
         secret = self._seen_secrets.pop((namespace, spec.secret_name), None)
         if secret is None:
-            secret = await self.kube.get_secret(namespace, spec.secret_name)
+            secret = await self.kube.get(SECRETS, namespace, spec.secret_name)
         if secret is not None and not is_owned_by(secret["metadata"], name):
             await self._not_ready(
                 body,
-                "SecretConflict",
+                R.SECRET_CONFLICT,
                 f"Secret {namespace}/{spec.secret_name} exists and is not owned by "
                 f"WorkloadIdentity {name}; it is left untouched. Delete it or set "
                 "spec.secretName to another name.",
@@ -206,10 +220,10 @@ class IdentityController:
 
     def _never_issued(self, body: Json, spec: IdentitySpec) -> bool:
         status = body.get("status") or {}
-        ready = find_condition(status.get("conditions") or [], "Ready") or {}
+        ready = find_condition(status.get("conditions") or [], READY) or {}
         return (
             not status.get("serialNumber")
-            and ready.get("reason") != "SecretConflict"
+            and ready.get("reason") != R.SECRET_CONFLICT
             and (spec.namespace, spec.secret_name) not in self._own_secret_rv
         )
 
@@ -220,7 +234,9 @@ class IdentityController:
         assert ca is not None
         if self.budget.expected_wait() > ISSUING_NOTICE_S:
             await self._patch_status(body, self._issuing_status(body, reason))
-        svid = issue_svid(ca, spec.desired.request, self.clock())
+        # Key generation and signing run in a thread (the GIL is released inside OpenSSL):
+        # an RSA4096 key takes ~0.5 s, which would stall watches, /healthz and webhooks.
+        svid = await asyncio.to_thread(issue_svid, ca, spec.desired.request, self.clock())
         try:
             await self._write_secret(
                 spec, body, secret, svid.chain_pem, svid.private_key_pem, bundle
@@ -237,7 +253,7 @@ class IdentityController:
         first = not (body.get("status") or {}).get("serialNumber")
         await self._ready(body, spec, summary)
         event_reason = (
-            "Issued" if first else ("Renewed" if reason.code == "RenewalDue" else "Reissued")
+            R.ISSUED if first else (R.RENEWED if reason.code == "RenewalDue" else R.REISSUED)
         )
         self._event(
             body,
@@ -272,9 +288,9 @@ class IdentityController:
         waited = await self.budget.acquire()
         metrics.WRITE_BUDGET_WAIT.observe(waited)
         if existing is None:
-            written = await self.kube.create_secret(manifest)
+            written = await self.kube.create(SECRETS, manifest)
         else:
-            written = await self.kube.replace_secret(manifest)
+            written = await self.kube.replace(SECRETS, manifest)
         self._own_secret_rv[(spec.namespace, spec.secret_name)] = written["metadata"][
             "resourceVersion"
         ]
@@ -287,7 +303,7 @@ class IdentityController:
         """No usable CA: identities with a valid certificate keep it and stay Ready; the rest
         report why they cannot be issued."""
         status = body.get("status") or {}
-        ready = find_condition(status.get("conditions") or [], "Ready")
+        ready = find_condition(status.get("conditions") or [], READY)
         not_after = status.get("notAfter")
         if (
             ready
@@ -297,7 +313,7 @@ class IdentityController:
         ):
             return CA_RETRY_S
         error = self.ca.error
-        reason = error.reason if error else "CAUnavailable"
+        reason = error.reason if error else R.CA_UNAVAILABLE
         message = str(error) if error else "the issuing CA is not loaded yet"
         await self._not_ready(body, reason, f"cannot issue: {message}")
         return CA_RETRY_S
@@ -310,9 +326,9 @@ class IdentityController:
         async with lock:
             if self._bundles.get(namespace) == bundle:
                 return
-            current = await self.kube.get_configmap(namespace, TRUST_BUNDLE_NAME)
+            current = await self.kube.get(CONFIGMAPS, namespace, TRUST_BUNDLE_NAME)
             if (current or {}).get("data", {}).get(TRUST_BUNDLE_KEY) != bundle.decode():
-                await self.kube.apply_configmap(trust_bundle_configmap(namespace, bundle))
+                await self.kube.apply(CONFIGMAPS, trust_bundle_configmap(namespace, bundle))
             self._bundles[namespace] = bundle
 
     async def refresh_trust_bundles(self) -> None:
@@ -327,8 +343,12 @@ class IdentityController:
         generation = body["metadata"].get("generation")
         conditions = self._conditions(
             body,
-            ("Ready", True, "Ready", f"Certificate is valid until {rfc3339(summary.not_after)}"),
-            ("Issuing", False, "UpToDate", f"Renews at {rfc3339(summary.renewal_time)}"),
+            ConditionChange(
+                READY, True, R.READY, f"Certificate is valid until {rfc3339(summary.not_after)}"
+            ),
+            ConditionChange(
+                ISSUING, False, R.UP_TO_DATE, f"Renews at {rfc3339(summary.renewal_time)}"
+            ),
         )
         wanted = {
             **certificate_status(summary, spec.secret_name),
@@ -342,32 +362,22 @@ class IdentityController:
         metrics.CERTIFICATE_READY.labels(ns, name).set(1)
         self._ready_keys.add((ns, name))
 
-    def _conditions(self, body: Json, *changes: tuple[str, bool, str, str]) -> list[dict[str, Any]]:
-        """The identity's conditions with each (type, status, reason, message) applied."""
-        conditions = list((body.get("status") or {}).get("conditions") or [])
-        generation, now = body["metadata"].get("generation"), self.clock()
-        for type_, status, reason, message in changes:
-            conditions = set_condition(
-                conditions,
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                generation=generation,
-                now=now,
-            )
-        return conditions
+    def _conditions(self, body: Json, *changes: ConditionChange) -> list[dict[str, Any]]:
+        return conditions_with(body, changes, self.clock())
 
     def _issuing_status(self, body: Json, reason: Reason) -> Json:
         message = f"Waiting for the write budget to issue a certificate: {reason.message}"
-        return {"conditions": self._conditions(body, ("Issuing", True, reason.code, message))}
+        change = ConditionChange(ISSUING, True, reason.code, message)
+        return {"conditions": self._conditions(body, change)}
 
     async def _not_ready(self, body: Json, reason: str, message: str) -> None:
         status = body.get("status") or {}
         generation = body["metadata"].get("generation")
-        before = find_condition(status.get("conditions") or [], "Ready")
+        before = find_condition(status.get("conditions") or [], READY)
         conditions = self._conditions(
-            body, ("Ready", False, reason, message), ("Issuing", False, reason, message)
+            body,
+            ConditionChange(READY, False, reason, message),
+            ConditionChange(ISSUING, False, reason, message),
         )
         changed = await self._patch_status(
             body, {"conditions": conditions, "observedGeneration": generation}
@@ -383,36 +393,18 @@ class IdentityController:
 
     async def _patch_status(self, body: Json, wanted: Json) -> bool:
         """Merge-patch the fields of `wanted` that differ. Returns True if it wrote."""
-        current = body.get("status") or {}
-        if all(current.get(k) == v for k, v in wanted.items()):
+        updated = await self.status.patch(body, wanted)
+        if updated is None:
             return False
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        try:
-            updated = await self.kube.patch_identity_status(key[0], key[1], wanted)
-        except ApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        self._own_rv[key] = updated["metadata"]["resourceVersion"]
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if key in self.store:
             self.store[key] = slim(updated)
-        body["status"] = updated.get("status") or {}
         return True
 
     def _event(self, body: Json, type: str, reason: str, message: str) -> None:
-        meta = body["metadata"]
-        involved = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-        }
-        task = asyncio.get_running_loop().create_task(
-            self.kube.post_event(involved, type=type, reason=reason, message=message)
+        self.events.post(
+            involved_object(body, API_VERSION, Kind.WORKLOAD_IDENTITY), type, reason, message
         )
-        task.add_done_callback(_log_event_failure)
 
 
 def _transient(exc: Exception) -> bool:
@@ -435,11 +427,6 @@ def slim(body: Mapping[str, Any]) -> Json:
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
         "status": copy.deepcopy(dict(body.get("status") or {})),
     }
-
-
-def _log_event_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("could not post an Event: %s", task.exception())
 
 
 __all__ = ["IdentityController", "Key"]

@@ -6,17 +6,21 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
+from meshless.api import (
+    API_VERSION,
+    GROUP,
+    IDENTITY_LABEL,
+    MANAGED_BY,
+    SPIFFE_ID_ANNOTATION,
+    TRUST_BUNDLE_KEY,
+    TRUST_BUNDLE_NAME,
+    Kind,
+)
 from meshless.conditions import rfc3339
 from meshless.identity.spec import IdentitySpec
 from meshless.pki.reissue import CertificateSummary
 
-API_VERSION = "meshless.dev/v1alpha1"
-KIND = "WorkloadIdentity"
-IDENTITY_LABEL = "meshless.dev/identity"
-SPIFFE_ID_ANNOTATION = "meshless.dev/spiffe-id"
-TRUST_BUNDLE_NAME = "meshless-trust-bundle"
-TRUST_BUNDLE_KEY = "ca.crt"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "meshless"}
+KIND = Kind.WORKLOAD_IDENTITY.value
 
 Manifest = dict[str, Any]
 
@@ -37,7 +41,7 @@ def is_owned_by(secret_meta: Mapping[str, Any], identity_name: str) -> bool:
     for ref in secret_meta.get("ownerReferences") or ():
         if (
             ref.get("kind") == KIND
-            and str(ref.get("apiVersion", "")).startswith("meshless.dev/")
+            and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
             and ref.get("name") == identity_name
         ):
             return True

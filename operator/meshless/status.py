@@ -1,0 +1,133 @@
+"""What every controller shares about writing back: conditions, status patches whose watch
+echoes are recognised, and Events whose tasks are kept and awaited on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from meshless.conditions import set_condition
+from meshless.kube import ApiError, Json, Kube, Resource
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, name
+
+
+@dataclass(frozen=True)
+class ConditionChange:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def conditions_with(
+    body: Mapping[str, Any], changes: Iterable[ConditionChange], now: datetime
+) -> list[dict[str, Any]]:
+    """The object's conditions with each change applied (lastTransitionTime kept when the
+    status holds), observedGeneration from the object's generation."""
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    generation = body["metadata"].get("generation")
+    for change in changes:
+        conditions = set_condition(
+            conditions,
+            type=change.type,
+            status=change.status,
+            reason=change.reason,
+            message=change.message,
+            generation=generation,
+            now=now,
+        )
+    return conditions
+
+
+def key_of(body: Mapping[str, Any]) -> Key:
+    meta = body["metadata"]
+    return (meta["namespace"], meta["name"])
+
+
+class StatusWriter:
+    """Merge-patches the status subresource when it differs from what the object holds, and
+    remembers the resourceVersion each write returned so its watch echo is not reconciled
+    again."""
+
+    def __init__(self, kube: Kube, resource: Resource) -> None:
+        self.kube = kube
+        self.resource = resource
+        self._own_rv: dict[Key, str] = {}
+
+    def is_echo(self, body: Mapping[str, Any]) -> bool:
+        """True for the watch event our own last status write caused."""
+        rv = body["metadata"].get("resourceVersion")
+        return rv is not None and rv == self._own_rv.get(key_of(body))
+
+    def forget(self, key: Key) -> None:
+        self._own_rv.pop(key, None)
+
+    async def patch(self, body: Json, wanted: Mapping[str, Any]) -> Json | None:
+        """Write the fields of `wanted` that differ; returns the updated object, or None when
+        nothing differed or the object is gone. `body["status"]` is updated in place."""
+        current = body.get("status") or {}
+        if all(current.get(k) == v for k, v in wanted.items()):
+            return None
+        namespace, name = key_of(body)
+        try:
+            updated = await self.kube.patch_status(self.resource, namespace, name, dict(wanted))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self._own_rv[(namespace, name)] = updated["metadata"]["resourceVersion"]
+        body["status"] = updated.get("status") or {}
+        return updated
+
+
+def involved_object(body: Mapping[str, Any], api_version: str, kind: str) -> Json:
+    meta = body["metadata"]
+    involved: Json = {"apiVersion": api_version, "kind": kind, "name": meta["name"]}
+    if meta.get("namespace"):
+        involved["namespace"] = meta["namespace"]
+    if meta.get("uid"):
+        involved["uid"] = meta["uid"]
+    return involved
+
+
+class EventRecorder:
+    """Posts Events without making the caller wait; the tasks are kept, and `close` waits for
+    the ones still running (bounded) so none is lost or left dangling at stop."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def post(self, involved: Json, type: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.kube.post_event(involved, type=type, reason=reason, message=message)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not post an Event: %s", task.exception())
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if not self._tasks:
+            return
+        _, still_running = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in still_running:
+            task.cancel()
+        await asyncio.gather(*still_running, return_exceptions=True)
+
+
+Clock = Callable[[], datetime]
