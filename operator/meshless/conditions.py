@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 Condition = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConditionChange:
+    """One condition to set: type, status, reason (CamelCase), message."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
 
 
 def rfc3339(moment: datetime) -> str:

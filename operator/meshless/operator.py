@@ -19,6 +19,7 @@ from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
+from meshless.policy.controller import PolicyController
 from meshless.settings import Settings
 from meshless.status import EventRecorder
 
@@ -56,12 +57,15 @@ class Operator:
         self.identities = IdentityController(
             kube, settings, self.ca, self.budget, utcnow, self.events
         )
+        self.policies = PolicyController(kube, settings, utcnow, self.events)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.ca.load()
         self._note_ca()
         self.identities.queue.start()
+        await self.policies.prime()
+        self.policies.queue.start()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
         self._tasks.append(asyncio.create_task(self._resync()))
         log.info("operator started")
@@ -71,6 +75,7 @@ class Operator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.identities.queue.stop()
+        await self.policies.queue.stop()
         await self.events.close()
         await self.kube.close()
 
@@ -100,6 +105,7 @@ class Operator:
         while True:
             await asyncio.sleep(self.settings.resync_interval.total_seconds())
             self.identities.enqueue_all()
+            self.policies.enqueue_all()
 
 
 def configure(settings: Settings) -> kopf.OperatorRegistry:
@@ -135,6 +141,25 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, Plural.WORKLOAD_IDENTITIES, registry=registry)
     async def identity_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         memo.operator.identities.on_identity_event(type, body)
+        memo.operator.policies.on_identity_event(type, body)
+
+    @kopf.on.event(GROUP, VERSION, Plural.MTLS_POLICIES, registry=registry)
+    async def policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.policies.on_policy_event(type, body)
+
+    @kopf.on.event("v1", "pods", registry=registry)
+    async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.policies.on_pod_event(type, body)
+
+    @kopf.on.event("v1", "namespaces", registry=registry)
+    async def namespace_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.policies.on_namespace_event(type, body)
+
+    @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", registry=registry)
+    async def network_policy_event(
+        type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        memo.operator.policies.on_network_policy_event(type, body)
 
     @kopf.on.event("v1", "secrets", labels={IDENTITY_LABEL: kopf.PRESENT}, registry=registry)
     async def secret_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

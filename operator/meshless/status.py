@@ -6,24 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from meshless.conditions import set_condition
+from meshless.conditions import ConditionChange, set_condition
 from meshless.kube import ApiError, Json, Kube, Resource
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # namespace, name
 
-
-@dataclass(frozen=True)
-class ConditionChange:
-    type: str
-    status: bool
-    reason: str
-    message: str
+__all__ = ["ConditionChange", "EventRecorder", "StatusWriter", "conditions_with"]
 
 
 def conditions_with(

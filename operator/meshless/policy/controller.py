@@ -1,0 +1,532 @@
+"""The MtlsPolicy controller (shell): policies, pods, namespaces, NetworkPolicies and
+identities in; per-namespace reconciles and per-policy status out.
+
+Watch events only update slim in-memory copies and queue keys. A namespace reconcile
+resolves every pod of the namespace (pure resolver), then writes only what differs: the
+NetworkPolicies rendered from the per-pod answers, and the provisioned WorkloadIdentities. A
+policy reconcile writes the policy's status from counts the namespace reconciles keep.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from meshless import api
+from meshless.api import ConditionType, Kind
+from meshless.conditions import find_condition
+from meshless.kube import (
+    IDENTITIES,
+    NAMESPACES,
+    NETWORK_POLICIES,
+    PODS,
+    POLICIES,
+    ApiError,
+    Json,
+    Kube,
+)
+from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec, Scope
+from meshless.policy.provision import (
+    IdentityRecord,
+    IdentityRef,
+    identity_for,
+    identity_record,
+    plan_identities,
+)
+from meshless.policy.render import foreign_open_ports, render_network_policies
+from meshless.policy.report import (
+    PolicyTally,
+    network_open_entries,
+    policy_conditions,
+    policy_status_fields,
+)
+from meshless.policy.resolve import PolicySet, scope_of
+from meshless.policy.spec import PolicySpecError, parse_policy, pod_info
+from meshless.settings import Settings
+from meshless.status import EventRecorder, StatusWriter, conditions_with, involved_object
+from meshless.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, name
+# Work items: ("ns", namespace, "") reconciles a namespace; ("policy", ns, name) a status.
+Work = tuple[str, str, str]
+NAMESPACE_WORK = "ns"
+POLICY_WORK = "policy"
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    labels: Mapping[str, str]
+    terminating: bool
+
+
+def _is_managed(meta: Mapping[str, Any]) -> bool:
+    return (meta.get("labels") or {}).get(api.MANAGED_BY_KEY) == api.MANAGED_BY_VALUE
+
+
+def slim_policy(body: Mapping[str, Any]) -> Json:
+    meta = body["metadata"]
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "resourceVersion",
+                "creationTimestamp",
+            )
+            if k in meta
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def slim_network_policy(body: Mapping[str, Any]) -> Json:
+    meta = body["metadata"]
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
+            if k in meta
+        },
+        "spec": dict(body.get("spec") or {}),
+    }
+
+
+class PolicyController:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        events: EventRecorder,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.clock = clock
+        self.events = events
+        self.status = StatusWriter(kube, POLICIES)
+        self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.root_namespace = settings.effective_root_namespace
+
+        self.policies: dict[Key, Json] = {}
+        self.specs: dict[Key, PolicySpec] = {}
+        self.spec_errors: dict[Key, str] = {}
+        self._policy_set: PolicySet | None = None
+        self.pods: dict[Key, PodInfo] = {}
+        self.pods_by_namespace: dict[str, set[str]] = defaultdict(set)
+        self.namespaces: dict[str, NamespaceInfo] = {}
+        self.network_policies: dict[Key, Json] = {}
+        self.identities: dict[Key, IdentityRecord] = {}
+        self._identity_spec: dict[Key, Json] = {}  # spec of each provisioned identity
+
+        # What the last reconcile of each namespace decided.
+        self.resolutions: dict[Key, PodResolution] = {}
+        self.governed: dict[PolicyRef, set[Key]] = defaultdict(set)
+        self.network_open: dict[str, list[tuple[PolicyRef, str]]] = {}
+        self.primed = False
+
+    # --- startup ------------------------------------------------------------------------
+    def _watched(self, namespace: str) -> bool:
+        patterns = self.settings.watch_namespaces
+        return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+    async def prime(self) -> None:
+        """Fill the caches from one list of each kind before the first reconcile: a
+        reconcile that ran before the policies were known would delete what they made."""
+        for body in await self.kube.list(NAMESPACES):
+            self.on_namespace_event("ADDED", body, enqueue=False)
+        for body in await self.kube.list(POLICIES):
+            self.on_policy_event("ADDED", body, enqueue=False)
+        for body in await self.kube.list(IDENTITIES):
+            self.on_identity_event("ADDED", body, enqueue=False)
+        for body in await self.kube.list(NETWORK_POLICIES):
+            self.on_network_policy_event("ADDED", body, enqueue=False)
+        for body in await self.kube.list(PODS):
+            self.on_pod_event("ADDED", body, enqueue=False)
+        self.primed = True
+        self.enqueue_all()
+
+    def enqueue_all(self) -> None:
+        for namespace in self._known_namespaces():
+            self.queue.add((NAMESPACE_WORK, namespace, ""))
+        for namespace, name in list(self.policies):
+            self.queue.add((POLICY_WORK, namespace, name))
+
+    def _known_namespaces(self) -> set[str]:
+        names = set(self.pods_by_namespace) | {ns for ns, _ in self.policies}
+        names |= {ns for ns, _ in self.network_policies}
+        names |= {ns for ns, _ in self.identities}
+        return {n for n in names if self._watched(n)}
+
+    # --- watch events -------------------------------------------------------------------
+    def on_policy_event(
+        self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
+    ) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        before = self.specs.get(key)
+        if event_type == "DELETED":
+            self.policies.pop(key, None)
+            self.specs.pop(key, None)
+            self.spec_errors.pop(key, None)
+            self.status.forget(key)
+            self.queue.forget((POLICY_WORK, *key))
+        else:
+            self.policies[key] = slim_policy(body)
+            if self.status.is_echo(body):
+                return
+            try:
+                self.specs[key] = parse_policy(body)
+                self.spec_errors.pop(key, None)
+            except PolicySpecError as exc:
+                self.specs.pop(key, None)
+                self.spec_errors[key] = str(exc)
+        after = self.specs.get(key)
+        if before == after and event_type != "DELETED" and key in self.policies:
+            if enqueue:
+                self.queue.add((POLICY_WORK, *key))
+            return
+        self._policy_set = None
+        if not enqueue:
+            return
+        wide = any(
+            p is not None and scope_of(p, self.root_namespace) is Scope.ROOT
+            for p in (before, after)
+        )
+        if wide:
+            for namespace in self._known_namespaces():
+                self.queue.add((NAMESPACE_WORK, namespace, ""))
+        else:
+            self.queue.add((NAMESPACE_WORK, key[0], ""))
+        if event_type != "DELETED":
+            self.queue.add((POLICY_WORK, *key))
+
+    def on_pod_event(
+        self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
+    ) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            if self.pods.pop(key, None) is None:
+                return
+            self.pods_by_namespace[key[0]].discard(key[1])
+            if not self.pods_by_namespace[key[0]]:
+                del self.pods_by_namespace[key[0]]
+        else:
+            info = pod_info(body)
+            if self.pods.get(key) == info:
+                return
+            self.pods[key] = info
+            self.pods_by_namespace[key[0]].add(key[1])
+        if enqueue:
+            self.queue.add((NAMESPACE_WORK, key[0], ""))
+
+    def on_namespace_event(
+        self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
+    ) -> None:
+        meta = body["metadata"]
+        name = meta["name"]
+        if event_type == "DELETED":
+            self.namespaces.pop(name, None)
+        else:
+            info = NamespaceInfo(
+                labels=dict(meta.get("labels") or {}),
+                terminating=bool(meta.get("deletionTimestamp"))
+                or (body.get("status") or {}).get("phase") == "Terminating",
+            )
+            if self.namespaces.get(name) == info:
+                return
+            self.namespaces[name] = info
+        if enqueue:
+            # Namespace labels decide namespaceSelectors of NetworkPolicies anywhere.
+            for namespace in self._known_namespaces():
+                self.queue.add((NAMESPACE_WORK, namespace, ""))
+
+    def on_network_policy_event(
+        self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
+    ) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.network_policies.pop(key, None)
+        else:
+            slim = slim_network_policy(body)
+            if self.network_policies.get(key) == slim:
+                return
+            self.network_policies[key] = slim
+        if enqueue:
+            self.queue.add((NAMESPACE_WORK, key[0], ""))
+
+    def on_identity_event(
+        self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
+    ) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self._identity_spec.pop(key, None)
+            if self.identities.pop(key, None) is None:
+                return
+        else:
+            record = identity_record(body)
+            if record.provisioned:
+                self._identity_spec[key] = dict(body.get("spec") or {})
+            if self.identities.get(key) == record:
+                return
+            self.identities[key] = record
+        if enqueue:
+            self.queue.add((NAMESPACE_WORK, key[0], ""))
+
+    # --- what admission asks ------------------------------------------------------------
+    def policy_set(self) -> PolicySet:
+        if self._policy_set is None:
+            self._policy_set = PolicySet.build(self.specs.values(), self.root_namespace)
+        return self._policy_set
+
+    def policy_specs(self) -> dict[PolicyRef, PolicySpec]:
+        return {spec.ref: spec for spec in self.specs.values()}
+
+    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
+        return identity_for(
+            namespace,
+            service_account,
+            (r for (ns, _), r in self.identities.items() if ns == namespace),
+            self.settings.trust_domain,
+        )
+
+    # --- reconcile ----------------------------------------------------------------------
+    async def reconcile(self, work: Work) -> float | None:
+        kind, namespace, name = work
+        try:
+            if kind == NAMESPACE_WORK:
+                await self._reconcile_namespace(namespace)
+            else:
+                await self._reconcile_policy(namespace, name)
+        except ApiError as exc:
+            if exc.status == 403 and "being terminated" in exc.message:
+                log.debug("%s: namespace is terminating; not reconciled", namespace)
+                return None
+            raise
+        except (aiohttp.ClientError, TimeoutError):
+            raise
+        return None
+
+    async def _reconcile_namespace(self, namespace: str) -> None:
+        policies = self.policy_set()
+        specs = self.policy_specs()
+        resolved: list[tuple[PodInfo, PodResolution]] = []
+        touched: set[PolicyRef] = set()
+        for pod_name in sorted(self.pods_by_namespace.get(namespace, ())):
+            key = (namespace, pod_name)
+            pod = self.pods[key]
+            before = self.resolutions.get(key)
+            resolution = policies.resolve(pod)
+            if before is not None:
+                touched.update(before.applied)
+                touched.update(before.ignored)
+                self.governed[before.governing].discard(key)
+            if resolution is None:
+                self.resolutions.pop(key, None)
+                continue
+            self.resolutions[key] = resolution
+            self.governed[resolution.governing].add(key)
+            touched.update(resolution.applied)
+            touched.update(resolution.ignored)
+            resolved.append((pod, resolution))
+        # Pods that are gone.
+        for key in [k for k in self.resolutions if k[0] == namespace and k not in self.pods]:
+            gone = self.resolutions.pop(key)
+            self.governed[gone.governing].discard(key)
+            touched.update(gone.applied)
+
+        ns_info = self.namespaces.get(namespace)
+        terminating = ns_info is not None and ns_info.terminating
+        if not terminating and self._watched(namespace):
+            await self._sync_network_policies(namespace, resolved, specs)
+            await self._sync_identities(namespace, resolved, specs)
+        self._note_network_open(namespace, resolved)
+        touched.update(ref for ref, _ in self.network_open.get(namespace, ()))
+        touched.update(PolicyRef(ns, n) for ns, n in self.policies if ns == namespace)
+        for ref in touched:
+            if (ref.namespace, ref.name) in self.policies:
+                self.queue.add((POLICY_WORK, ref.namespace, ref.name))
+
+    async def _sync_network_policies(
+        self,
+        namespace: str,
+        resolved: list[tuple[PodInfo, PodResolution]],
+        specs: Mapping[PolicyRef, PolicySpec],
+    ) -> None:
+        desired = {m["metadata"]["name"]: m for m in render_network_policies(resolved, specs)}
+        stored = {
+            name: body
+            for (ns, name), body in self.network_policies.items()
+            if ns == namespace and _is_managed(body["metadata"])
+        }
+        for name, manifest in sorted(desired.items()):
+            if name in stored and _same_network_policy(stored[name], manifest):
+                continue
+            written = await self.kube.apply(NETWORK_POLICIES, manifest)
+            self.network_policies[(namespace, name)] = slim_network_policy(written)
+            log.info("%s/%s: NetworkPolicy written", namespace, name)
+        for name in sorted(set(stored) - set(desired)):
+            uid = stored[name]["metadata"].get("uid")
+            await self.kube.delete(NETWORK_POLICIES, namespace, name, uid=uid)
+            self.network_policies.pop((namespace, name), None)
+            log.info("%s/%s: NetworkPolicy deleted (no pod needs it)", namespace, name)
+
+    async def _sync_identities(
+        self,
+        namespace: str,
+        resolved: list[tuple[PodInfo, PodResolution]],
+        specs: Mapping[PolicyRef, PolicySpec],
+    ) -> None:
+        records = [r for (ns, _), r in self.identities.items() if ns == namespace]
+        plan = plan_identities(namespace, resolved, specs, records)
+        for manifest in plan.create_or_update:
+            name = manifest["metadata"]["name"]
+            current = self._identity_spec.get((namespace, name))
+            if current == manifest["spec"]:
+                continue
+            written = await self.kube.apply(IDENTITIES, manifest)
+            self._identity_spec[(namespace, name)] = dict(manifest["spec"])
+            self.identities[(namespace, name)] = identity_record(written)
+            log.info("%s/%s: WorkloadIdentity provisioned", namespace, name)
+        for name in plan.delete:
+            await self.kube.delete(IDENTITIES, namespace, name)
+            self.identities.pop((namespace, name), None)
+            self._identity_spec.pop((namespace, name), None)
+            log.info("%s/%s: provisioned WorkloadIdentity deleted (not needed)", namespace, name)
+
+    def _note_network_open(
+        self, namespace: str, resolved: list[tuple[PodInfo, PodResolution]]
+    ) -> None:
+        foreign = [
+            body
+            for (ns, _), body in self.network_policies.items()
+            if ns == namespace and not _is_managed(body["metadata"])
+        ]
+        if not foreign:
+            self.network_open.pop(namespace, None)
+            return
+        labels = {name: dict(info.labels) for name, info in self.namespaces.items()}
+        found = foreign_open_ports(foreign, labels, resolved)
+        by_pod = {(p.namespace, p.name): r for p, r in resolved}
+        entries: list[tuple[PolicyRef, str]] = []
+        for np, pod, port in found:
+            resolution = by_pod.get(tuple(pod.split("/", 1)))  # type: ignore[arg-type]
+            port_mode = resolution.ports.get(port) if resolution else None
+            owner = port_mode.decided_by if port_mode and port_mode.decided_by else None
+            if owner is None and resolution is not None:
+                owner = resolution.governing
+            if owner is not None:
+                entries.extend((owner, e) for e in network_open_entries([(np, pod, port)]))
+        self.network_open[namespace] = entries
+
+    async def _reconcile_policy(self, namespace: str, name: str) -> None:
+        body = self.policies.get((namespace, name))
+        if body is None:
+            return
+        ref = PolicyRef(namespace, name)
+        spec = self.specs.get((namespace, name))
+        scope = scope_of(spec, self.root_namespace) if spec else None
+        tally = self._tally(ref, spec)
+        ns_info = self.namespaces.get(namespace)
+        changes = policy_conditions(
+            scope,
+            tally,
+            spec_error=self.spec_errors.get((namespace, name)),
+            namespace_terminating=ns_info is not None and ns_info.terminating,
+        )
+        before = {
+            c.type: find_condition((body.get("status") or {}).get("conditions") or [], c.type)
+            for c in changes
+        }
+        wanted: Json = {
+            **policy_status_fields(scope, tally),
+            "conditions": conditions_with(body, changes, self.clock()),
+            "observedGeneration": body["metadata"].get("generation"),
+        }
+        if await self.status.patch(body, wanted) is None:
+            return
+        for change in changes:
+            old = before.get(change.type) or {}
+            turned_bad = (change.type == ConditionType.READY and not change.status) or (
+                change.type == ConditionType.CONFLICTED and change.status
+            )
+            if turned_bad and (
+                old.get("reason") != change.reason or old.get("message") != change.message
+            ):
+                self.events.post(
+                    involved_object(body, api.API_VERSION, Kind.MTLS_POLICY),
+                    "Warning",
+                    change.reason,
+                    change.message,
+                )
+
+    def _tally(self, ref: PolicyRef, spec: PolicySpec | None) -> PolicyTally:
+        tally = PolicyTally()
+        policies = self.policy_set()
+        if spec is not None:
+            shadow = policies.shadowed().get(ref)
+            if shadow is not None:
+                tally.beaten_by.add(shadow)
+        for key in self.governed.get(ref, ()):
+            pod = self.pods.get(key)
+            resolution = self.resolutions.get(key)
+            if pod is None or resolution is None:
+                continue
+            tally.selected += 1
+            if pod.identity_mounted and pod.running:
+                tally.injected += 1
+            if resolution.needs_identity():
+                identity = self.identity_for(pod.namespace, pod.service_account)
+                tally.identities.add((identity.namespace, identity.name))
+        if spec is not None and scope_of(spec, self.root_namespace) is Scope.WORKLOAD:
+            for key in self._pods_in(ref.namespace):
+                resolution = self.resolutions.get(key)
+                if resolution is not None and ref in resolution.ignored:
+                    tally.beaten_by.add(resolution.ignored[ref])
+        tally.network_policies = sum(
+            1
+            for (ns, _), body in self.network_policies.items()
+            if _is_managed(body["metadata"])
+            and (body["metadata"].get("labels") or {}).get(api.POLICY_LABEL) == ref.name
+            and (body["metadata"].get("labels") or {}).get(api.POLICY_NAMESPACE_LABEL)
+            == ref.namespace
+        )
+        for entries in self.network_open.values():
+            tally.network_open.extend(e for owner, e in entries if owner == ref)
+        tally.network_open.sort()
+        return tally
+
+    def _pods_in(self, namespace: str) -> Iterable[Key]:
+        return ((namespace, name) for name in self.pods_by_namespace.get(namespace, ()))
+
+
+def _same_network_policy(stored: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
+    meta, want = stored["metadata"], manifest["metadata"]
+    labels = meta.get("labels") or {}
+    return (
+        stored.get("spec") == manifest["spec"]
+        and all(labels.get(k) == v for k, v in (want.get("labels") or {}).items())
+        and _owner_uids(meta) == _owner_uids(want)
+    )
+
+
+def _owner_uids(meta: Mapping[str, Any]) -> set[str]:
+    return {ref.get("uid", "") for ref in meta.get("ownerReferences") or ()}
+
+
+__all__ = ["PolicyController"]

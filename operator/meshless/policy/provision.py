@@ -1,0 +1,146 @@
+"""Which WorkloadIdentities the policies need (pure).
+
+Every ServiceAccount with a pod whose effective mode is STRICT or PERMISSIVE on any port gets
+an identity. A user-made WorkloadIdentity for that ServiceAccount is used as it is; otherwise
+the operator provisions `meshless-<serviceAccount>` (labelled as provisioned) with the
+governing policy's `identity` defaults, and deletes it when no policy needs it any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshless.api import API_VERSION, MANAGED_BY, PROVISIONED_LABEL, Kind
+from meshless.identity.spec import default_secret_name
+from meshless.pki.spiffe import spiffe_id
+from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
+
+PROVISIONED_PREFIX = "meshless-"
+MAX_NAME = 253 - len("-mtls")  # the Secret name adds "-mtls"
+
+
+@dataclass(frozen=True)
+class IdentityRef:
+    """The identity that serves a ServiceAccount: its WorkloadIdentity and Secret."""
+
+    namespace: str
+    name: str
+    secret_name: str
+    spiffe_id: str
+    provisioned: bool
+
+
+@dataclass(frozen=True)
+class IdentityRecord:
+    """The slim view of a WorkloadIdentity this module needs."""
+
+    namespace: str
+    name: str
+    service_account: str
+    secret_name: str
+    provisioned: bool
+    creation_timestamp: str = ""
+
+
+def identity_record(body: Mapping[str, Any]) -> IdentityRecord:
+    meta = body["metadata"]
+    spec = body.get("spec") or {}
+    return IdentityRecord(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        service_account=str(spec.get("serviceAccountName") or ""),
+        secret_name=str(spec.get("secretName") or default_secret_name(meta["name"])),
+        provisioned=(meta.get("labels") or {}).get(PROVISIONED_LABEL) == "true",
+        creation_timestamp=str(meta.get("creationTimestamp") or ""),
+    )
+
+
+def provisioned_name(service_account: str) -> str:
+    name = PROVISIONED_PREFIX + service_account
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(service_account.encode()).hexdigest()[:10]
+    return f"{name[: MAX_NAME - 11]}-{digest}"
+
+
+def identity_for(
+    namespace: str,
+    service_account: str,
+    identities: Iterable[IdentityRecord],
+    trust_domain: str,
+) -> IdentityRef:
+    """The user's identity for the ServiceAccount (the oldest, then by name) if there is one,
+    else the one the operator provisions (which may not exist yet: kubelet waits for the
+    Secret before it starts the pod)."""
+    sid = spiffe_id(trust_domain, namespace, service_account)
+    users = sorted(
+        (
+            i
+            for i in identities
+            if i.namespace == namespace
+            and i.service_account == service_account
+            and not i.provisioned
+        ),
+        key=lambda i: (i.creation_timestamp, i.name),
+    )
+    if users:
+        return IdentityRef(namespace, users[0].name, users[0].secret_name, sid, False)
+    name = provisioned_name(service_account)
+    return IdentityRef(namespace, name, default_secret_name(name), sid, True)
+
+
+@dataclass(frozen=True)
+class IdentityPlan:
+    create_or_update: tuple[dict[str, Any], ...]  # manifests to apply
+    delete: tuple[str, ...]  # names of provisioned identities no policy needs
+
+
+def plan_identities(
+    namespace: str,
+    resolved: Iterable[tuple[PodInfo, PodResolution]],
+    policies: Mapping[PolicyRef, PolicySpec],
+    identities: Iterable[IdentityRecord],
+) -> IdentityPlan:
+    """The provisioned identities `namespace` should hold. Deleting pods count until gone."""
+    records = [i for i in identities if i.namespace == namespace]
+    user_accounts = {i.service_account for i in records if not i.provisioned}
+    # For each ServiceAccount in need, the governing policy of its oldest-named pod decides
+    # the identity defaults (deterministic whatever the event order).
+    needed: dict[str, PolicyRef] = {}
+    for pod, resolution in sorted(resolved, key=lambda pr: pr[0].name):
+        if pod.namespace != namespace or not resolution.needs_identity():
+            continue
+        needed.setdefault(pod.service_account, resolution.governing)
+    manifests = []
+    for account, ref in sorted(needed.items()):
+        if account in user_accounts:
+            continue
+        policy = policies.get(ref)
+        manifests.append(provisioned_identity(namespace, account, policy))
+    wanted = {m["metadata"]["name"] for m in manifests}
+    stale = sorted(i.name for i in records if i.provisioned and i.name not in wanted)
+    return IdentityPlan(tuple(manifests), tuple(stale))
+
+
+def provisioned_identity(
+    namespace: str, service_account: str, policy: PolicySpec | None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"serviceAccountName": service_account}
+    if policy is not None:
+        if policy.identity.ttl:
+            spec["ttl"] = policy.identity.ttl
+        if policy.identity.algorithm:
+            spec["privateKey"] = {"algorithm": policy.identity.algorithm}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": Kind.WORKLOAD_IDENTITY.value,
+        "metadata": {
+            "name": provisioned_name(service_account),
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, PROVISIONED_LABEL: "true"},
+        },
+        "spec": spec,
+    }

@@ -1,0 +1,105 @@
+"""An MtlsPolicy's status from what the resolver decided (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from meshless.api import ConditionType, Reason
+from meshless.conditions import ConditionChange
+from meshless.policy.model import PolicyRef, Scope
+
+MAX_LISTED = 5  # names listed in a condition message before "and N more"
+
+
+@dataclass
+class PolicyTally:
+    """What the controller counted for one policy across every namespace it reaches."""
+
+    selected: int = 0  # pods it governs (the narrowest policy applied to them)
+    injected: int = 0  # of those, running with the identity mounted
+    identities: set[tuple[str, str]] = field(default_factory=set)  # (namespace, identity)
+    network_policies: int = 0
+    beaten_by: set[PolicyRef] = field(default_factory=set)  # policies that win over it
+    network_open: list[str] = field(default_factory=list)  # "np ns/name opens port P of pod"
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    more = len(items) - MAX_LISTED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def policy_conditions(
+    scope: Scope | None,
+    tally: PolicyTally,
+    *,
+    spec_error: str | None = None,
+    namespace_terminating: bool = False,
+) -> list[ConditionChange]:
+    """Ready and Conflicted. A policy that loses on every pod (or, namespace- or cluster-wide,
+    to an older one) is not in effect: Ready=False, reason Conflict."""
+    conflicted = ConditionChange(
+        ConditionType.CONFLICTED, False, Reason.NO_CONFLICT, "No other policy takes precedence"
+    )
+    if tally.beaten_by:
+        winners = _listed(sorted(str(w) for w in tally.beaten_by))
+        why = {
+            Scope.WORKLOAD: "an older workload policy selects the same pods",
+            Scope.NAMESPACE: "only the oldest namespace-wide policy of a namespace takes effect",
+            Scope.ROOT: "only the oldest policy without selector in the root namespace takes "
+            "effect",
+        }.get(scope or Scope.WORKLOAD, "")
+        conflicted = ConditionChange(
+            ConditionType.CONFLICTED,
+            True,
+            Reason.CONFLICT,
+            f"Ignored in favour of {winners} ({why})"
+            + (f"; still governs {tally.selected} pods" if tally.selected else ""),
+        )
+    if spec_error is not None:
+        ready = ConditionChange(ConditionType.READY, False, Reason.INVALID_SPEC, spec_error)
+    elif namespace_terminating:
+        ready = ConditionChange(
+            ConditionType.READY,
+            False,
+            Reason.NAMESPACE_TERMINATING,
+            "The namespace is being deleted; nothing is written for this policy",
+        )
+    elif tally.network_open:
+        ready = ConditionChange(
+            ConditionType.READY,
+            False,
+            Reason.NETWORK_OPEN,
+            "NetworkPolicies not owned by meshless open STRICT ports to peers without an "
+            f"identity: {_listed(tally.network_open)}. meshless never edits them.",
+        )
+    elif tally.beaten_by and tally.selected == 0:
+        ready = ConditionChange(
+            ConditionType.READY, False, Reason.CONFLICT, "Not in effect: " + conflicted.message
+        )
+    else:
+        ready = ConditionChange(
+            ConditionType.READY,
+            True,
+            Reason.IN_EFFECT,
+            f"In effect for {tally.selected} pods",
+        )
+    return [ready, conflicted]
+
+
+def policy_status_fields(scope: Scope | None, tally: PolicyTally) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "selectedPods": tally.selected,
+        "injectedPods": tally.injected,
+        "identities": len(tally.identities),
+        "networkPolicies": tally.network_policies,
+    }
+    if scope is not None:
+        fields["scope"] = scope.value
+    return fields
+
+
+def network_open_entries(found: Iterable[tuple[str, str, int]]) -> list[str]:
+    """'NetworkPolicy ns/name opens port P of pod ns/pod' for each foreign opening."""
+    return sorted({f"NetworkPolicy {np} opens port {port} of pod {pod}" for np, pod, port in found})
