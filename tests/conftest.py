@@ -91,15 +91,15 @@ def api_client(kubeconfig: str, crds_applied: None) -> client.ApiClient:
 @pytest.fixture
 def namespace(api_client: client.ApiClient) -> Iterator[str]:
     """A fresh namespace per test. Without a controller-manager a deleted namespace stays
-    Terminating with its objects in it, so the test's WorkloadIdentities are deleted first:
+    Terminating with its objects in it, so the test's policies and identities are deleted first:
     operators started by later tests then do not meet them."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
-    client.CustomObjectsApi(api_client).delete_collection_namespaced_custom_object(
-        "meshless.dev", "v1alpha1", name, "workloadidentities"
-    )
+    custom = client.CustomObjectsApi(api_client)
+    for plural in ("mtlspolicies", "workloadidentities"):
+        custom.delete_collection_namespaced_custom_object("meshless.dev", "v1alpha1", name, plural)
     core.delete_namespace(name)
 
 

@@ -22,6 +22,7 @@ import aiohttp
 from meshless import api
 from meshless.api import ConditionType, Kind
 from meshless.conditions import find_condition
+from meshless.durations import format_duration, parse_duration
 from meshless.kube import (
     IDENTITIES,
     NAMESPACES,
@@ -188,7 +189,7 @@ class PolicyController:
             if self.status.is_echo(body):
                 return
             try:
-                self.specs[key] = parse_policy(body)
+                self.specs[key] = self._checked(parse_policy(body))
                 self.spec_errors.pop(key, None)
             except PolicySpecError as exc:
                 self.specs.pop(key, None)
@@ -287,6 +288,17 @@ class PolicyController:
             self.identities[key] = record
         if enqueue:
             self.queue.add((NAMESPACE_WORK, key[0], ""))
+
+    def _checked(self, spec: PolicySpec) -> PolicySpec:
+        """What the schema cannot know: the operator's own limits."""
+        if spec.identity.ttl:
+            ttl = parse_duration(spec.identity.ttl)
+            if ttl < self.settings.ttl_floor:
+                raise PolicySpecError(
+                    f"spec.identity.ttl {spec.identity.ttl} is below the operator's ttl floor "
+                    f"{format_duration(self.settings.ttl_floor)}"
+                )
+        return spec
 
     # --- what admission asks ------------------------------------------------------------
     def policy_set(self) -> PolicySet:
