@@ -66,6 +66,7 @@ test: lint typecheck control-plane system-packages
 
 bench: install control-plane
 	$(PY) bench/run.py
+	$(PY) bench/policy.py
 
 clean: cluster-down
 	rm -rf .cache/cluster $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client, config, watch
 
-from meshless.kube import Kube, load_configuration
+from meshless.kube import IDENTITIES, SECRETS, Kube, load_configuration
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import bootstrap_self_signed, ca_from_secret_data
 from meshless.pki.keys import KeyAlgorithm, key_matches_certificate, load_private_key
@@ -392,10 +392,10 @@ def bench_ideal(api: client.ApiClient, count: int) -> dict[str, float]:
 
     async def one(kube: Kube, i: int) -> None:
         name = f"id-{i}"
-        await kube.request("POST", Kube.identity_path(ns), identity(name))
+        await kube.request("POST", IDENTITIES.path(ns), identity(name))
         await kube.request(
             "POST",
-            Kube.namespaced("secrets", ns),
+            SECRETS.path(ns),
             {
                 "metadata": {"name": f"{name}-mtls", "labels": {"bench": "ideal"}},
                 "type": "kubernetes.io/tls",
@@ -409,7 +409,7 @@ def bench_ideal(api: client.ApiClient, count: int) -> dict[str, float]:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         await kube.request(
             "PATCH",
-            Kube.identity_path(ns, name) + "/status",
+            IDENTITIES.path(ns, name, "status"),
             {
                 "status": {
                     "conditions": [
@@ -456,7 +456,7 @@ def bench_e2e(api: client.ApiClient, op: Operator, count: int) -> dict[str, floa
     meter = CpuMeter({**control_plane_pids(), "operator": op.proc.pid, "benchmark": os.getpid()})
     start = time.monotonic()
     run_requests(
-        lambda kube, i: kube.request("POST", Kube.identity_path(ns), identity(names[i])),
+        lambda kube, i: kube.request("POST", IDENTITIES.path(ns), identity(names[i])),
         count,
         CONCURRENCY,
     )
@@ -512,7 +512,7 @@ def bench_latency(api: client.ApiClient, rate_per_s: float, seconds: float) -> d
             name = f"id-{i}"
             created_at[name] = time.monotonic()
             pending.append(
-                asyncio.create_task(kube.request("POST", Kube.identity_path(ns), identity(name)))
+                asyncio.create_task(kube.request("POST", IDENTITIES.path(ns), identity(name)))
             )
         await asyncio.gather(*pending)
         await kube.close()
@@ -534,7 +534,7 @@ def bench_scale(api: client.ApiClient, op: Operator, count: int, log_dir: Path) 
     ns = new_namespace(core, "bench-scale")
     watcher = ReadyWatcher(api, ns)
     run_requests(
-        lambda kube, i: kube.request("POST", Kube.identity_path(ns), identity(f"id-{i}")),
+        lambda kube, i: kube.request("POST", IDENTITIES.path(ns), identity(f"id-{i}")),
         count,
         CONCURRENCY,
     )

@@ -51,6 +51,17 @@ WRITE_BUDGET_WAIT = Histogram(
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
+WORK_QUEUE_DEPTH = Gauge(
+    "meshless_work_queue_depth",
+    "Keys queued or being reconciled, by controller",
+    ["controller"],
+)
+POLICY_PODS = Gauge(
+    "meshless_policy_pods",
+    "Pods the operator holds, by whether a policy reaches them",
+    ["state"],
+)
+
 
 def forget_identity(namespace: str, name: str) -> None:
     for gauge in (CERTIFICATE_EXPIRATION, CERTIFICATE_RENEWAL, CERTIFICATE_READY):

@@ -59,6 +59,8 @@ class Operator:
         )
         self.policies = PolicyController(kube, settings, utcnow, self.events)
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
+        metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
     async def start(self) -> None:
         await self.ca.load()

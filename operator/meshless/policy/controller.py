@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from meshless import api
+from meshless import api, metrics
 from meshless.api import ConditionType, Kind
 from meshless.conditions import find_condition
 from meshless.durations import format_duration, parse_duration
@@ -137,6 +137,8 @@ class PolicyController:
         self.governed: dict[PolicyRef, set[Key]] = defaultdict(set)
         self.network_open: dict[str, list[tuple[PolicyRef, str]]] = {}
         self.primed = False
+        metrics.POLICY_PODS.labels("resolved").set_function(lambda: len(self.resolutions))
+        metrics.POLICY_PODS.labels("held").set_function(lambda: len(self.pods))
 
     # --- startup ------------------------------------------------------------------------
     def _watched(self, namespace: str) -> bool:
