@@ -136,7 +136,12 @@ def change_latencies(api: client.ApiClient, namespaces: list[str]) -> list[float
         seen = threading.Event()
         stamp: list[float] = []
 
-        def watch_netpols(namespace: str = ns, since: str = rv) -> None:
+        def watch_netpols(
+            namespace: str = ns,
+            since: str = rv,
+            stamp: list[float] = stamp,
+            seen: threading.Event = seen,
+        ) -> None:
             stream = watch.Watch()
             for _ in stream.stream(
                 networking.list_namespaced_network_policy,
@@ -164,7 +169,7 @@ def change_latencies(api: client.ApiClient, namespaces: list[str]) -> list[float
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
