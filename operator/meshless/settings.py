@@ -42,6 +42,7 @@ class Settings:
     workers: int = 16
     resync_interval: timedelta = timedelta(minutes=10)
     ca_poll_interval: timedelta = timedelta(seconds=10)
+    leader_election: bool = True
 
     @property
     def effective_root_namespace(self) -> str:
@@ -118,6 +119,12 @@ OPTIONS: tuple[_Option, ...] = (
         "MESHLESS_CA_POLL_INTERVAL",
         "ca_poll_interval",
         "how often the CA Secret is read for changes",
+    ),
+    _Option(
+        "--leader-election",
+        "MESHLESS_LEADER_ELECTION",
+        "leader_election",
+        "elect one leader among replicas on a Lease in the operator's namespace (true/false)",
     ),
 )
 
