@@ -191,6 +191,11 @@ def test_every_admission_action(action: AdmissionAction) -> None:
             id="portLevelMtls not a map",
         ),
         pytest.param(
+            {"selector": "app=payments"},
+            "spec.selector must be a LabelSelector object",
+            id="selector not an object",
+        ),
+        pytest.param(
             {"selector": {"matchExpressions": [{"key": "app", "operator": "Equals"}]}},
             "spec.selector.matchExpressions[0].operator 'Equals' is not one of",
             id="selector operator Equals",

@@ -39,8 +39,11 @@ def parse_policy(body: Mapping[str, Any]) -> PolicySpec:
     if not isinstance(spec, Mapping):
         raise PolicySpecError("spec must be an object")
 
+    raw_selector = spec.get("selector")
+    if raw_selector is not None and not isinstance(raw_selector, Mapping):
+        raise PolicySpecError("spec.selector must be a LabelSelector object")
     try:
-        selector = parse_selector(spec.get("selector"), "spec.selector")
+        selector = parse_selector(raw_selector, "spec.selector")
     except SelectorError as exc:
         raise PolicySpecError(str(exc)) from None
     port_modes = _port_modes(spec.get("portLevelMtls"))
