@@ -29,11 +29,16 @@ PURE_CANDIDATES = (
     "meshless.policy.resolve",
     "meshless.policy.spec",
     "meshless.policy.render",
+    "meshless.policy.provision",
+    "meshless.policy.report",
+    "meshless.conditions",
     "meshless.policy.netpol",
     "meshless.netpol",
     "meshless.admission.inject",
     "meshless.admission.validate",
+    "meshless.admission.configurations",
     "meshless.probe.classify",
+    "meshless.pki.rotation",
 )
 MUST_EXIST = (
     "meshless.api",
