@@ -264,7 +264,7 @@ def parse_all(manifests: Iterable[Mapping[str, Any] | NetworkPolicy]) -> list[Ne
     return [m if isinstance(m, NetworkPolicy) else NetworkPolicy.parse(m) for m in manifests]
 
 
-class Ingress:
+class NetworkPolicies:
     """A set of NetworkPolicies and the namespaces' labels: who may reach whom."""
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshless.netpol import ExternalPeer, Ingress, NetPod, NetworkPolicy
+from meshless.netpol import ExternalPeer, NetPod, NetworkPolicies, NetworkPolicy
 
 IDENTITY = "meshless.dev/identity"
 
@@ -44,14 +44,14 @@ def allows(
     port: int,
     proto: str = "TCP",
 ) -> bool:
-    return Ingress(policies, NAMESPACES).allows(peer, to, port, proto)
+    return NetworkPolicies(policies, NAMESPACES).allows(peer, to, port, proto)
 
 
 # --- isolation ------------------------------------------------------------------------------
 
 
 def test_no_policy_means_not_isolated_and_everything_allowed() -> None:
-    ingress = Ingress([], NAMESPACES)
+    ingress = NetworkPolicies([], NAMESPACES)
     assert not ingress.isolated(DB)
     assert ingress.allows(ExternalPeer("1.2.3.4"), DB, 1, "UDP")
 
@@ -78,7 +78,7 @@ def test_pod_selector_match_expressions() -> None:
             }
         }
     )
-    ingress = Ingress([policy], NAMESPACES)
+    ingress = NetworkPolicies([policy], NAMESPACES)
     assert ingress.isolated(DB)
     assert not ingress.isolated(FRONTEND)
 
@@ -86,17 +86,17 @@ def test_pod_selector_match_expressions() -> None:
 def test_policy_types_default_is_ingress_even_without_ingress_rules() -> None:
     # docs: "all policies (whether or not they contain an ingress section) are assumed to
     # affect ingress"
-    assert Ingress([netpol({"podSelector": {}})], NAMESPACES).isolated(DB)
+    assert NetworkPolicies([netpol({"podSelector": {}})], NAMESPACES).isolated(DB)
     with_egress = netpol({"podSelector": {}, "egress": [{}]})
-    assert Ingress([with_egress], NAMESPACES).isolated(DB)
+    assert NetworkPolicies([with_egress], NAMESPACES).isolated(DB)
     empty_types = netpol({"podSelector": {}, "policyTypes": []})
-    assert Ingress([empty_types], NAMESPACES).isolated(DB)
+    assert NetworkPolicies([empty_types], NAMESPACES).isolated(DB)
 
 
 def test_egress_only_policy_does_not_isolate_ingress() -> None:
     # docs: default-deny egress
     egress_only = netpol({"podSelector": {}, "policyTypes": ["Egress"]})
-    assert not Ingress([egress_only], NAMESPACES).isolated(DB)
+    assert not NetworkPolicies([egress_only], NAMESPACES).isolated(DB)
     assert allows([egress_only], STRANGER, DB, 6379)
 
 
@@ -400,19 +400,19 @@ def ingress_rule(rule: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_open_to_some_peer_without_the_label(rule: dict[str, Any], opens: bool) -> None:
-    ingress = Ingress([ingress_rule(rule)], NAMESPACES)
+    ingress = NetworkPolicies([ingress_rule(rule)], NAMESPACES)
     assert ingress.open_to_peer_without(IDENTITY, DB, 80) is opens
     assert bool(ingress.openers_without(IDENTITY, DB, 80)) is opens
 
 
 def test_open_to_peer_without_label_when_nothing_isolates() -> None:
-    ingress = Ingress([], NAMESPACES)
+    ingress = NetworkPolicies([], NAMESPACES)
     assert ingress.open_to_peer_without(IDENTITY, DB, 80)
     assert ingress.openers_without(IDENTITY, DB, 80) == []
 
 
 def test_unknown_port_names_count_as_possibly_open() -> None:
-    ingress = Ingress([ingress_rule({"ports": [{"port": "https"}]})], NAMESPACES)
+    ingress = NetworkPolicies([ingress_rule({"ports": [{"port": "https"}]})], NAMESPACES)
     unknown = NetPod("default", {}, named_ports=None)
     known = NetPod("default", {}, named_ports={"https": (8443, "TCP")})
     assert ingress.open_to_peer_without(IDENTITY, unknown, 80)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,12 +13,13 @@ from hypothesis import strategies as st
 
 from meshless import api
 from meshless.api import Mode
-from meshless.netpol import ExternalPeer, Ingress, NetPod
+from meshless.netpol import ExternalPeer, NetPod, NetworkPolicies
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.policy.render import (
     complement_ranges,
     foreign_open_ports,
     label_value,
+    needs_write,
     network_policy_name,
     port_ranges,
     render_network_policies,
@@ -87,7 +89,7 @@ class World:
             (p, resolver.resolve(p)) for p in self.pods
         ]
         self.rendered = render_network_policies(self.resolved, self.by_ref, self.foreign)
-        self.ingress = Ingress([*self.rendered, *self.foreign], self.namespaces)
+        self.ingress = NetworkPolicies([*self.rendered, *self.foreign], self.namespaces)
 
     def can_reach(self, peer: PodInfo | ExternalPeer, target: PodInfo, port: int) -> bool:
         return self.ingress.allows(as_peer(peer), as_netpod(target), port)
@@ -223,7 +225,7 @@ def test_does_not_exist_keeps_a_group_selector_off_pods_with_more_labels() -> No
     }
     # Without the DoesNotExist clause the free pod would be closed too.
     del np["spec"]["podSelector"]["matchExpressions"]
-    assert not Ingress(world.rendered, world.namespaces).allows(
+    assert not NetworkPolicies(world.rendered, world.namespaces).allows(
         NetPod("ns", {"app": "client"}), NetPod("ns", free.labels), 8080
     )
 
@@ -319,6 +321,24 @@ def test_output_is_deterministic_and_independent_of_pod_order() -> None:
     random.Random(7).shuffle(shuffled)
     assert render_network_policies(shuffled, world.by_ref) == world.rendered
     assert render_network_policies(world.resolved, world.by_ref) == world.rendered
+
+
+def test_needs_write_only_when_what_meshless_sets_differs() -> None:
+    desired = must_show().rendered[0]
+    stored = copy.deepcopy(desired)
+    stored["metadata"].update(resourceVersion="7", uid="u", managedFields=[])
+    stored["metadata"]["labels"]["argocd.argoproj.io/instance"] = "shop"
+    assert not needs_write(desired, stored)
+    assert needs_write(desired, None)
+    changed_port = copy.deepcopy(stored)
+    changed_port["spec"]["ingress"][1]["ports"][0]["port"] = 1
+    assert needs_write(desired, changed_port)
+    relabelled = copy.deepcopy(stored)
+    relabelled["metadata"]["labels"][api.POLICY_LABEL] = "other"
+    assert needs_write(desired, relabelled)
+    orphaned = copy.deepcopy(stored)
+    orphaned["metadata"].pop("ownerReferences", None)
+    assert needs_write(desired, orphaned) == ("ownerReferences" in desired["metadata"])
 
 
 # --- other people's NetworkPolicies ----------------------------------------------------------
@@ -578,7 +598,7 @@ def closed(
 
 
 def check_world(world: World) -> None:
-    foreign = Ingress(world.foreign, world.namespaces)
+    foreign = NetworkPolicies(world.foreign, world.namespaces)
     reported = {
         (r.pod, r.port) for r in foreign_open_ports(world.foreign, world.resolved, world.by_ref)
     }

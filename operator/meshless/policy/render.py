@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from meshless import api
 from meshless.api import Mode
-from meshless.netpol import TCP, Ingress, NetPod, NetworkPolicy, parse_all
+from meshless.netpol import TCP, NetPod, NetworkPolicies, NetworkPolicy, parse_all
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 
 NETWORK_POLICY_API_VERSION = "networking.k8s.io/v1"
@@ -153,7 +153,7 @@ def render_network_policies(
             group.governing = resolution.governing
             group.closed |= closed_ports(resolution, policies)
 
-    foreign = Ingress(_foreign(other_network_policies), {})
+    foreign = NetworkPolicies(_foreign(other_network_policies), {})
     out: list[dict[str, Any]] = []
     for group in groups.values():
         if not group.closed or group.governing is None:
@@ -248,7 +248,7 @@ def foreign_open_ports(
     the pod and has a rule that admits some peer without the identity label on a closed port:
     `from` empty, an ipBlock, a podSelector that does not require the label, or a
     namespaceSelector alone. Static (any peer that could exist), sorted."""
-    foreign = Ingress(_foreign(other_network_policies), {})
+    foreign = NetworkPolicies(_foreign(other_network_policies), {})
     out: list[OpenPort] = []
     for pod, resolution in pods:
         if resolution is None:
@@ -264,3 +264,20 @@ def foreign_open_ports(
             for np in foreign.openers_without(api.IDENTITY_LABEL, target, port):
                 out.append(OpenPort(np.key, f"{pod.namespace}/{pod.name}", port, decided_by))
     return sorted(out)
+
+
+def needs_write(desired: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
+    """Whether the stored NetworkPolicy differs from the desired one in what meshless sets:
+    spec, its own labels, ownerReferences. Labels others add are left alone. The API server
+    stores a rendered spec as given (checked against kube-apiserver 1.36), so equality is
+    exact."""
+    if stored is None:
+        return True
+    want_meta = desired.get("metadata") or {}
+    have_meta = stored.get("metadata") or {}
+    have_labels = have_meta.get("labels") or {}
+    return (
+        stored.get("spec") != desired.get("spec")
+        or any(have_labels.get(k) != v for k, v in (want_meta.get("labels") or {}).items())
+        or (have_meta.get("ownerReferences") or []) != (want_meta.get("ownerReferences") or [])
+    )
