@@ -385,6 +385,18 @@ def test_foreign_allow_all_is_reported_on_strict_ports() -> None:
     assert {r.policy for r in reported} == {PolicyRef("shop", "shop-strict")}
 
 
+def test_foreign_policy_elsewhere_or_on_open_ports_is_not_reported() -> None:
+    world = must_show()
+    elsewhere = copy.deepcopy(ALLOW_ALL)
+    elsewhere["metadata"]["namespace"] = "free"
+    legacy_only = copy.deepcopy(ALLOW_ALL)
+    legacy_only["spec"]["podSelector"] = {"matchLabels": {"app": "legacy"}}
+    api_metrics = copy.deepcopy(ALLOW_ALL)
+    api_metrics["spec"]["ingress"] = [{"ports": [{"port": 9090}]}]
+    found = foreign_open_ports([elsewhere, legacy_only, api_metrics], world.resolved, world.by_ref)
+    assert found == []
+
+
 def test_foreign_policy_admitting_only_identified_pods_is_not_reported() -> None:
     world = must_show()
     assert foreign_open_ports([IDENTIFIED_ONLY, DENY_ALL], world.resolved, world.by_ref) == []
