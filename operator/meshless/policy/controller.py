@@ -41,10 +41,15 @@ from meshless.policy.provision import (
     identity_record,
     plan_identities,
 )
-from meshless.policy.render import foreign_open_ports, render_network_policies
+from meshless.policy.render import (
+    foreign_open_ports,
+    is_managed,
+    label_value,
+    needs_write,
+    render_network_policies,
+)
 from meshless.policy.report import (
     PolicyTally,
-    network_open_entries,
     policy_conditions,
     policy_status_fields,
 )
@@ -60,6 +65,7 @@ Key = tuple[str, str]  # namespace, name
 # Work items: ("ns", namespace, "") reconciles a namespace; ("policy", ns, name) a status.
 Work = tuple[str, str, str]
 NAMESPACE_WORK = "ns"
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 POLICY_WORK = "policy"
 
 
@@ -67,10 +73,6 @@ POLICY_WORK = "policy"
 class NamespaceInfo:
     labels: Mapping[str, str]
     terminating: bool
-
-
-def _is_managed(meta: Mapping[str, Any]) -> bool:
-    return (meta.get("labels") or {}).get(api.MANAGED_BY_KEY) == api.MANAGED_BY_VALUE
 
 
 def slim_policy(body: Mapping[str, Any]) -> Json:
@@ -336,20 +338,28 @@ class PolicyController:
             raise
         return None
 
+    def enforced(self, namespace: str) -> bool:
+        """System namespaces and the operator's own are never enforced (admission does not
+        intercept them either): a cluster-wide STRICT policy must not cut off CoreDNS."""
+        return namespace not in SYSTEM_NAMESPACES and namespace != self.settings.namespace
+
     async def _reconcile_namespace(self, namespace: str) -> None:
         policies = self.policy_set()
         specs = self.policy_specs()
+        enforced = self.enforced(namespace)
+        everyone: list[tuple[PodInfo, PodResolution | None]] = []
         resolved: list[tuple[PodInfo, PodResolution]] = []
         touched: set[PolicyRef] = set()
         for pod_name in sorted(self.pods_by_namespace.get(namespace, ())):
             key = (namespace, pod_name)
             pod = self.pods[key]
             before = self.resolutions.get(key)
-            resolution = policies.resolve(pod)
+            resolution = policies.resolve(pod) if enforced else None
             if before is not None:
                 touched.update(before.applied)
                 touched.update(before.ignored)
                 self.governed[before.governing].discard(key)
+            everyone.append((pod, resolution))
             if resolution is None:
                 self.resolutions.pop(key, None)
                 continue
@@ -364,13 +374,25 @@ class PolicyController:
             self.governed[gone.governing].discard(key)
             touched.update(gone.applied)
 
+        foreign = [
+            body
+            for (ns, _), body in self.network_policies.items()
+            if ns == namespace and not is_managed(body)
+        ]
         ns_info = self.namespaces.get(namespace)
         terminating = ns_info is not None and ns_info.terminating
         if not terminating and self._watched(namespace):
-            await self._sync_network_policies(namespace, resolved, specs)
+            await self._sync_network_policies(namespace, everyone, specs, foreign)
             await self._sync_identities(namespace, resolved, specs)
-        self._note_network_open(namespace, resolved)
-        touched.update(ref for ref, _ in self.network_open.get(namespace, ()))
+        before_open = {ref for ref, _ in self.network_open.get(namespace, ())}
+        found = foreign_open_ports(foreign, everyone, specs) if foreign else []
+        self.network_open[namespace] = [
+            (o.policy, f"NetworkPolicy {o.network_policy} opens port {o.port} of pod {o.pod}")
+            for o in found
+        ]
+        if not self.network_open[namespace]:
+            del self.network_open[namespace]
+        touched |= before_open | {o.policy for o in found}
         touched.update(PolicyRef(ns, n) for ns, n in self.policies if ns == namespace)
         for ref in touched:
             if (ref.namespace, ref.name) in self.policies:
@@ -379,17 +401,18 @@ class PolicyController:
     async def _sync_network_policies(
         self,
         namespace: str,
-        resolved: list[tuple[PodInfo, PodResolution]],
+        pods: list[tuple[PodInfo, PodResolution | None]],
         specs: Mapping[PolicyRef, PolicySpec],
+        foreign: list[Json],
     ) -> None:
-        desired = {m["metadata"]["name"]: m for m in render_network_policies(resolved, specs)}
+        desired = {m["metadata"]["name"]: m for m in render_network_policies(pods, specs, foreign)}
         stored = {
             name: body
             for (ns, name), body in self.network_policies.items()
-            if ns == namespace and _is_managed(body["metadata"])
+            if ns == namespace and is_managed(body)
         }
         for name, manifest in sorted(desired.items()):
-            if name in stored and _same_network_policy(stored[name], manifest):
+            if not needs_write(manifest, stored.get(name)):
                 continue
             written = await self.kube.apply(NETWORK_POLICIES, manifest)
             self.network_policies[(namespace, name)] = slim_network_policy(written)
@@ -422,31 +445,6 @@ class PolicyController:
             self.identities.pop((namespace, name), None)
             self._identity_spec.pop((namespace, name), None)
             log.info("%s/%s: provisioned WorkloadIdentity deleted (not needed)", namespace, name)
-
-    def _note_network_open(
-        self, namespace: str, resolved: list[tuple[PodInfo, PodResolution]]
-    ) -> None:
-        foreign = [
-            body
-            for (ns, _), body in self.network_policies.items()
-            if ns == namespace and not _is_managed(body["metadata"])
-        ]
-        if not foreign:
-            self.network_open.pop(namespace, None)
-            return
-        labels = {name: dict(info.labels) for name, info in self.namespaces.items()}
-        found = foreign_open_ports(foreign, labels, resolved)
-        by_pod = {(p.namespace, p.name): r for p, r in resolved}
-        entries: list[tuple[PolicyRef, str]] = []
-        for np, pod, port in found:
-            resolution = by_pod.get(tuple(pod.split("/", 1)))  # type: ignore[arg-type]
-            port_mode = resolution.ports.get(port) if resolution else None
-            owner = port_mode.decided_by if port_mode and port_mode.decided_by else None
-            if owner is None and resolution is not None:
-                owner = resolution.governing
-            if owner is not None:
-                entries.extend((owner, e) for e in network_open_entries([(np, pod, port)]))
-        self.network_open[namespace] = entries
 
     async def _reconcile_policy(self, namespace: str, name: str) -> None:
         body = self.policies.get((namespace, name))
@@ -515,8 +513,9 @@ class PolicyController:
         tally.network_policies = sum(
             1
             for (ns, _), body in self.network_policies.items()
-            if _is_managed(body["metadata"])
-            and (body["metadata"].get("labels") or {}).get(api.POLICY_LABEL) == ref.name
+            if is_managed(body)
+            and (body["metadata"].get("labels") or {}).get(api.POLICY_LABEL)
+            == label_value(ref.name)
             and (body["metadata"].get("labels") or {}).get(api.POLICY_NAMESPACE_LABEL)
             == ref.namespace
         )
@@ -527,20 +526,6 @@ class PolicyController:
 
     def _pods_in(self, namespace: str) -> Iterable[Key]:
         return ((namespace, name) for name in self.pods_by_namespace.get(namespace, ()))
-
-
-def _same_network_policy(stored: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
-    meta, want = stored["metadata"], manifest["metadata"]
-    labels = meta.get("labels") or {}
-    return (
-        stored.get("spec") == manifest["spec"]
-        and all(labels.get(k) == v for k, v in (want.get("labels") or {}).items())
-        and _owner_uids(meta) == _owner_uids(want)
-    )
-
-
-def _owner_uids(meta: Mapping[str, Any]) -> set[str]:
-    return {ref.get("uid", "") for ref in meta.get("ownerReferences") or ()}
 
 
 __all__ = ["PolicyController"]
