@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp.web
 import kopf
@@ -36,6 +37,7 @@ from meshless.admission.configurations import (
     INJECT_HANDLER,
     STRICT_HANDLER,
     Endpoint,
+    ServiceRef,
     mutating_configuration,
     validating_configuration,
 )
@@ -46,7 +48,11 @@ from meshless.admission.inject import (
     default_identity,
     injection_patch,
 )
-from meshless.admission.serving import ServingCertificate, issue_serving_certificate
+from meshless.admission.serving import (
+    ServingCertificate,
+    issue_serving_certificate,
+    service_dns_names,
+)
 from meshless.admission.validate import (
     CREATE,
     UPDATE,
@@ -436,3 +442,39 @@ async def apply_configurations(
             content_type="application/apply-patch+yaml",
             query=[("fieldManager", MANAGED_BY_VALUE), ("force", "true")],
         )
+
+
+# --- wiring for the operator ----------------------------------------------------------------
+def webhook_endpoint(
+    url: str | None, service: str, namespace: str, service_port: int = 443
+) -> tuple[Endpoint, tuple[str, ...]]:
+    """Where the API server calls us and the hosts the serving certificate must name: the
+    URL's host when registered by URL (outside a cluster: https://127.0.0.1:<port>), else
+    the Service's DNS names."""
+    if url:
+        host = urlsplit(url).hostname
+        if not host or urlsplit(url).scheme != "https":
+            raise ValueError(f"webhook URL {url!r} must be https://<host>[:port]")
+        return Endpoint(url=url), (host,)
+    return (
+        Endpoint(service=ServiceRef(namespace, service, service_port)),
+        service_dns_names(service, namespace),
+    )
+
+
+def serve_admission(
+    kopf_settings: kopf.OperatorSettings,
+    *,
+    ca: Callable[[], CertificateAuthority | None],
+    hosts: tuple[str, ...],
+    clock: Callable[[], datetime],
+    addr: str,
+    port: int,
+) -> tuple[AdmissionWebhookServer, ServingCertificateKeeper]:
+    """Issue the first serving certificate and make Kopf serve the webhooks with it (call in
+    a startup handler, once the CA is loaded). Run `keeper.run(server)` as a task to renew."""
+    keeper = ServingCertificateKeeper(ca=ca, hosts=hosts, clock=clock)
+    certificate, bundle = keeper.issue()
+    server = AdmissionWebhookServer(certificate=certificate, ca_bundle=bundle, addr=addr, port=port)
+    kopf_settings.admission.server = server
+    return server, keeper
