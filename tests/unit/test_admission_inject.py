@@ -243,3 +243,14 @@ def test_the_patch_leaves_unrelated_fields_alone() -> None:
     assert out["metadata"]["annotations"] == {"note": "x"}
     assert out["spec"]["nodeName"] == "n1"
     assert all(op["op"] == "add" for op in inject(body))
+
+
+def test_a_service_account_too_long_for_a_label_value_is_a_conflict() -> None:
+    body = pod(sa="a" * 64)
+    with pytest.raises(InjectionConflict, match="longer than 63 characters"):
+        injection_patch(body, resolve(body), IDENTITY)
+    assert injection_patch(pod(sa="a" * 63), resolve(pod(sa="a" * 63)), IDENTITY) != []
+
+
+def test_mirror_pods_are_not_injected() -> None:
+    assert inject(pod(annotations={"kubernetes.io/config.mirror": "abc"})) == []

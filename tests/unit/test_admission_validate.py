@@ -239,3 +239,11 @@ def test_a_deleting_pod_is_not_judged() -> None:
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     policies = strict_policies(AdmissionAction.ENFORCE)
     assert judge_strict("UPDATE", body, pod(), "shop", policies).allowed
+
+
+def test_mirror_pods_are_not_judged_for_strict_but_their_labels_are() -> None:
+    mirror = {"kubernetes.io/config.mirror": "abc"}
+    policies = strict_policies(AdmissionAction.ENFORCE)
+    assert judge_strict("CREATE", pod(annotations=mirror), None, "shop", policies).allowed
+    forged = pod(annotations=mirror, labels={"meshless.dev/identity": "payments"})
+    assert not judge_identity_label("CREATE", forged, None, "shop", IDENTITY).allowed

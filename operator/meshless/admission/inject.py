@@ -107,7 +107,15 @@ def _under_identity_path(path: Any) -> bool:
     return normalized == pods.IDENTITY_PATH or normalized.startswith(pods.IDENTITY_PATH + "/")
 
 
+MAX_LABEL_VALUE = 63
+
+
 def _label_ops(pod: Mapping[str, Any], service_account: str) -> list[JSONPatchOp]:
+    if len(service_account) > MAX_LABEL_VALUE:
+        raise InjectionConflict(
+            f"ServiceAccount name {service_account!r} is longer than {MAX_LABEL_VALUE} "
+            f"characters and cannot be the value of the label {IDENTITY_LABEL}"
+        )
     labels = pods.metadata(pod).get("labels")
     if not isinstance(labels, Mapping):
         return [
@@ -200,7 +208,9 @@ def injection_patch(
     """The JSON-patch operations that inject `identity` into `pod`; [] when the pod is opted
     out, not under any policy, needs no identity, or already has everything. Raises
     InjectionConflict naming what stands in the way."""
-    if resolution is None or not resolution.needs_identity() or pods.opted_out(pod):
+    if resolution is None or not resolution.needs_identity():
+        return []
+    if pods.opted_out(pod) or pods.is_mirror(pod):
         return []
     ops = _label_ops(pod, pods.service_account(pod))
     ops += _volume_ops(pod, identity)

@@ -55,6 +55,15 @@ def opted_out(pod: Json) -> bool:
     return annotations_of(pod).get(INJECT_ANNOTATION, "").strip().lower() == "false"
 
 
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+def is_mirror(pod: Json) -> bool:
+    """A static pod's reflection in the API: the kubelet runs it from a file, so admission
+    cannot change what runs, and the node may not reference Secrets in it."""
+    return MIRROR_ANNOTATION in annotations_of(pod)
+
+
 def display_name(pod: Json, namespace: str) -> str:
     """ns/name, or ns/<generateName>* for a pod whose name the API server has yet to pick."""
     meta = metadata(pod)

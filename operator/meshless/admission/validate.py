@@ -7,10 +7,11 @@ Two independent judgements, served by two webhooks with different scopes:
   update may not add or change it (removing it only gives up trust).
 - `judge_strict`: a pod under STRICT without its identity mount is denied (Enforce), admitted
   with a warning (Warn) or admitted and recorded (Audit). Opting out of injection does not opt
-  out of this. On UPDATE only a change that brings the pod under STRICT is judged: pod specs
-  are immutable, so a pod that was already outside the rule before the update (created before
-  its policy) is reported by the policy's status, not blocked from metadata updates
-  (finalizers, owner references) it needs to be deleted.
+  out of this. Mirror pods (static pods' reflections) are not judged: the kubelet runs
+  them from files whatever the API says. On UPDATE only a change that brings the pod under
+  STRICT is judged: pod specs are immutable, so a pod that was already outside the rule
+  before the update (created before its policy) is reported by the policy's status, not
+  blocked from metadata updates (finalizers, owner references) it needs to be deleted.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def judge_strict(
     policies: PolicySet,
 ) -> Decision:
     """Enforce / Warn / Audit for a pod under STRICT that would run without its identity."""
-    if pods.metadata(pod).get("deletionTimestamp"):
+    if pods.metadata(pod).get("deletionTimestamp") or pods.is_mirror(pod):
         return ALLOW
     info = pods.admission_pod_info(pod, namespace)
     if info.identity_mounted:
