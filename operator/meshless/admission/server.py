@@ -314,9 +314,12 @@ def guarded(fn: kopf.WebhookFn) -> kopf.WebhookFn:
             return refusal(request, f"meshless admission reviews v1 pods only, not {what}")
         for key in ("object", "oldObject"):
             obj = payload.get(key)
-            if isinstance(obj, dict) and payload.get("namespace"):
-                meta = obj.setdefault("metadata", {})
-                if isinstance(meta, dict) and not meta.get("namespace"):
+            meta = obj.setdefault("metadata", {}) if isinstance(obj, dict) else None
+            if isinstance(meta, dict):
+                # Kopf deep-copies and diffs the whole body on every request; managedFields
+                # are often most of it and never ours to judge or patch.
+                meta.pop("managedFields", None)
+                if payload.get("namespace") and not meta.get("namespace"):
                     meta["namespace"] = payload["namespace"]
         return await fn(request, webhook=webhook, headers=headers, sslpeer=sslpeer)
 
