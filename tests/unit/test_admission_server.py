@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import copy
 import ipaddress
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from meshless.admission import pods
 from meshless.admission.inject import IdentityRef, injection_patch
 from meshless.admission.server import (
+    QuietAdmissionLogs,
     ServingCertificateKeeper,
     apply_add_ops,
     refusal,
@@ -156,3 +158,14 @@ def test_webhook_endpoint_by_url_or_service() -> None:
     assert hosts == ("meshless-webhook", "meshless-webhook.ops", "meshless-webhook.ops.svc")
     with pytest.raises(ValueError, match="must be https"):
         webhook_endpoint("http://127.0.0.1:9443", "x", "ops")
+
+
+def test_kopfs_records_about_our_webhooks_are_dropped_and_others_kept() -> None:
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, message, None, None)
+
+    quiet = QuietAdmissionLogs()
+    assert not quiet.filter(record("Webhook 'meshless-strict' failed permanently: pod x"))
+    assert not quiet.filter(record("Webhook 'meshless-inject' succeeded."))
+    assert quiet.filter(record("Webhook 'someone-else' failed permanently: y"))
+    assert quiet.filter(record("Handler 'identity_event' succeeded."))

@@ -170,14 +170,34 @@ def apply_add_ops(ops: list[JSONPatchOp], document: Any) -> None:
 
 def _deny_or_allow(decision: Decision, warnings: list[str]) -> None:
     if not decision.allowed:
+        log.info("admission refused: %s", decision.message)
         raise kopf.AdmissionError(decision.message, code=decision.code)
     warnings.extend(decision.warnings)
+
+
+class QuietAdmissionLogs(logging.Filter):
+    """Kopf logs every webhook call at INFO and every denial at ERROR on `kopf.objects`, and
+    posts those ERROR records as Events about the pod (on CREATE a pod that will never
+    exist). A denial is an answer, not an operator error: the handlers log refusals at INFO
+    themselves, and this filter drops Kopf's records about our webhooks."""
+
+    PREFIXES = tuple(f"Webhook {handler!r}" for handler in HANDLERS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.PREFIXES)
+
+
+def quiet_kopf_admission_logs() -> None:
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietAdmissionLogs) for f in objects.filters):
+        objects.addFilter(QuietAdmissionLogs())
 
 
 def register_admission_handlers(
     registry: kopf.OperatorRegistry, state_of: StateOf = state_from_memo
 ) -> None:
-    """Add the three pod handlers to `registry`."""
+    """Add the three pod handlers to `registry` (and keep Kopf from logging each call)."""
+    quiet_kopf_admission_logs()
 
     @kopf.on.mutate("v1", "pods", id=INJECT_HANDLER, operations=["CREATE"], registry=registry)
     async def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
