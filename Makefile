@@ -43,6 +43,7 @@ run: crds
 	  --dry-run=client -o yaml | kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f -
 	@trap '$(PY) hack/localcluster.py down' EXIT; \
 	KUBECONFIG=$(KUBECONFIG_LOCAL) MESHLESS_NAMESPACE=$(OPERATOR_NAMESPACE) \
+	  MESHLESS_WEBHOOK_HOST=127.0.0.1 MESHLESS_WEBHOOK_URL=https://127.0.0.1:9443 \
 	  $(VENV)/bin/meshless run
 
 lint: install

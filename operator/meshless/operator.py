@@ -14,12 +14,19 @@ import kopf
 from prometheus_client import start_http_server
 
 from meshless import metrics
+from meshless.admission.server import (
+    apply_configurations,
+    register_admission_handlers,
+    serve_admission,
+    webhook_endpoint,
+)
 from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
+from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import PolicyController
 from meshless.settings import Settings
 from meshless.status import EventRecorder
@@ -59,10 +66,15 @@ class Operator:
             kube, settings, self.ca, self.budget, utcnow, self.events
         )
         self.policies = PolicyController(kube, settings, utcnow, self.events)
+        self.admission_state = ControllerAdmissionState(self.policies, leading=False)
+        self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
+            settings.webhook_url or None, settings.webhook_service, settings.namespace
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.leading = False
         self.elector: LeaderElector | None = None
+        self._configurations_stale = False
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
@@ -84,8 +96,41 @@ class Operator:
             await self._start_leading()
         log.info("operator started")
 
+    def serve_webhooks(self, kopf_settings: kopf.OperatorSettings) -> None:
+        """Every replica serves the admission webhooks, with a serving certificate from our
+        CA that is renewed at 2/3 of its life or when the CA changes."""
+        if self.ca.current is None:
+            log.error("admission webhooks not served: no usable CA (see the CA Secret's Events)")
+            return
+        server, keeper = serve_admission(
+            kopf_settings,
+            ca=lambda: self.ca.current,
+            hosts=self.webhook_hosts,
+            clock=utcnow,
+            addr=self.settings.webhook_host,
+            port=self.settings.webhook_port,
+        )
+        self._tasks.append(asyncio.create_task(keeper.run(server)))
+
+    async def _apply_webhook_configurations(self) -> None:
+        """The leader keeps the configurations and their caBundle in step with the CA."""
+        bundle = self.ca.bundle
+        if bundle is None:
+            return
+        try:
+            await apply_configurations(
+                self.kube, self.webhook_endpoint, bundle, self.settings.namespace
+            )
+        except Exception:
+            log.exception("writing the webhook configurations failed; the next CA poll retries")
+            self._configurations_stale = True
+        else:
+            self._configurations_stale = False
+
     async def _start_leading(self) -> None:
         self.leading = True
+        self.admission_state.leading = True
+        await self._apply_webhook_configurations()
         self.identities.queue.start()
         await self.policies.prime()
         self.policies.queue.start()
@@ -96,6 +141,7 @@ class Operator:
     async def _stop_leading(self) -> None:
         """Stop every write at once; the watches go on, so a new term starts warm."""
         self.leading = False
+        self.admission_state.leading = False
         for task in self._leader_tasks:
             task.cancel()
         await asyncio.gather(*self._leader_tasks, return_exceptions=True)
@@ -130,6 +176,8 @@ class Operator:
                 continue
             if changed:
                 self._note_ca()
+            if self.leading and (changed or self._configurations_stale):
+                await self._apply_webhook_configurations()
             if changed and self.leading:
                 try:
                     await self.identities.refresh_trust_bundles()
@@ -160,8 +208,13 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
         kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
-        memo.operator = Operator(ours, kube)
-        await memo.operator.start()
+        operator = Operator(ours, kube)
+        memo.operator = operator
+        memo.admission_state = operator.admission_state
+        await operator.start()
+        operator.serve_webhooks(settings)
+
+    register_admission_handlers(registry)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

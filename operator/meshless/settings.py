@@ -36,6 +36,9 @@ class Settings:
     write_budget_burst: int = 100
     watch_namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all
     webhook_port: int = 9443
+    webhook_host: str = "0.0.0.0"
+    webhook_url: str = ""  # outside a cluster: https://127.0.0.1:<port>, registered by URL
+    webhook_service: str = "meshless-webhook"
     metrics_port: int = 8080
     health_port: int = 8081
     log_format: str = "text"
@@ -104,6 +107,24 @@ OPTIONS: tuple[_Option, ...] = (
         "comma-separated namespaces to watch (default: all)",
     ),
     _Option("--webhook-port", "MESHLESS_WEBHOOK_PORT", "webhook_port", "admission webhook port"),
+    _Option(
+        "--webhook-host",
+        "MESHLESS_WEBHOOK_HOST",
+        "webhook_host",
+        "address the admission webhooks listen on",
+    ),
+    _Option(
+        "--webhook-url",
+        "MESHLESS_WEBHOOK_URL",
+        "webhook_url",
+        "register the webhooks by this https URL (outside a cluster) instead of the Service",
+    ),
+    _Option(
+        "--webhook-service",
+        "MESHLESS_WEBHOOK_SERVICE",
+        "webhook_service",
+        "the Service in the operator's namespace that fronts the webhooks",
+    ),
     _Option("--metrics-port", "MESHLESS_METRICS_PORT", "metrics_port", "Prometheus /metrics port"),
     _Option("--health-port", "MESHLESS_HEALTH_PORT", "health_port", "/healthz port"),
     _Option("--log-format", "MESHLESS_LOG_FORMAT", "log_format", "text or json"),
@@ -205,5 +226,7 @@ def validate(s: Settings) -> None:
         fail("--log-format", f"{s.log_format!r} must be text or json")
     if s.ca_poll_interval < timedelta(seconds=1):
         fail("--ca-poll-interval", "must be at least 1s")
+    if s.webhook_url and not s.webhook_url.startswith("https://"):
+        fail("--webhook-url", f"{s.webhook_url!r} must start with https://")
     if s.workers < 1:
         fail("--workers", "must be at least 1")

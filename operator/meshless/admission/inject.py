@@ -29,8 +29,10 @@ from meshless.api import (
     IDENTITY_MOUNT_PATH,
     IDENTITY_VOLUME,
 )
+from meshless.identity.spec import default_secret_name
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodResolution
+from meshless.policy.provision import provisioned_name
 
 JSONPatchOp = dict[str, Any]
 
@@ -48,17 +50,12 @@ class IdentityRef:
     spiffe_id: str
 
 
-def provisioned_identity_name(service_account: str) -> str:
-    """The WorkloadIdentity the operator provisions for a ServiceAccount."""
-    return f"meshless-{service_account}"
-
-
 def default_identity(trust_domain: str, namespace: str, service_account: str) -> IdentityRef:
     """The identity of a ServiceAccount that has none yet: the operator will provision the
     WorkloadIdentity `meshless-<sa>` with the Secret `meshless-<sa>-mtls` (the kubelet waits
     for the Secret before it starts the pod)."""
     return IdentityRef(
-        secret_name=f"{provisioned_identity_name(service_account)}-mtls",
+        secret_name=default_secret_name(provisioned_name(service_account)),
         spiffe_id=spiffe_id(trust_domain, namespace, service_account),
     )
 

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from meshless import api, metrics
+from meshless.admission.configurations import admission_namespaces
 from meshless.api import ConditionType, Kind
 from meshless.conditions import find_condition
 from meshless.durations import format_duration, parse_duration
@@ -64,7 +65,9 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 # Work items: ("ns", namespace, "") reconciles a namespace; ("policy", ns, name) a status.
 Work = tuple[str, str, str]
+AdmissionStatus = Callable[[PolicyRef, Mapping[str, Any] | None], tuple[Json | None, int]]
 NAMESPACE_WORK = "ns"
+LABELS_WORK = "labels"  # ("labels", "", ""): the admission label on every namespace
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 POLICY_WORK = "policy"
 
@@ -139,6 +142,10 @@ class PolicyController:
         self.governed: dict[PolicyRef, set[Key]] = defaultdict(set)
         self.network_open: dict[str, list[tuple[PolicyRef, str]]] = {}
         self.primed = False
+        # Set by the admission state: status.admission for a policy (see admission_state.py).
+        self.admission_status: AdmissionStatus | None = None
+        self.admission_written: Callable[[PolicyRef, int], None] | None = None
+        self.namespace_labels_wanted: frozenset[str] | None = None
         metrics.POLICY_PODS.labels("resolved").set_function(lambda: len(self.resolutions))
         metrics.POLICY_PODS.labels("held").set_function(lambda: len(self.pods))
 
@@ -164,6 +171,7 @@ class PolicyController:
         self.enqueue_all()
 
     def enqueue_all(self) -> None:
+        self.queue.add((LABELS_WORK, "", ""))
         for namespace in self._known_namespaces():
             self.queue.add((NAMESPACE_WORK, namespace, ""))
         for namespace, name in list(self.policies):
@@ -206,6 +214,7 @@ class PolicyController:
         self._policy_set = None
         if not enqueue:
             return
+        self.queue.add((LABELS_WORK, "", ""))
         wide = any(
             p is not None and scope_of(p, self.root_namespace) is Scope.ROOT
             for p in (before, after)
@@ -255,6 +264,7 @@ class PolicyController:
                 return
             self.namespaces[name] = info
         if enqueue:
+            self.queue.add((LABELS_WORK, "", ""))
             # Namespace labels decide namespaceSelectors of NetworkPolicies anywhere.
             for namespace in self._known_namespaces():
                 self.queue.add((NAMESPACE_WORK, namespace, ""))
@@ -313,7 +323,7 @@ class PolicyController:
     def policy_specs(self) -> dict[PolicyRef, PolicySpec]:
         return {spec.ref: spec for spec in self.specs.values()}
 
-    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
+    def identity_ref_for(self, namespace: str, service_account: str) -> IdentityRef:
         return identity_for(
             namespace,
             service_account,
@@ -327,6 +337,8 @@ class PolicyController:
         try:
             if kind == NAMESPACE_WORK:
                 await self._reconcile_namespace(namespace)
+            elif kind == LABELS_WORK:
+                await self._reconcile_namespace_labels()
             else:
                 await self._reconcile_policy(namespace, name)
         except ApiError as exc:
@@ -446,6 +458,32 @@ class PolicyController:
             self._identity_spec.pop((namespace, name), None)
             log.info("%s/%s: provisioned WorkloadIdentity deleted (not needed)", namespace, name)
 
+    async def _reconcile_namespace_labels(self) -> None:
+        """`meshless.dev/mtls=enabled` on exactly the namespaces some policy may ask an
+        identity in: the webhooks (failurePolicy Fail) select them, so with the operator down
+        only pods there are refused."""
+        wanted = admission_namespaces(self.policy_set(), self.namespaces, self.settings.namespace)
+        for name, info in sorted(self.namespaces.items()):
+            if info.terminating or not self._watched(name):
+                continue
+            has = info.labels.get(api.ADMISSION_NAMESPACE_LABEL) == api.ADMISSION_NAMESPACE_VALUE
+            if (name in wanted) == has:
+                continue
+            value = api.ADMISSION_NAMESPACE_VALUE if name in wanted else None
+            patch = {"metadata": {"labels": {api.ADMISSION_NAMESPACE_LABEL: value}}}
+            try:
+                await self.kube.patch(NAMESPACES, None, name, patch)
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            log.info(
+                "namespace %s: %s %s",
+                name,
+                "labelled" if value else "unlabelled",
+                api.ADMISSION_NAMESPACE_LABEL,
+            )
+
     async def _reconcile_policy(self, namespace: str, name: str) -> None:
         body = self.policies.get((namespace, name))
         if body is None:
@@ -470,7 +508,16 @@ class PolicyController:
             "conditions": conditions_with(body, changes, self.clock()),
             "observedGeneration": body["metadata"].get("generation"),
         }
-        if await self.status.patch(body, wanted) is None:
+        included = 0
+        if self.admission_status is not None:
+            stored = (body.get("status") or {}).get("admission")
+            admission, included = self.admission_status(ref, stored)
+            if admission is not None:
+                wanted["admission"] = admission
+        written = await self.status.patch(body, wanted)
+        if included and self.admission_written is not None:
+            self.admission_written(ref, included)
+        if written is None:
             return
         for change in changes:
             old = before.get(change.type) or {}
@@ -503,7 +550,7 @@ class PolicyController:
             if pod.identity_mounted and pod.running:
                 tally.injected += 1
             if resolution.needs_identity():
-                identity = self.identity_for(pod.namespace, pod.service_account)
+                identity = self.identity_ref_for(pod.namespace, pod.service_account)
                 tally.identities.add((identity.namespace, identity.name))
         if spec is not None and scope_of(spec, self.root_namespace) is Scope.WORKLOAD:
             for key in self._pods_in(ref.namespace):
