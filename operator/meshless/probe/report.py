@@ -1,0 +1,68 @@
+"""Human-readable lines for a probe result (pure): `meshless verify` prints them, and the
+operator can reuse them in Events. The verdict word is always the last line, alone."""
+
+from __future__ import annotations
+
+from meshless.probe.classify import (
+    Connect,
+    Handshake,
+    HandshakeObservation,
+    PlainAnswer,
+    PlaintextObservation,
+)
+from meshless.probe.endpoint import ProbeResult
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def _handshake_line(label: str, obs: HandshakeObservation) -> str:
+    if obs.handshake is Handshake.NOT_RUN:
+        if obs.connect is Connect.OK:
+            return f"{label}: skipped"
+        return f"{label}: TCP connect {obs.connect.value} ({obs.detail}); {_ms(obs.seconds)}"
+    parts = [f"{label}: {obs.handshake.value} ({obs.detail})"]
+    if obs.tls_version:
+        parts.append(f"{obs.tls_version} {obs.cipher}")
+    parts.append(f"client certificate requested: {_yes_no(obs.certificate_requested)}")
+    if obs.chain_verified is not None:
+        parts.append(f"server chain verified against the bundle: {_yes_no(obs.chain_verified)}")
+    parts.append(_ms(obs.seconds))
+    return "; ".join(parts)
+
+
+def _plaintext_line(obs: PlaintextObservation) -> str:
+    label = "step 3, plaintext"
+    if obs.answer is PlainAnswer.NOT_RUN:
+        return f"{label}: skipped"
+    text = {
+        PlainAnswer.TLS_RECORD: "answered with a TLS record (speaks TLS only)",
+        PlainAnswer.DATA: f"answered in plaintext {obs.first_bytes!r}",
+        PlainAnswer.CLOSED: "closed the connection without answering",
+        PlainAnswer.SILENT: "kept the connection open without answering",
+    }[obs.answer]
+    return f"{label}: {text}; {_ms(obs.seconds)}"
+
+
+def report_lines(result: ProbeResult) -> list[str]:
+    obs = result.observations
+    expected = result.expected
+    lines = [
+        f"endpoint: {result.address}:{result.port}",
+        _handshake_line("step 1, no client certificate", obs.no_certificate),
+        _handshake_line("step 2, prober identity", obs.with_identity),
+        _plaintext_line(obs.plaintext),
+        f"server SPIFFE ID: {result.server_spiffe_id or 'none'}"
+        + (f" (expected {expected.spiffe_id})" if expected.spiffe_id else ""),
+    ]
+    if expected.mode is not None:
+        met = "met" if result.meets_expectation else "NOT met"
+        lines.append(f"expected {expected.mode.upper()}: {met}")
+    lines.append(f"probe took {_ms(result.seconds)}")
+    lines.append(result.verdict.value)
+    return lines
