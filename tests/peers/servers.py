@@ -71,8 +71,11 @@ class TlsServer:
     identity: Path
     mode: str
     max_version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    session_tickets: bool = True
+    reply: bool = True  # answer a line after reading one; False: read and stay silent
     port: int = 0
     handshakes: list[str] = field(default_factory=list)
+    connections: int = 0
 
     def __post_init__(self) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -81,6 +84,8 @@ class TlsServer:
         context.load_cert_chain(self.identity / "tls.crt", self.identity / "tls.key")
         context.load_verify_locations(self.identity / "ca.crt")
         context.verify_mode = VERIFY_MODES[self.mode]
+        if not self.session_tickets:
+            context.num_tickets = 0
         self.context = context
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
@@ -93,6 +98,7 @@ class TlsServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -100,8 +106,10 @@ class TlsServer:
         try:
             with self.context.wrap_socket(conn, server_side=True) as tls:
                 self.handshakes.append("ok")
-                if tls.recv(1024):
+                if tls.recv(1024) and self.reply:
                     tls.sendall(b"hello\n")
+                elif not self.reply:
+                    tls.recv(1024)  # until the client closes
         except (ssl.SSLError, OSError) as exc:
             self.handshakes.append(f"error: {exc}")
         finally:
@@ -193,6 +201,7 @@ http {{
         ssl_client_certificate {identity}/ca.crt;
         ssl_verify_client {verify};
         ssl_verify_depth 3;
+        ssl_protocols {protocols};
         location / {{ return 200 "client $ssl_client_verify\\n"; }}
     }}
 }}
@@ -203,12 +212,18 @@ def nginx_available() -> bool:
     return shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
 
 
-def nginx_server(identity: Path, verify: str, prefix: Path) -> tuple[subprocess.Popen[bytes], int]:
+def nginx_server(
+    identity: Path, verify: str, prefix: Path, protocols: str = "TLSv1.2 TLSv1.3"
+) -> tuple[subprocess.Popen[bytes], int]:
     """Debian's nginx on a free loopback port, with its own prefix and config."""
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, identity=identity, verify=verify))
+    conf.write_text(
+        NGINX_CONF.format(
+            prefix=prefix, port=port, identity=identity, verify=verify, protocols=protocols
+        )
+    )
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = subprocess.Popen(
         [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],

@@ -37,6 +37,7 @@ def hs(
     connect: Connect = Connect.OK,
     verified: bool | None = None,
     leaf: bool | None = None,
+    answer: str | None = None,
 ) -> HandshakeObservation:
     return HandshakeObservation(
         connect=connect,
@@ -45,6 +46,7 @@ def hs(
         server_certificate_seen=bool(sans) if leaf is None else leaf,
         server_uri_sans=sans,
         chain_verified=verified,
+        application_answer=answer,
     )
 
 
@@ -89,11 +91,21 @@ CASES: list[tuple[str, Observations, str | None, Verdict]] = [
         Verdict.PLAINTEXT,
     ),
     (
-        "plaintext server that waits for more input",
+        "silent port (plaintext waiting for input, or a hung TLS server): no evidence",
         Observations(
             hs(Handshake.TIMEOUT, requested=None, sans=()),
             NOT_RUN_HANDSHAKE,
             plain(PlainAnswer.SILENT),
+        ),
+        SERVER,
+        Verdict.INCONCLUSIVE,
+    ),
+    (
+        "silent on a ClientHello, answers a plaintext line",
+        Observations(
+            hs(Handshake.TIMEOUT, requested=None, sans=()),
+            NOT_RUN_HANDSHAKE,
+            plain(PlainAnswer.DATA),
         ),
         SERVER,
         Verdict.PLAINTEXT,
@@ -107,10 +119,60 @@ CASES: list[tuple[str, Observations, str | None, Verdict]] = [
         Verdict.PLAINTEXT,
     ),
     (
-        "STRICT over TLS but also answers plaintext",
+        "TLS port answering non-TLS bytes with a plaintext error (nginx) is judged by its TLS",
         Observations(hs(REFUSED), hs(ACCEPTED, verified=True), plain(PlainAnswer.DATA)),
         SERVER,
-        Verdict.PLAINTEXT,
+        Verdict.STRICT,
+    ),
+    (
+        "nginx `ssl_verify_client on`: TLS lets it in, HTTP answers 400",
+        Observations(
+            hs(ACCEPTED, answer="HTTP/1.1 400 Bad Request"),
+            hs(ACCEPTED, verified=True, answer="HTTP/1.1 200 OK"),
+            plain(PlainAnswer.DATA),
+        ),
+        SERVER,
+        Verdict.STRICT,
+    ),
+    (
+        "nginx `ssl_verify_client optional`: same answer with and without certificate",
+        Observations(
+            hs(ACCEPTED, answer="HTTP/1.1 200 OK"),
+            hs(ACCEPTED, verified=True, answer="HTTP/1.1 200 OK"),
+            plain(PlainAnswer.DATA),
+        ),
+        SERVER,
+        Verdict.PERMISSIVE,
+    ),
+    (
+        "the same refusal with the identity proves nothing",
+        Observations(
+            hs(ACCEPTED, answer="HTTP/1.1 403 Forbidden"),
+            hs(ACCEPTED, verified=True, answer="HTTP/1.1 403 Forbidden"),
+            CLOSED_PLAIN,
+        ),
+        SERVER,
+        Verdict.PERMISSIVE,
+    ),
+    (
+        "a 404 is not a refusal",
+        Observations(
+            hs(ACCEPTED, answer="HTTP/1.0 404 Not Found"),
+            hs(ACCEPTED, verified=True, answer="HTTP/1.0 200 OK"),
+            CLOSED_PLAIN,
+        ),
+        SERVER,
+        Verdict.PERMISSIVE,
+    ),
+    (
+        "a refusal status without an HTTP answer to compare with",
+        Observations(
+            hs(ACCEPTED, answer="HTTP/1.1 400 Bad Request"),
+            hs(ACCEPTED, verified=True, answer=None),
+            CLOSED_PLAIN,
+        ),
+        SERVER,
+        Verdict.PERMISSIVE,
     ),
     (
         "closes every connection",
@@ -263,8 +325,15 @@ def test_server_spiffe_id_needs_exactly_one_spiffe_uri() -> None:
     assert hs(ACCEPTED, sans=(SERVER, OTHER)).server_spiffe_id is None
 
 
+def test_http_status_parsing() -> None:
+    assert hs(ACCEPTED, answer="HTTP/1.1 400 Bad Request").http_status == 400
+    assert hs(ACCEPTED, answer="HTTP/2 403").http_status == 403
+    assert hs(ACCEPTED, answer="hello").http_status is None
+    assert hs(ACCEPTED, answer=None).http_status is None
+
+
 def test_report_ends_with_the_verdict_alone() -> None:
-    observations = CASES[12][1]
+    observations = next(case[1] for case in CASES if case[0].startswith("STRICT, TLS 1.3"))
     result = ProbeResult(
         address="10.0.0.7",
         port=8443,

@@ -99,11 +99,11 @@ class Server:
     def _serve(self) -> None:
         while True:
             record = Served()
+            self.served.append(record)  # done is set once the connection was handled
             try:
                 conn, _ = self.listener.accept()
             except ssl.SSLError as exc:  # a refused handshake surfaces from accept()
                 record.error = exc.reason or str(exc)
-                self.served.append(record)
                 record.done.set()
                 continue
             except OSError:
@@ -116,8 +116,13 @@ class Server:
                     conn.sendall(b"hello\n")
                 except (tls.PeerNotAllowed, OSError) as exc:
                     record.error = str(exc)
-            self.served.append(record)
             record.done.set()
+
+    def handled(self, index: int) -> Served:
+        """The index-th connection, once the server has finished with it."""
+        record = self.served[index]
+        assert record.done.wait(5), f"connection {index} not handled within 5s"
+        return record
 
     def close(self) -> None:
         self.listener.close()
@@ -162,15 +167,14 @@ def test_strict_requires_a_client_certificate(
 
     greeting, leaf = talk(server.port, tls.client_context(client_dir))
     assert greeting == b"hello\n"
-    assert server.served[0].peer_id == CLIENT_ID
+    assert server.handled(0).peer_id == CLIENT_ID
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [SERVER_ID]
 
     # TLS 1.3: the refusal arrives after the client's handshake, on the first read
     with pytest.raises((ssl.SSLError, ConnectionError)):
         talk(server.port, no_cert_client(client_dir))
-    assert server.served[1].done.wait(5)
-    assert "CERTIFICATE" in (server.served[1].error or "")
+    assert "CERTIFICATE" in (server.handled(1).error or "")
 
 
 def test_permissive_accepts_both_and_identifies_the_one_with_a_certificate(
@@ -179,7 +183,7 @@ def test_permissive_accepts_both_and_identifies_the_one_with_a_certificate(
     server = start(serve, tls.server_context(server_dir, "permissive"))
     assert talk(server.port, no_cert_client(client_dir))[0] == b"hello\n"
     assert talk(server.port, tls.client_context(client_dir))[0] == b"hello\n"
-    assert [s.peer_id for s in server.served] == [None, CLIENT_ID]
+    assert [server.handled(i).peer_id for i in (0, 1)] == [None, CLIENT_ID]
 
 
 def test_disable_asks_for_no_certificate(
@@ -187,7 +191,7 @@ def test_disable_asks_for_no_certificate(
 ) -> None:
     server = start(serve, tls.server_context(server_dir, "DISABLE"))
     assert talk(server.port, tls.client_context(client_dir))[0] == b"hello\n"
-    assert server.served[0].peer_id is None  # the client had nothing to answer
+    assert server.handled(0).peer_id is None  # the client had nothing to answer
 
 
 def test_mode_from_environment(server_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,7 +222,7 @@ def test_allow_list(server_dir: Path, client_dir: Path, serve: list[Server]) -> 
 
     denied = start(serve, tls.server_context(server_dir, "STRICT"), allowed={SERVER_ID})
     assert talk(denied.port, tls.client_context(client_dir))[0] == b""  # closed, no greeting
-    assert denied.served[0].error == f"peer {CLIENT_ID} is not allowed"
+    assert denied.handled(0).error == f"peer {CLIENT_ID} is not allowed"
 
     # the client side checks the server the same way
     client = tls.client_context(client_dir)
@@ -318,4 +322,4 @@ def test_peer_spiffe_id_without_certificate_is_none(
 ) -> None:
     server = start(serve, tls.server_context(server_dir, "PERMISSIVE"), allowed={CLIENT_ID})
     assert talk(server.port, no_cert_client(client_dir))[0] == b""
-    assert server.served[0].error == "the peer presented no verified SPIFFE ID"
+    assert server.handled(0).error == "the peer presented no verified SPIFFE ID"

@@ -7,8 +7,15 @@ observations into one `Verdict`; nothing here opens a socket.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+_STATUS_LINE = re.compile(r"HTTP/\d(?:\.\d)? (\d{3})")
+# What an HTTP server answers a client it refuses for lack of a certificate: nginx's
+# `ssl_verify_client on` completes the TLS handshake and answers 400 ("No required SSL
+# certificate was sent"); 495/496 are its internal codes; 401/403 are other servers'.
+APPLICATION_REFUSALS = frozenset({400, 401, 403, 495, 496})
 
 
 class Verdict(StrEnum):
@@ -69,7 +76,15 @@ class HandshakeObservation:
     server_certificate_seen: bool = False  # the handshake got far enough to read the leaf
     server_uri_sans: tuple[str, ...] = ()
     chain_verified: bool | None = None  # None: not checked in this step
+    # The first line the server answered to the probe's HTTP request (sent only after a
+    # handshake that asked for a client certificate and did not refuse ours), None if none.
+    application_answer: str | None = None
     seconds: float = 0.0
+
+    @property
+    def http_status(self) -> int | None:
+        match = _STATUS_LINE.match(self.application_answer or "")
+        return int(match.group(1)) if match else None
 
     @property
     def server_spiffe_id(self) -> str | None:
@@ -118,12 +133,10 @@ def classify(observations: Observations, expected_spiffe_id: str | None = None) 
     )
     if no_cert.connect is not Connect.OK:
         return Verdict.UNREACHABLE
-    if plain.answer is PlainAnswer.DATA:
-        return Verdict.PLAINTEXT  # even when TLS works too: a plaintext client gets in
     if not ({no_cert.handshake, identity.handshake} & _SPOKE_TLS):
-        if no_cert.handshake is Handshake.NOT_TLS or (
-            plain.answer is PlainAnswer.SILENT and no_cert.handshake is Handshake.TIMEOUT
-        ):
+        # PLAINTEXT needs positive evidence: bytes that are not TLS. A port that only stays
+        # silent may be a hung TLS server as well as a plaintext one.
+        if plain.answer is PlainAnswer.DATA or no_cert.handshake is Handshake.NOT_TLS:
             return Verdict.PLAINTEXT
         return Verdict.INCONCLUSIVE
     if identity.handshake is Handshake.UNTRUSTED:
@@ -140,12 +153,27 @@ def classify(observations: Observations, expected_spiffe_id: str | None = None) 
             return Verdict.STRICT
         return Verdict.IDENTITY_REFUSED
     if no_cert.handshake is Handshake.ACCEPTED:
+        if refused_by_application(no_cert, identity):
+            return Verdict.STRICT
         if no_cert.certificate_requested or identity.certificate_requested:
             return Verdict.PERMISSIVE
         if no_cert.certificate_requested is None and identity.certificate_requested is None:
             return Verdict.INCONCLUSIVE
         return Verdict.DISABLE
     return Verdict.INCONCLUSIVE
+
+
+def refused_by_application(no_cert: HandshakeObservation, identity: HandshakeObservation) -> bool:
+    """The TLS layer let a client without a certificate in, but the HTTP server behind it
+    refused it (nginx `ssl_verify_client on`): the no-certificate request got a refusal
+    status, and the same request with the prober's identity got a different answer."""
+    refused_status = no_cert.http_status
+    return (
+        refused_status in APPLICATION_REFUSALS
+        and identity.handshake is Handshake.ACCEPTED
+        and identity.http_status is not None
+        and identity.http_status != refused_status
+    )
 
 
 def satisfies(verdict: Verdict, expected: str) -> bool:

@@ -46,6 +46,13 @@ MAX_SETTLE = 1.0
 # that nginx turns into a plaintext 400), at least one record header long.
 PLAINTEXT_PROBE = b"MESHLESS-PROBE\r\n\r\n"
 READ_CHUNK = 65536
+# Sent over TLS only after a handshake in which the server asked for a client certificate
+# and did not refuse ours: the same request in steps 1 and 2, so that a server enforcing the
+# certificate at the HTTP layer (nginx) shows it by answering the two differently.
+APPLICATION_PROBE = (
+    b"HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshless-probe\r\nConnection: close\r\n\r\n"
+)
+MAX_ANSWER_LINE = 120
 
 Acquire = Callable[[], Awaitable[object]]
 
@@ -255,9 +262,9 @@ async def _handshake(connection: _TlsConnection, settle: float) -> HandshakeObse
         requested = client_sent_certificate_message(connection.sent.encrypted_lengths(), cipher)
     else:
         requested = connection.certificate_request_seen()
-    outcome, detail = Handshake.ACCEPTED, "handshake completed"
-    if version == "TLSv1.3" and requested:
-        outcome, detail = await _settle(connection, settle)
+    outcome, detail, answer = Handshake.ACCEPTED, "handshake completed", None
+    if requested:
+        outcome, detail, answer = await _after_handshake(connection, settle, version)
     return HandshakeObservation(
         connect=Connect.OK,
         handshake=outcome,
@@ -268,32 +275,103 @@ async def _handshake(connection: _TlsConnection, settle: float) -> HandshakeObse
         server_certificate_seen=bool(leaf),
         server_uri_sans=_uri_sans(leaf),
         chain_verified=True if verifying else None,
+        application_answer=answer,
     )
 
 
-async def _settle(connection: _TlsConnection, settle: float) -> tuple[Handshake, str]:
-    """TLS 1.3, after our Finished: wait for the server's verdict on our certificate."""
+async def _after_handshake(
+    connection: _TlsConnection, settle: float, version: str
+) -> tuple[Handshake, str, str | None]:
+    """After a handshake in which the server asked for a certificate. Returns (outcome,
+    detail, first line of the application's answer to the HTTP probe, or None).
+
+    TLS 1.2: the server's Finished already proved that it accepted our Certificate.
+    TLS 1.3: the server reads our Certificate only now, so first wait, sending nothing, for
+    its decision (`_settle`). Sending before it has decided would race its alert: a server
+    that closes with our unread bytes in its buffer resets the connection, and the reset can
+    discard the alert before we read it. Then send the HTTP probe and read the answer.
+    """
+    detail, early = "handshake completed", b""
+    if version == "TLSv1.3":
+        outcome, detail, early = await _settle(connection, settle)
+        if outcome is not Handshake.ACCEPTED:
+            return outcome, detail, None
+    answer = await _application_answer(connection, settle, early)
+    if isinstance(answer, Handshake):
+        return answer, "TLS alert in answer to the application request", None
+    return Handshake.ACCEPTED, detail, answer
+
+
+async def _settle(connection: _TlsConnection, settle: float) -> tuple[Handshake, str, bytes]:
+    """TLS 1.3, after our Finished: an alert means refused; a session ticket, application
+    data or close_notify means accepted; EOF without any of those is CLOSED (never counted as
+    a refusal); no alert within the settle time means accepted (a refusing server alerts as
+    soon as it reads our flight). Returns any application data the server sent first."""
     tls = connection.tls
-    settle_deadline = min(connection.deadline, connection.loop.time() + settle)
+    deadline = min(connection.deadline, connection.loop.time() + settle)
     while True:
         try:
-            if tls.read(1024):
-                return Handshake.ACCEPTED, "the server sent application data"
-            return Handshake.ACCEPTED, "the server closed with close_notify"
+            data = tls.read(READ_CHUNK)
         except ssl.SSLWantReadError:
             session = tls.session
             if session is not None and session.has_ticket:
-                return Handshake.ACCEPTED, "the server sent a session ticket"
+                return Handshake.ACCEPTED, "the server sent a session ticket", b""
         except ssl.SSLZeroReturnError:
-            return Handshake.ACCEPTED, "the server closed with close_notify"
+            return Handshake.ACCEPTED, "the server closed with close_notify", b""
         except ssl.SSLError as exc:
             if _is_eof(exc):
-                return Handshake.CLOSED, "the server closed without an alert after the handshake"
-            return Handshake.REFUSED, _reason(exc)
+                return (
+                    Handshake.CLOSED,
+                    "the server closed without an alert after the handshake",
+                    b"",
+                )
+            return Handshake.REFUSED, _reason(exc), b""
+        else:
+            if not data:
+                return Handshake.ACCEPTED, "the server closed with close_notify", b""
+            return Handshake.ACCEPTED, "the server sent application data", data
         try:
-            await connection.receive(settle_deadline)
+            await connection.receive(deadline)
         except _Timeout:
-            return Handshake.ACCEPTED, f"no alert within {settle:g}s after the handshake"
+            return Handshake.ACCEPTED, f"no alert within {settle:g}s after the handshake", b""
+
+
+async def _application_answer(
+    connection: _TlsConnection, settle: float, early: bytes = b""
+) -> str | Handshake | None:
+    """Send the HTTP probe; the first line of the answer (bounded, printable), None when
+    the server said nothing within the settle time or closed, Handshake.REFUSED on an alert.
+    A server that spoke first (`early`) is not sent anything: its first line is the answer."""
+    tls = connection.tls
+    if not early:
+        host = str(connection.writer.get_extra_info("peername", ("probe",))[0])
+        with contextlib.suppress(ssl.SSLError):
+            tls.write(APPLICATION_PROBE.replace(b"{host}", host.encode("ascii", "replace")))
+        connection.flush()
+    deadline = min(connection.deadline, connection.loop.time() + settle)
+    answer = early
+    while b"\n" not in answer and len(answer) < MAX_ANSWER_LINE:
+        try:
+            data = tls.read(READ_CHUNK)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            if isinstance(exc, ssl.SSLZeroReturnError) or _is_eof(exc):
+                break
+            return Handshake.REFUSED
+        else:
+            if not data:
+                break
+            answer += data
+            continue
+        try:
+            await connection.receive(deadline)
+        except _Timeout:
+            break
+    if not answer:
+        return None
+    line = answer.split(b"\n", 1)[0][:MAX_ANSWER_LINE].rstrip(b"\r").decode("latin-1")
+    return "".join(c if c.isprintable() else "?" for c in line)
 
 
 def _observed(

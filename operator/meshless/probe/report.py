@@ -9,6 +9,7 @@ from meshless.probe.classify import (
     HandshakeObservation,
     PlainAnswer,
     PlaintextObservation,
+    refused_by_application,
 )
 from meshless.probe.endpoint import ProbeResult
 
@@ -30,6 +31,8 @@ def _handshake_line(label: str, obs: HandshakeObservation) -> str:
     if obs.tls_version:
         parts.append(f"{obs.tls_version} {obs.cipher}")
     parts.append(f"client certificate requested: {_yes_no(obs.certificate_requested)}")
+    if obs.application_answer is not None:
+        parts.append(f"HTTP probe answered {obs.application_answer!r}")
     if obs.chain_verified is not None:
         parts.append(f"server chain verified against the bundle: {_yes_no(obs.chain_verified)}")
     parts.append(_ms(obs.seconds))
@@ -60,6 +63,11 @@ def report_lines(result: ProbeResult) -> list[str]:
         f"server SPIFFE ID: {result.server_spiffe_id or 'none'}"
         + (f" (expected {expected.spiffe_id})" if expected.spiffe_id else ""),
     ]
+    if refused_by_application(obs.no_certificate, obs.with_identity):
+        lines.append(
+            "the TLS layer accepts clients without a certificate, but the HTTP server refuses "
+            "them (nginx `ssl_verify_client on` does this)"
+        )
     if expected.mode is not None:
         met = "met" if result.meets_expectation else "NOT met"
         lines.append(f"expected {expected.mode.upper()}: {met}")
