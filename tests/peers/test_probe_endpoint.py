@@ -8,7 +8,9 @@ import ssl
 import pytest
 
 from meshless.budget import WriteBudget
-from meshless.probe import Expectation, ProbeContexts, ProberIdentity, Verdict, probe_endpoint
+from meshless.probe.classify import Expectation, Verdict
+from meshless.probe.endpoint import probe_endpoint
+from meshless.probe.handshake import ProbeContexts, ProberIdentity
 from tests.peers.conftest import Identities
 from tests.peers.servers import SERVER_ID, TlsServer, free_port
 

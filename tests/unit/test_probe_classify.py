@@ -3,21 +3,25 @@ report's last line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from meshless.probe.classify import (
     NOT_RUN_HANDSHAKE,
     Connect,
+    Expectation,
     Handshake,
     HandshakeObservation,
     Observations,
     PlainAnswer,
     PlaintextObservation,
+    ProbeResult,
     Verdict,
     classify,
     satisfies,
 )
-from meshless.probe.endpoint import Expectation, ProbeResult
 from meshless.probe.records import (
     RecordTap,
     client_sent_certificate_message,
@@ -425,3 +429,15 @@ def test_client_certificate_message_inferred_from_flight_size(
 def test_finished_length() -> None:
     assert finished_length("TLS_AES_256_GCM_SHA384") == 52
     assert finished_length("TLS_AES_128_GCM_SHA256") == 36
+
+
+def test_pure_modules_open_no_sockets_and_import_no_kubernetes() -> None:
+    """classify, records and report are the pure core the operator's controller can call in
+    its reconcile path: importing them pulls in no ssl, asyncio, Kopf or API client."""
+    code = (
+        "import sys, meshless.probe.classify, meshless.probe.records, meshless.probe.report;"
+        "print(' '.join(m for m in ('ssl', 'asyncio', 'kopf', 'aiohttp',"
+        " 'kubernetes', 'meshless.kube') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

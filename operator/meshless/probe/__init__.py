@@ -1,19 +1,7 @@
 """Proof of enforcement: live handshake probes of a port, classified as the mode it enforces.
 
-classify.py and records.py are pure; handshake.py and endpoint.py open connections.
+Pure (no sockets, no Kubernetes): classify.py (observations -> Verdict, ProbeResult),
+records.py (the TLS record tap), report.py (lines for humans). With connections:
+handshake.py (the three steps) and endpoint.py (`probe_endpoint`). Import from the
+submodules: this package imports nothing, so the pure ones stay light.
 """
-
-from meshless.probe.classify import Verdict, classify
-from meshless.probe.endpoint import Expectation, ProbeResult, probe_endpoint
-from meshless.probe.handshake import DEFAULT_TIMEOUT, ProbeContexts, ProberIdentity
-
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "Expectation",
-    "ProbeContexts",
-    "ProbeResult",
-    "ProberIdentity",
-    "Verdict",
-    "classify",
-    "probe_endpoint",
-]

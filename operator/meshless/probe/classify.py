@@ -179,3 +179,30 @@ def refused_by_application(no_cert: HandshakeObservation, identity: HandshakeObs
 def satisfies(verdict: Verdict, expected: str) -> bool:
     """`--expect MODE` and the operator's check: the verdict must be exactly the mode."""
     return verdict.value == expected.upper()
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the port should be: a mode (or any verdict name) and the server's SPIFFE ID."""
+
+    mode: str | None = None
+    spiffe_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    address: str
+    port: int
+    expected: Expectation
+    observations: Observations
+    verdict: Verdict
+    seconds: float
+
+    @property
+    def server_spiffe_id(self) -> str | None:
+        return server_spiffe_id(self.observations)
+
+    @property
+    def meets_expectation(self) -> bool:
+        """True when no mode was expected, or the verdict is exactly that mode."""
+        return self.expected.mode is None or satisfies(self.verdict, self.expected.mode)

@@ -9,18 +9,17 @@ Time spent waiting for the budget does not count against a step's timeout.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
+__all__ = ["Expectation", "ProbeResult", "probe_endpoint", "settle_time"]
 from meshless.probe.classify import (
     NOT_RUN_HANDSHAKE,
     NOT_RUN_PLAINTEXT,
     Connect,
+    Expectation,
     Handshake,
     Observations,
-    Verdict,
+    ProbeResult,
     classify,
-    satisfies,
-    server_spiffe_id,
 )
 from meshless.probe.handshake import (
     DEFAULT_TIMEOUT,
@@ -31,33 +30,6 @@ from meshless.probe.handshake import (
     plaintext_step,
     tls_step,
 )
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """What the port should be: a mode (or any verdict name) and the server's SPIFFE ID."""
-
-    mode: str | None = None
-    spiffe_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    address: str
-    port: int
-    expected: Expectation
-    observations: Observations
-    verdict: Verdict
-    seconds: float
-
-    @property
-    def server_spiffe_id(self) -> str | None:
-        return server_spiffe_id(self.observations)
-
-    @property
-    def meets_expectation(self) -> bool:
-        """True when no mode was expected, or the verdict is exactly that mode."""
-        return self.expected.mode is None or satisfies(self.verdict, self.expected.mode)
 
 
 def settle_time(timeout: float) -> float:

@@ -7,10 +7,15 @@ it tells a server that answers in plaintext from one that speaks TLS.
 
 After a TLS 1.3 handshake completes on our side the server may still refuse our (empty or
 rejected) certificate: it has not read our Certificate yet. So when a certificate was asked
-for, the step "settles": it reads until the first sign of the server's decision (an alert:
-refused; a NewSessionTicket, application data or close_notify: accepted), or until the settle
-time passes without an alert (accepted: a server that wanted to refuse would have said so as
-soon as it read our flight).
+for, the step "settles": it reads, sending nothing, until the first sign of the server's
+decision (an alert: refused; a NewSessionTicket, application data or close_notify: accepted),
+or until the settle time passes without an alert (accepted: a server that wanted to refuse
+would have said so as soon as it read our flight).
+
+Some servers accept every handshake and enforce the certificate in the application (nginx's
+`ssl_verify_client on` answers HTTP 400). So after any handshake in which a certificate was
+asked for and not refused, the step sends one `HEAD /` request and keeps the first line of
+the answer; classify compares the answers of the no-certificate and the identity steps.
 """
 
 from __future__ import annotations
@@ -345,6 +350,7 @@ async def _application_answer(
     tls = connection.tls
     if not early:
         host = str(connection.writer.get_extra_info("peername", ("probe",))[0])
+        host = f"[{host}]" if ":" in host else host  # IPv6 literal in a Host header
         with contextlib.suppress(ssl.SSLError):
             tls.write(APPLICATION_PROBE.replace(b"{host}", host.encode("ascii", "replace")))
         connection.flush()

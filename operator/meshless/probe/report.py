@@ -9,9 +9,9 @@ from meshless.probe.classify import (
     HandshakeObservation,
     PlainAnswer,
     PlaintextObservation,
+    ProbeResult,
     refused_by_application,
 )
-from meshless.probe.endpoint import ProbeResult
 
 
 def _ms(seconds: float) -> str:
