@@ -6,6 +6,7 @@ on the last line and the exit code."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from meshless import tls
 from tests.peers.conftest import Identities, Verify
 from tests.peers.servers import (
+    SERVER_ID,
     PlaintextServer,
     TlsServer,
     free_port,
@@ -67,6 +69,21 @@ def test_without_expect_exits_0_whatever_the_verdict(
     finally:
         server.close()
     assert (result.verdict, result.code) == ("DISABLE", 0)
+
+
+def test_json_output(identities: Identities, verify: Verify) -> None:
+    server = TlsServer(identities.server, "STRICT")
+    try:
+        result = verify(server.port, "--expect", "STRICT", "-o", "json")
+    finally:
+        server.close()
+    assert result.code == 0
+    data = json.loads("\n".join(result.lines))
+    assert data["verdict"] == "STRICT" and data["met"] is True
+    assert data["serverSpiffeID"] == SERVER_ID
+    assert data["steps"]["noCertificate"]["handshake"] == "refused"
+    assert data["steps"]["withIdentity"]["chainVerified"] is True
+    assert data["steps"]["plaintext"]["answer"] in ("closed", "tls-record")
 
 
 def test_plaintext_server(verify: Verify) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import ssl
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from meshless.probe.classify import Verdict
 from meshless.probe.endpoint import Expectation, probe_endpoint
 from meshless.probe.handshake import DEFAULT_TIMEOUT, ProbeContexts, ProberIdentity
-from meshless.probe.report import report_lines
+from meshless.probe.report import report_lines, result_to_dict
 
 EXIT_MET = 0
 EXIT_NOT_MET = 1
@@ -38,6 +39,13 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[v.value for v in Verdict],
         metavar="MODE",
         help="exit 1 unless the verdict is MODE (STRICT, PERMISSIVE, DISABLE, PLAINTEXT, ...)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text (the verdict alone on the last line) or json",
     )
     parser.add_argument(
         "--timeout",
@@ -102,5 +110,8 @@ def run_verify(args: argparse.Namespace) -> int:
     result = asyncio.run(
         probe_endpoint(host, port, expected, identity, bundle, timeout, contexts=contexts)
     )
-    print("\n".join(report_lines(result)))
+    if args.output == "json":
+        print(json.dumps(result_to_dict(result), indent=2))
+    else:
+        print("\n".join(report_lines(result)))
     return EXIT_MET if result.meets_expectation else EXIT_NOT_MET

@@ -74,3 +74,41 @@ def report_lines(result: ProbeResult) -> list[str]:
     lines.append(f"probe took {_ms(result.seconds)}")
     lines.append(result.verdict.value)
     return lines
+
+
+def _handshake_dict(obs: HandshakeObservation) -> dict[str, object]:
+    return {
+        "connect": obs.connect.value,
+        "handshake": obs.handshake.value,
+        "detail": obs.detail,
+        "tlsVersion": obs.tls_version,
+        "cipher": obs.cipher,
+        "certificateRequested": obs.certificate_requested,
+        "serverURISANs": list(obs.server_uri_sans),
+        "chainVerified": obs.chain_verified,
+        "applicationAnswer": obs.application_answer,
+        "seconds": round(obs.seconds, 4),
+    }
+
+
+def result_to_dict(result: ProbeResult) -> dict[str, object]:
+    """The result as JSON-ready data (camelCase, like Kubernetes status fields)."""
+    obs = result.observations
+    return {
+        "endpoint": f"{result.address}:{result.port}",
+        "verdict": result.verdict.value,
+        "expected": {"mode": result.expected.mode, "spiffeID": result.expected.spiffe_id},
+        "met": result.meets_expectation,
+        "serverSpiffeID": result.server_spiffe_id,
+        "seconds": round(result.seconds, 4),
+        "steps": {
+            "noCertificate": _handshake_dict(obs.no_certificate),
+            "withIdentity": _handshake_dict(obs.with_identity),
+            "plaintext": {
+                "connect": obs.plaintext.connect.value,
+                "answer": obs.plaintext.answer.value,
+                "firstBytes": obs.plaintext.first_bytes.decode("latin-1"),
+                "seconds": round(obs.plaintext.seconds, 4),
+            },
+        },
+    }
