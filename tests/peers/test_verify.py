@@ -25,9 +25,11 @@ from tests.peers.servers import (
     PlaintextServer,
     TlsServer,
     free_port,
+    new_ca,
     nginx_available,
     nginx_server,
     openssl_server,
+    write_identity,
 )
 
 MODES = ["STRICT", "PERMISSIVE", "DISABLE"]
@@ -144,6 +146,22 @@ def test_server_signed_by_another_ca(identities: Identities, verify: Verify) -> 
         server.close()
     assert (result.verdict, result.code) == ("UNTRUSTED", 0)
     assert any("verified against the bundle: no" in line for line in result.lines)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_strict_server_that_does_not_trust_our_root(
+    identities: Identities, verify: Verify, tmp_path: Path, version: str
+) -> None:
+    """A stale ca.crt on the server: clients without a certificate are refused, and so is
+    every valid meshless identity. Not proof of STRICT."""
+    stale = write_identity(tmp_path / "stale", identities.ca, SERVER_ID, bundle_from=new_ca())
+    server = TlsServer(stale, "STRICT", VERSIONS[version])
+    try:
+        result = verify(server.port, "--expect", "STRICT")
+    finally:
+        server.close()
+    assert (result.verdict, result.code) == ("IDENTITY_REFUSED", 1), result.lines
+    assert any("unknown ca" in line for line in result.lines), result.lines
 
 
 def test_closed_port(verify: Verify) -> None:

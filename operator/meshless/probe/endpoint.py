@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["Expectation", "ProbeResult", "probe_endpoint", "settle_time"]
 from meshless.probe.classify import (
     NOT_RUN_HANDSHAKE,
     NOT_RUN_PLAINTEXT,
@@ -30,6 +29,8 @@ from meshless.probe.handshake import (
     plaintext_step,
     tls_step,
 )
+
+__all__ = ["Expectation", "ProbeResult", "probe_endpoint", "settle_time"]
 
 
 def settle_time(timeout: float) -> float:
