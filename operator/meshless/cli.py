@@ -1,4 +1,4 @@
-"""`meshless run` and `meshless version`."""
+"""`meshless run`, `meshless version` and `meshless verify`."""
 
 from __future__ import annotations
 
@@ -16,11 +16,24 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="run the operator")
     add_arguments(run_parser)
     commands.add_parser("version", help="print the version")
+    verify_parser = commands.add_parser(
+        "verify",
+        help="probe one endpoint and print the mode it enforces",
+        description="Handshake with HOST:PORT without a client certificate, with the identity "
+        "in --cert-dir, and in plaintext; print what was observed and the verdict (STRICT, "
+        "PERMISSIVE, DISABLE, PLAINTEXT, WRONG_IDENTITY, UNTRUSTED, UNREACHABLE, "
+        "IDENTITY_REFUSED, INCONCLUSIVE) alone on the last line.",
+    )
+    from meshless.probe.command import add_verify_arguments, run_verify  # no Kopf
+
+    add_verify_arguments(verify_parser)
     args = parser.parse_args(argv)
 
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "verify":
+        return run_verify(args)
     try:
         settings = load_settings(args)
     except SettingsError as exc:
