@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from meshless import api
 from meshless.admission import pods
 from meshless.api import AdmissionAction, Mode
 from meshless.durations import parse_duration
@@ -143,7 +142,6 @@ def _identity_defaults(raw: Any) -> IdentityDefaults:
 
 # --------------------------------------------------------------------------------------------
 # Pods
-
 
 
 def pod_info(body: Mapping[str, Any]) -> PodInfo:
