@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format)
     from meshless.operator import run  # imports Kopf; keep `version` light
 
-    run(settings)
+    try:
+        run(settings)
+    except SettingsError as exc:  # a busy port, unreadable credentials: one line
+        print(f"meshless: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +25,13 @@ from meshless.admission.server import (
 from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
+from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import PolicyController
-from meshless.settings import Settings
+from meshless.settings import OPTIONS, Settings, SettingsError
 from meshless.status import EventRecorder
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,8 @@ class Operator:
         self.leading = False
         self.elector: LeaderElector | None = None
         self._configurations_stale = False
+        self.webhooks_served = False
+        self.health: HealthServer | None = None
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
@@ -96,14 +101,35 @@ class Operator:
             await self._start_leading()
         log.info("operator started")
 
+    async def start_health(self) -> None:
+        self.health = HealthServer(
+            self.settings.health_port,
+            details=lambda: {"issued": self.identities.issued, "leading": self.leading},
+            webhook=self._webhook_address,
+        )
+        await self.health.start()
+
+    def _webhook_address(self) -> tuple[str, int] | None:
+        if not self.webhooks_served:
+            return None
+        host = self.settings.webhook_host
+        return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook_port)
+
     def serve_webhooks(self, kopf_settings: kopf.OperatorSettings) -> None:
         """Every replica serves the admission webhooks, with a serving certificate from our
-        CA that is renewed at 2/3 of its life or when the CA changes."""
-        if self.ca.current is None:
-            log.error("admission webhooks not served: no usable CA (see the CA Secret's Events)")
-            return
+        CA that is renewed at 2/3 of its life or when the CA changes. Without a usable CA
+        yet, Kopf gets a server that starts once one is loaded."""
+        kopf_settings.admission.server = self._admission_server
+
+    async def _admission_server(
+        self, fn: kopf.WebhookFn
+    ) -> AsyncIterator[kopf.WebhookClientConfig]:
+        while self.ca.current is None:
+            log.warning("admission webhooks wait for a usable CA (see the CA Secret's Events)")
+            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
+        holder = kopf.OperatorSettings()
         server, keeper = serve_admission(
-            kopf_settings,
+            holder,
             ca=lambda: self.ca.current,
             hosts=self.webhook_hosts,
             clock=utcnow,
@@ -111,6 +137,9 @@ class Operator:
             port=self.settings.webhook_port,
         )
         self._tasks.append(asyncio.create_task(keeper.run(server)))
+        self.webhooks_served = True
+        async for client_config in server(fn):
+            yield client_config
 
     async def _apply_webhook_configurations(self) -> None:
         """The leader keeps the configurations and their caBundle in step with the CA."""
@@ -156,6 +185,8 @@ class Operator:
         if self.leading:
             await self._stop_leading()
         await self.events.close()
+        if self.health is not None:
+            await self.health.stop()
         if self.elector is not None:
             await self.elector.release()
         await self.kube.close()
@@ -213,6 +244,7 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         memo.admission_state = operator.admission_state
         await operator.start()
         operator.serve_webhooks(settings)
+        await operator.start_health()
 
     register_admission_handlers(registry)
 
@@ -254,16 +286,38 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
     async def secret_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         memo.operator.identities.on_secret_event(type, body)
 
-    @kopf.on.probe(id="issued", registry=registry)
-    async def issued_probe(memo: kopf.Memo, **_: Any) -> int:
-        operator: Operator | None = getattr(memo, "operator", None)
-        return operator.identities.issued if operator else 0
-
     return registry
+
+
+def check_ports(settings: Settings) -> None:
+    """A port already in use stops the operator at start with one line naming the flag."""
+    for flag, host, port in (
+        ("--metrics-port", "0.0.0.0", settings.metrics_port),
+        ("--health-port", "0.0.0.0", settings.health_port),
+        ("--webhook-port", settings.webhook_host, settings.webhook_port),
+    ):
+        if port == 0:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                env = next(o.env for o in OPTIONS if o.flag == flag)
+                raise SettingsError(
+                    f"invalid {flag} / {env}: cannot listen on {host}:{port}: {exc.strerror}"
+                ) from None
 
 
 def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (Kopf handles both) or until `stop_flag` is set."""
+    check_ports(settings)
+    try:
+        load_configuration()
+    except Exception as exc:
+        raise SettingsError(
+            f"cannot load Kubernetes credentials (KUBECONFIG or in-cluster): {exc}"
+        ) from None
     start_http_server(settings.metrics_port, addr="0.0.0.0")
     registry = configure(settings)
     memo = kopf.Memo(meshless_settings=settings)
@@ -274,7 +328,6 @@ def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
         stop_flag=stop_flag,
     )
     # uvloop (Kopf's optional extra; Kopf's own CLI uses it the same way): the event loop and
