@@ -110,3 +110,10 @@ class Reason(StrEnum):
     NO_CONFLICT = "NoConflict"
     ADMISSION_WARNED = "AdmissionWarned"
     ADMISSION_AUDITED = "AdmissionAudited"
+    # Enforced (probes)
+    PROVEN = "Proven"
+    PROBING = "Probing"
+    NOT_ENFORCED = "NotEnforced"
+    NOTHING_TO_PROVE = "NothingToProve"
+    # Warning Events on pods whose STRICT port lets a client in without a certificate
+    STRICT_NOT_ENFORCED = "StrictNotEnforced"
