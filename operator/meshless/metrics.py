@@ -66,6 +66,22 @@ POLICY_PODS = Gauge(
     ["state"],
 )
 
+ENFORCEMENT_PROBES = Counter(
+    "meshless_enforcement_probes_total",
+    "Handshake probes of STRICT and PERMISSIVE ports, by what was observed",
+    ["result"],
+)
+ENFORCEMENT_PORTS = Gauge(
+    "meshless_enforcement_ports",
+    "Probed ports by their mode and state (proven, failing, unreachable, pending)",
+    ["mode", "state"],
+)
+ENFORCEMENT_LAST_PROVEN = Gauge(
+    "meshless_enforcement_last_proven_timestamp_seconds",
+    "When a probe last proved a port of each policy",
+    ["namespace", "policy"],
+)
+
 
 def forget_identity(namespace: str, name: str) -> None:
     for gauge in (CERTIFICATE_EXPIRATION, CERTIFICATE_RENEWAL, CERTIFICATE_READY):

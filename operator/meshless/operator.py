@@ -8,6 +8,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,8 @@ from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.policy.admission_state import ControllerAdmissionState
-from meshless.policy.controller import PolicyController
+from meshless.policy.controller import POLICY_WORK, PolicyController
+from meshless.probe.runner import EnforcementProber
 from meshless.settings import OPTIONS, Settings, SettingsError
 from meshless.status import EventRecorder
 
@@ -70,6 +72,19 @@ class Operator:
         )
         self.policies = PolicyController(kube, settings, utcnow, self.events)
         self.admission_state = ControllerAdmissionState(self.policies, leading=False)
+        self.prober = EnforcementProber(
+            kube,
+            settings,
+            self.events,
+            utcnow,
+            time.monotonic,
+            on_policy_changed=lambda ref: self.policies.queue.add(
+                (POLICY_WORK, ref.namespace, ref.name)
+            ),
+        )
+        self.policies.on_resolved = self.prober.update_namespace
+        self.policies.enforcement = self.prober.status_for
+        self.identities.on_issued = self.prober.certificate_rotated
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
             settings.webhook_url or None, settings.webhook_service, settings.namespace
         )
@@ -163,6 +178,7 @@ class Operator:
         self.identities.queue.start()
         await self.policies.prime()
         self.policies.queue.start()
+        self.prober.start()
         self.identities.enqueue_all()
         self._leader_tasks.append(asyncio.create_task(self._resync()))
         log.info("reconciling as leader")
@@ -177,6 +193,7 @@ class Operator:
         self._leader_tasks = []
         await self.identities.queue.stop()
         await self.policies.queue.stop()
+        await self.prober.stop()
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -46,6 +46,10 @@ class Settings:
     resync_interval: timedelta = timedelta(minutes=10)
     ca_poll_interval: timedelta = timedelta(seconds=10)
     leader_election: bool = True
+    probe_interval: timedelta = timedelta(minutes=5)
+    probe_qps: float = 20.0  # probe connections per second, cluster-wide
+    probe_timeout: timedelta = timedelta(seconds=3)
+    service_account: str = "meshless"  # the operator's own: the prober's identity
 
     @property
     def effective_root_namespace(self) -> str:
@@ -142,6 +146,30 @@ OPTIONS: tuple[_Option, ...] = (
         "how often the CA Secret is read for changes",
     ),
     _Option(
+        "--probe-interval",
+        "MESHLESS_PROBE_INTERVAL",
+        "probe_interval",
+        "how often each STRICT and PERMISSIVE port is probed (jittered)",
+    ),
+    _Option(
+        "--probe-qps",
+        "MESHLESS_PROBE_QPS",
+        "probe_qps",
+        "probe connections per second, cluster-wide",
+    ),
+    _Option(
+        "--probe-timeout",
+        "MESHLESS_PROBE_TIMEOUT",
+        "probe_timeout",
+        "time limit of each probe step",
+    ),
+    _Option(
+        "--service-account",
+        "MESHLESS_SERVICE_ACCOUNT",
+        "service_account",
+        "the operator's ServiceAccount: the prober's identity is issued for it",
+    ),
+    _Option(
         "--leader-election",
         "MESHLESS_LEADER_ELECTION",
         "leader_election",
@@ -228,5 +256,13 @@ def validate(s: Settings) -> None:
         fail("--ca-poll-interval", "must be at least 1s")
     if s.webhook_url and not s.webhook_url.startswith("https://"):
         fail("--webhook-url", f"{s.webhook_url!r} must start with https://")
+    if s.probe_interval < timedelta(seconds=1):
+        fail("--probe-interval", "must be at least 1s")
+    if not s.probe_qps > 0:
+        fail("--probe-qps", "must be positive")
+    if not timedelta(seconds=1) <= s.probe_timeout <= timedelta(seconds=60):
+        fail("--probe-timeout", "must be between 1s and 60s")
+    if not s.service_account:
+        fail("--service-account", "must not be empty")
     if s.workers < 1:
         fail("--workers", "must be at least 1")

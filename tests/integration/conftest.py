@@ -154,6 +154,10 @@ def operator_factory(
         if op.proc is not None and op.proc.poll() is None:
             op.stop()
     remove_webhook_configurations(api_client)
+    for op in started:  # the prober's identity: later operators (other CAs) would reissue it
+        client.CustomObjectsApi(api_client).delete_collection_namespaced_custom_object(
+            "meshless.dev", "v1alpha1", op.namespace, "workloadidentities"
+        )
 
 
 def remove_webhook_configurations(api: client.ApiClient) -> None:

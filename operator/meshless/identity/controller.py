@@ -91,6 +91,7 @@ class IdentityController:
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
         self.issued = 0
         self.events = events
+        self.on_issued: Callable[[str, str], None] | None = None  # (namespace, SPIFFE ID)
         self.status = StatusWriter(kube, IDENTITIES)
         self._own_secret_rv: dict[Key, str] = {}
         self._seen_secrets: dict[Key, Json] = {}  # Secret bodies from watch events, read once
@@ -264,6 +265,8 @@ class IdentityController:
                 return 0.2
             raise
         self.issued += 1
+        if self.on_issued is not None:
+            self.on_issued(spec.namespace, spec.desired.request.spiffe_id)
         metrics.CERTIFICATES_ISSUED.labels(reason.code).inc()
         summary = summarize(svid.certificate, spec.desired)
         first = not (body.get("status") or {}).get("serialNumber")

@@ -22,7 +22,7 @@ import aiohttp
 from meshless import api, metrics
 from meshless.admission.configurations import admission_namespaces
 from meshless.api import ConditionType, Kind
-from meshless.conditions import find_condition
+from meshless.conditions import ConditionChange, find_condition
 from meshless.durations import format_duration, parse_duration
 from meshless.kube import (
     IDENTITIES,
@@ -145,7 +145,12 @@ class PolicyController:
         # Set by the admission state: status.admission for a policy (see admission_state.py).
         self.admission_status: AdmissionStatus | None = None
         self.admission_written: Callable[[PolicyRef, int], None] | None = None
-        self.namespace_labels_wanted: frozenset[str] | None = None
+        # Set by the operator: the prober learns each namespace's ports after a reconcile,
+        # and gives each policy's status.enforcement and Enforced condition.
+        self.on_resolved: (
+            Callable[[str, list[tuple[PodInfo, PodResolution | None]]], None] | None
+        ) = None
+        self.enforcement: Callable[[PolicyRef], tuple[Json, ConditionChange]] | None = None
         metrics.POLICY_PODS.labels("resolved").set_function(lambda: len(self.resolutions))
         metrics.POLICY_PODS.labels("held").set_function(lambda: len(self.pods))
 
@@ -386,6 +391,8 @@ class PolicyController:
             self.governed[gone.governing].discard(key)
             touched.update(gone.applied)
 
+        if self.on_resolved is not None:
+            self.on_resolved(namespace, everyone)
         foreign = [
             body
             for (ns, _), body in self.network_policies.items()
@@ -499,6 +506,10 @@ class PolicyController:
             spec_error=self.spec_errors.get((namespace, name)),
             namespace_terminating=ns_info is not None and ns_info.terminating,
         )
+        enforcement: Json | None = None
+        if self.enforcement is not None and spec is not None:
+            enforcement, enforced = self.enforcement(ref)
+            changes.append(enforced)
         before = {
             c.type: find_condition((body.get("status") or {}).get("conditions") or [], c.type)
             for c in changes
@@ -508,6 +519,8 @@ class PolicyController:
             "conditions": conditions_with(body, changes, self.clock()),
             "observedGeneration": body["metadata"].get("generation"),
         }
+        if enforcement is not None:
+            wanted["enforcement"] = enforcement
         included = 0
         if self.admission_status is not None:
             stored = (body.get("status") or {}).get("admission")
@@ -521,9 +534,9 @@ class PolicyController:
             return
         for change in changes:
             old = before.get(change.type) or {}
-            turned_bad = (change.type == ConditionType.READY and not change.status) or (
-                change.type == ConditionType.CONFLICTED and change.status
-            )
+            turned_bad = (
+                change.type in (ConditionType.READY, ConditionType.ENFORCED) and not change.status
+            ) or (change.type == ConditionType.CONFLICTED and change.status)
             if turned_bad and (
                 old.get("reason") != change.reason or old.get("message") != change.message
             ):

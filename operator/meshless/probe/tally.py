@@ -32,7 +32,7 @@ class PortProbe:
     at: datetime | None = None
 
 
-def _state(probe: PortProbe, now: datetime, window: timedelta) -> str:
+def port_state(probe: PortProbe, now: datetime, window: timedelta) -> str:
     if probe.verdict is None or probe.at is None:
         return "pending"
     if probe.verdict is Verdict.UNREACHABLE:
@@ -56,7 +56,7 @@ def enforcement_status(
     oldest_proof: datetime | None = None
     all_proven = True
     for probe in sorted(probes, key=lambda p: (p.pod, p.port)):
-        state = _state(probe, now, window)
+        state = port_state(probe, now, window)
         if state in counts[probe.mode]:
             counts[probe.mode][state] += 1
         if state == "failing" and probe.verdict is not None:
