@@ -61,7 +61,7 @@ def test_mutating_webhook_selects_labelled_namespaces_fails_closed_and_is_reinvo
     assert "meshless.dev/inject" in hook["matchConditions"][0]["expression"]
 
 
-def test_validating_webhooks_strict_in_labelled_namespaces_identity_label_everywhere() -> None:
+def test_validating_webhooks_strict_in_labelled_namespaces_identity_label_elsewhere() -> None:
     hooks = webhooks(validating_configuration(LOOPBACK, CA, "ops"))
     strict, label = hooks["strict.meshless.dev"], hooks["identity-label.meshless.dev"]
     for hook in (strict, label):
@@ -73,8 +73,13 @@ def test_validating_webhooks_strict_in_labelled_namespaces_identity_label_everyw
     assert strict["sideEffects"] == "NoneOnDryRun"  # Warn/Audit are counted, never on dry runs
     assert "objectSelector" not in strict
     assert label["clientConfig"]["url"] == "https://127.0.0.1:9443/meshless-identity-label"
+    # Labelled namespaces: the strict webhook judges the identity label too (one call).
+    assert "meshless.dev/identity" in strict["matchConditions"][0]["expression"]
     assert label["namespaceSelector"] == {
-        "matchExpressions": [{**EXCLUDED, "values": ["kube-system", "ops"]}]
+        "matchExpressions": [
+            {**EXCLUDED, "values": ["kube-system", "ops"]},
+            {"key": "meshless.dev/mtls", "operator": "NotIn", "values": ["enabled"]},
+        ]
     }
     assert label["objectSelector"] == {
         "matchExpressions": [{"key": "meshless.dev/identity", "operator": "Exists"}]

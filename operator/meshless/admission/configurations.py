@@ -191,9 +191,15 @@ def validating_configuration(
                 "clientConfig": client_config(endpoint, STRICT_HANDLER, ca_bundle),
                 "rules": [_pod_rule("CREATE", "UPDATE")],
                 "namespaceSelector": _labelled_namespaces(excluded),
+                # In labelled namespaces this webhook also guards the identity label (one
+                # call per pod instead of two): STRICT on a create or a label change of a pod
+                # not being deleted, the label whenever it is set or changed.
                 "matchConditions": [
-                    {"name": "not-deleting", "expression": NOT_DELETING},
-                    {"name": "labels-changed-or-create", "expression": LABELS_CHANGED_OR_CREATE},
+                    {
+                        "name": "strict-or-identity-label",
+                        "expression": f"({NOT_DELETING} && ({LABELS_CHANGED_OR_CREATE})) || "
+                        f"({IDENTITY_LABEL_SET_OR_CHANGED})",
+                    }
                 ],
                 # Audit and Warn are counted in the policy's status; never for a dry run.
                 "sideEffects": "NoneOnDryRun",
@@ -203,7 +209,17 @@ def validating_configuration(
                 "name": IDENTITY_LABEL_WEBHOOK,
                 "clientConfig": client_config(endpoint, IDENTITY_LABEL_HANDLER, ca_bundle),
                 "rules": [_pod_rule("CREATE", "UPDATE")],
-                "namespaceSelector": {"matchExpressions": [_not_excluded(excluded)]},
+                # Namespaces labelled for admission are served by the webhook above.
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        _not_excluded(excluded),
+                        {
+                            "key": ADMISSION_NAMESPACE_LABEL,
+                            "operator": "NotIn",
+                            "values": [ADMISSION_NAMESPACE_VALUE],
+                        },
+                    ]
+                },
                 # Evaluated against the old and the new object: an update adding it is seen.
                 "objectSelector": {
                     "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "Exists"}]

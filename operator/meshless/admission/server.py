@@ -226,15 +226,18 @@ def register_admission_handlers(
     async def strict(
         body: kopf.Body, dryrun: bool, warnings: list[str], memo: kopf.Memo, **kwargs: Any
     ) -> None:
+        """STRICT enforcement, and in labelled namespaces the identity label too (the label
+        webhook skips those namespaces: one call per pod instead of two)."""
         operation, old = kwargs.get("operation"), kwargs.get("old")
         if operation not in (CREATE, UPDATE):
             return
         raw = dict(body)
+        old_raw = dict(old) if old is not None else None
         namespace = _namespace(raw)
         state, policies = _policies(state_of(memo), pods.display_name(raw, namespace))
-        decision = judge_strict(
-            operation, raw, dict(old) if old is not None else None, namespace, policies
-        )
+        identity = state.identity_for(namespace, pods.service_account(raw))
+        _deny_or_allow(judge_identity_label(operation, raw, old_raw, namespace, identity), warnings)
+        decision = judge_strict(operation, raw, old_raw, namespace, policies)
         _deny_or_allow(decision, warnings)
         if not dryrun:
             for record in decision.records:

@@ -67,6 +67,7 @@ Key = tuple[str, str]  # namespace, name
 Work = tuple[str, str, str]
 AdmissionStatus = Callable[[PolicyRef, Mapping[str, Any] | None], tuple[Json | None, int]]
 NAMESPACE_WORK = "ns"
+POD_EVENT_DELAY_S = 0.3
 LABELS_WORK = "labels"  # ("labels", "", ""): the admission label on every namespace
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 POLICY_WORK = "policy"
@@ -250,7 +251,9 @@ class PolicyController:
             self.pods[key] = info
             self.pods_by_namespace[key[0]].add(key[1])
         if enqueue:
-            self.queue.add((NAMESPACE_WORK, key[0], ""))
+            # Pods come in bursts (a rollout, a scale-up): one reconcile of the namespace
+            # shortly after the first event serves the whole burst.
+            self.queue.add_after((NAMESPACE_WORK, key[0], ""), POD_EVENT_DELAY_S)
 
     def on_namespace_event(
         self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
