@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from meshless.commands.certificate import chain_verdict, inspect_identity
 from meshless.commands.output import human_duration, table
+from meshless.commands.views import describe_lines, describe_pod, policy_rows, resolve
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
 from meshless.pki.keys import KeyAlgorithm
@@ -73,3 +74,66 @@ def test_durations_and_tables() -> None:
         "x      -",
         "long   3",
     ]
+
+
+def _policy(ns: str, name: str, created: str, **spec: object) -> dict[str, object]:
+    return {
+        "metadata": {"namespace": ns, "name": name, "uid": name, "creationTimestamp": created},
+        "spec": spec,
+    }
+
+
+def _pod(name: str, labels: dict[str, str], ports: tuple[int, ...], sa: str) -> dict[str, object]:
+    return {
+        "metadata": {"namespace": "shop", "name": name, "labels": labels},
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [{"name": "app", "ports": [{"containerPort": p} for p in ports]}],
+        },
+    }
+
+
+def test_status_rows_and_pod_description_from_objects() -> None:
+    web = _pod("web-1", {"app": "web"}, (8443, 9090), "web")
+    policies = [
+        _policy("mesh", "root", "2026-01-01T00:00:00Z", mode="STRICT"),
+        _policy("shop", "ns", "2026-01-01T00:00:00Z", mode="PERMISSIVE"),
+        _policy(
+            "shop",
+            "web-old",
+            "2026-01-02T00:00:00Z",
+            selector={"matchLabels": {"app": "web"}},
+            portLevelMtls={"9090": {"mode": "DISABLE"}},
+        ),
+        _policy(
+            "shop", "web-new", "2026-01-03T00:00:00Z", selector={"matchLabels": {"app": "web"}}
+        ),
+        _policy("shop", "broken", "2026-01-04T00:00:00Z", mode="STRICTT"),
+    ]
+    resolved = resolve(policies, [web, _pod("api-1", {"app": "api"}, (8080,), "api")], "mesh")
+    rows = {r["name"]: r for r in policy_rows(resolved, {"shop"})}
+    assert set(rows) == {"ns", "web-old", "web-new", "broken"}  # the root policy is elsewhere
+    assert rows["web-old"]["winsOver"] == ["shop/web-new"]
+    assert rows["web-new"]["ignoredInFavourOf"] == ["shop/web-old"]
+    assert (
+        rows["broken"]["invalid"]
+        == "spec.mode 'STRICTT' is not one of STRICT, PERMISSIVE, DISABLE, UNSET"
+    )
+    assert (rows["ns"]["scope"], rows["web-old"]["scope"]) == ("Namespace", "Workload")
+    assert rows["ns"]["strictPortsProven"] is None
+
+    described = describe_pod(web, resolved, [], "cluster.local")
+    # UNSET inherits the namespace's PERMISSIVE (not the root's STRICT): the narrowest wins
+    assert (described["mode"], described["decidedBy"]) == ("PERMISSIVE", "shop/ns")
+    assert [(p["port"], p["mode"], p["decidedBy"]) for p in described["ports"]] == [
+        (8443, "PERMISSIVE", "shop/ns"),
+        (9090, "DISABLE", "shop/web-old"),
+    ]
+    assert [a["policy"] for a in described["applied"]] == ["shop/web-old", "shop/ns", "mesh/root"]
+    assert described["ignored"] == [{"policy": "shop/web-new", "inFavourOf": "shop/web-old"}]
+    assert described["identity"]["name"] == "meshless-web"
+    assert described["identity"]["exists"] is False
+    assert described["identity"]["spiffeID"] == "spiffe://cluster.local/ns/shop/sa/web"
+    assert described["invalidPolicies"][0]["policy"] == "shop/broken"
+    text = describe_lines(described)
+    assert "Invalid:" in text and "shop/broken (not applied: spec.mode" in text

@@ -350,6 +350,11 @@ def describe_pod(
             "notAfter": status.get("notAfter"),
         }
     report["identity"] = identity
+    report["invalidPolicies"] = [
+        {"policy": str(ref), "error": error}
+        for ref, error in sorted(resolved.invalid.items())
+        if ref.namespace in (info.namespace, resolved.policy_set.root_namespace)
+    ]
     report["injected"] = {
         "identityMounted": info.identity_mounted,
         "identityLabel": labels.get(IDENTITY_LABEL),
@@ -366,9 +371,13 @@ def describe_lines(report: Mapping[str, Any]) -> str:
         ("ServiceAccount", report["serviceAccount"]),
         ("Phase", report["phase"]),
     ]
+    invalid: list[tuple[str, object]] = [
+        ("Invalid", f"{i['policy']} (not applied: {i['error']})")
+        for i in report.get("invalidPolicies", ())
+    ]
     if not report["managed"]:
         head.append(("mTLS", "no MtlsPolicy applies: meshless leaves this pod alone"))
-        return fields(head)
+        return fields(head + invalid)
     head.append(
         ("Mode", f"{report['mode']} (decided by {report['decidedBy'] or 'default: nothing wider'})")
     )
@@ -415,6 +424,7 @@ def describe_lines(report: Mapping[str, Any]) -> str:
     if probe["lastProven"]:
         probe_text += f" (STRICT ports last proven {probe['lastProven']})"
     head.append(("Last probe", probe_text))
+    head += invalid
     ports = table(
         ("PORT", "MODE", "DECIDED BY", "DECLARED"),
         [
