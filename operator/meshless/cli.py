@@ -1,4 +1,4 @@
-"""`meshless run`, `meshless version` and `meshless verify`."""
+"""`meshless run`, `version` and `verify`; the user commands come from meshless.commands."""
 
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     from meshless.probe.command import add_verify_arguments, run_verify  # no Kopf
 
     add_verify_arguments(verify_parser)
+    from meshless.commands import register_user_commands  # inspect, status, describe, renew
+
+    register_user_commands(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        return int(args.handler(args))
 
     if args.command == "version":
         print(__version__)
