@@ -48,8 +48,8 @@ run: crds
 
 lint: install
 	hack/sync-chart-crds.sh --check
-	$(VENV)/bin/ruff check operator tests bench hack
-	$(VENV)/bin/ruff format --check operator tests bench hack
+	$(VENV)/bin/ruff check operator tests bench hack examples
+	$(VENV)/bin/ruff format --check operator tests bench hack examples
 
 typecheck: install
 	$(VENV)/bin/mypy
