@@ -1,0 +1,258 @@
+"""Container images for the local node, assembled from files on this machine: no registry.
+
+Each image is written as an OCI image archive (oci-layout, index.json, blobs) that
+`ctr -n k8s.io images import` takes, and is named after what it holds:
+
+- ``meshless.local/pause:<k8s version>``: kubernetes' pause.c, linked statically
+  (hack/build-node.sh), the pod sandbox image;
+- ``meshless.local/busybox:<Debian busybox-static version>``: /bin/busybox and its applets;
+- ``meshless.local/python:<Debian python3.11 version>``: busybox plus Debian's python3.11, its
+  standard library and the shared libraries they load (enough for an ssl server or client).
+
+Archives are cached in ~/.cache/meshless/images/ under a key made of the files that go in
+(path, size, mtime), so a changed Debian package or pause binary builds a new archive.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "1"  # bump to rebuild every archive when this file changes how it writes them
+CACHE = Path(os.environ.get("MESHLESS_IMAGE_CACHE", Path.home() / ".cache/meshless/images"))
+BUSYBOX = Path("/bin/busybox")
+PYTHON = Path("/usr/bin/python3.11")
+PYTHON_LIB = Path("/usr/lib/python3.11")
+# parts of the standard library no server needs
+PYTHON_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data"}
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str  # e.g. meshless.local/busybox:1.35.0
+    archive: Path
+
+
+def _deb_version(package: str) -> str:
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=True
+    ).stdout
+    # "1:1.35.0-4+deb12u1+b1" -> "1.35.0-4-deb12u1-b1": a valid tag
+    return out.split(":", 1)[-1].replace("+", "-").replace("~", "-")
+
+
+def _shared_libs(binaries: Iterable[Path]) -> set[Path]:
+    libs: set[Path] = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if "=>" in parts:
+                target = parts[parts.index("=>") + 1]
+                if target.startswith("/"):
+                    libs.add(Path(target))
+            elif parts and parts[0].startswith("/"):
+                libs.add(Path(parts[0]))  # the dynamic loader
+    return libs
+
+
+class Layer:
+    """A deterministic layer tar: files from the host placed at given paths, owned by root."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str, Path | str | None]] = {}  # path -> (kind, source)
+
+    def dir(self, path: str) -> None:
+        parts = Path(path.strip("/")).parts
+        for i in range(1, len(parts) + 1):
+            self.entries.setdefault("/".join(parts[:i]), ("dir", None))
+
+    def file(self, path: str, source: Path) -> None:
+        self.dir(str(Path(path).parent))
+        self.entries[path.strip("/")] = ("file", source)
+
+    def symlink(self, path: str, target: str) -> None:
+        self.dir(str(Path(path).parent))
+        self.entries[path.strip("/")] = ("symlink", target)
+
+    def copy_host(self, source: Path) -> None:
+        """A host file at the same path; a symlink (e.g. /lib64 -> usr/lib64) is resolved."""
+        real = source.resolve()
+        self.file(str(real), real)
+        if real != source:
+            self.symlink(str(source), str(real))
+
+    def inputs(self) -> list[str]:
+        key = []
+        for path, (kind, source) in sorted(self.entries.items()):
+            if kind == "file":
+                assert isinstance(source, Path)
+                st = source.stat()
+                key.append(f"{path} {st.st_size} {st.st_mtime_ns} {st.st_mode & 0o777}")
+            else:
+                key.append(f"{path} {kind} {source}")
+        return key
+
+    def tar_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path, (kind, source) in sorted(self.entries.items()):
+                info = tarfile.TarInfo(path)
+                info.mtime = 0
+                if kind == "dir":
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                elif kind == "symlink":
+                    assert isinstance(source, str)
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, source, 0o777
+                    tar.addfile(info)
+                else:
+                    assert isinstance(source, Path)
+                    data = source.read_bytes()
+                    info.size, info.mode = len(data), source.stat().st_mode & 0o777
+                    tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+
+def _busybox_layer() -> Layer:
+    layer = Layer()
+    layer.file("bin/busybox", BUSYBOX)
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        if applet != "bin/busybox":
+            layer.symlink(applet, "/bin/busybox")
+    for d in ("tmp", "etc", "proc", "sys", "dev", "var/run"):
+        layer.dir(d)
+    return layer
+
+
+def _python_layer() -> Layer:
+    layer = Layer()
+    layer.copy_host(PYTHON)
+    layer.symlink("usr/bin/python3", "python3.11")
+    extensions = []
+    for dirpath, dirnames, filenames in os.walk(PYTHON_LIB):
+        rel = Path(dirpath).relative_to(PYTHON_LIB)
+        if rel == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in PYTHON_SKIP]
+        dirnames[:] = [d for d in dirnames if d != "__pycache__" and d != "site-packages"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            layer.file(str(path), path)
+            if name.endswith(".so"):
+                extensions.append(path)
+    for lib in sorted(_shared_libs([PYTHON, *extensions])):
+        layer.copy_host(lib)
+    return layer
+
+
+def _pause_layer(pause: Path) -> Layer:
+    layer = Layer()
+    layer.file("pause", pause)
+    return layer
+
+
+def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs[digest] = data
+    return {"digest": digest, "size": len(data)}
+
+
+def _write_archive(path: Path, name: str, layers: list[Layer], config: dict[str, object]) -> None:
+    blobs: dict[str, bytes] = {}
+    layer_descs, diff_ids = [], []
+    for layer in layers:
+        raw = layer.tar_bytes()
+        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        gz = gzip.compress(raw, compresslevel=1, mtime=0)
+        layer_descs.append(
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **_blob(blobs, gz)}
+        )
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    config_desc = {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        **_blob(blobs, json.dumps(image_config, sort_keys=True).encode()),
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc,
+        "layers": layer_descs,
+    }
+    manifest_desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **_blob(blobs, json.dumps(manifest, sort_keys=True).encode()),
+        "annotations": {
+            "io.containerd.image.name": name,
+            "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+        },
+    }
+    index = {"schemaVersion": 2, "manifests": [manifest_desc]}
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tar:
+
+        def add(member: str, data: bytes) -> None:
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add("index.json", json.dumps(index).encode())
+        for digest, data in blobs.items():
+            add(f"blobs/sha256/{digest.split(':', 1)[1]}", data)
+    tmp.rename(path)
+
+
+def _cached(name: str, layers: list[Layer], config: dict[str, object]) -> Image:
+    key = hashlib.sha256(
+        "\n".join(
+            [FORMAT, name, json.dumps(config, sort_keys=True)]
+            + [line for layer in layers for line in layer.inputs()]
+        ).encode()
+    ).hexdigest()[:16]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    short = name.split("/")[-1].replace(":", "_")
+    archive = CACHE / f"{short}-{key}.oci.tar"
+    if not archive.exists():
+        _write_archive(archive, name, layers, config)
+    return Image(name, archive)
+
+
+def build_images(bindir: Path, kubernetes_version: str) -> dict[str, Image]:
+    """Builds (or reuses) every node image; keys are short names: pause, busybox, python."""
+    busybox = _busybox_layer()
+    path_env = ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]
+    return {
+        "pause": _cached(
+            f"meshless.local/pause:{kubernetes_version}",
+            [_pause_layer(bindir / "pause")],
+            {"Entrypoint": ["/pause"]},
+        ),
+        "busybox": _cached(
+            f"meshless.local/busybox:{_deb_version('busybox-static')}",
+            [busybox],
+            {"Env": path_env, "Cmd": ["sh"]},
+        ),
+        "python": _cached(
+            f"meshless.local/python:{_deb_version('python3.11-minimal')}",
+            [busybox, _python_layer()],
+            {"Env": [*path_env, "PYTHONDONTWRITEBYTECODE=1"], "Cmd": ["python3"]},
+        ),
+    }
