@@ -5,6 +5,7 @@
 # ships) from its own Go module, and a static `pause` from kubernetes' own pause.c.
 # Output: .cache/bin/node-<versions>/, with a machine-wide copy in ~/.cache/meshless/bin/ that
 # a fresh clone on the same machine reuses. Prints the directory on its last line.
+# With --check it builds nothing and fails when a build would be needed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -20,11 +21,16 @@ bins=(kube-controller-manager kube-scheduler kubelet kube-network-policies pause
 have_all() { local b; for b in "${bins[@]}"; do [[ -x "$1/$b" ]] || return 1; done; }
 
 if have_all "$out"; then echo "$out"; exit 0; fi
-mkdir -p "$out"
 if have_all "$shared"; then
+  mkdir -p "$out"
   for b in "${bins[@]}"; do cp "$shared/$b" "$out/"; done
   echo "$out"; exit 0
 fi
+# --check: say whether a build is needed instead of building (tests fail fast on it)
+if [[ "${1:-}" == "--check" ]]; then
+  echo "node binaries not built yet: run \`make node-binaries\` (several minutes)" >&2; exit 1
+fi
+mkdir -p "$out"
 
 export GOTOOLCHAIN=local
 start=$(date +%s)

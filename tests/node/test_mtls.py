@@ -1,0 +1,117 @@
+"""A Python server that requires client certificates, in a pod with a WorkloadIdentity-style
+Secret mounted: a pod presenting an identity from the same CA is accepted, a pod without one
+and a pod with a stranger's are refused at the handshake."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
+from meshless.pki.keys import KeyAlgorithm
+from meshless.pki.svid import SvidRequest, issue_svid
+from tests.node.pods import Node, pod, secret
+
+pytestmark = pytest.mark.node
+
+TRUST_DOMAIN = "node.test"
+
+# Reads the mounted files for each connection, so it always presents what the kubelet wrote.
+SERVER = r"""
+import socket, ssl
+srv = socket.create_server(("0.0.0.0", 8443))
+while True:
+    conn, _ = srv.accept()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain("/identity/tls.crt", "/identity/tls.key")
+    ctx.load_verify_locations("/identity/ca.crt")
+    try:
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
+            tls.sendall(("hello " + ",".join(uris) + "\n").encode())
+    except (ssl.SSLError, OSError) as err:
+        print("refused:", err, flush=True)
+"""
+
+# argv: server IP, CA bundle, identity directory or "-" for none
+CLIENT = r"""
+import socket, ssl, sys
+host, ca, identity = sys.argv[1:4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False  # a SPIFFE peer is named by its URI SAN, printed below
+ctx.load_verify_locations(ca)
+if identity != "-":
+    ctx.load_cert_chain(identity + "/tls.crt", identity + "/tls.key")
+try:
+    with socket.create_connection((host, 8443), timeout=10) as raw:
+        with ctx.wrap_socket(raw) as tls:
+            uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
+            print("server", ",".join(uris))
+            print("reply", tls.recv(1024).decode().strip())
+except ssl.SSLError as err:
+    print("tls-error", err.reason)
+"""
+
+
+def _root_pem(ca: CertificateAuthority) -> bytes:
+    return b"".join(r.public_bytes(serialization.Encoding.PEM) for r in ca.roots)
+
+
+def _identity(ca: CertificateAuthority, spiffe_id: str, now: datetime) -> dict[str, bytes]:
+    issued = issue_svid(
+        ca, SvidRequest(spiffe_id, (), timedelta(hours=1), KeyAlgorithm.ECDSAP256), now
+    )
+    return {"tls.crt": issued.chain_pem, "tls.key": issued.private_key_pem, "ca.crt": _root_pem(ca)}
+
+
+def test_server_requires_a_client_certificate_from_its_ca(node: Node, namespace: str) -> None:
+    now = datetime.now(UTC)
+    ca, _ = bootstrap_self_signed(TRUST_DOMAIN, now)
+    stranger_ca, _ = bootstrap_self_signed(TRUST_DOMAIN, now)
+    server_id = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
+    client_id = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/client"
+    python = node.images["python"]
+    sleep = ["sleep", "3600"]
+    node.apply(
+        namespace,
+        secret("server-identity", _identity(ca, server_id, now), "kubernetes.io/tls"),
+        secret("client-identity", _identity(ca, client_id, now), "kubernetes.io/tls"),
+        secret("stranger-identity", _identity(stranger_ca, client_id, now), "kubernetes.io/tls"),
+        secret("trust-bundle", {"ca.crt": _root_pem(ca)}),
+        pod(
+            "server",
+            python,
+            ["python3", "-u", "-c", SERVER],
+            secrets={"server-identity": "/identity"},
+            ready_port=8443,
+        ),
+        pod("client", python, sleep, secrets={"client-identity": "/identity"}),
+        pod(
+            "stranger",
+            python,
+            sleep,
+            secrets={"stranger-identity": "/identity", "trust-bundle": "/trust"},
+        ),
+        pod("anonymous", python, sleep, secrets={"trust-bundle": "/trust"}),
+    )
+    node.wait_ready(namespace, "server", "client", "stranger", "anonymous")
+    ip = node.pod_ip(namespace, "server")
+
+    accepted = node.python(namespace, "client", CLIENT, ip, "/identity/ca.crt", "/identity")
+    assert f"server {server_id}" in accepted
+    assert f"reply hello {client_id}" in accepted
+
+    anonymous = node.python(namespace, "anonymous", CLIENT, ip, "/trust/ca.crt", "-")
+    assert "tls-error TLSV13_ALERT_CERTIFICATE_REQUIRED" in anonymous
+    assert "reply" not in anonymous
+
+    stranger = node.python(namespace, "stranger", CLIENT, ip, "/trust/ca.crt", "/identity")
+    assert "tls-error TLSV1_ALERT_UNKNOWN_CA" in stranger
+    assert "reply" not in stranger
+
+    server_log = node.kubectl("logs", "-n", namespace, "server").stdout
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in server_log
+    assert "CERTIFICATE_VERIFY_FAILED" in server_log
