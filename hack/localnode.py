@@ -442,6 +442,16 @@ def _make_cgroups() -> None:
                     (d / f).write_text((d.parent / f).read_text())
 
 
+def _cgroup_processes() -> list[int]:
+    """Processes in our cgroup root (containers of this node; nothing else is put there)."""
+    pids: set[int] = set()
+    for top in _cgroup_dirs():
+        for procs in top.glob("**/cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return sorted(pids)
+
+
 def _remove_cgroups() -> list[str]:
     problems = []
     for top in _cgroup_dirs():
@@ -507,6 +517,7 @@ def leftovers(pids: dict[str, int] | None = None) -> list[str]:
         found.append(f"network interface {BRIDGE}")
     if _nft_table_exists():
         found.append(f"nftables table inet {NFT_TABLE}")
+    found += [f"process {pid} in the node's cgroups" for pid in _cgroup_processes()]
     found += [f"cgroup {d}" for d in _cgroup_dirs() if d.exists()]
     if NODE.exists():
         netns = list((NODE / "containerd" / "state").glob("**/netns/*"))
@@ -839,6 +850,9 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
             _run(*ctr, "containers", "rm", container, check=False)
         _stop(pids["containerd"], signal.SIGTERM, 15)
     for pid in _our_shims():
+        _stop(pid, signal.SIGKILL, 5)
+    # containers whose shim died (a crashed node) keep running: everything in our cgroups goes
+    for pid in _cgroup_processes():
         _stop(pid, signal.SIGKILL, 5)
     # network namespaces, container root filesystems, volumes: innermost first
     for point in sorted(_mounts_under(NODE), key=len, reverse=True):

@@ -17,19 +17,31 @@ from tests.node.pods import Node, pod, secret
 pytestmark = pytest.mark.node
 
 TRUST_DOMAIN = "node.test"
+TLS = "kubernetes.io/tls"
+ROTATION_WITHIN_S = 90
 
-# Reads the mounted files for each connection, so it always presents what the kubelet wrote.
+# Reads the mounted files for each connection, so it always presents what the kubelet wrote;
+# from one snapshot (the ..data directory the kubelet swaps atomically), so a certificate and
+# a key of different generations are never paired.
 SERVER = r"""
-import socket, ssl
+import os, socket, ssl
+def context():
+    for _ in range(5):
+        snapshot = os.path.realpath("/identity/..data")
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_cert_chain(snapshot + "/tls.crt", snapshot + "/tls.key")
+            ctx.load_verify_locations(snapshot + "/ca.crt")
+            return ctx
+        except FileNotFoundError:  # the kubelet removed that snapshot meanwhile: take the new one
+            continue
+    raise RuntimeError("no stable snapshot of /identity")
 srv = socket.create_server(("0.0.0.0", 8443))
 while True:
     conn, _ = srv.accept()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_cert_chain("/identity/tls.crt", "/identity/tls.key")
-    ctx.load_verify_locations("/identity/ca.crt")
     try:
-        with ctx.wrap_socket(conn, server_side=True) as tls:
+        with context().wrap_socket(conn, server_side=True) as tls:
             uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
             tls.sendall(("hello " + ",".join(uris) + "\n").encode())
     except (ssl.SSLError, OSError) as err:
@@ -56,15 +68,43 @@ except ssl.SSLError as err:
 """
 
 
+# argv: server IP, serial (hex) to wait for, seconds; connects again and again with the mounted
+# identity, printing "ok <server serial>" or "error <reason>" for each handshake.
+ROTATION_WATCHER = r"""
+import socket, ssl, sys, time
+host, wanted, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.load_verify_locations("/identity/ca.crt")
+ctx.load_cert_chain("/identity/tls.crt", "/identity/tls.key")
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    try:
+        with socket.create_connection((host, 8443), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                serial = tls.getpeercert()["serialNumber"].lower()
+                tls.recv(1024)
+        print("ok", serial, flush=True)
+        if serial == wanted:
+            break
+    except (ssl.SSLError, OSError) as err:
+        print("error", getattr(err, "reason", None) or err, flush=True)
+    time.sleep(0.2)
+"""
+
+
 def _root_pem(ca: CertificateAuthority) -> bytes:
     return b"".join(r.public_bytes(serialization.Encoding.PEM) for r in ca.roots)
 
 
-def _identity(ca: CertificateAuthority, spiffe_id: str, now: datetime) -> dict[str, bytes]:
+def _identity(
+    ca: CertificateAuthority, spiffe_id: str, now: datetime
+) -> tuple[dict[str, bytes], int]:
     issued = issue_svid(
-        ca, SvidRequest(spiffe_id, (), timedelta(hours=1), KeyAlgorithm.ECDSAP256), now
+        ca, SvidRequest(spiffe_id, (), timedelta(minutes=10), KeyAlgorithm.ECDSAP256), now
     )
-    return {"tls.crt": issued.chain_pem, "tls.key": issued.private_key_pem, "ca.crt": _root_pem(ca)}
+    data = {"tls.crt": issued.chain_pem, "tls.key": issued.private_key_pem, "ca.crt": _root_pem(ca)}
+    return data, issued.certificate.serial_number
 
 
 def test_server_requires_a_client_certificate_from_its_ca(node: Node, namespace: str) -> None:
@@ -77,9 +117,9 @@ def test_server_requires_a_client_certificate_from_its_ca(node: Node, namespace:
     sleep = ["sleep", "3600"]
     node.apply(
         namespace,
-        secret("server-identity", _identity(ca, server_id, now), "kubernetes.io/tls"),
-        secret("client-identity", _identity(ca, client_id, now), "kubernetes.io/tls"),
-        secret("stranger-identity", _identity(stranger_ca, client_id, now), "kubernetes.io/tls"),
+        secret("server-identity", _identity(ca, server_id, now)[0], TLS),
+        secret("client-identity", _identity(ca, client_id, now)[0], TLS),
+        secret("stranger-identity", _identity(stranger_ca, client_id, now)[0], TLS),
         secret("trust-bundle", {"ca.crt": _root_pem(ca)}),
         pod(
             "server",
@@ -115,3 +155,42 @@ def test_server_requires_a_client_certificate_from_its_ca(node: Node, namespace:
     server_log = node.kubectl("logs", "-n", namespace, "server").stdout
     assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in server_log
     assert "CERTIFICATE_VERIFY_FAILED" in server_log
+
+
+def test_rotated_secret_reaches_the_server_with_no_failed_handshake(
+    node: Node, namespace: str
+) -> None:
+    now = datetime.now(UTC)
+    ca, _ = bootstrap_self_signed(TRUST_DOMAIN, now)
+    server_id = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
+    first, first_serial = _identity(ca, server_id, now)
+    python = node.images["python"]
+    node.apply(
+        namespace,
+        secret("server-identity", first, TLS),
+        secret("client-identity", _identity(ca, f"{server_id}-client", now)[0], TLS),
+        pod(
+            "server",
+            python,
+            ["python3", "-u", "-c", SERVER],
+            secrets={"server-identity": "/identity"},
+            ready_port=8443,
+        ),
+        pod("client", python, ["sleep", "3600"], secrets={"client-identity": "/identity"}),
+    )
+    node.wait_ready(namespace, "server", "client")
+    ip = node.pod_ip(namespace, "server")
+    before = node.python(namespace, "client", ROTATION_WATCHER, ip, f"{first_serial:x}", "5")
+    assert before.split() == ["ok", f"{first_serial:x}"]
+
+    # what a renewal does to the Secret: a new key and certificate, same identity
+    second, second_serial = _identity(ca, server_id, datetime.now(UTC))
+    node.apply(namespace, secret("server-identity", second, TLS))
+    seen = node.python(
+        namespace, "client", ROTATION_WATCHER, ip, f"{second_serial:x}", str(ROTATION_WITHIN_S)
+    ).splitlines()
+
+    assert seen, "no handshake at all"
+    assert [line for line in seen if not line.startswith("ok ")] == []
+    assert seen[-1] == f"ok {second_serial:x}", f"not rotated within {ROTATION_WITHIN_S}s"
+    assert {line.split()[1] for line in seen} <= {f"{first_serial:x}", f"{second_serial:x}"}
