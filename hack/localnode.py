@@ -833,8 +833,14 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
     if not pids and not NODE.exists() and not owner:
         return []
     # kube-network-policies removes its nftables table on SIGINT (not on SIGTERM)
-    if "kube-network-policies" in pids:
-        _stop(pids["kube-network-policies"], signal.SIGINT, 15)
+    # (and then idles 5 s before exiting: once the table is gone it is killed)
+    netpol = pids.get("kube-network-policies")
+    if netpol is not None and _pid_alive(netpol):
+        os.kill(netpol, signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while _nft_table_exists() and _pid_alive(netpol) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _stop(netpol, signal.SIGKILL, 5)
     for name in ("kubelet", "kube-scheduler", "kube-controller-manager"):
         if name in pids:
             _stop(pids[name], signal.SIGTERM, 15)
