@@ -7,7 +7,9 @@ Each image is written as an OCI image archive (oci-layout, index.json, blobs) th
   (hack/build-node.sh), the pod sandbox image;
 - ``meshless.local/busybox:<Debian busybox-static version>``: /bin/busybox and its applets;
 - ``meshless.local/python:<Debian python3.11 version>``: busybox plus Debian's python3.11, its
-  standard library and the shared libraries they load (enough for an ssl server or client).
+  standard library and the shared libraries they load (enough for an ssl server or client);
+- ``meshless.local/nginx:<version>`` and ``meshless.local/nodejs:<version>``: busybox plus the
+  machine's nginx or node binary and its libraries, when installed.
 
 Archives are cached in ~/.cache/meshless/images/ under a key made of the files that go in
 (path, size, mtime), so a changed Debian package or pause binary builds a new archive.
@@ -68,7 +70,8 @@ class Layer:
     """A deterministic layer tar: files from the host placed at given paths, owned by root."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[str, Path | str | None]] = {}  # path -> (kind, source)
+        # path -> (kind, source): dir, file (host Path), text (content), symlink (target)
+        self.entries: dict[str, tuple[str, Path | str | None]] = {}
 
     def dir(self, path: str) -> None:
         parts = Path(path.strip("/")).parts
@@ -78,6 +81,10 @@ class Layer:
     def file(self, path: str, source: Path) -> None:
         self.dir(str(Path(path).parent))
         self.entries[path.strip("/")] = ("file", source)
+
+    def text(self, path: str, content: str) -> None:
+        self.dir(str(Path(path).parent))
+        self.entries[path.strip("/")] = ("text", content)
 
     def symlink(self, path: str, target: str) -> None:
         self.dir(str(Path(path).parent))
@@ -97,6 +104,9 @@ class Layer:
                 assert isinstance(source, Path)
                 st = source.stat()
                 key.append(f"{path} {st.st_size} {st.st_mtime_ns} {st.st_mode & 0o777}")
+            elif kind == "text":
+                assert isinstance(source, str)
+                key.append(f"{path} text {hashlib.sha256(source.encode()).hexdigest()}")
             else:
                 key.append(f"{path} {kind} {source}")
         return key
@@ -114,6 +124,11 @@ class Layer:
                     assert isinstance(source, str)
                     info.type, info.linkname, info.mode = tarfile.SYMTYPE, source, 0o777
                     tar.addfile(info)
+                elif kind == "text":
+                    assert isinstance(source, str)
+                    data = source.encode()
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
                 else:
                     assert isinstance(source, Path)
                     data = source.read_bytes()
@@ -155,6 +170,53 @@ def _python_layer() -> Layer:
                 extensions.append(path)
     for lib in sorted(_shared_libs([PYTHON, *extensions])):
         layer.copy_host(lib)
+    return layer
+
+
+NGINX = Path("/usr/sbin/nginx")
+NODEJS = Path("/usr/bin/node")
+# users nginx (and anything else) may look up; nginx run as root switches to nobody
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
+# a default that answers on 8080; tests and users mount their own /etc/nginx/nginx.conf
+NGINX_CONF = """daemon off;
+error_log stderr;
+pid /run/nginx.pid;
+events {}
+http {
+    access_log /dev/stdout;
+    server {
+        listen 8080;
+        location / { return 200 "nginx"; }
+    }
+}
+"""
+
+
+def _nginx_layer() -> Layer:
+    layer = Layer()
+    layer.copy_host(NGINX)
+    for lib in sorted(_shared_libs([NGINX])):
+        layer.copy_host(lib)
+    layer.text("etc/passwd", PASSWD)
+    layer.text("etc/group", GROUP)
+    layer.text("etc/nginx/nginx.conf", NGINX_CONF)
+    if Path("/etc/nginx/mime.types").exists():
+        layer.file("etc/nginx/mime.types", Path("/etc/nginx/mime.types"))
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        layer.dir(f"var/lib/nginx/{d}")
+    layer.dir("var/log/nginx")
+    layer.dir("run")
+    return layer
+
+
+def _nodejs_layer() -> Layer:
+    layer = Layer()
+    layer.copy_host(NODEJS)
+    for lib in sorted(_shared_libs([NODEJS])):
+        layer.copy_host(lib)
+    layer.text("etc/passwd", PASSWD)
+    layer.text("etc/group", GROUP)
     return layer
 
 
@@ -236,10 +298,11 @@ def _cached(name: str, layers: list[Layer], config: dict[str, object]) -> Image:
 
 
 def build_images(bindir: Path, kubernetes_version: str) -> dict[str, Image]:
-    """Builds (or reuses) every node image; keys are short names: pause, busybox, python."""
+    """Builds (or reuses) every node image; keys are short names: pause, busybox, python, and
+    nginx and nodejs when this machine has them (Debian's nginx, nodejs)."""
     busybox = _busybox_layer()
     path_env = ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]
-    return {
+    images = {
         "pause": _cached(
             f"meshless.local/pause:{kubernetes_version}",
             [_pause_layer(bindir / "pause")],
@@ -256,3 +319,16 @@ def build_images(bindir: Path, kubernetes_version: str) -> dict[str, Image]:
             {"Env": [*path_env, "PYTHONDONTWRITEBYTECODE=1"], "Cmd": ["python3"]},
         ),
     }
+    if NGINX.exists():
+        images["nginx"] = _cached(
+            f"meshless.local/nginx:{_deb_version('nginx')}",
+            [busybox, _nginx_layer()],
+            {"Env": path_env, "Cmd": ["nginx"]},
+        )
+    if NODEJS.exists():
+        images["nodejs"] = _cached(
+            f"meshless.local/nodejs:{_deb_version('nodejs')}",
+            [busybox, _nodejs_layer()],
+            {"Env": path_env, "Cmd": ["node"]},
+        )
+    return images

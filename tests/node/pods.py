@@ -78,25 +78,23 @@ def pod(
     *,
     labels: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None,
+    config_maps: dict[str, str] | None = None,
     ready_port: int | None = None,
 ) -> dict[str, Any]:
-    """A pod running `command` in `image` (never pulled), each Secret mounted at its path."""
+    """A pod running `command` in `image` (never pulled), each Secret and ConfigMap mounted at
+    its path (names must differ), Ready once something listens on `ready_port`."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image,
         "imagePullPolicy": "Never",
         "command": command,
         "volumeMounts": [
-            {"name": secret, "mountPath": path, "readOnly": True}
-            for secret, path in (secrets or {}).items()
+            {"name": volume, "mountPath": path, "readOnly": True}
+            for volume, path in {**(secrets or {}), **(config_maps or {})}.items()
         ],
     }
-    if ready_port is not None:  # probed from inside the pod: no NetworkPolicy in the way
-        probe = f"import socket; socket.create_connection(('127.0.0.1', {ready_port}), 1)"
-        container["readinessProbe"] = {
-            "exec": {"command": ["python3", "-c", probe]},
-            "periodSeconds": 1,
-        }
+    if ready_port is not None:  # the kubelet connects from the node (10.244.0.1)
+        container["readinessProbe"] = {"tcpSocket": {"port": ready_port}, "periodSeconds": 1}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -105,7 +103,8 @@ def pod(
             "terminationGracePeriodSeconds": 1,
             "containers": [container],
             "volumes": [
-                {"name": secret, "secret": {"secretName": secret}} for secret in (secrets or {})
+                *({"name": s, "secret": {"secretName": s}} for s in secrets or {}),
+                *({"name": c, "configMap": {"name": c}} for c in config_maps or {}),
             ],
         },
     }
@@ -121,3 +120,7 @@ def secret(name: str, data: dict[str, bytes], type_: str = "Opaque") -> dict[str
         "type": type_,
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }
+
+
+def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}

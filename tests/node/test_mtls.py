@@ -4,20 +4,16 @@ and a pod with a stranger's are refused at the handshake."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
-from meshless.pki.keys import KeyAlgorithm
-from meshless.pki.svid import SvidRequest, issue_svid
+from meshless.pki.ca import bootstrap_self_signed
+from tests.node.identities import CLIENT, TLS, TRUST_DOMAIN, identity, root_pem
 from tests.node.pods import Node, pod, secret
 
 pytestmark = pytest.mark.node
 
-TRUST_DOMAIN = "node.test"
-TLS = "kubernetes.io/tls"
 ROTATION_WITHIN_S = 90
 
 # Reads the mounted files for each connection, so it always presents what the kubelet wrote;
@@ -48,26 +44,6 @@ while True:
         print("refused:", err, flush=True)
 """
 
-# argv: server IP, CA bundle, identity directory or "-" for none
-CLIENT = r"""
-import socket, ssl, sys
-host, ca, identity = sys.argv[1:4]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False  # a SPIFFE peer is named by its URI SAN, printed below
-ctx.load_verify_locations(ca)
-if identity != "-":
-    ctx.load_cert_chain(identity + "/tls.crt", identity + "/tls.key")
-try:
-    with socket.create_connection((host, 8443), timeout=10) as raw:
-        with ctx.wrap_socket(raw) as tls:
-            uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
-            print("server", ",".join(uris))
-            print("reply", tls.recv(1024).decode().strip())
-except ssl.SSLError as err:
-    print("tls-error", err.reason)
-"""
-
-
 # argv: server IP, serial (hex) to wait for, seconds; connects again and again with the mounted
 # identity, printing "ok <server serial>" or "error <reason>" for each handshake.
 ROTATION_WATCHER = r"""
@@ -93,20 +69,6 @@ while time.monotonic() < deadline:
 """
 
 
-def _root_pem(ca: CertificateAuthority) -> bytes:
-    return b"".join(r.public_bytes(serialization.Encoding.PEM) for r in ca.roots)
-
-
-def _identity(
-    ca: CertificateAuthority, spiffe_id: str, now: datetime
-) -> tuple[dict[str, bytes], int]:
-    issued = issue_svid(
-        ca, SvidRequest(spiffe_id, (), timedelta(minutes=10), KeyAlgorithm.ECDSAP256), now
-    )
-    data = {"tls.crt": issued.chain_pem, "tls.key": issued.private_key_pem, "ca.crt": _root_pem(ca)}
-    return data, issued.certificate.serial_number
-
-
 def test_server_requires_a_client_certificate_from_its_ca(node: Node, namespace: str) -> None:
     now = datetime.now(UTC)
     ca, _ = bootstrap_self_signed(TRUST_DOMAIN, now)
@@ -117,10 +79,10 @@ def test_server_requires_a_client_certificate_from_its_ca(node: Node, namespace:
     sleep = ["sleep", "3600"]
     node.apply(
         namespace,
-        secret("server-identity", _identity(ca, server_id, now)[0], TLS),
-        secret("client-identity", _identity(ca, client_id, now)[0], TLS),
-        secret("stranger-identity", _identity(stranger_ca, client_id, now)[0], TLS),
-        secret("trust-bundle", {"ca.crt": _root_pem(ca)}),
+        secret("server-identity", identity(ca, server_id, now)[0], TLS),
+        secret("client-identity", identity(ca, client_id, now)[0], TLS),
+        secret("stranger-identity", identity(stranger_ca, client_id, now)[0], TLS),
+        secret("trust-bundle", {"ca.crt": root_pem(ca)}),
         pod(
             "server",
             python,
@@ -163,12 +125,12 @@ def test_rotated_secret_reaches_the_server_with_no_failed_handshake(
     now = datetime.now(UTC)
     ca, _ = bootstrap_self_signed(TRUST_DOMAIN, now)
     server_id = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
-    first, first_serial = _identity(ca, server_id, now)
+    first, first_serial = identity(ca, server_id, now)
     python = node.images["python"]
     node.apply(
         namespace,
         secret("server-identity", first, TLS),
-        secret("client-identity", _identity(ca, f"{server_id}-client", now)[0], TLS),
+        secret("client-identity", identity(ca, f"{server_id}-client", now)[0], TLS),
         pod(
             "server",
             python,
@@ -184,7 +146,7 @@ def test_rotated_secret_reaches_the_server_with_no_failed_handshake(
     assert before.split() == ["ok", f"{first_serial:x}"]
 
     # what a renewal does to the Secret: a new key and certificate, same identity
-    second, second_serial = _identity(ca, server_id, datetime.now(UTC))
+    second, second_serial = identity(ca, server_id, datetime.now(UTC))
     node.apply(namespace, secret("server-identity", second, TLS))
     seen = node.python(
         namespace, "client", ROTATION_WATCHER, ip, f"{second_serial:x}", str(ROTATION_WITHIN_S)
