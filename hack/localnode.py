@@ -714,7 +714,9 @@ def up(cluster: Cluster) -> dict[str, str]:
     (NODE / "cni").mkdir()
     (NODE / "cni" / "10-meshless.conflist").write_text(_cni_config())
     (NODE / "containerd.toml").write_text(_containerd_config(images["pause"].name))
-    _spawn("containerd", ["containerd", "--config", str(NODE / "containerd.toml")])
+    containerd = _spawn("containerd", ["containerd", "--config", str(NODE / "containerd.toml")])
+    # the node is this worktree's while its containerd lives
+    OWNER.write_text(json.dumps({"root": str(ROOT), "pid": containerd}))
     sock = str(NODE / "containerd.sock")
     _wait(
         "containerd's socket",
