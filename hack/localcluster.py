@@ -6,7 +6,8 @@ loopback with a generated PKI, client-certificate admin auth, RBAC, service-acco
 issuance (TokenRequest) and the admission webhook plugins on.
 
     python hack/localcluster.py up      # start in the background, wait for /readyz
-    python hack/localcluster.py down    # stop, leaving no process behind
+    python hack/localcluster.py up --node  # ... and a node that runs pods (hack/localnode.py)
+    python hack/localcluster.py down    # stop (the node too, if any), leaving no process behind
     python hack/localcluster.py status
 
 State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, etcd data).
