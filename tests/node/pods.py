@@ -20,7 +20,9 @@ READY_TIMEOUT = "120s"
 @dataclass
 class Node:
     kubectl: Kubectl
-    images: dict[str, str]  # short name (pause, busybox, python) -> image reference
+    images: dict[str, str]  # short name (pause, busybox, python, ...) -> image reference
+    # veth interfaces that existed before the node started (not the node's to remove)
+    veths_before: frozenset[str] = field(default=frozenset())
     stopped: bool = field(default=False)
 
     def stop(self) -> subprocess.CompletedProcess[str]:
@@ -124,3 +126,10 @@ def secret(name: str, data: dict[str, bytes], type_: str = "Opaque") -> dict[str
 
 def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+def veth_interfaces() -> frozenset[str]:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True, check=True
+    ).stdout
+    return frozenset(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
