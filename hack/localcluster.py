@@ -212,6 +212,11 @@ def binaries() -> Path:
 
 
 def up(node: bool = False) -> None:
+    if node:  # say why before starting anything
+        try:
+            localnode.check_machine()
+        except localnode.NodeUnavailable as err:
+            sys.exit(f"the node cannot start on this machine: {err}")
     pids = read_pids()
     if pids and all(_pid_alive(p) for p in pids.values()) and is_ready():
         print(f"control plane already running; kubeconfig at {STATE / 'kubeconfig'}")
