@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
@@ -505,6 +506,21 @@ def _our_shims() -> list[int]:
     return pids
 
 
+SHIM_SOCKETS = Path("/run/containerd/s")
+
+
+def _task_ids() -> list[str]:
+    """Containers containerd started a shim for (their bundle directories)."""
+    bundles = NODE / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    return sorted(p.name for p in bundles.iterdir()) if bundles.is_dir() else []
+
+
+def _shim_socket_name(task_id: str) -> str:
+    """containerd 1.6's shim socket name: sha256 of <grpc address>/<namespace>/<id>."""
+    key = os.path.join(str(NODE / "containerd.sock"), "k8s.io", task_id)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def leftovers(pids: dict[str, int] | None = None) -> list[str]:
     """What a stopped node must not leave behind; empty when everything is clean."""
     found = []
@@ -512,6 +528,11 @@ def leftovers(pids: dict[str, int] | None = None) -> list[str]:
         if _pid_alive(pid):
             found.append(f"process {name} ({pid})")
     found += [f"shim process {pid}" for pid in _our_shims()]
+    found += [
+        f"shim socket {SHIM_SOCKETS / _shim_socket_name(t)}"
+        for t in _task_ids()
+        if (SHIM_SOCKETS / _shim_socket_name(t)).exists()
+    ]
     found += [f"mount {m}" for m in _mounts_under(NODE)]
     if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         found.append(f"network interface {BRIDGE}")
@@ -857,8 +878,12 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
         for container in _run(*ctr, "containers", "ls", "-q", check=False).stdout.split():
             _run(*ctr, "containers", "rm", container, check=False)
         _stop(pids["containerd"], signal.SIGTERM, 15)
+    shim_ids = _task_ids()
     for pid in _our_shims():
         _stop(pid, signal.SIGKILL, 5)
+    # a shim that was killed leaves its socket in containerd 1.6's fixed directory
+    for task in shim_ids:
+        (SHIM_SOCKETS / _shim_socket_name(task)).unlink(missing_ok=True)
     # containers whose shim died (a crashed node) keep running: everything in our cgroups goes
     for pid in _cgroup_processes():
         _stop(pid, signal.SIGKILL, 5)
@@ -875,9 +900,11 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
         _run("ip", "link", "del", BRIDGE, check=False)
     problems = _remove_cgroups()
     # containerd 1.6 keeps shim sockets in a fixed /run/containerd/s: remove it if left empty
-    for stale in ("s", "fifo", "runc", ""):
+    for stale in (SHIM_SOCKETS, SHIM_SOCKETS.parent / "fifo", SHIM_SOCKETS.parent / "runc"):
         with contextlib.suppress(OSError):
-            (Path("/run/containerd") / stale).rmdir()
+            stale.rmdir()
+    with contextlib.suppress(OSError):
+        SHIM_SOCKETS.parent.rmdir()
     if cluster is not None:  # the control plane stays: forget the node and its pods
         try:
             on_node = cluster.api("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE_NAME}")

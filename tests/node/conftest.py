@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Kubectl
-from tests.node.pods import Node, veth_interfaces
+from tests.node.pods import Node, shim_sockets, veth_interfaces
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCALNODE = [sys.executable, str(ROOT / "hack" / "localnode.py")]
@@ -45,12 +45,18 @@ def node(kubeconfig: str, kubectl: Kubectl) -> Iterator[Node]:
         pytest.fail(built.stderr.strip())
     already_running = _node_running()
     veths_before = frozenset() if already_running else veth_interfaces()
+    sockets_before = frozenset() if already_running else shim_sockets()
     started = subprocess.run(
         [*LOCALNODE, "up"], capture_output=True, text=True, timeout=START_TIMEOUT_S
     )
     if started.returncode != 0:
         pytest.fail(f"the node did not start:\n{started.stderr.strip()}")
-    handle = Node(kubectl=kubectl, images=json.loads(IMAGES.read_text()), veths_before=veths_before)
+    handle = Node(
+        kubectl=kubectl,
+        images=json.loads(IMAGES.read_text()),
+        veths_before=veths_before,
+        shim_sockets_before=sockets_before,
+    )
     try:
         yield handle
     finally:

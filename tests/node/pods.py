@@ -23,6 +23,8 @@ class Node:
     images: dict[str, str]  # short name (pause, busybox, python, ...) -> image reference
     # veth interfaces that existed before the node started (not the node's to remove)
     veths_before: frozenset[str] = field(default=frozenset())
+    # entries of containerd 1.6's fixed shim socket directory before the node started
+    shim_sockets_before: frozenset[str] = field(default=frozenset())
     stopped: bool = field(default=False)
 
     def stop(self) -> subprocess.CompletedProcess[str]:
@@ -133,3 +135,8 @@ def veth_interfaces() -> frozenset[str]:
         ["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True, check=True
     ).stdout
     return frozenset(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
+
+
+def shim_sockets() -> frozenset[str]:
+    directory = Path("/run/containerd/s")
+    return frozenset(p.name for p in directory.iterdir()) if directory.is_dir() else frozenset()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.pods import NODE_STATE, ROOT, Node, veth_interfaces
+from tests.node.pods import NODE_STATE, ROOT, Node, shim_sockets, veth_interfaces
 
 pytestmark = pytest.mark.node
 
@@ -55,6 +55,7 @@ def test_stopping_the_node_leaves_nothing_behind(node: Node) -> None:
     assert str(NODE_STATE) not in mounts
     assert _sh("ip", "link", "show", "meshless0").returncode != 0
     assert veth_interfaces() <= node.veths_before
+    assert shim_sockets() <= node.shim_sockets_before
     ruleset = _sh("nft", "list", "ruleset").stdout
     assert "kube-network-policies" not in ruleset
     assert "KUBE-" not in ruleset
