@@ -121,5 +121,8 @@ if [[ ! -x "$out/pause" ]]; then
 fi
 
 echo "node binaries ready in $(( $(date +%s) - start ))s" >&2
-mkdir -p "$shared" && for b in "${bins[@]}"; do cp "$out/$b" "$shared/"; done || true
+# each file lands whole (copy, then rename), so a clone reading the shared copy never sees half
+mkdir -p "$shared" && for b in "${bins[@]}"; do
+  cp "$out/$b" "$shared/.$b.tmp" && mv "$shared/.$b.tmp" "$shared/$b"
+done || true
 echo "$out"
