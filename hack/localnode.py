@@ -711,7 +711,9 @@ def up(cluster: Cluster) -> dict[str, str]:
     sys.path.insert(0, str(HACK))
     import nodeimages
 
-    images = nodeimages.build_images(bindir, versions["KUBERNETES_VERSION"])
+    images = nodeimages.build_images(
+        bindir, versions["KUBERNETES_VERSION"], ROOT / "operator" / "meshless"
+    )
     NODE.mkdir(parents=True)
     OWNER.write_text(json.dumps({"root": str(ROOT), "pid": os.getpid()}))
     (NODE / "images.json").write_text(json.dumps({k: v.name for k, v in images.items()}))

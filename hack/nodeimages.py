@@ -8,11 +8,15 @@ Each image is written as an OCI image archive (oci-layout, index.json, blobs) th
 - ``meshless.local/busybox:<Debian busybox-static version>``: /bin/busybox and its applets;
 - ``meshless.local/python:<Debian python3.11 version>``: busybox plus Debian's python3.11, its
   standard library and the shared libraries they load (enough for an ssl server or client);
+- ``meshless.local/python-meshless:<project version>``: the python image plus the project's
+  ``meshless`` package and cryptography (what meshless.pki imports), for programs in pods
+  that use the project's own code on the mounted files;
 - ``meshless.local/nginx:<version>`` and ``meshless.local/nodejs:<version>``: busybox plus the
   machine's nginx or node binary and its libraries, when installed.
 
 Archives are cached in ~/.cache/meshless/images/ under a key made of the files that go in
-(path, size, mtime), so a changed Debian package or pause binary builds a new archive.
+(Debian's by path, size and mtime; ours by content), so a changed Debian package, pause binary
+or project source builds a new archive, which replaces the older one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +40,11 @@ PYTHON = Path("/usr/bin/python3.11")
 PYTHON_LIB = Path("/usr/lib/python3.11")
 # parts of the standard library no server needs
 PYTHON_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data"}
+
+
+# files from Debian packages: keyed by size and mtime; anything else by content (a copied
+# pause binary or a fresh checkout of the project gets new mtimes, not new content)
+SYSTEM_DIRS = ("/usr/", "/bin/", "/lib", "/etc/")
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,14 @@ class Layer:
     def inputs(self) -> list[str]:
         key = []
         for path, (kind, source) in sorted(self.entries.items()):
-            if kind == "file":
-                assert isinstance(source, Path)
+            if kind == "file" and str(source).startswith(SYSTEM_DIRS):
+                assert isinstance(source, Path)  # a Debian package's file: size and mtime
                 st = source.stat()
                 key.append(f"{path} {st.st_size} {st.st_mtime_ns} {st.st_mode & 0o777}")
+            elif kind == "file":
+                assert isinstance(source, Path)  # ours (pause, the project): its content
+                digest = hashlib.sha256(source.read_bytes()).hexdigest()
+                key.append(f"{path} {digest} {source.stat().st_mode & 0o777}")
             elif kind == "text":
                 assert isinstance(source, str)
                 key.append(f"{path} text {hashlib.sha256(source.encode()).hexdigest()}")
@@ -220,6 +234,57 @@ def _nodejs_layer() -> Layer:
     return layer
 
 
+SITE = "usr/lib/python3/dist-packages"  # on Debian python3.11's sys.path
+# what meshless.pki needs besides the standard library, taken from the running interpreter's
+# site-packages (cryptography's wheels are abi3 / cp311: they load in Debian's python3.11)
+PKI_DEPENDENCIES = ("cryptography", "cffi", "pycparser")
+
+
+def _tree(layer: Layer, source: Path, target: str) -> list[Path]:
+    """Copies a package directory (no bytecode caches); returns the extension modules."""
+    extensions = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink() and not name.endswith(".pyc"):
+                layer.file(f"{target}/{path.relative_to(source)}", path)
+                if name.endswith(".so"):
+                    extensions.append(path)
+    return extensions
+
+
+def _meshless_layer(package: Path) -> Layer:
+    """The project's `meshless` package and the libraries its PKI core imports."""
+    import importlib.util
+
+    layer = Layer()
+    _tree(layer, package, f"{SITE}/meshless")
+    extensions = []
+    site_packages = None
+    for dependency in PKI_DEPENDENCIES:
+        spec = importlib.util.find_spec(dependency)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"{dependency} is not installed for {sys.executable}")
+        directory = Path(spec.origin).parent
+        site_packages = directory.parent
+        extensions += _tree(layer, directory, f"{SITE}/{dependency}")
+    assert site_packages is not None
+    for backend in site_packages.glob("_cffi_backend*.so"):
+        layer.file(f"{SITE}/{backend.name}", backend)
+        extensions.append(backend)
+    for lib in sorted(_shared_libs(extensions)):
+        layer.copy_host(lib)
+    return layer
+
+
+def _project_version(package: Path) -> str:
+    for line in (package.parent.parent / "pyproject.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    return "0.0.0"
+
+
 def _pause_layer(pause: Path) -> Layer:
     layer = Layer()
     layer.file("pause", pause)
@@ -294,13 +359,20 @@ def _cached(name: str, layers: list[Layer], config: dict[str, object]) -> Image:
     archive = CACHE / f"{short}-{key}.oci.tar"
     if not archive.exists():
         _write_archive(archive, name, layers, config)
+        for stale in CACHE.glob(f"{short}-*.oci.tar"):  # older builds of the same image
+            if stale != archive:
+                stale.unlink(missing_ok=True)
     return Image(name, archive)
 
 
-def build_images(bindir: Path, kubernetes_version: str) -> dict[str, Image]:
-    """Builds (or reuses) every node image; keys are short names: pause, busybox, python, and
-    nginx and nodejs when this machine has them (Debian's nginx, nodejs)."""
+def build_images(
+    bindir: Path, kubernetes_version: str, package: Path | None = None
+) -> dict[str, Image]:
+    """Builds (or reuses) every node image; keys are short names: pause, busybox, python,
+    python-meshless (when `package`, the project's meshless directory, is given), and nginx
+    and nodejs when this machine has them (Debian's nginx, nodejs)."""
     busybox = _busybox_layer()
+    python = _python_layer()
     path_env = ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]
     images = {
         "pause": _cached(
@@ -315,10 +387,16 @@ def build_images(bindir: Path, kubernetes_version: str) -> dict[str, Image]:
         ),
         "python": _cached(
             f"meshless.local/python:{_deb_version('python3.11-minimal')}",
-            [busybox, _python_layer()],
+            [busybox, python],
             {"Env": [*path_env, "PYTHONDONTWRITEBYTECODE=1"], "Cmd": ["python3"]},
         ),
     }
+    if package is not None:
+        images["python-meshless"] = _cached(
+            f"meshless.local/python-meshless:{_project_version(package)}",
+            [busybox, python, _meshless_layer(package)],
+            {"Env": [*path_env, "PYTHONDONTWRITEBYTECODE=1"], "Cmd": ["python3"]},
+        )
     if NGINX.exists():
         images["nginx"] = _cached(
             f"meshless.local/nginx:{_deb_version('nginx')}",

@@ -156,3 +156,33 @@ def test_rotated_secret_reaches_the_server_with_no_failed_handshake(
     assert [line for line in seen if not line.startswith("ok ")] == []
     assert seen[-1] == f"ok {second_serial:x}", f"not rotated within {ROTATION_WITHIN_S}s"
     assert {line.split()[1] for line in seen} <= {f"{first_serial:x}", f"{second_serial:x}"}
+
+
+# the project's own code, in a pod, on the files the kubelet mounted
+READ_IDENTITY = r"""
+from pathlib import Path
+from cryptography import x509
+from meshless.pki.svid import parse_certificate_chain
+chain = parse_certificate_chain(Path("/identity/tls.crt").read_bytes())
+san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+print(len(chain), *san.get_values_for_type(x509.UniformResourceIdentifier))
+"""
+
+
+def test_project_code_reads_the_mounted_identity_in_a_pod(node: Node, namespace: str) -> None:
+    now = datetime.now(UTC)
+    ca, _ = bootstrap_self_signed(TRUST_DOMAIN, now)
+    workload = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/workload"
+    node.apply(
+        namespace,
+        secret("workload-identity", identity(ca, workload, now)[0], TLS),
+        pod(
+            "workload",
+            node.images["python-meshless"],
+            ["sleep", "3600"],
+            secrets={"workload-identity": "/identity"},
+        ),
+    )
+    node.wait_ready(namespace, "workload")
+    # leaf and intermediate; the one URI SAN is the workload's SPIFFE ID
+    assert node.python(namespace, "workload", READ_IDENTITY).split() == ["2", workload]
