@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install system-packages control-plane cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages control-plane node-binaries cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ system-packages:
 control-plane:
 	bash hack/build-control-plane.sh
 
-cluster: install control-plane
-	$(PY) hack/localcluster.py up
+# The node's binaries (kubelet, kube-controller-manager, kube-scheduler, kube-network-policies,
+# pause) for `make cluster NODE=1`; built once per machine, like the control plane.
+node-binaries:
+	bash hack/build-node.sh
+
+# NODE=1 also runs a node: containerd, kubelet, controllers, NetworkPolicies (docs/node.md).
+NODE ?=
+NODE_FLAG := $(if $(filter 1 yes true,$(NODE)),--node,)
+
+cluster: install control-plane $(if $(NODE_FLAG),node-binaries system-packages,)
+	$(PY) hack/localcluster.py up $(NODE_FLAG)
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else echo "nothing to stop"; fi
