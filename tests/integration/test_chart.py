@@ -47,6 +47,7 @@ class Release:
     namespace: str
     fullname: str
     kubeconfig: str  # admin
+    notes: str  # what `helm install` printed
 
     @property
     def service_account(self) -> str:
@@ -56,14 +57,15 @@ class Release:
 @pytest.fixture(scope="module")
 def release(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Release]:
     suffix = uuid.uuid4().hex[:6]
-    rel = Release(f"ml-{suffix}", f"meshless-chart-{suffix}", f"ml-{suffix}-meshless", kubeconfig)
-    helm(
-        "install", rel.name, str(CHART), "--kubeconfig", kubeconfig,
-        "--namespace", rel.namespace, "--create-namespace",
+    name, namespace = f"ml-{suffix}", f"meshless-chart-{suffix}"
+    installed = helm(
+        "install", name, str(CHART), "--kubeconfig", kubeconfig,
+        "--namespace", namespace, "--create-namespace",
         # No node runs here: the image is never pulled.
         "--set", "image.repository=registry.invalid/meshless",
         "--set", "metrics.serviceMonitor.enabled=false",
     )  # fmt: skip
+    rel = Release(name, namespace, f"{name}-meshless", kubeconfig, installed.stdout)
     try:
         yield rel
     finally:
@@ -140,6 +142,41 @@ def test_helm_install_creates_every_object(release: Release, api_client: client.
         served = ext.read_custom_resource_definition(shipped["metadata"]["name"])
         established = {c.type: c.status for c in served.status.conditions}["Established"]
         assert established == "True"
+
+
+def test_the_operator_pod_meets_the_restricted_pod_security_standard(
+    release: Release, api_client: client.ApiClient, namespace: str
+) -> None:
+    """The API server's own Pod Security admission judges the chart's pod template."""
+    core = client.CoreV1Api(api_client)
+    core.patch_namespace(
+        namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(
+        release.fullname, release.namespace
+    )
+    template: Json = api_client.sanitize_for_serialization(deployment.spec.template)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator"}}
+    pod["spec"] = template["spec"]
+    core.create_namespaced_pod(namespace, pod, dry_run="All")
+    # The control: the same pod with one restriction lifted is refused.
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    assert refused.value.status == 403
+    assert "allowPrivilegeEscalation" in str(refused.value.body)
+
+
+def test_the_notes_say_what_to_apply_next(release: Release) -> None:
+    notes = release.notes.split("NOTES:", 1)[1]
+    assert f"rollout status deployment/{release.fullname}" in notes
+    assert "kind: MtlsPolicy" in notes and "kind: WorkloadIdentity" in notes
+    assert "kubectl get wid,mtlspol -A" in notes
+    assert (
+        "kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration meshless"
+        in notes
+    )
 
 
 # --------------------------------------------------------------------------------------------

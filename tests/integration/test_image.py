@@ -119,10 +119,12 @@ def test_the_dockerfile_is_multi_stage_slim_non_root_and_runs_the_operator(
     assert "CMD" not in final_keywords
 
 
-def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)  # type: ignore[call-overload]
+def run(
+    cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def test_the_wheel_in_a_fresh_venv_gives_a_working_meshless(tmp_path: Path) -> None:
