@@ -47,6 +47,8 @@ def test_defaults_render_the_expected_objects() -> None:
         (["--set-string", "replicaCount=two"], "/replicaCount"),
         (["--set", "settings.renewalFraction=1"], "/settings/renewalFraction"),
         (["--set", "metrics.prometheusRule.notReadyFor=soon"], "notReadyFor"),
+        (["--set", "extraEnv[0].name=MESHLESS_WORKERS,extraEnv[0].value=4"], "/extraEnv/0"),
+        (["--set", "webhook.service.port=8443"], "additional properties 'port' not allowed"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
