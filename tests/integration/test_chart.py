@@ -69,7 +69,11 @@ def release(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Release]:
     try:
         yield rel
     finally:
-        helm("uninstall", rel.name, "--kubeconfig", kubeconfig, "--namespace", rel.namespace)
+        # The last test uninstalls already; this is for a run that failed before it.
+        helm(
+            "uninstall", rel.name, "--kubeconfig", kubeconfig, "--namespace", rel.namespace,
+            check=False,
+        )  # fmt: skip
         remove_webhook_configurations(api_client)
         client.CoreV1Api(api_client).delete_namespace(rel.namespace)
 
@@ -439,3 +443,26 @@ def test_leader_lease_is_held_by_the_pod_name(
         LEASE_NAME, release.namespace
     )
     assert lease.spec.holder_identity == f"{release.fullname}-0"
+
+
+def test_uninstall_removes_the_charts_objects_and_leaves_the_webhook_configurations(
+    chart_operator: OperatorProcess, release: Release, api_client: client.ApiClient
+) -> None:
+    """Last in this module: fail closed after uninstall, until the documented command."""
+    chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    chart_operator.stop()
+    helm("uninstall", release.name, "--kubeconfig", release.kubeconfig, "-n", release.namespace)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    for read in (
+        lambda: rbac.read_cluster_role(release.fullname),
+        lambda: rbac.read_cluster_role_binding(release.fullname),
+        lambda: client.AppsV1Api(api_client).read_namespaced_deployment(
+            release.fullname, release.namespace
+        ),
+    ):
+        with pytest.raises(client.ApiException) as gone:
+            read()
+        assert gone.value.status == 404
+    registration = client.AdmissionregistrationV1Api(api_client)
+    registration.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    registration.read_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
