@@ -27,6 +27,7 @@ DERIVED = {
     "--namespace": "the release namespace (downward API metadata.namespace)",
     "--webhook-service": "the chart's webhook Service",
     "--webhook-url": "empty: in a cluster the webhooks are registered through the Service",
+    "--service-account": "the chart's ServiceAccount (the prober's identity is issued for it)",
 }
 # Variables in the Deployment that are not options but are read by the operator.
 NOT_OPTIONS = {"POD_NAME": "leader-election identity (downward API metadata.name)"}
@@ -193,6 +194,9 @@ OVERRIDES: dict[str, tuple[Any, Any]] = {
     "resyncInterval": ("7m", timedelta(minutes=7)),
     "caPollInterval": ("30s", timedelta(seconds=30)),
     "leaderElection": (False, False),
+    "probeInterval": ("90s", timedelta(seconds=90)),
+    "probeQps": (7.5, 7.5),
+    "probeTimeout": ("5s", timedelta(seconds=5)),
 }
 
 
