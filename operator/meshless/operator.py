@@ -258,9 +258,9 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         operator = Operator(ours, kube)
         memo.operator = operator
         memo.admission_state = operator.admission_state
+        await operator.start_health()  # before "operator started": probes may ask at once
         await operator.start()
         operator.serve_webhooks(settings)
-        await operator.start_health()
 
     register_admission_handlers(registry)
 

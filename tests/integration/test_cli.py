@@ -258,7 +258,7 @@ def test_status_and_describe_pod_against_resolved_policies(
     assert "STRICT (9090:DISABLE)" in rows["web-strict"]
     assert f"wins over {ns}/web-newer" in rows["web-strict"]
     assert f"ignored for {ns}/web-strict" in rows["web-newer"]
-    assert rows["web-strict"].split()[-1] == "-"  # PROVEN: no enforcement status
+    assert rows["web-strict"].split()[-1] == "0/0"  # PROVEN: nothing running to probe
     assert web_id["status"]["serialNumber"] in rows["meshless-web"]
     assert rows["meshless-web"].split()[-1] == f"{ns}/web-strict"
     everywhere = meshless("status", "-A", *policy_flags, "-o", "json")

@@ -4,7 +4,9 @@ identities, foreign NetworkPolicies reported."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -243,3 +245,45 @@ def _wait_identities(api: client.ApiClient, namespace: str, count: int) -> list[
         timeout=TIMEOUT,
         what=f"{count} WorkloadIdentities in {namespace}",
     )
+
+
+def test_injected_pods_reach_strict_ports_plain_ones_do_not_forged_ones_never_exist(
+    operator: OperatorProcess, api_client: client.ApiClient, namespace: str, unique: Any
+) -> None:
+    """Admission and NetworkPolicies together, judged from what the API server stored."""
+    ns = namespace
+    create_policy(api_client, ns, "strict", "STRICT")
+    core = client.CoreV1Api(api_client)
+    _wait_labelled(core, ns)  # the namespace is labelled for admission before pods arrive
+    server = create_pod(api_client, ns, "server", {"app": "server"}, service_account="server")
+    client_pod = create_pod(api_client, ns, "client", {"app": "client"}, service_account="client")
+    assert server["metadata"]["labels"][IDENTITY_LABEL] == "server"  # injected
+    assert client_pod["metadata"]["labels"][IDENTITY_LABEL] == "client"
+    plain_ns = unique("plain")
+    core.create_namespace({"metadata": {"name": plain_ns}})
+    try:
+        plain = create_pod(api_client, plain_ns, "plain", {"app": "client"})
+        assert IDENTITY_LABEL not in plain["metadata"]["labels"]  # no policy there
+        with pytest.raises(client.ApiException) as forged:
+            create_pod(api_client, plain_ns, "forged", {"app": "x", IDENTITY_LABEL: "server"})
+        assert forged.value.status in (400, 403)
+        assert "meshless.dev/identity" in str(forged.value.body)
+        wait_policy(api_client, ns, "strict", status_is(selectedPods=2, networkPolicies=2))
+        nps = list_network_policies(api_client, ns)
+        labels = namespace_labels(api_client)
+        target = (ns, server["metadata"]["labels"])
+        assert reachable(nps, labels, (ns, client_pod["metadata"]["labels"]), target, 8443)
+        assert not reachable(nps, labels, (plain_ns, plain["metadata"]["labels"]), target, 8443)
+        stored = [p.metadata.name for p in core.list_namespaced_pod(plain_ns).items]
+        assert stored == ["plain"]  # the forged pod never got in
+    finally:
+        core.delete_namespace(plain_ns)
+
+
+def _wait_labelled(core: client.CoreV1Api, namespace: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while (core.read_namespace(namespace).metadata.labels or {}).get(
+        "meshless.dev/mtls"
+    ) != "enabled":
+        assert time.monotonic() < deadline, f"{namespace} never labelled for admission"
+        time.sleep(0.1)
