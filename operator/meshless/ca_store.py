@@ -25,6 +25,7 @@ from meshless.pki.ca import (
     ca_from_secret_data,
     ca_to_secret_data,
 )
+from meshless.pki.rotation import RotationState, state_from_secret_data
 from meshless.settings import CA_SELF_SIGNED, Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class CAStore:
         self._identity: bytes | None = None
         self._secret_meta: dict[str, Any] | None = None
         self._bundle: bytes | None = None
+        # The CA Secret as last read (data decoded) and the rotation recorded in it.
+        self.secret: Json | None = None
+        self.data: dict[str, bytes] = {}
+        self.rotation = RotationState()
 
     @property
     def bundle(self) -> bytes | None:
@@ -59,6 +64,7 @@ class CAStore:
             return True
         error_cleared = self.error is not None
         self.error = None
+        self.rotation = state_from_secret_data(self.data)
         identity = fingerprint(ca.issuer_cert) + b"".join(fingerprint(r) for r in ca.roots)
         if identity == self._identity:
             return error_cleared
@@ -97,7 +103,10 @@ class CAStore:
         self._secret_meta = (secret or {}).get("metadata")
         if secret is None:
             raise CAError("CASecretMissing", f"CA Secret {ns}/{name} does not exist")
-        return ca_from_secret_data(decode_secret_data(secret.get("data")), self._clock())
+        data = decode_secret_data(secret.get("data"))
+        ca = ca_from_secret_data(data, self._clock())
+        self.secret, self.data = secret, data
+        return ca
 
     async def _bootstrap(self, ns: str, name: str) -> Json | None:
         ca, root_key = await asyncio.to_thread(

@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from meshless import metrics
 from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
 from meshless.budget import WriteBudget
+from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
@@ -52,6 +53,7 @@ class Operator:
         self.settings = settings
         self.kube = kube
         self.ca = CAStore(kube, settings, utcnow)
+        self.rotation = CARotation(kube, settings, self.ca, utcnow)
         self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
         self.events = EventRecorder(kube)
         self.identities = IdentityController(
@@ -92,8 +94,11 @@ class Operator:
             await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
             try:
                 changed = await self.ca.load()
+                # One CA rotation step per poll; a step that wrote the CA Secret is loaded now.
+                if await self.rotation.step():
+                    changed = await self.ca.load() or changed
             except Exception:  # the API being away must not stop the poll
-                log.exception("reading the CA Secret failed")
+                log.exception("reading the CA Secret or rotating the CA failed")
                 continue
             if changed:
                 self._note_ca()
