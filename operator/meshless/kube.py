@@ -8,7 +8,10 @@ API server's own work.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import random
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from kubernetes import client, config
 from meshless import api, metrics
 
 Json = dict[str, Any]
+log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "meshless"
 MERGE_PATCH = "application/merge-patch+json"
@@ -107,13 +111,47 @@ def _q(part: str) -> str:
     return quote(part, safe="")
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one request rides out a flaky API: connection errors and 5xx back off with jitter,
+    429 waits for Retry-After (capped), 401 re-reads the credentials once. Every attempt has
+    a bounded timeout."""
+
+    attempts: int = 4
+    base_s: float = 0.2
+    max_s: float = 5.0
+    max_retry_after_s: float = 10.0
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2^attempt)]."""
+        return random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
+
+    def retry_after(self, header: str | None, attempt: int) -> float:
+        try:
+            wanted = float(header) if header else self.backoff(attempt)
+        except ValueError:
+            wanted = self.backoff(attempt)
+        return min(self.max_retry_after_s, max(0.0, wanted))
+
+
 class Kube:
-    def __init__(self, configuration: client.Configuration, *, connections: int = 32) -> None:
+    def __init__(
+        self,
+        configuration: client.Configuration,
+        *,
+        connections: int = 32,
+        kubeconfig: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
         self._config = configuration
+        self._kubeconfig = kubeconfig
         self._host = str(configuration.host).rstrip("/")
         self._ssl = _ssl_context(configuration)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self.retry = retry
 
     async def close(self) -> None:
         if self._session is not None:
@@ -124,9 +162,27 @@ class Kube:
         if self._session is None:  # inside the running loop: aiohttp binds to it
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections),
-                timeout=aiohttp.ClientTimeout(total=60, connect=10),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.retry.timeout_s, connect=self.retry.connect_timeout_s
+                ),
             )
         return self._session
+
+    async def _reload_credentials(self) -> None:
+        """Re-read the kubeconfig or the in-cluster token and certificates (rotated files)."""
+        try:
+            fresh = await asyncio.to_thread(load_configuration, self._kubeconfig)
+        except Exception as exc:  # keep what we have; the 401 is reported to the caller
+            log.warning("could not re-read the API credentials: %s", exc)
+            return
+        self._config = fresh
+        self._host = str(fresh.host).rstrip("/")
+        new_ssl = _ssl_context(fresh)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._ssl = new_ssl
+        log.info("re-read the API credentials after a 401")
 
     async def request(
         self,
@@ -136,31 +192,72 @@ class Kube:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> Json:
+        data = json.dumps(body).encode() if body is not None else None
+        reloaded = False
+        attempt = 0
+        while True:
+            try:
+                status, reason, raw, retry_after = await self._once(
+                    method, path, data, content_type, query
+                )
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt + 1 >= self.retry.attempts:
+                    raise
+                await asyncio.sleep(self.retry.backoff(attempt))
+                attempt += 1
+                continue
+            if status == 401 and not reloaded:
+                reloaded = True
+                await self._reload_credentials()
+                continue
+            if (status == 429 or status >= 500) and attempt + 1 < self.retry.attempts:
+                delay = (
+                    self.retry.retry_after(retry_after, attempt)
+                    if status == 429
+                    else self.retry.backoff(attempt)
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            try:
+                payload: Json = json.loads(raw) if raw else {}
+            except ValueError:
+                payload = {}
+            if not 200 <= status < 300:
+                raise ApiError(
+                    status,
+                    str(payload.get("reason") or reason),
+                    str(payload.get("message") or ""),
+                )
+            return payload
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: str,
+        query: list[tuple[str, str]] | None,
+    ) -> tuple[int, str, bytes, str | None]:
         headers = {"Accept": "application/json"}
         token = self._config.get_api_key_with_prefix(
             "BearerToken"
         ) or self._config.get_api_key_with_prefix("authorization")
         if token:
             headers["Authorization"] = token
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
+        if data is not None:
             headers["Content-Type"] = content_type
         async with self._open().request(
             method, self._host + path, params=query, data=data, headers=headers
         ) as response:
             raw = await response.read()
-            status, reason = response.status, response.reason or ""
-        metrics.API_REQUESTS.labels(method).inc()
-        try:
-            payload: Json = json.loads(raw) if raw else {}
-        except ValueError:
-            payload = {}
-        if not 200 <= status < 300:
-            raise ApiError(
-                status, str(payload.get("reason") or reason), str(payload.get("message") or "")
+            metrics.API_REQUESTS.labels(method).inc()
+            return (
+                response.status,
+                response.reason or "",
+                raw,
+                response.headers.get("Retry-After"),
             )
-        return payload
 
     # --- generic verbs on any resource ---------------------------------------------------
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Json | None:

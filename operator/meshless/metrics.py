@@ -11,6 +11,10 @@ CERTIFICATES_ISSUED = Counter(
     "Certificates issued, by the reason a new one was needed",
     ["reason"],
 )
+CERTIFICATES_SIGNED = Counter(
+    "meshless_certificates_signed_total",
+    "Leaf certificates signed (a signed one the API refused is reused, not signed again)",
+)
 CERTIFICATE_FAILURES = Counter(
     "meshless_certificate_failures_total",
     "Identities that could not be issued, by reason",

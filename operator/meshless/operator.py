@@ -20,6 +20,7 @@ from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
+from meshless.leader import LeaderElector, default_identity
 from meshless.policy.controller import PolicyController
 from meshless.settings import Settings
 from meshless.status import EventRecorder
@@ -61,26 +62,58 @@ class Operator:
         )
         self.policies = PolicyController(kube, settings, utcnow, self.events)
         self._tasks: list[asyncio.Task[None]] = []
+        self._leader_tasks: list[asyncio.Task[None]] = []
+        self.leading = False
+        self.elector: LeaderElector | None = None
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
     async def start(self) -> None:
+        """Every replica loads the CA and watches; only the leader reconciles and writes."""
         await self.ca.load()
         self._note_ca()
+        self._tasks.append(asyncio.create_task(self._poll_ca()))
+        if self.settings.leader_election:
+            self.elector = LeaderElector(
+                self.kube,
+                self.settings.namespace,
+                default_identity(),
+                on_started=self._start_leading,
+                on_stopped=self._stop_leading,
+            )
+            self._tasks.append(asyncio.create_task(self.elector.run()))
+        else:
+            await self._start_leading()
+        log.info("operator started")
+
+    async def _start_leading(self) -> None:
+        self.leading = True
         self.identities.queue.start()
         await self.policies.prime()
         self.policies.queue.start()
-        self._tasks.append(asyncio.create_task(self._poll_ca()))
-        self._tasks.append(asyncio.create_task(self._resync()))
-        log.info("operator started")
+        self.identities.enqueue_all()
+        self._leader_tasks.append(asyncio.create_task(self._resync()))
+        log.info("reconciling as leader")
+
+    async def _stop_leading(self) -> None:
+        """Stop every write at once; the watches go on, so a new term starts warm."""
+        self.leading = False
+        for task in self._leader_tasks:
+            task.cancel()
+        await asyncio.gather(*self._leader_tasks, return_exceptions=True)
+        self._leader_tasks = []
+        await self.identities.queue.stop()
+        await self.policies.queue.stop()
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.identities.queue.stop()
-        await self.policies.queue.stop()
+        if self.leading:
+            await self._stop_leading()
         await self.events.close()
+        if self.elector is not None:
+            await self.elector.release()
         await self.kube.close()
 
     def _note_ca(self) -> None:
@@ -95,13 +128,14 @@ class Operator:
             try:
                 changed = await self.ca.load()
                 # One CA rotation step per poll; a step that wrote the CA Secret is loaded now.
-                if await self.rotation.step():
+                if self.leading and await self.rotation.step():
                     changed = await self.ca.load() or changed
             except Exception:  # the API being away must not stop the poll
                 log.exception("reading the CA Secret or rotating the CA failed")
                 continue
             if changed:
                 self._note_ca()
+            if changed and self.leading:
                 try:
                     await self.identities.refresh_trust_bundles()
                 except Exception:

@@ -46,6 +46,7 @@ class Settings:
     ca_renewal_fraction: float = 2 / 3  # a CA certificate is replaced at this fraction of life
     ca_settle_time: timedelta = timedelta(minutes=2)  # bundles everywhere -> Switch
     ca_rotation_window: timedelta = timedelta(hours=1)  # existing leaves reissued over this
+    leader_election: bool = True
 
     @property
     def effective_root_namespace(self) -> str:
@@ -140,6 +141,12 @@ OPTIONS: tuple[_Option, ...] = (
         "MESHLESS_CA_ROTATION_WINDOW",
         "ca_rotation_window",
         "existing certificates are reissued spread over this window after a CA switch",
+    ),
+    _Option(
+        "--leader-election",
+        "MESHLESS_LEADER_ELECTION",
+        "leader_election",
+        "elect one leader among replicas on a Lease in the operator's namespace (true/false)",
     ),
 )
 

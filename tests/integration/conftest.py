@@ -89,6 +89,14 @@ class OperatorProcess:
                 raise AssertionError(f"metrics not as expected after {timeout}s:\n{text[-2000:]}")
             time.sleep(0.1)
 
+    def counter(self, name: str) -> float:
+        """The sum of a metric's samples (all label sets) from /metrics."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith((name + "{", name + " ")):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def metrics(self) -> str:
         import urllib.request
 

@@ -380,8 +380,29 @@ def test_minimal_mtls_policy_reads_back_with_defaults(kubectl: Kubectl, namespac
     assert spec == {"mode": "UNSET", "enforcement": {"admission": "Enforce", "networkPolicy": True}}
 
     table = kubectl("get", "-n", namespace, "mtlspol").stdout.splitlines()
-    assert table[0].split()[:3] == ["NAME", "MODE", "READY"]
+    assert table[0].split() == [
+        "NAME", "MODE", "SCOPE", "SELECTED", "INJECTED", "CONFLICTED", "AGE"
+    ]  # fmt: skip
     assert table[1].split()[:2] == ["payments-strict", "UNSET"]
+
+
+def test_full_mtls_policy_gets_the_defaults_it_omits(kubectl: Kubectl, namespace: str) -> None:
+    spec = with_changes(VALID_POLICY_SPEC, {"mode": None, "enforcement": None})
+    proc = apply(kubectl, namespace, mtls_policy(spec))
+    assert proc.returncode == 0, proc.stderr
+    stored = get(kubectl, namespace, "mtlspol", "payments-strict")["spec"]
+    assert stored == {
+        **spec,
+        "mode": "UNSET",
+        "enforcement": {"admission": "Enforce", "networkPolicy": True},
+    }
+
+    # Half an enforcement block: the other half still gets its default.
+    spec = with_changes(VALID_POLICY_SPEC, {"enforcement": {"networkPolicy": False}})
+    proc = apply(kubectl, namespace, mtls_policy(spec, name="half"))
+    assert proc.returncode == 0, proc.stderr
+    stored = get(kubectl, namespace, "mtlspol", "half")["spec"]
+    assert stored["enforcement"] == {"admission": "Enforce", "networkPolicy": False}
 
 
 @pytest.mark.parametrize(
@@ -404,6 +425,7 @@ def test_minimal_mtls_policy_reads_back_with_defaults(kubectl: Kubectl, namespac
         ),
         pytest.param({"mode": "strict"}, ["spec.mode", "Unsupported value"], id="mode-lowercase"),
         pytest.param({"mode": "MUTUAL"}, ["spec.mode", "Unsupported value"], id="mode-unknown"),
+        pytest.param({"mode": "STRICTT"}, ["spec.mode", "Unsupported value"], id="mode-typo"),
         pytest.param(
             {"portLevelMtls": {"9090": {"mode": "OFF"}}},
             ["spec.portLevelMtls.9090.mode", "Unsupported value"],
@@ -423,6 +445,21 @@ def test_minimal_mtls_policy_reads_back_with_defaults(kubectl: Kubectl, namespac
             {"portLevelMtls": {"65536": {"mode": "STRICT"}}},
             ["spec.portLevelMtls", "1 to 65535"],
             id="port-65536",
+        ),
+        pytest.param(
+            {"portLevelMtls": {"70000": {"mode": "STRICT"}}},
+            ["spec.portLevelMtls", "1 to 65535"],
+            id="port-70000",
+        ),
+        pytest.param(
+            {"portLevelMtls": {"abc": {"mode": "STRICT"}}},
+            ["spec.portLevelMtls", "1 to 65535"],
+            id="port-abc",
+        ),
+        pytest.param(
+            {"portLevelMtls": {"9090": {"mode": "STRICT"}, "-1": {"mode": "STRICT"}}},
+            ["spec.portLevelMtls", "1 to 65535"],
+            id="port-negative-beside-a-good-one",
         ),
         pytest.param(
             {"portLevelMtls": {"http": {"mode": "STRICT"}}},
@@ -482,6 +519,28 @@ def test_minimal_mtls_policy_reads_back_with_defaults(kubectl: Kubectl, namespac
             ["spec.selector.matchExpressions[0].operator", "Unsupported value"],
             id="selector-unknown-operator",
         ),
+        pytest.param(
+            {
+                "selector": {
+                    "matchExpressions": [{"key": "app", "operator": "Equals", "values": ["x"]}]
+                }
+            },
+            ["spec.selector.matchExpressions[0].operator", "Unsupported value"],
+            id="selector-operator-Equals",
+        ),
+        pytest.param(
+            {
+                "selector": {
+                    "matchLabels": {"app": "payments"},
+                    "matchExpressions": [
+                        {"key": "tier", "operator": "Exists"},
+                        {"key": "app", "operator": "NotIn", "values": []},
+                    ],
+                }
+            },
+            ["spec.selector.matchExpressions[1]", "need values"],
+            id="selector-NotIn-with-empty-values",
+        ),
     ],
 )
 def test_mtls_policy_refuses(
@@ -495,6 +554,109 @@ def test_namespace_wide_policy_without_port_overrides(kubectl: Kubectl, namespac
     spec = with_changes(VALID_POLICY_SPEC, {"selector": None, "portLevelMtls": None})
     proc = apply(kubectl, namespace, mtls_policy(spec))
     assert proc.returncode == 0, proc.stderr
+
+
+POLICY_STATUS: dict[str, Any] = {
+    "observedGeneration": 1,
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "True",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2030-01-01T00:00:00Z",
+            "reason": "InEffect",
+            "message": "governs 7 pods",
+        },
+        {
+            "type": "Conflicted",
+            "status": "True",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2030-01-01T00:00:00Z",
+            "reason": "Conflict",
+            "message": "ignored for 2 pods in favour of shop/older",
+        },
+        {
+            "type": "Enforced",
+            "status": "False",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2030-01-01T00:00:00Z",
+            "reason": "Failing",
+            "message": "1 STRICT port accepts clients without a certificate",
+        },
+    ],
+    "scope": "Workload",
+    "selectedPods": 7,
+    "injectedPods": 5,
+    "identities": 2,
+    "networkPolicies": 1,
+    "admission": {"wouldDeny": 2, "pods": ["shop/payments-0", "shop/payments-1"]},
+    "enforcement": {
+        "strict": {"proven": 9, "failing": 1, "unreachable": 0},
+        "permissive": {"proven": 3, "failing": 0, "unreachable": 1},
+        "failing": [
+            {"pod": "shop/payments-2", "port": 8443, "observed": "accepted a client without a cert"}
+        ],
+        "lastProven": "2030-01-01T00:05:00Z",
+    },
+}
+
+
+def test_mtls_policy_status_and_printer_columns(kubectl: Kubectl, namespace: str) -> None:
+    assert apply(kubectl, namespace, mtls_policy(VALID_POLICY_SPEC)).returncode == 0
+    status = {"status": POLICY_STATUS}
+    # The operator may run against the same cluster during the suite and write this status
+    # too, so check the object the patch itself returned, and retry the table a few times.
+    proc = patch_status(kubectl, namespace, "mtlspol/payments-strict", status, "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == POLICY_STATUS
+
+    expected = ["payments-strict", "STRICT", "Workload", "7", "5", "True"]
+    for _ in range(5):
+        table = kubectl("get", "-n", namespace, "mtlspol").stdout.splitlines()
+        header, row = table[0].split(), table[1].split()
+        if row[:6] == expected:
+            break
+        patch_status(kubectl, namespace, "mtlspol/payments-strict", status)
+    assert header == ["NAME", "MODE", "SCOPE", "SELECTED", "INJECTED", "CONFLICTED", "AGE"]
+    assert row[:6] == expected
+
+    wide = kubectl("get", "-n", namespace, "mtlspol", "-o", "wide").stdout.splitlines()
+    assert "READY" in wide[0].split()
+
+
+@pytest.mark.parametrize(
+    ("status", "fragments"),
+    [
+        pytest.param({"scope": "Cluster"}, ["status.scope", "Unsupported value"], id="scope"),
+        pytest.param({"selectedPods": -1}, ["status.selectedPods"], id="selectedPods-negative"),
+        pytest.param(
+            {"admission": {"pods": [f"shop/p-{i}" for i in range(21)]}},
+            ["status.admission.pods", "20"],
+            id="admission-pods-too-many",
+        ),
+        pytest.param(
+            {"enforcement": {"failing": [{"pod": "shop/p", "port": 0}]}},
+            ["status.enforcement.failing[0].port"],
+            id="failing-port-0",
+        ),
+        pytest.param(
+            {"enforcement": {"lastProven": "yesterday"}},
+            ["status.enforcement.lastProven"],
+            id="lastProven-not-a-time",
+        ),
+        pytest.param(
+            {"conditions": [{"type": "Conflicted", "status": "yes"}]},
+            ["status.conditions[0].status"],
+            id="condition-status",
+        ),
+    ],
+)
+def test_mtls_policy_status_refuses(
+    kubectl: Kubectl, namespace: str, status: dict[str, Any], fragments: list[str]
+) -> None:
+    assert apply(kubectl, namespace, mtls_policy(VALID_POLICY_SPEC)).returncode == 0
+    proc = patch_status(kubectl, namespace, "mtlspol/payments-strict", {"status": status})
+    assert_refused(proc, *fragments)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from meshless.pki.keys import (
 )
 from meshless.pki.svid import SvidRequest, issue_svid, parse_certificate_chain
 
-from .conftest import OperatorProcess
+from .conftest import OperatorFactory, OperatorProcess
 from .kubehelpers import (
     condition,
     create_identity,
@@ -432,3 +432,19 @@ def test_a_secret_the_api_refuses_is_not_ready_and_others_keep_working(
     assert wait_event(api_client, namespace, "oversized", "IssuingFailed").type == "Warning"
     assert is_ready(wait_identity(api_client, namespace, "neighbour", is_ready))
     assert meshless_operator.proc is not None and meshless_operator.proc.poll() is None
+
+
+def test_a_refused_secret_is_not_signed_again_on_every_retry(
+    operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
+) -> None:
+    op = operator_factory()
+    create_identity(
+        api_client,
+        namespace,
+        "refused",
+        secretTemplate={"annotations": {"example.com/blob": "x" * (300 * 1024)}},
+    )
+    wait_identity(api_client, namespace, "refused", ready_with_reason("IssuingFailed"))
+    op.wait_for_log("(attempt 3)", timeout=30)  # the work queue retried with backoff
+    signed = op.counter("meshless_certificates_signed_total")
+    assert signed == 1, f"signed {signed} times for one identity the API keeps refusing"

@@ -12,7 +12,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -40,6 +40,7 @@ from meshless.identity.render import (
 )
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
+from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
     BUNDLE_STALE,
     ISSUER_RETIRED,
@@ -51,7 +52,7 @@ from meshless.pki.reissue import (
     summarize,
 )
 from meshless.pki.rotation import retired_issuer_deadline
-from meshless.pki.svid import issue_svid, parse_certificate_chain
+from meshless.pki.svid import IssuedSvid, SvidRequest, issue_svid, parse_certificate_chain
 from meshless.settings import Settings
 from meshless.status import (
     ConditionChange,
@@ -68,6 +69,7 @@ Key = tuple[str, str]  # namespace, name
 CA_RETRY_S = 15.0
 CONFLICT_RETRY_S = 30.0
 ISSUING_NOTICE_S = 1.0
+UNWRITTEN_MAX_AGE = timedelta(minutes=5)
 # report Issuing=True only when the write budget makes us wait
 FIRST_ISSUE = Reason("SecretMissing", "the Secret does not exist")
 READY = ConditionType.READY.value
@@ -99,6 +101,8 @@ class IdentityController:
         self._bundles: dict[str, bytes] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
         self._ready_keys: set[Key] = set()
+        # Signed but not yet stored (the API refused the write): reused on the retry.
+        self._unwritten: dict[Key, tuple[SvidRequest, CertificateAuthority, IssuedSvid]] = {}
         metrics.IDENTITIES.labels("ready").set_function(lambda: len(self._ready_keys))
         metrics.IDENTITIES.labels("not_ready").set_function(
             lambda: len(self.store) - len(self._ready_keys)
@@ -117,6 +121,7 @@ class IdentityController:
             self._own_secret_rv.pop((meta["namespace"], secret_name), None)
             self.status.forget(key)
             self.queue.forget(key)
+            self._unwritten.pop(key, None)
             metrics.forget_identity(*key)
             return
         self.store[key] = slim(body)
@@ -282,11 +287,17 @@ class IdentityController:
             await self._patch_status(body, self._issuing_status(body, reason))
         # Key generation and signing run in a thread (the GIL is released inside OpenSSL):
         # an RSA4096 key takes ~0.5 s, which would stall watches, /healthz and webhooks.
-        svid = await asyncio.to_thread(issue_svid, ca, spec.desired.request, self.clock())
+        key = (spec.namespace, spec.name)
+        svid = self._unwritten_svid(key, spec, ca)
+        if svid is None:
+            svid = await asyncio.to_thread(issue_svid, ca, spec.desired.request, self.clock())
+            metrics.CERTIFICATES_SIGNED.inc()
+            self._unwritten[key] = (spec.desired.request, ca, svid)
         try:
             await self._write_secret(
                 spec, body, secret, svid.chain_pem, svid.private_key_pem, bundle
             )
+            self._unwritten.pop(key, None)
         except ApiError as exc:
             if exc.status == 409 and secret is None and reason is FIRST_ISSUE:
                 return None  # the name is taken: the caller reads the Secret and decides
@@ -313,6 +324,22 @@ class IdentityController:
             "%s/%s: issued %s (%s)", spec.namespace, spec.name, summary.serial_number, reason.code
         )
         return self._next_check(summary, self.clock())
+
+    def _unwritten_svid(
+        self, key: Key, spec: IdentitySpec, ca: CertificateAuthority
+    ) -> IssuedSvid | None:
+        """A certificate signed for this identity that the API refused to store, reused on
+        the retry (not signed again on every backoff) while the request and CA are the same
+        and it is young: a retry is seconds to a minute away."""
+        kept = self._unwritten.get(key)
+        if kept is None:
+            return None
+        request, kept_ca, svid = kept
+        age = self.clock() - svid.certificate.not_valid_before_utc
+        if request != spec.desired.request or kept_ca is not ca or age > UNWRITTEN_MAX_AGE:
+            del self._unwritten[key]
+            return None
+        return svid
 
     async def _write_secret(
         self,

@@ -1,0 +1,72 @@
+"""Leader election decisions (client-go's algorithm): who may write the Lease, and what."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from meshless.leader import LeaseRecord, Timings, lease_body, record_of, should_acquire
+
+T = Timings()
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+
+
+def held_by(holder: str, lease_s: float = 15, transitions: int = 0) -> LeaseRecord:
+    return LeaseRecord(holder, lease_s, transitions, "2026-11-29T11:00:00.000000Z", None)
+
+
+@pytest.mark.parametrize(
+    ("record", "observed_at", "now", "expected"),
+    [
+        pytest.param(None, 0.0, 0.0, True, id="no Lease: take it"),
+        pytest.param(held_by(""), 100.0, 100.0, True, id="released (empty holder): take it"),
+        pytest.param(held_by("me"), 100.0, 100.0, True, id="ours: renew"),
+        pytest.param(held_by("other"), 100.0, 114.9, False, id="other holder within duration"),
+        pytest.param(held_by("other"), 100.0, 115.0, True, id="other holder expired"),
+        pytest.param(
+            held_by("other", lease_s=60), 100.0, 130.0, False, id="the holder's duration counts"
+        ),
+        pytest.param(
+            held_by("other", lease_s=0), 100.0, 115.0, True, id="no duration: our default"
+        ),
+    ],
+)
+def test_should_acquire(
+    record: LeaseRecord | None, observed_at: float, now: float, expected: bool
+) -> None:
+    assert should_acquire(record, "me", observed_at, now, T) is expected
+
+
+def test_taking_over_counts_a_transition_and_sets_acquire_time() -> None:
+    body = lease_body("ns", "lease", held_by("other", transitions=3), "me", NOW, T)
+    spec = body["spec"]
+    assert spec["holderIdentity"] == "me"
+    assert spec["leaseTransitions"] == 4
+    assert spec["acquireTime"] == spec["renewTime"] == "2026-11-29T12:00:00.000000Z"
+    assert spec["leaseDurationSeconds"] == 15
+
+
+def test_renewing_keeps_acquire_time_and_transitions() -> None:
+    record = held_by("me", transitions=2)
+    spec = lease_body("ns", "lease", record, "me", NOW, T)["spec"]
+    assert spec["acquireTime"] == record.acquire_time
+    assert spec["leaseTransitions"] == 2
+    assert spec["renewTime"] == "2026-11-29T12:00:00.000000Z"
+
+
+def test_the_first_holder_is_not_a_transition() -> None:
+    assert lease_body("ns", "lease", None, "me", NOW, T)["spec"]["leaseTransitions"] == 0
+    assert lease_body("ns", "lease", held_by(""), "me", NOW, T)["spec"]["leaseTransitions"] == 0
+
+
+def test_release_empties_the_holder_and_shortens_the_lease() -> None:
+    spec = lease_body("ns", "lease", held_by("me"), "me", NOW, T, release=True)["spec"]
+    assert spec["holderIdentity"] == ""
+    assert spec["leaseDurationSeconds"] == 1
+
+
+def test_record_of_reads_the_lease_fields() -> None:
+    lease = {"spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "leaseTransitions": 2}}
+    assert record_of(lease) == LeaseRecord("a", 15.0, 2, None, None)
+    assert record_of(None) is None
