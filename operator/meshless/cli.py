@@ -1,4 +1,4 @@
-"""`meshless run` and `meshless version`."""
+"""`meshless run`, `meshless version` and `meshless ca ...`."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="run the operator")
     add_arguments(run_parser)
     commands.add_parser("version", help="print the version")
+    _add_ca(commands)
     args = parser.parse_args(argv)
 
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "ca":
+        from meshless.ca_cli import run_ca_command
+
+        return run_ca_command(args)
     try:
         settings = load_settings(args)
     except SettingsError as exc:
@@ -31,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
     run(settings)
     return 0
+
+
+def _add_ca(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`meshless ca status` / `meshless ca rotate` (meshless.ca_cli; light to import)."""
+    from meshless.ca_cli import add_ca_command
+
+    add_ca_command(commands)
 
 
 if __name__ == "__main__":

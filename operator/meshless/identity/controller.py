@@ -232,13 +232,12 @@ class IdentityController:
             # Good as it is, or only ca.crt is behind: the same certificate and key are
             # rewritten with the current bundle (a new key buys nothing here).
             leaf = parse_certificate_chain(data["tls.crt"])[0]
-            if reason is not None or metadata_drift(
-                spec, secret["metadata"], body["metadata"]["uid"]
-            ):
+            bundle_behind = data.get("ca.crt") != bundle
+            if bundle_behind or metadata_drift(spec, secret["metadata"], body["metadata"]["uid"]):
                 await self._write_secret(
                     spec, body, secret, data["tls.crt"], data["tls.key"], bundle
                 )
-                if reason is not None:
+                if bundle_behind:
                     metrics.BUNDLE_UPDATES.labels("Secret").inc()
             summary = summarize(leaf, spec.desired)
             await self._ready(body, spec, summary)
