@@ -102,6 +102,7 @@ class Reason(StrEnum):
     CA_ROTATION_PREPARE = "CARotationPrepare"
     CA_ROTATION_BUNDLES_COMPLETE = "CARotationBundlesComplete"
     CA_ROTATION_SWITCH = "CARotationSwitch"
+    CA_ROTATION_LEAVES_REISSUED = "CARotationLeavesReissued"
     CA_ROTATION_FINISH = "CARotationFinish"
     CA_ROTATION_COMPLETE = "CARotationComplete"
     CA_ROTATION_REFUSED = "CARotationRefused"

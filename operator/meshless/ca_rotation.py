@@ -242,6 +242,14 @@ class CARotation:
                 f"every trust bundle carries the new root ({counts}); switching after the "
                 f"settle time of {self.settings.ca_settle_time}",
             )
+        if action is Action.MARK_LEAVES_DONE:
+            return _Step(
+                core.mark_leaves_done(data, state, now),
+                R.CA_ROTATION_LEAVES_REISSUED,
+                "Normal",
+                f"no certificate under the old root remains ({counts}); the old root leaves "
+                f"the bundles after the settle time of {self.settings.ca_settle_time}",
+            )
         if action is Action.SWITCH:
             return _Step(
                 core.switch(data, state, now),
@@ -342,6 +350,7 @@ def status_document(
         "phaseSince": _iso(state.phase_since),
         "bundlesCompleteAt": _iso(state.bundles_complete_at),
         "switchedAt": _iso(state.switched_at),
+        "leavesDoneAt": _iso(state.leaves_done_at),
         "history": list(state.history),
         "lastRootRotation": _iso(state.last_root_rotation),
         "lastIntermediateRotation": _iso(state.last_intermediate_rotation),

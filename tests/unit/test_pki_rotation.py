@@ -75,6 +75,7 @@ def test_state_round_trips_and_garbage_reads_as_idle() -> None:
         phase_since=NOW,
         bundles_complete_at=NOW,
         switched_at=NOW + timedelta(minutes=3),
+        leaves_done_at=NOW + timedelta(minutes=4),
         handled_request="root:1",
         history=("Prepare@x",),
     )
@@ -206,14 +207,20 @@ def test_prepare_may_end_only_with_both_conditions() -> None:
     assert not r.prepare_may_end(unmarked, full, NOW + timedelta(days=1), timedelta(0))
 
 
-def test_switch_ends_when_no_leaf_remains_on_the_old_root() -> None:
+def test_switch_ends_when_no_leaf_remains_on_the_old_root_plus_the_settle_time() -> None:
     ca, _ = self_signed()
     state = RotationState(phase=Phase.SWITCH, switched_at=NOW)
     busy = Progress(leaves_total=5, leaves_on_old_root=1)
     done = Progress(leaves_total=5, leaves_on_old_root=0)
     assert decide(state, ca, progress=busy).action is Action.NONE
-    assert decide(state, ca, progress=done).action is Action.FINISH
+    assert decide(state, ca, progress=done).action is Action.MARK_LEAVES_DONE
     assert done.leaves_reissued == 5
+    marked = RotationState(phase=Phase.SWITCH, switched_at=NOW, leaves_done_at=NOW)
+    settle = POLICY.settle_time
+    assert decide(marked, ca, progress=done, now=NOW + settle / 2).action is Action.NONE
+    assert decide(marked, ca, progress=done, now=NOW + settle).action is Action.FINISH
+    # A leaf under the old root that shows up again (restored from a backup) holds it back.
+    assert decide(marked, ca, progress=busy, now=NOW + 2 * settle).action is Action.NONE
 
 
 def test_finish_ends_when_no_bundle_carries_the_old_root() -> None:

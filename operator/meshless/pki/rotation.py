@@ -8,7 +8,7 @@ A root rotates in phases, Idle -> Prepare -> Switch -> Finish -> Idle:
   Secrets) carries the new root and the settle time has passed since they all first did.
 - Switch: the new intermediate issues (`tls.crt`/`tls.key`/`root.key` are the new ones); leaves
   under the old root are reissued, each at a deadline spread over the rotation window. Ends
-  when no valid leaf under the old root remains.
+  when no valid leaf under the old root remains, plus the settle time (mounted files lag).
 - Finish: `ca.crt` is the new root only; bundles drop the old root. Ends when none carries it.
 
 An intermediate rotates under the same root in one step (no bundle change); its leaves move at
@@ -125,6 +125,7 @@ class RotationState:
     phase_since: datetime | None = None
     bundles_complete_at: datetime | None = None  # Prepare: every bundle carried the new root
     switched_at: datetime | None = None  # Switch began: the reissue window starts here
+    leaves_done_at: datetime | None = None  # Switch: no valid leaf under an old root was left
     handled_request: str = ""  # the last rotate annotation value acted on (or refused)
     last_root_rotation: datetime | None = None
     last_intermediate_rotation: datetime | None = None
@@ -140,6 +141,7 @@ class RotationState:
             "phaseSince": _iso(self.phase_since),
             "bundlesCompleteAt": _iso(self.bundles_complete_at),
             "switchedAt": _iso(self.switched_at),
+            "leavesDoneAt": _iso(self.leaves_done_at),
             "handledRequest": self.handled_request,
             "lastRootRotation": _iso(self.last_root_rotation),
             "lastIntermediateRotation": _iso(self.last_intermediate_rotation),
@@ -163,6 +165,7 @@ class RotationState:
                 phase_since=_time(doc.get("phaseSince")),
                 bundles_complete_at=_time(doc.get("bundlesCompleteAt")),
                 switched_at=_time(doc.get("switchedAt")),
+                leaves_done_at=_time(doc.get("leavesDoneAt")),
                 handled_request=str(doc.get("handledRequest") or ""),
                 last_root_rotation=_time(doc.get("lastRootRotation")),
                 last_intermediate_rotation=_time(doc.get("lastIntermediateRotation")),
@@ -341,9 +344,22 @@ def prepare_may_end(
     )
 
 
-def switch_may_end(progress: Progress) -> bool:
-    """No valid leaf under an old root remains."""
+def switch_complete(progress: Progress) -> bool:
+    """No valid leaf under an old root remains in the identity Secrets."""
     return progress.leaves_on_old_root == 0
+
+
+def switch_may_end(
+    state: RotationState, progress: Progress, now: datetime, settle_time: timedelta
+) -> bool:
+    """No valid leaf under an old root remains (checked again now) and the settle time has
+    passed since that was first seen: mounted files lag their Secrets, so a peer may still
+    present the old leaf for that long, and the old root must not leave bundles before."""
+    return (
+        switch_complete(progress)
+        and state.leaves_done_at is not None
+        and now >= state.leaves_done_at + settle_time
+    )
 
 
 def finish_may_end(progress: Progress) -> bool:
@@ -357,6 +373,7 @@ class Action(StrEnum):
     ROTATE_INTERMEDIATE = "RotateIntermediate"
     REFUSE_REQUEST = "RefuseRequest"
     MARK_BUNDLES_COMPLETE = "MarkBundlesComplete"
+    MARK_LEAVES_DONE = "MarkLeavesDone"
     SWITCH = "Switch"
     FINISH = "Finish"
     COMPLETE = "Complete"
@@ -408,11 +425,11 @@ def decide(
             return Decision(Action.MARK_BUNDLES_COMPLETE, "BundlesComplete")
         return Decision(Action.NONE)
     if state.phase is Phase.SWITCH:
-        return (
-            Decision(Action.FINISH, "LeavesReissued")
-            if switch_may_end(progress)
-            else Decision(Action.NONE)
-        )
+        if switch_may_end(state, progress, now, policy.settle_time):
+            return Decision(Action.FINISH, "LeavesSettled")
+        if switch_complete(progress) and state.leaves_done_at is None:
+            return Decision(Action.MARK_LEAVES_DONE, "LeavesReissued")
+        return Decision(Action.NONE)
     return (
         Decision(Action.COMPLETE, "OldRootRemoved")
         if finish_may_end(progress)
@@ -470,6 +487,7 @@ def start_root_rotation(
         started_at=now,
         bundles_complete_at=None,
         switched_at=None,
+        leaves_done_at=None,
         handled_request=request.value if request is not None else state.handled_request,
         history=(),
     ).entering(Phase.PREPARE, now)
@@ -485,6 +503,12 @@ def mark_bundles_complete(
     data: Mapping[str, bytes], state: RotationState, now: datetime
 ) -> dict[str, bytes]:
     return _with_state(data, replace(state, bundles_complete_at=now))
+
+
+def mark_leaves_done(
+    data: Mapping[str, bytes], state: RotationState, now: datetime
+) -> dict[str, bytes]:
+    return _with_state(data, replace(state, leaves_done_at=now))
 
 
 def switch(data: Mapping[str, bytes], state: RotationState, now: datetime) -> dict[str, bytes]:
@@ -519,6 +543,7 @@ def complete(data: Mapping[str, bytes], state: RotationState, now: datetime) -> 
         new_root="",
         bundles_complete_at=None,
         switched_at=None,
+        leaves_done_at=None,
         last_root_rotation=now,
     )
     return _with_state(data, done)

@@ -1,0 +1,288 @@
+"""CA rotation against the local control plane, with the operator as users run it: a root
+rotation with peers handshaking all the way through (and a control run that skips Prepare and
+shows failures), the bundle invariant, an intermediate rotation, and SIGKILLs in Prepare and in
+Switch."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from kubernetes import client
+
+from meshless.pki.bundle import fingerprint, parse_pem_certificates
+from meshless.pki.ca import bootstrap_self_signed, ca_to_secret_data
+from meshless.pki.rotation import RotationState
+
+from .conftest import OperatorFactory, OperatorProcess
+from .kubehelpers import create_identity, is_ready, wait_event, wait_identity
+from .rotationpeers import HandshakeLoop, Kubelet, fingerprints, leaf_root, secret_data
+
+CA_SECRET = "meshless-ca"
+SETTLE = "4s"
+WINDOW = "6s"
+LAGS = {"alpha": 0.3, "bravo": 1.5, "charlie": 2.5}  # kubelet sync lag per identity (< SETTLE)
+
+
+def rotation_settings(**extra: str) -> dict[str, str]:
+    return {"ca_settle_time": SETTLE, "ca_rotation_window": WINDOW, **extra}
+
+
+class CAWatcher:
+    """Reads the CA Secret: every root ever seen (to classify leaves) and the phase."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+        self.core = core
+        self.namespace = namespace
+        self._roots: dict[str, x509.Certificate] = {}
+        self._lock = threading.Lock()
+
+    def data(self) -> dict[str, bytes]:
+        data = secret_data(self.core, self.namespace, CA_SECRET)
+        assert data is not None
+        return data
+
+    def roots(self) -> list[x509.Certificate]:
+        current = parse_pem_certificates(self.data()["ca.crt"])
+        with self._lock:
+            for root in current:
+                self._roots[fingerprint(root).hex()] = root
+            return list(self._roots.values())
+
+    def state(self) -> RotationState:
+        return RotationState.from_json(self.data().get("rotation.json"))
+
+    def wait(self, predicate: Callable[[RotationState], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(state := self.state()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout}s; state: {state}")
+            time.sleep(0.1)
+
+
+class BundleMonitor:
+    """Samples every identity Secret and the trust-bundle ConfigMap. At the first sample in
+    which any leaf chains to a root other than the original one, every bundle must already
+    carry both roots."""
+
+    def __init__(
+        self, core: client.CoreV1Api, namespace: str, ca: CAWatcher, old_root: str
+    ) -> None:
+        self.core, self.namespace, self.ca, self.old_root = core, namespace, ca, old_root
+        self.first_new_leaf: dict[str, object] | None = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def bundles(self) -> dict[str, bytes | None]:
+        cm = self.core.read_namespaced_config_map("meshless-trust-bundle", self.namespace)
+        out: dict[str, bytes | None] = {"ConfigMap": (cm.data or {}).get("ca.crt", "").encode()}
+        for s in self.core.list_namespaced_secret(self.namespace).items:
+            out[s.metadata.name] = base64.b64decode((s.data or {}).get("ca.crt", ""))
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.first_new_leaf is None:
+            try:
+                roots = self.ca.roots()
+                bundles = self.bundles()
+                secrets = self.core.list_namespaced_secret(self.namespace).items
+            except Exception:
+                time.sleep(0.1)
+                continue
+            self.samples += 1
+            for s in secrets:
+                chain = base64.b64decode((s.data or {}).get("tls.crt", ""))
+                root = leaf_root(chain, roots) if chain else None
+                if root is not None and root != self.old_root:
+                    self.first_new_leaf = {
+                        "secret": s.metadata.name,
+                        "bundles": {k: sorted(fingerprints(v)) for k, v in bundles.items()},
+                        "new_root": root,
+                    }
+                    break
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def meshless_cli(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshless", "ca", *args],
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def peers(
+    api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> Iterator[Callable[[OperatorProcess], tuple[Kubelet, HandshakeLoop, CAWatcher]]]:
+    """Identities alpha/bravo/charlie issued, their files projected, servers and the loop
+    running (stopped at the end)."""
+    started: list[tuple[Kubelet, HandshakeLoop]] = []
+    core = client.CoreV1Api(api_client)
+
+    def start(op: OperatorProcess) -> tuple[Kubelet, HandshakeLoop, CAWatcher]:
+        ca = CAWatcher(core, op.namespace)
+        for name in LAGS:
+            create_identity(api_client, namespace, name)
+        for name in LAGS:
+            wait_identity(api_client, namespace, name, is_ready)
+        kubelet = Kubelet(core, namespace, tmp_path / "pods", ca.roots)
+        loop = HandshakeLoop(kubelet)
+        for name, lag in LAGS.items():
+            kubelet.add(name, lag)
+            loop.add(name)
+        kubelet.start()
+        loop.start()
+        started.append((kubelet, loop))
+        loop.wait_rounds(2)
+        assert loop.failures == [], loop.failures[:3]
+        return kubelet, loop, ca
+
+    yield start
+    for kubelet, loop in started:
+        loop.stop()
+        kubelet.stop()
+
+
+def describe(loop: HandshakeLoop) -> str:
+    return (
+        f"{len(loop.failures)} failures of {loop.attempts + loop.openssl_attempts}: "
+        + "; ".join(
+            f"{f.client}->{f.server} ({f.tool}): {f.error[:120]}" for f in loop.failures[:5]
+        )
+    )
+
+
+def test_a_root_rotation_fails_no_handshake(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+    peers: Callable[[OperatorProcess], tuple[Kubelet, HandshakeLoop, CAWatcher]],
+) -> None:
+    started = time.monotonic()
+    core = client.CoreV1Api(api_client)
+    op = operator_factory(**rotation_settings())
+    kubelet, loop, ca = peers(op)
+    old_root = fingerprint(ca.roots()[0]).hex()
+    monitor = BundleMonitor(core, namespace, ca, old_root)
+
+    rotate = meshless_cli(kubeconfig, "--namespace", op.namespace, "rotate")
+    assert rotate.returncode == 0, rotate.stderr
+    assert "requested a root rotation" in rotate.stdout
+    ca.wait(lambda s: s.phase.value == "Prepare", 15, "Prepare")
+    again = meshless_cli(kubeconfig, "--namespace", op.namespace, "rotate")
+    assert again.returncode == 1
+    assert "already in progress (phase Prepare" in again.stderr
+    status = meshless_cli(kubeconfig, "--namespace", op.namespace, "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["phase"] == "Prepare"
+    assert {r["role"] for r in doc["roots"]} == {"leaving", "incoming"}
+
+    ca.wait(lambda s: s.phase.value == "Switch", 30, "Switch")
+    # An identity made during Switch gets a leaf from the new chain straight away.
+    create_identity(api_client, namespace, "delta")
+    wait_identity(api_client, namespace, "delta", is_ready)
+    kubelet.add("delta", 1.0)
+    loop.add("delta")
+    text = meshless_cli(kubeconfig, "--namespace", op.namespace, "status")
+    assert "phase:      Switch" in text.stdout, text.stdout + text.stderr
+    assert "on the old chain" in text.stdout
+
+    ca.wait(lambda s: s.last_root_rotation is not None, 60, "the end of the rotation")
+    kubelet.wait_in_sync(15)
+    loop.wait_rounds(2)
+    monitor.stop()
+    loop.stop()
+    kubelet.stop()
+
+    assert loop.failures == [], describe(loop)
+    assert loop.attempts > 100 and loop.openssl_attempts > 10, (
+        loop.attempts,
+        loop.openssl_attempts,
+    )
+    assert kubelet.mixed_seen, "no moment with old-root and new-root leaves in use together"
+
+    # Every bundle carried both roots before the first new-root leaf existed...
+    first = monitor.first_new_leaf
+    assert first is not None, f"no new-root leaf seen in {monitor.samples} samples"
+    new_root = str(first["new_root"])
+    for name, prints in first["bundles"].items():  # type: ignore[attr-defined]
+        assert {old_root, new_root} <= set(prints), f"{name} lacked a root: {prints}"
+    # ...and the old root is gone from all of them at the end.
+    final = monitor.bundles()
+    assert len(final) == len(LAGS) + 2  # four Secrets and the ConfigMap
+    for name, pem in final.items():
+        assert fingerprints(pem) == {new_root}, name
+    assert fingerprints(ca.data()["ca.crt"]) == {new_root}
+
+    doc = json.loads(
+        meshless_cli(kubeconfig, "--namespace", op.namespace, "status", "-o", "json").stdout
+    )
+    assert doc["phase"] == "Idle" and doc["lastRootRotation"]
+    history = [h.split("@")[0] for h in ca.state().history]
+    assert history == ["Prepare", "Switch", "Finish", "Idle"]
+    for reason in (
+        "CARotationPrepare",
+        "CARotationSwitch",
+        "CARotationFinish",
+        "CARotationComplete",
+    ):
+        wait_event(api_client, op.namespace, CA_SECRET, reason)
+    assert 'meshless_ca_rotation_phase{phase="Idle"} 1.0' in op.metrics()
+    print(
+        f"root rotation: {loop.attempts} Python + {loop.openssl_attempts} openssl handshakes, "
+        f"0 failures, {time.monotonic() - started:.1f}s"
+    )
+
+
+def test_control_switching_roots_without_prepare_fails_handshakes(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    peers: Callable[[OperatorProcess], tuple[Kubelet, HandshakeLoop, CAWatcher]],
+) -> None:
+    """The same peers and lags, but the CA Secret is replaced by a new root outright (what a
+    user would do by hand, and what meshless did before rotation existed)."""
+    core = client.CoreV1Api(api_client)
+    op = operator_factory(**rotation_settings())
+    kubelet, loop, ca = peers(op)
+    old_root = fingerprint(ca.roots()[0]).hex()
+    new_ca, new_root_key = bootstrap_self_signed("cluster.local", datetime.now(UTC))
+    secret = core.read_namespaced_secret(CA_SECRET, op.namespace)
+    ca.roots()  # remember the old root before it disappears
+    secret.data = {
+        k: base64.b64encode(v).decode() for k, v in ca_to_secret_data(new_ca, new_root_key).items()
+    }
+    core.replace_namespaced_secret(CA_SECRET, op.namespace, secret)
+    new_root = fingerprint(new_ca.roots[0]).hex()
+
+    deadline = time.monotonic() + 30
+    while not all(kubelet.leaf_roots.get(n) == new_root for n in LAGS):
+        assert time.monotonic() < deadline, kubelet.leaf_roots
+        time.sleep(0.1)
+    loop.wait_rounds(1)
+    loop.stop()
+    kubelet.stop()
+    assert old_root != new_root
+    assert loop.failures, "switching roots without Prepare failed no handshake: the test is blind"
+    print(f"control run: {describe(loop)}")
