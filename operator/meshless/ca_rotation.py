@@ -31,7 +31,14 @@ from meshless.identity.render import decode_secret_data, is_owned_by
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
 from meshless.pki import rotation as core
 from meshless.pki.bundle import fingerprint
-from meshless.pki.ca import CA_CRT, TLS_CRT, CertificateAuthority, root_key_from_secret_data
+from meshless.pki.ca import (
+    CA_CRT,
+    TLS_CRT,
+    CAError,
+    CertificateAuthority,
+    ca_from_secret_data,
+    root_key_from_secret_data,
+)
 from meshless.pki.rotation import Action, Phase, Progress, RotationPolicy, RotationState
 from meshless.settings import CA_SELF_SIGNED, Settings
 
@@ -126,6 +133,7 @@ class CARotation:
         self.clock = clock
         self.policy = policy_of(settings)
         self.progress: Progress | None = None
+        self._reported = ""  # the user CA Secret version and error last reported
         set_phase_metric(Phase.IDLE)
 
     async def step(self) -> bool:
@@ -138,9 +146,9 @@ class CARotation:
         set_phase_metric(state.phase)
         if ca.roots:
             metrics.CA_ROOT_EXPIRATION.set(core.root_expiry(ca.roots).timestamp())  # type: ignore[union-attr]
-        if self.settings.ca_source != CA_SELF_SIGNED:
-            return False  # a user's CA is rotated by replacing its Secret (see the decisions)
         now = self.clock()
+        if self.settings.ca_source != CA_SELF_SIGNED and await self._follow_user_ca(ca, state, now):
+            return True
         annotations = (secret.get("metadata") or {}).get("annotations") or {}
         request = core.parse_request(annotations.get(ROTATE_ANNOTATION))
         progress = None
@@ -199,11 +207,13 @@ class CARotation:
                 core.refuse_request(data, state, request), R.CA_ROTATION_REFUSED, "Warning", why
             )
         if action is Action.START_ROOT_ROTATION:
+            new_ca, new_root_key = core.new_self_signed_like(ca, self.settings.trust_domain, now)
             new = core.start_root_rotation(
                 data,
                 ca,
                 state,
-                trust_domain=self.settings.trust_domain,
+                new_ca=new_ca,
+                new_root_key=new_root_key,
                 reason=decision.reason,
                 request=request if decision.reason == "Requested" else None,
                 now=now,
@@ -273,6 +283,82 @@ class CARotation:
             "Normal",
             f"root rotation complete: the old root is gone from every trust bundle ({counts})",
         )
+
+    async def _follow_user_ca(
+        self, ca: CertificateAuthority, state: RotationState, now: datetime
+    ) -> bool:
+        """A user-provided CA: compare the user's Secret with the CA in use. A broken one is
+        reported (once per version) and changes nothing; a new intermediate under a root we
+        trust issues at once; one under a new root starts the phases. Acted on only when
+        Idle. True when the CA Secret was written."""
+        ns, source = self.settings.namespace, self.settings.ca_source
+        user = await self.kube.get(SECRETS, ns, source)
+        if user is None:
+            await self._report_user_ca(
+                None, "CASecretMissing", f"CA Secret {ns}/{source} does not exist"
+            )
+            return False
+        try:
+            candidate = ca_from_secret_data(decode_secret_data(user.get("data")), now)
+        except CAError as exc:
+            await self._report_user_ca(user, exc.reason, exc.message)
+            return False
+        if state.phase is not Phase.IDLE:
+            return False
+        secret = self.ca.secret
+        assert secret is not None
+        kind = core.classify_replacement(ca, candidate)
+        if kind is core.Replacement.SAME:
+            return False
+        if kind is core.Replacement.INTERMEDIATE:
+            step = _Step(
+                core.adopt_intermediate(self.ca.data, candidate),
+                R.CA_INTERMEDIATE_ROTATED,
+                "Normal",
+                f"the intermediate in Secret {source} (under a root already trusted) issues from "
+                "now on; certificates move to it at their own renewal",
+            )
+        else:
+            step = _Step(
+                core.start_root_rotation(
+                    self.ca.data,
+                    ca,
+                    state,
+                    new_ca=candidate,
+                    new_root_key=None,
+                    reason="CASourceReplaced",
+                    request=None,
+                    now=now,
+                ),
+                R.CA_ROTATION_PREPARE,
+                "Normal",
+                f"Secret {source} holds a CA under a new root: root rotation started, phase "
+                "Prepare; every trust bundle gets the new root, then a settle time of "
+                f"{self.settings.ca_settle_time} before it issues",
+            )
+        if not await self._write(secret, step.data):
+            return False
+        self._event(secret, step)
+        log.info("CA rotation: %s", step.message)
+        return True
+
+    async def _report_user_ca(self, user: Json | None, reason: str, message: str) -> None:
+        version = ((user or {}).get("metadata") or {}).get("resourceVersion", "")
+        key = f"{version}:{reason}"
+        if key == self._reported:
+            return
+        self._reported = key
+        ns, source = self.settings.namespace, self.settings.ca_source
+        text = f"{message}; the CA in use keeps issuing and no rotation starts"
+        log.error("CA Secret %s/%s unusable: %s", ns, source, text)
+        involved = {"apiVersion": "v1", "kind": "Secret", "name": source, "namespace": ns}
+        uid = ((user or {}).get("metadata") or {}).get("uid")
+        if uid:
+            involved["uid"] = uid
+        try:
+            await self.kube.post_event(involved, type="Warning", reason=reason, message=text)
+        except ApiError as exc:
+            log.warning("could not post an Event about the CA Secret: %s", exc)
 
     async def _write(self, secret: Json, data: Mapping[str, bytes]) -> bool:
         meta = secret["metadata"]

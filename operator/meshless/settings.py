@@ -225,6 +225,8 @@ def validate(s: Settings) -> None:
             fail(flag, f"{port} is not a port")
     if s.log_format not in ("text", "json"):
         fail("--log-format", f"{s.log_format!r} must be text or json")
+    if s.ca_source == CA_SECRET_NAME:
+        fail("--ca-source", f"{CA_SECRET_NAME!r} is the operator's own copy; name your Secret")
     if s.ca_poll_interval < timedelta(seconds=1):
         fail("--ca-poll-interval", "must be at least 1s")
     if not 0 < s.ca_renewal_fraction < 1:

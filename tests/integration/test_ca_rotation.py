@@ -21,7 +21,7 @@ from cryptography import x509
 from kubernetes import client
 
 from meshless.pki.bundle import fingerprint, parse_pem_certificates
-from meshless.pki.ca import bootstrap_self_signed, ca_to_secret_data
+from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed, ca_to_secret_data
 from meshless.pki.rotation import RotationState
 
 from .conftest import OperatorFactory, OperatorProcess
@@ -392,3 +392,73 @@ def test_a_rotation_survives_sigkill_in_prepare_and_in_switch(
     events = core.list_namespaced_event(namespace, field_selector="reason=Reissued").items
     per_identity = {n: sum(1 for e in events if e.involved_object.name == n) for n in names}
     assert per_identity == dict.fromkeys(names, 1), per_identity
+
+
+def put_user_ca(core: client.CoreV1Api, namespace: str, data: dict[str, bytes]) -> None:
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="user-ca"),
+        data={k: base64.b64encode(v).decode() for k, v in data.items()},
+    )
+    try:
+        core.replace_namespaced_secret("user-ca", namespace, body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        core.create_namespaced_secret(namespace, body)
+
+
+def user_ca_data(ca: CertificateAuthority) -> dict[str, bytes]:
+    return ca_to_secret_data(ca, None)
+
+
+def test_a_user_ca_under_a_new_root_rotates_through_the_phases_and_a_broken_one_never_does(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    peers: Callable[[OperatorProcess], tuple[Kubelet, HandshakeLoop, CAWatcher]],
+    unique: Callable[[str], str],
+) -> None:
+    core = client.CoreV1Api(api_client)
+    ca_ns = unique("meshless")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ca_ns)))
+    first, _ = bootstrap_self_signed("cluster.local", datetime.now(UTC))
+    put_user_ca(core, ca_ns, user_ca_data(first))
+    op = operator_factory(namespace=ca_ns, ca_source="user-ca", **rotation_settings())
+    kubelet, loop, ca = peers(op)
+    old_root = fingerprint(first.roots[0]).hex()
+    assert fingerprints(ca.data()["ca.crt"]) == {old_root}
+
+    # A broken replacement (the new CA's certificate with somebody else's key): reported on
+    # the user's Secret, no rotation, the CA in use keeps issuing.
+    second, _ = bootstrap_self_signed("cluster.local", datetime.now(UTC))
+    other, _ = bootstrap_self_signed("cluster.local", datetime.now(UTC))
+    broken = {**user_ca_data(second), "tls.key": user_ca_data(other)["tls.key"]}
+    put_user_ca(core, ca_ns, broken)
+    event = wait_event(api_client, ca_ns, "user-ca", "CAKeyMismatch")
+    assert "no rotation starts" in event.message
+    assert ca.state().phase.value == "Idle"
+    assert fingerprints(ca.data()["ca.crt"]) == {old_root}
+
+    # A good CA under a new root: the same phases as a self-signed root rotation.
+    new_root = fingerprint(second.roots[0]).hex()
+    put_user_ca(core, ca_ns, user_ca_data(second))
+    ca.wait(lambda s: s.phase.value == "Prepare", 15, "Prepare")
+    assert ca.state().reason == "CASourceReplaced"
+    assert fingerprints(ca.data()["ca.crt"]) == {old_root, new_root}
+    ca.wait(lambda s: s.last_root_rotation is not None, 60, "the end of the rotation")
+    kubelet.wait_in_sync(15)
+    loop.wait_rounds(2)
+    loop.stop()
+    kubelet.stop()
+    assert loop.failures == [], describe(loop)
+    assert kubelet.mixed_seen
+    data = ca.data()
+    assert parse_pem_certificates(data["tls.crt"])[0] == second.issuer_cert
+    assert fingerprints(data["ca.crt"]) == {new_root}
+    assert "root.key" not in data  # a user's CA never has its root key here
+    for name in LAGS:
+        secret = secret_data(core, namespace, f"{name}-mtls")
+        assert secret is not None
+        assert fingerprints(secret["ca.crt"]) == {new_root}
+    cm = core.read_namespaced_config_map("meshless-trust-bundle", namespace)
+    assert fingerprints(cm.data["ca.crt"].encode()) == {new_root}

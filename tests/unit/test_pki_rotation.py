@@ -26,6 +26,7 @@ TD = "cluster.local"
 POLICY = RotationPolicy(
     renewal_fraction=2 / 3, settle_time=timedelta(minutes=2), window=timedelta(hours=1)
 )
+NEW_CA, NEW_ROOT_KEY = bootstrap_self_signed(TD, NOW)
 REQUEST = SvidRequest(
     f"spiffe://{TD}/ns/shop/sa/a", (), timedelta(hours=24), KeyAlgorithm.ECDSAP256
 )
@@ -252,7 +253,8 @@ def test_a_root_rotation_end_to_end_keeps_every_pair_of_leaves_verifying() -> No
         data0,
         ca0,
         RotationState(),
-        trust_domain=TD,
+        new_ca=NEW_CA,
+        new_root_key=NEW_ROOT_KEY,
         reason="Requested",
         request=request,
         now=NOW,
@@ -326,7 +328,14 @@ def test_an_intermediate_rotation_leaves_the_bundle_alone() -> None:
 def test_progress_counts_bundles_and_leaves_on_the_old_root() -> None:
     ca0, data0 = self_signed()
     data1 = r.start_root_rotation(
-        data0, ca0, RotationState(), trust_domain=TD, reason="RootDue", request=None, now=NOW
+        data0,
+        ca0,
+        RotationState(),
+        new_ca=NEW_CA,
+        new_root_key=NEW_ROOT_KEY,
+        reason="RootDue",
+        request=None,
+        now=NOW,
     )
     state = r.state_from_secret_data(data1)
     data2 = r.switch(data1, state, NOW)
@@ -369,7 +378,14 @@ def test_old_root_leaves_are_reissued_at_their_place_in_the_window() -> None:
     leaf = issue_svid(ca0, REQUEST, NOW)
     chain = parse_pem_certificates(leaf.chain_pem)
     data1 = r.start_root_rotation(
-        data0, ca0, RotationState(), trust_domain=TD, reason="Requested", request=None, now=NOW
+        data0,
+        ca0,
+        RotationState(),
+        new_ca=NEW_CA,
+        new_root_key=NEW_ROOT_KEY,
+        reason="Requested",
+        request=None,
+        now=NOW,
     )
     switched = NOW + timedelta(minutes=3)
     data2 = r.switch(data1, r.state_from_secret_data(data1), switched)
@@ -463,3 +479,55 @@ def test_bundle_contains_and_root_expiry() -> None:
     assert not r.bundle_contains(data0["ca.crt"], other.roots[0])
     assert not r.bundle_contains(None, other.roots[0])
     assert r.root_expiry(ca0.roots) == ca0.roots[0].not_valid_after_utc
+
+
+def test_a_new_self_signed_ca_keeps_the_lifetimes_and_algorithm() -> None:
+    ca0, _ = bootstrap_self_signed(
+        TD,
+        NOW,
+        root_ttl=timedelta(days=100),
+        intermediate_ttl=timedelta(days=10),
+        algorithm=KeyAlgorithm.ECDSAP384,
+    )
+    new, root_key = r.new_self_signed_like(ca0, TD, NOW)
+    assert root_key is not None
+    life = new.issuer_cert.not_valid_after_utc - new.issuer_cert.not_valid_before_utc
+    root_life = new.roots[0].not_valid_after_utc - new.roots[0].not_valid_before_utc
+    assert abs(life - timedelta(days=10)) < timedelta(minutes=2)
+    assert abs(root_life - timedelta(days=100)) < timedelta(minutes=2)
+    assert r.incoming_root(new) == new.roots[0]
+    assert fp(new.roots[0]) != fp(ca0.roots[0])
+
+
+def test_a_user_ca_rotation_switches_without_a_root_key() -> None:
+    ca0 = load(ca_to_secret_data(NEW_CA, None))
+    data0 = ca_to_secret_data(ca0, None)
+    user, _ = bootstrap_self_signed(TD, NOW)
+    data1 = r.start_root_rotation(
+        data0,
+        ca0,
+        RotationState(),
+        new_ca=user,
+        new_root_key=None,
+        reason="CASourceReplaced",
+        request=None,
+        now=NOW,
+    )
+    assert r.NEXT_ROOT_KEY not in data1
+    data2 = r.switch(data1, r.state_from_secret_data(data1), NOW)
+    assert "root.key" not in data2
+    ca2 = load(data2)
+    assert fp(ca2.issuer_cert) == fp(user.issuer_cert)
+    assert {fp(c) for c in ca2.roots} == {fp(ca0.roots[0]), fp(user.roots[0])}
+
+
+def test_a_user_intermediate_under_the_same_root_is_adopted_as_is() -> None:
+    ca0, data0 = self_signed()
+    root_key = root_key_from_secret_data(data0)
+    assert root_key is not None
+    rotated = load(
+        r.rotate_intermediate(data0, ca0, root_key, RotationState(), request=None, now=NOW)
+    )
+    adopted = r.adopt_intermediate(data0, rotated)
+    assert adopted["ca.crt"] == data0["ca.crt"]
+    assert fp(load(adopted).issuer_cert) == fp(rotated.issuer_cert)

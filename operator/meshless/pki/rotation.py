@@ -458,27 +458,39 @@ def _with_state(data: Mapping[str, bytes], state: RotationState) -> dict[str, by
     return {**data, ROTATION_KEY: state.to_json()}
 
 
+def new_self_signed_like(
+    ca: CertificateAuthority, trust_domain: str, now: datetime
+) -> tuple[CertificateAuthority, PrivateKey]:
+    """A new root and intermediate with the lifetimes and key algorithm of the current ones."""
+    return bootstrap_self_signed(
+        trust_domain,
+        now,
+        root_ttl=_lifetime(next(iter(ca.roots))),
+        intermediate_ttl=_lifetime(ca.issuer_cert),
+        algorithm=_algorithm(ca.issuer_cert),
+    )
+
+
+def incoming_root(new_ca: CertificateAuthority) -> x509.Certificate:
+    """The root the new CA's chain ends at (a user's ca.crt may list more than one)."""
+    chain = [new_ca.issuer_cert, *new_ca.intermediates[1:]]
+    return anchor_of(chain, new_ca.roots) or new_ca.roots[0]
+
+
 def start_root_rotation(
     data: Mapping[str, bytes],
     ca: CertificateAuthority,
     state: RotationState,
     *,
-    trust_domain: str,
+    new_ca: CertificateAuthority,
+    new_root_key: PrivateKey | None,
     reason: str,
     request: RotationRequest | None,
     now: datetime,
 ) -> dict[str, bytes]:
-    """Prepare: a new root and intermediate with the lifetimes of the current ones and the
-    same key algorithm; the bundle (ca.crt) becomes old + new roots; the old one keeps issuing."""
-    current_root = next(iter(ca.roots))
-    new_ca, new_root_key = bootstrap_self_signed(
-        trust_domain,
-        now,
-        root_ttl=_lifetime(current_root),
-        intermediate_ttl=_lifetime(ca.issuer_cert),
-        algorithm=_algorithm(ca.issuer_cert),
-    )
-    new_root = new_ca.roots[0]
+    """Prepare: the bundle (ca.crt) becomes old + new roots; the new CA waits in next.*; the
+    old one keeps issuing. `new_root_key` is None for a user-provided CA."""
+    new_root = incoming_root(new_ca)
     started = replace(
         state,
         reason=reason,
@@ -492,10 +504,11 @@ def start_root_rotation(
         history=(),
     ).entering(Phase.PREPARE, now)
     out = _with_state(data, started)
-    out[CA_CRT] = bundle_pem(published_roots(Phase.PREPARE, ca.roots, (new_root,)))
-    out[NEXT_CRT] = _pem(new_ca.issuer_cert)
+    out[CA_CRT] = bundle_pem(published_roots(Phase.PREPARE, ca.roots, new_ca.roots))
+    out[NEXT_CRT] = _pem(new_ca.issuer_cert, *new_ca.intermediates[1:])
     out[NEXT_KEY] = private_key_to_pem(new_ca.issuer_key)
-    out[NEXT_ROOT_KEY] = private_key_to_pem(new_root_key)
+    if new_root_key is not None:
+        out[NEXT_ROOT_KEY] = private_key_to_pem(new_root_key)
     return out
 
 
@@ -513,13 +526,15 @@ def mark_leaves_done(
 
 def switch(data: Mapping[str, bytes], state: RotationState, now: datetime) -> dict[str, bytes]:
     """Switch: the new intermediate (and its root's key) become the active issuer."""
-    missing = [k for k in NEXT_KEYS if not data.get(k)]
+    missing = [k for k in (NEXT_CRT, NEXT_KEY) if not data.get(k)]
     if missing:
         raise ValueError(f"the CA Secret lacks {', '.join(missing)} to switch to")
     out = _with_state(data, replace(state, switched_at=now).entering(Phase.SWITCH, now))
     out[TLS_CRT] = data[NEXT_CRT]
     out[TLS_KEY] = data[NEXT_KEY]
-    out[ROOT_KEY] = data[NEXT_ROOT_KEY]
+    out.pop(ROOT_KEY, None)
+    if data.get(NEXT_ROOT_KEY):
+        out[ROOT_KEY] = data[NEXT_ROOT_KEY]
     for key in NEXT_KEYS:
         out.pop(key, None)
     return out
@@ -578,6 +593,19 @@ def rotate_intermediate(
     out = _with_state(data, updated)
     out[TLS_CRT] = _pem(issuer)
     out[TLS_KEY] = private_key_to_pem(key)
+    return out
+
+
+def adopt_intermediate(
+    data: Mapping[str, bytes], candidate: CertificateAuthority
+) -> dict[str, bytes]:
+    """A user's new intermediate under a root the bundle already has: it issues from now on;
+    ca.crt keeps the current roots plus any the user added."""
+    out = dict(data)
+    current = parse_pem_certificates(data[CA_CRT], CA_CRT)
+    out[TLS_CRT] = _pem(candidate.issuer_cert, *candidate.intermediates[1:])
+    out[TLS_KEY] = private_key_to_pem(candidate.issuer_key)
+    out[CA_CRT] = bundle_pem([*current, *candidate.roots])
     return out
 
 
