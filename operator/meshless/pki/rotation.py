@@ -465,8 +465,8 @@ def new_self_signed_like(
     return bootstrap_self_signed(
         trust_domain,
         now,
-        root_ttl=_lifetime(next(iter(ca.roots))),
-        intermediate_ttl=_lifetime(ca.issuer_cert),
+        root_ttl=_lifetime(next(iter(ca.roots))) - CA_BACKDATE,
+        intermediate_ttl=_lifetime(ca.issuer_cert) - CA_BACKDATE,
         algorithm=_algorithm(ca.issuer_cert),
     )
 
