@@ -67,6 +67,7 @@ test: lint typecheck control-plane system-packages
 bench: install control-plane
 	$(PY) bench/run.py
 	$(PY) bench/policy.py
+	$(PY) bench/rotation.py
 
 clean: cluster-down
 	rm -rf .cache/cluster $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -127,12 +127,16 @@ class Operator:
             await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
             try:
                 changed = await self.ca.load()
-                # One CA rotation step per poll; a step that wrote the CA Secret is loaded now.
-                if self.leading and await self.rotation.step():
-                    changed = await self.ca.load() or changed
             except Exception:  # the API being away must not stop the poll
-                log.exception("reading the CA Secret or rotating the CA failed")
+                log.exception("reading the CA Secret failed")
                 continue
+            if self.leading:
+                # One CA rotation step per poll; a step that wrote the CA Secret is loaded now.
+                try:
+                    if await self.rotation.step():
+                        changed = await self.ca.load() or changed
+                except Exception:
+                    log.exception("a CA rotation step failed; the next poll retries")
             if changed:
                 self._note_ca()
             if changed and self.leading:
