@@ -25,7 +25,7 @@ from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed, ca_to_s
 from meshless.pki.rotation import RotationState
 
 from .conftest import OperatorFactory, OperatorProcess
-from .kubehelpers import create_identity, is_ready, wait_event, wait_identity
+from .kubehelpers import condition, create_identity, is_ready, wait_event, wait_identity
 from .rotationpeers import HandshakeLoop, Kubelet, fingerprints, leaf_root, secret_data
 
 CA_SECRET = "meshless-ca"
@@ -462,3 +462,101 @@ def test_a_user_ca_under_a_new_root_rotates_through_the_phases_and_a_broken_one_
         assert fingerprints(secret["ca.crt"]) == {new_root}
     cm = core.read_namespaced_config_map("meshless-trust-bundle", namespace)
     assert fingerprints(cm.data["ca.crt"].encode()) == {new_root}
+
+
+def test_a_secret_the_api_refuses_to_update_is_reported_and_holds_prepare_back(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+    unique: Callable[[str], str],
+) -> None:
+    """A ValidatingAdmissionPolicy refuses updates of one identity Secret: the identity says
+    so, the operator keeps retrying, and Switch does not start until that bundle has the new
+    root too."""
+    core = client.CoreV1Api(api_client)
+    admission = client.AdmissionregistrationV1Api(api_client)
+    op = operator_factory(**rotation_settings(ca_settle_time="1s", ca_rotation_window="3s"))
+    for name in ("alpha", "bravo"):
+        create_identity(api_client, namespace, name)
+    for name in ("alpha", "bravo"):
+        wait_identity(api_client, namespace, name, is_ready)
+    policy_name = unique("deny-bravo")
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": policy_name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["secrets"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": f"!(request.namespace == '{namespace}' && "
+                        "object.metadata.name == 'bravo-mtls')",
+                        "message": "bravo-mtls is frozen by the test",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "metadata": {"name": policy_name},
+            "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
+        }
+    )
+    try:
+        # The policy is in force once a test update of the Secret is refused.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                core.patch_namespaced_secret(
+                    "bravo-mtls",
+                    namespace,
+                    {"metadata": {"annotations": {"probe": str(time.time())}}},
+                )
+            except client.ApiException as exc:
+                assert exc.status in (403, 422), exc
+                break
+            assert time.monotonic() < deadline, "the admission policy never took effect"
+            time.sleep(0.2)
+
+        ca = CAWatcher(core, op.namespace)
+        assert meshless_cli(kubeconfig, "--namespace", op.namespace, "rotate").returncode == 0
+        ca.wait(lambda s: s.phase.value == "Prepare", 15, "Prepare")
+        wid = wait_identity(
+            api_client,
+            namespace,
+            "bravo",
+            lambda obj: "frozen by the test" in str((condition(obj, "Ready") or {}).get("message")),
+            timeout=20,
+            what="the refused update reported",
+        )
+        assert (condition(wid, "Ready") or {}).get("reason") == "IssuingFailed"
+        # Several CA polls and settle times later the rotation still waits for bravo's bundle.
+        time.sleep(4)
+        state = ca.state()
+        assert state.phase.value == "Prepare" and state.bundles_complete_at is None, state
+        doc = json.loads(
+            meshless_cli(kubeconfig, "--namespace", op.namespace, "status", "-o", "json").stdout
+        )
+        progress = doc["progress"]
+        assert progress["bundlesWithNewRoot"] == progress["bundlesTotal"] - 1, progress
+    finally:
+        admission.delete_validating_admission_policy_binding(policy_name)
+        admission.delete_validating_admission_policy(policy_name)
+    # Unfrozen: the retry lands, and the rotation completes.
+    wait_identity(api_client, namespace, "bravo", is_ready, timeout=60)
+    ca.wait(lambda s: s.last_root_rotation is not None, 60, "the end of the rotation")
+    bravo = secret_data(core, namespace, "bravo-mtls")
+    assert bravo is not None
+    assert fingerprints(bravo["ca.crt"]) == fingerprints(ca.data()["ca.crt"])
+    assert len(fingerprints(bravo["ca.crt"])) == 1
