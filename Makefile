@@ -43,12 +43,13 @@ run: crds
 	  --dry-run=client -o yaml | kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f -
 	@trap '$(PY) hack/localcluster.py down' EXIT; \
 	KUBECONFIG=$(KUBECONFIG_LOCAL) MESHLESS_NAMESPACE=$(OPERATOR_NAMESPACE) \
+	  MESHLESS_WEBHOOK_HOST=127.0.0.1 MESHLESS_WEBHOOK_URL=https://127.0.0.1:9443 \
 	  $(VENV)/bin/meshless run
 
 lint: install
 	hack/sync-chart-crds.sh --check
-	$(VENV)/bin/ruff check operator tests bench hack
-	$(VENV)/bin/ruff format --check operator tests bench hack
+	$(VENV)/bin/ruff check operator tests bench hack examples
+	$(VENV)/bin/ruff format --check operator tests bench hack examples
 
 typecheck: install
 	$(VENV)/bin/mypy

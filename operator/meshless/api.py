@@ -53,6 +53,18 @@ ENV_MTLS_MODE = "MESHLESS_MTLS_MODE"
 ENV_MTLS_PORTS = "MESHLESS_MTLS_PORTS"
 ENV_PREFIX = "MESHLESS_"
 
+# --- admission webhooks -------------------------------------------------------------------
+# On a namespace where some MtlsPolicy may need an identity: the injecting and the STRICT
+# webhooks select namespaces by it, so with every webhook replica down only these namespaces
+# refuse pods (fail closed) and every other namespace keeps creating them.
+ADMISSION_NAMESPACE_LABEL = f"{GROUP}/mtls"
+ADMISSION_NAMESPACE_VALUE = "enabled"
+# The Mutating- and ValidatingWebhookConfiguration (both cluster-scoped) and their webhooks.
+WEBHOOK_CONFIGURATION = "meshless"
+INJECT_WEBHOOK = f"inject.{GROUP}"
+STRICT_WEBHOOK = f"strict.{GROUP}"
+IDENTITY_LABEL_WEBHOOK = f"identity-label.{GROUP}"
+
 
 class Mode(StrEnum):
     """PeerAuthentication modes. UNSET never comes out of the resolver."""
@@ -108,3 +120,10 @@ class Reason(StrEnum):
     CA_ROTATION_REFUSED = "CARotationRefused"
     CA_INTERMEDIATE_ROTATED = "CAIntermediateRotated"
     CA_ROTATION_FAILED = "CARotationFailed"
+    # Enforced (probes)
+    PROVEN = "Proven"
+    PROBING = "Probing"
+    NOT_ENFORCED = "NotEnforced"
+    NOTHING_TO_PROVE = "NothingToProve"
+    # Warning Events on pods whose STRICT port lets a client in without a certificate
+    STRICT_NOT_ENFORCED = "StrictNotEnforced"

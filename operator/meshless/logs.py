@@ -33,5 +33,8 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     # The Kubernetes client logs request bodies at DEBUG; Secrets travel in those bodies.
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # One access-log line per admission request costs the webhooks' latency (and says
+    # nothing the API server's audit log does not).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # Kopf logs every handled watch event at INFO; our handlers only enqueue.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -91,6 +91,21 @@ BUNDLE_UPDATES = Counter(
     "Trust bundles rewritten without a new certificate, by object kind",
     ["kind"],
 )
+ENFORCEMENT_PROBES = Counter(
+    "meshless_enforcement_probes_total",
+    "Handshake probes of STRICT and PERMISSIVE ports, by what was observed",
+    ["result"],
+)
+ENFORCEMENT_PORTS = Gauge(
+    "meshless_enforcement_ports",
+    "Probed ports by their mode and state (proven, failing, unreachable, pending)",
+    ["mode", "state"],
+)
+ENFORCEMENT_LAST_PROVEN = Gauge(
+    "meshless_enforcement_last_proven_timestamp_seconds",
+    "When a probe last proved a port of each policy",
+    ["namespace", "policy"],
+)
 
 
 def forget_identity(namespace: str, name: str) -> None:

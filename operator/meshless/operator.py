@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,15 +17,24 @@ import kopf
 from prometheus_client import start_http_server
 
 from meshless import metrics
+from meshless.admission.server import (
+    apply_configurations,
+    register_admission_handlers,
+    serve_admission,
+    webhook_endpoint,
+)
 from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
+from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
-from meshless.policy.controller import PolicyController
-from meshless.settings import Settings
+from meshless.policy.admission_state import ControllerAdmissionState
+from meshless.policy.controller import POLICY_WORK, PolicyController
+from meshless.probe.runner import EnforcementProber
+from meshless.settings import OPTIONS, Settings, SettingsError
 from meshless.status import EventRecorder
 
 log = logging.getLogger(__name__)
@@ -61,10 +73,30 @@ class Operator:
             kube, settings, self.ca, self.budget, utcnow, self.events
         )
         self.policies = PolicyController(kube, settings, utcnow, self.events)
+        self.admission_state = ControllerAdmissionState(self.policies, leading=False)
+        self.prober = EnforcementProber(
+            kube,
+            settings,
+            self.events,
+            utcnow,
+            time.monotonic,
+            on_policy_changed=lambda ref: self.policies.queue.add(
+                (POLICY_WORK, ref.namespace, ref.name)
+            ),
+        )
+        self.policies.on_resolved = self.prober.update_namespace
+        self.policies.enforcement = self.prober.status_for
+        self.identities.on_issued = self.prober.certificate_rotated
+        self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
+            settings.webhook_url or None, settings.webhook_service, settings.namespace
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.leading = False
         self.elector: LeaderElector | None = None
+        self._configurations_stale = False
+        self.webhooks_served = False
+        self.health: HealthServer | None = None
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
@@ -86,11 +118,69 @@ class Operator:
             await self._start_leading()
         log.info("operator started")
 
+    async def start_health(self) -> None:
+        self.health = HealthServer(
+            self.settings.health_port,
+            details=lambda: {"issued": self.identities.issued, "leading": self.leading},
+            webhook=self._webhook_address,
+        )
+        await self.health.start()
+
+    def _webhook_address(self) -> tuple[str, int] | None:
+        if not self.webhooks_served:
+            return None
+        host = self.settings.webhook_host
+        return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook_port)
+
+    def serve_webhooks(self, kopf_settings: kopf.OperatorSettings) -> None:
+        """Every replica serves the admission webhooks, with a serving certificate from our
+        CA that is renewed at 2/3 of its life or when the CA changes. Without a usable CA
+        yet, Kopf gets a server that starts once one is loaded."""
+        kopf_settings.admission.server = self._admission_server
+
+    async def _admission_server(
+        self, fn: kopf.WebhookFn
+    ) -> AsyncIterator[kopf.WebhookClientConfig]:
+        while self.ca.current is None:
+            log.warning("admission webhooks wait for a usable CA (see the CA Secret's Events)")
+            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
+        holder = kopf.OperatorSettings()
+        server, keeper = serve_admission(
+            holder,
+            ca=lambda: self.ca.current,
+            hosts=self.webhook_hosts,
+            clock=utcnow,
+            addr=self.settings.webhook_host,
+            port=self.settings.webhook_port,
+        )
+        self._tasks.append(asyncio.create_task(keeper.run(server)))
+        self.webhooks_served = True
+        async for client_config in server(fn):
+            yield client_config
+
+    async def _apply_webhook_configurations(self) -> None:
+        """The leader keeps the configurations and their caBundle in step with the CA."""
+        bundle = self.ca.bundle
+        if bundle is None:
+            return
+        try:
+            await apply_configurations(
+                self.kube, self.webhook_endpoint, bundle, self.settings.namespace
+            )
+        except Exception:
+            log.exception("writing the webhook configurations failed; the next CA poll retries")
+            self._configurations_stale = True
+        else:
+            self._configurations_stale = False
+
     async def _start_leading(self) -> None:
         self.leading = True
+        self.admission_state.leading = True
+        await self._apply_webhook_configurations()
         self.identities.queue.start()
         await self.policies.prime()
         self.policies.queue.start()
+        self.prober.start()
         self.identities.enqueue_all()
         self._leader_tasks.append(asyncio.create_task(self._resync()))
         log.info("reconciling as leader")
@@ -98,12 +188,14 @@ class Operator:
     async def _stop_leading(self) -> None:
         """Stop every write at once; the watches go on, so a new term starts warm."""
         self.leading = False
+        self.admission_state.leading = False
         for task in self._leader_tasks:
             task.cancel()
         await asyncio.gather(*self._leader_tasks, return_exceptions=True)
         self._leader_tasks = []
         await self.identities.queue.stop()
         await self.policies.queue.stop()
+        await self.prober.stop()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -112,6 +204,8 @@ class Operator:
         if self.leading:
             await self._stop_leading()
         await self.events.close()
+        if self.health is not None:
+            await self.health.stop()
         if self.elector is not None:
             await self.elector.release()
         await self.kube.close()
@@ -139,6 +233,8 @@ class Operator:
                     log.exception("a CA rotation step failed; the next poll retries")
             if changed:
                 self._note_ca()
+            if self.leading and (changed or self._configurations_stale):
+                await self._apply_webhook_configurations()
             if changed and self.leading:
                 try:
                     await self.identities.refresh_trust_bundles()
@@ -169,8 +265,14 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
         kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
-        memo.operator = Operator(ours, kube)
-        await memo.operator.start()
+        operator = Operator(ours, kube)
+        memo.operator = operator
+        memo.admission_state = operator.admission_state
+        await operator.start()
+        operator.serve_webhooks(settings)
+        await operator.start_health()
+
+    register_admission_handlers(registry)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -210,16 +312,38 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
     async def secret_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         memo.operator.identities.on_secret_event(type, body)
 
-    @kopf.on.probe(id="issued", registry=registry)
-    async def issued_probe(memo: kopf.Memo, **_: Any) -> int:
-        operator: Operator | None = getattr(memo, "operator", None)
-        return operator.identities.issued if operator else 0
-
     return registry
+
+
+def check_ports(settings: Settings) -> None:
+    """A port already in use stops the operator at start with one line naming the flag."""
+    for flag, host, port in (
+        ("--metrics-port", "0.0.0.0", settings.metrics_port),
+        ("--health-port", "0.0.0.0", settings.health_port),
+        ("--webhook-port", settings.webhook_host, settings.webhook_port),
+    ):
+        if port == 0:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                env = next(o.env for o in OPTIONS if o.flag == flag)
+                raise SettingsError(
+                    f"invalid {flag} / {env}: cannot listen on {host}:{port}: {exc.strerror}"
+                ) from None
 
 
 def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (Kopf handles both) or until `stop_flag` is set."""
+    check_ports(settings)
+    try:
+        load_configuration()
+    except Exception as exc:
+        raise SettingsError(
+            f"cannot load Kubernetes credentials (KUBECONFIG or in-cluster): {exc}"
+        ) from None
     start_http_server(settings.metrics_port, addr="0.0.0.0")
     registry = configure(settings)
     memo = kopf.Memo(meshless_settings=settings)
@@ -230,7 +354,6 @@ def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
         stop_flag=stop_flag,
     )
     # uvloop (Kopf's optional extra; Kopf's own CLI uses it the same way): the event loop and

@@ -36,6 +36,9 @@ class Settings:
     write_budget_burst: int = 100
     watch_namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all
     webhook_port: int = 9443
+    webhook_host: str = "0.0.0.0"
+    webhook_url: str = ""  # outside a cluster: https://127.0.0.1:<port>, registered by URL
+    webhook_service: str = "meshless-webhook"
     metrics_port: int = 8080
     health_port: int = 8081
     log_format: str = "text"
@@ -47,6 +50,10 @@ class Settings:
     ca_settle_time: timedelta = timedelta(minutes=2)  # bundles everywhere -> Switch
     ca_rotation_window: timedelta = timedelta(hours=1)  # existing leaves reissued over this
     leader_election: bool = True
+    probe_interval: timedelta = timedelta(minutes=5)
+    probe_qps: float = 20.0  # probe connections per second, cluster-wide
+    probe_timeout: timedelta = timedelta(seconds=3)
+    service_account: str = "meshless"  # the operator's own: the prober's identity
 
     @property
     def effective_root_namespace(self) -> str:
@@ -108,6 +115,24 @@ OPTIONS: tuple[_Option, ...] = (
         "comma-separated namespaces to watch (default: all)",
     ),
     _Option("--webhook-port", "MESHLESS_WEBHOOK_PORT", "webhook_port", "admission webhook port"),
+    _Option(
+        "--webhook-host",
+        "MESHLESS_WEBHOOK_HOST",
+        "webhook_host",
+        "address the admission webhooks listen on",
+    ),
+    _Option(
+        "--webhook-url",
+        "MESHLESS_WEBHOOK_URL",
+        "webhook_url",
+        "register the webhooks by this https URL (outside a cluster) instead of the Service",
+    ),
+    _Option(
+        "--webhook-service",
+        "MESHLESS_WEBHOOK_SERVICE",
+        "webhook_service",
+        "the Service in the operator's namespace that fronts the webhooks",
+    ),
     _Option("--metrics-port", "MESHLESS_METRICS_PORT", "metrics_port", "Prometheus /metrics port"),
     _Option("--health-port", "MESHLESS_HEALTH_PORT", "health_port", "/healthz port"),
     _Option("--log-format", "MESHLESS_LOG_FORMAT", "log_format", "text or json"),
@@ -141,6 +166,30 @@ OPTIONS: tuple[_Option, ...] = (
         "MESHLESS_CA_ROTATION_WINDOW",
         "ca_rotation_window",
         "existing certificates are reissued spread over this window after a CA switch",
+    ),
+    _Option(
+        "--probe-interval",
+        "MESHLESS_PROBE_INTERVAL",
+        "probe_interval",
+        "how often each STRICT and PERMISSIVE port is probed (jittered)",
+    ),
+    _Option(
+        "--probe-qps",
+        "MESHLESS_PROBE_QPS",
+        "probe_qps",
+        "probe connections per second, cluster-wide",
+    ),
+    _Option(
+        "--probe-timeout",
+        "MESHLESS_PROBE_TIMEOUT",
+        "probe_timeout",
+        "time limit of each probe step",
+    ),
+    _Option(
+        "--service-account",
+        "MESHLESS_SERVICE_ACCOUNT",
+        "service_account",
+        "the operator's ServiceAccount: the prober's identity is issued for it",
     ),
     _Option(
         "--leader-election",
@@ -235,5 +284,15 @@ def validate(s: Settings) -> None:
         fail("--ca-settle-time", "must not be negative")
     if s.ca_rotation_window < timedelta(seconds=1):
         fail("--ca-rotation-window", "must be at least 1s")
+    if s.webhook_url and not s.webhook_url.startswith("https://"):
+        fail("--webhook-url", f"{s.webhook_url!r} must start with https://")
+    if s.probe_interval < timedelta(seconds=1):
+        fail("--probe-interval", "must be at least 1s")
+    if not s.probe_qps > 0:
+        fail("--probe-qps", "must be positive")
+    if not timedelta(seconds=1) <= s.probe_timeout <= timedelta(seconds=60):
+        fail("--probe-timeout", "must be between 1s and 60s")
+    if not s.service_account:
+        fail("--service-account", "must not be empty")
     if s.workers < 1:
         fail("--workers", "must be at least 1")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from meshless.api import WEBHOOK_CONFIGURATION
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,6 +34,7 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    webhook_port: int = field(default_factory=free_port)
 
     @property
     def namespace(self) -> str:
@@ -43,6 +46,10 @@ class OperatorProcess:
             "KUBECONFIG": self.kubeconfig,
             "MESHLESS_METRICS_PORT": str(self.metrics_port),
             "MESHLESS_HEALTH_PORT": str(self.health_port),
+            # Outside a cluster the webhooks listen on loopback and are registered by URL.
+            "MESHLESS_WEBHOOK_PORT": str(self.webhook_port),
+            "MESHLESS_WEBHOOK_HOST": "127.0.0.1",
+            "MESHLESS_WEBHOOK_URL": f"https://127.0.0.1:{self.webhook_port}",
             **self.env,
         }
         self._log = self.log_path.open("ab")
@@ -146,6 +153,26 @@ def operator_factory(
     for op in started:
         if op.proc is not None and op.proc.poll() is None:
             op.stop()
+    remove_webhook_configurations(api_client)
+    for op in started:  # the prober's identity: later operators (other CAs) would reissue it
+        client.CustomObjectsApi(api_client).delete_collection_namespaced_custom_object(
+            "meshless.dev", "v1alpha1", op.namespace, "workloadidentities"
+        )
+
+
+def remove_webhook_configurations(api: client.ApiClient) -> None:
+    """A stopped operator leaves its webhook configurations in place on purpose (fail
+    closed); the next test's operator is another one, so they go between tests."""
+    registration = client.AdmissionregistrationV1Api(api)
+    for delete in (
+        registration.delete_mutating_webhook_configuration,
+        registration.delete_validating_webhook_configuration,
+    ):
+        try:
+            delete(WEBHOOK_CONFIGURATION)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +190,4 @@ def meshless_operator(
     yield op
     if op.proc is not None and op.proc.poll() is None:
         op.stop()
+    remove_webhook_configurations(api_client)

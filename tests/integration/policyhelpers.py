@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, watch
@@ -160,3 +161,13 @@ def wait_collection(
         ):
             stream.stop()
             break
+
+
+def after_creation_second(obj: Json) -> None:
+    """Wait (bounded, at most a second) until the wall clock is past the second of `obj`'s
+    creationTimestamp: timestamps have one-second resolution, and a policy made within the same
+    second would be ordered by name instead of age."""
+    created = datetime.strptime(obj["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    wait = created.replace(tzinfo=UTC).timestamp() + 1.05 - time.time()
+    if wait > 0:
+        time.sleep(min(wait, 1.1))

@@ -4,6 +4,7 @@ wait for the keygen in progress (~0.5 s or more each on this machine)."""
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 import urllib.request
@@ -17,20 +18,32 @@ from tests.integration.kubehelpers import create_identity, is_ready, wait_identi
 BURST = 6
 
 
+def _queue_depth(metrics: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("meshless_work_queue_depth{")
+    )
+
+
 def _rsa4096_keygen_seconds() -> float:
-    """One RSA4096 keygen in this process, measured in the same run (machines are noisy)."""
-    best = float("inf")
-    for _ in range(2):
+    """One RSA4096 keygen in this process, measured in the same run (machines are noisy, and
+    one keygen's time varies with the primes it happens to search: the median of five)."""
+    times = []
+    for _ in range(5):
         start = time.perf_counter()
         rsa.generate_private_key(public_exponent=65537, key_size=4096)
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def test_healthz_answers_during_an_rsa4096_burst(
     operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
 ) -> None:
     op = operator_factory()
+    # Start from a quiet operator: its first reconciles of whatever the cluster holds are
+    # not what this test measures.
+    op.wait_for_metrics(lambda text: _queue_depth(text) == 0 and '"policy"' in text, timeout=60)
     keygen_s = _rsa4096_keygen_seconds()
     latencies: list[float] = []
     stop = threading.Event()

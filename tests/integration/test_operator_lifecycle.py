@@ -258,14 +258,48 @@ def test_a_renewal_storm_is_spread_by_the_write_budget_and_nothing_is_dropped(
 
 def test_the_operator_serves_healthz_and_logs_json(operator_factory: OperatorFactory) -> None:
     import json
+    import time
+    import urllib.error
     import urllib.request
 
     op = operator_factory(log_format="json")
     with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=10) as r:
         assert r.status == 200
         probes = json.loads(r.read())
-    assert probes.get("issued") == 0  # our probe, through Kopf's liveness endpoint
+    assert probes.get("issued") == 0 and probes.get("leading") in (True, False)
+    deadline = time.monotonic() + 30  # readiness follows once the webhooks accept connections
+    while True:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{op.health_port}/readyz", timeout=10
+            ) as r:
+                assert json.loads(r.read())["ready"] is True
+                break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.2)
     lines = [line for line in op.log().splitlines() if line.strip()]
     started = [json.loads(line) for line in lines if '"operator started"' in line]
     assert started and started[0]["level"] == "info" and started[0]["logger"] == "meshless.operator"
     assert op.stop() == 0
+
+
+def test_a_busy_port_is_one_clear_line() -> None:
+    import socket
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "meshless", "run", "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "--metrics-port / MESHLESS_METRICS_PORT" in lines[0] and str(port) in lines[0]

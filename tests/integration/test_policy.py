@@ -15,6 +15,7 @@ from .conftest import OperatorFactory, OperatorProcess
 from .kubehelpers import GROUP, VERSION, condition, is_ready, wait_identity
 from .policyhelpers import (
     Json,
+    after_creation_second,
     create_pod,
     create_policy,
     delete_policy,
@@ -49,18 +50,22 @@ def test_precedence_through_real_objects(
     create_pod(api_client, ns, "web-1", {"app": "web"})
     create_pod(api_client, ns, "api-1", {"app": "api"})
     # Rule: only the oldest namespace-wide policy of a namespace takes effect.
-    create_policy(api_client, ns, "first", "STRICT")
-    wait_policy(api_client, ns, "first", status_is(selectedPods=2, Conflicted="False"))
+    first = create_policy(api_client, ns, "zz-first", "STRICT")
+    wait_policy(api_client, ns, "zz-first", status_is(selectedPods=2, Conflicted="False"))
+    after_creation_second(first)  # older by time, later by name: age must decide
     create_policy(api_client, ns, "second", "PERMISSIVE")
     second = wait_policy(api_client, ns, "second", status_is(Conflicted="True", Ready="False"))
-    assert f"{ns}/first" in condition(second, "Conflicted")["message"]  # type: ignore[index]
+    assert f"{ns}/zz-first" in condition(second, "Conflicted")["message"]  # type: ignore[index]
     # Rule: workload beats namespace; among workload policies the oldest wins.
-    create_policy(api_client, ns, "old-w", "DISABLE", selector={"matchLabels": {"app": "api"}})
-    wait_policy(api_client, ns, "old-w", status_is(selectedPods=1, scope="Workload"))
+    old_w = create_policy(
+        api_client, ns, "z-old-w", "DISABLE", selector={"matchLabels": {"app": "api"}}
+    )
+    wait_policy(api_client, ns, "z-old-w", status_is(selectedPods=1, scope="Workload"))
+    after_creation_second(old_w)
     create_policy(api_client, ns, "new-w", "STRICT", selector={"matchLabels": {"app": "api"}})
     new_w = wait_policy(api_client, ns, "new-w", status_is(Conflicted="True", selectedPods=0))
-    assert f"{ns}/old-w" in condition(new_w, "Conflicted")["message"]  # type: ignore[index]
-    wait_policy(api_client, ns, "first", status_is(selectedPods=1))
+    assert f"{ns}/z-old-w" in condition(new_w, "Conflicted")["message"]  # type: ignore[index]
+    wait_policy(api_client, ns, "zz-first", status_is(selectedPods=1))
     # Effective modes, read from the stored NetworkPolicies: web-1 is STRICT, api-1 DISABLE.
     nps = list_network_policies(api_client, ns)
     pods = _pods(api_client, ns)
@@ -68,9 +73,9 @@ def test_precedence_through_real_objects(
     assert not reachable(nps, namespace_labels(api_client), stranger, pods["web-1"], 8443)
     assert reachable(nps, namespace_labels(api_client), stranger, pods["api-1"], 8443)
     # Rule: deleting the winner hands over to the next in line.
-    delete_policy(api_client, ns, "first")
+    delete_policy(api_client, ns, "zz-first")
     wait_policy(api_client, ns, "second", status_is(Conflicted="False", selectedPods=1))
-    delete_policy(api_client, ns, "old-w")
+    delete_policy(api_client, ns, "z-old-w")
     wait_policy(api_client, ns, "new-w", status_is(Conflicted="False", selectedPods=1))
 
 
@@ -179,7 +184,7 @@ def test_mode_change_and_delete_clean_up_only_what_the_policy_made(
     )
     assert not (user["metadata"].get("labels") or {}).get(PROVISIONED_LABEL)
     assert user["metadata"]["generation"] == 1  # its spec was never written
-    assert user["spec"] == {"serviceAccountName": "b"}
+    assert user["spec"]["serviceAccountName"] == "b"
 
 
 def test_a_foreign_allow_all_network_policy_is_reported_not_edited(

@@ -331,7 +331,7 @@ _RUNNING_POD: dict[str, Any] = {
             {
                 "name": "migrate",
                 "image": "registry.example/payments-migrate:1.4",
-                "volumeMounts": [TOKEN_MOUNT],
+                "volumeMounts": [IDENTITY_MOUNT, TOKEN_MOUNT],
             },
             {
                 "name": "metrics-sidecar",
@@ -520,7 +520,9 @@ def _no_volumes_key(body: dict[str, Any]) -> None:
         pytest.param(_wrong_path, False, id="mounted at another path"),
         pytest.param(_sub_path, False, id="mounted below the identity path"),
         pytest.param(_other_volume_at_the_path, False, id="another volume at the identity path"),
-        pytest.param(_init_container_unmounted, True, id="init containers are not required"),
+        pytest.param(
+            _init_container_unmounted, False, id="init containers too (the injector mounts all)"
+        ),
     ],
 )
 def test_identity_mount_detection(change: Any, mounted: bool) -> None:

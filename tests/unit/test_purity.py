@@ -39,6 +39,9 @@ PURE_CANDIDATES = (
     "meshless.admission.configurations",
     "meshless.probe.classify",
     "meshless.pki.rotation",
+    "meshless.commands.output",
+    "meshless.commands.certificate",
+    "meshless.commands.views",
 )
 MUST_EXIST = (
     "meshless.api",

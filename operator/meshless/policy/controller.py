@@ -20,8 +20,9 @@ from typing import Any
 import aiohttp
 
 from meshless import api, metrics
+from meshless.admission.configurations import admission_namespaces
 from meshless.api import ConditionType, Kind
-from meshless.conditions import find_condition
+from meshless.conditions import ConditionChange, find_condition
 from meshless.durations import format_duration, parse_duration
 from meshless.kube import (
     IDENTITIES,
@@ -41,10 +42,15 @@ from meshless.policy.provision import (
     identity_record,
     plan_identities,
 )
-from meshless.policy.render import foreign_open_ports, render_network_policies
+from meshless.policy.render import (
+    foreign_open_ports,
+    is_managed,
+    label_value,
+    needs_write,
+    render_network_policies,
+)
 from meshless.policy.report import (
     PolicyTally,
-    network_open_entries,
     policy_conditions,
     policy_status_fields,
 )
@@ -59,7 +65,11 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 # Work items: ("ns", namespace, "") reconciles a namespace; ("policy", ns, name) a status.
 Work = tuple[str, str, str]
+AdmissionStatus = Callable[[PolicyRef, Mapping[str, Any] | None], tuple[Json | None, int]]
 NAMESPACE_WORK = "ns"
+POD_EVENT_DELAY_S = 0.3
+LABELS_WORK = "labels"  # ("labels", "", ""): the admission label on every namespace
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 POLICY_WORK = "policy"
 
 
@@ -67,10 +77,6 @@ POLICY_WORK = "policy"
 class NamespaceInfo:
     labels: Mapping[str, str]
     terminating: bool
-
-
-def _is_managed(meta: Mapping[str, Any]) -> bool:
-    return (meta.get("labels") or {}).get(api.MANAGED_BY_KEY) == api.MANAGED_BY_VALUE
 
 
 def slim_policy(body: Mapping[str, Any]) -> Json:
@@ -137,6 +143,15 @@ class PolicyController:
         self.governed: dict[PolicyRef, set[Key]] = defaultdict(set)
         self.network_open: dict[str, list[tuple[PolicyRef, str]]] = {}
         self.primed = False
+        # Set by the admission state: status.admission for a policy (see admission_state.py).
+        self.admission_status: AdmissionStatus | None = None
+        self.admission_written: Callable[[PolicyRef, int], None] | None = None
+        # Set by the operator: the prober learns each namespace's ports after a reconcile,
+        # and gives each policy's status.enforcement and Enforced condition.
+        self.on_resolved: (
+            Callable[[str, list[tuple[PodInfo, PodResolution | None]]], None] | None
+        ) = None
+        self.enforcement: Callable[[PolicyRef], tuple[Json, ConditionChange]] | None = None
         metrics.POLICY_PODS.labels("resolved").set_function(lambda: len(self.resolutions))
         metrics.POLICY_PODS.labels("held").set_function(lambda: len(self.pods))
 
@@ -162,6 +177,7 @@ class PolicyController:
         self.enqueue_all()
 
     def enqueue_all(self) -> None:
+        self.queue.add((LABELS_WORK, "", ""))
         for namespace in self._known_namespaces():
             self.queue.add((NAMESPACE_WORK, namespace, ""))
         for namespace, name in list(self.policies):
@@ -204,6 +220,7 @@ class PolicyController:
         self._policy_set = None
         if not enqueue:
             return
+        self.queue.add((LABELS_WORK, "", ""))
         wide = any(
             p is not None and scope_of(p, self.root_namespace) is Scope.ROOT
             for p in (before, after)
@@ -234,7 +251,9 @@ class PolicyController:
             self.pods[key] = info
             self.pods_by_namespace[key[0]].add(key[1])
         if enqueue:
-            self.queue.add((NAMESPACE_WORK, key[0], ""))
+            # Pods come in bursts (a rollout, a scale-up): one reconcile of the namespace
+            # shortly after the first event serves the whole burst.
+            self.queue.add_after((NAMESPACE_WORK, key[0], ""), POD_EVENT_DELAY_S)
 
     def on_namespace_event(
         self, event_type: str | None, body: Mapping[str, Any], *, enqueue: bool = True
@@ -253,6 +272,7 @@ class PolicyController:
                 return
             self.namespaces[name] = info
         if enqueue:
+            self.queue.add((LABELS_WORK, "", ""))
             # Namespace labels decide namespaceSelectors of NetworkPolicies anywhere.
             for namespace in self._known_namespaces():
                 self.queue.add((NAMESPACE_WORK, namespace, ""))
@@ -311,7 +331,7 @@ class PolicyController:
     def policy_specs(self) -> dict[PolicyRef, PolicySpec]:
         return {spec.ref: spec for spec in self.specs.values()}
 
-    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
+    def identity_ref_for(self, namespace: str, service_account: str) -> IdentityRef:
         return identity_for(
             namespace,
             service_account,
@@ -325,6 +345,8 @@ class PolicyController:
         try:
             if kind == NAMESPACE_WORK:
                 await self._reconcile_namespace(namespace)
+            elif kind == LABELS_WORK:
+                await self._reconcile_namespace_labels()
             else:
                 await self._reconcile_policy(namespace, name)
         except ApiError as exc:
@@ -336,20 +358,28 @@ class PolicyController:
             raise
         return None
 
+    def enforced(self, namespace: str) -> bool:
+        """System namespaces and the operator's own are never enforced (admission does not
+        intercept them either): a cluster-wide STRICT policy must not cut off CoreDNS."""
+        return namespace not in SYSTEM_NAMESPACES and namespace != self.settings.namespace
+
     async def _reconcile_namespace(self, namespace: str) -> None:
         policies = self.policy_set()
         specs = self.policy_specs()
+        enforced = self.enforced(namespace)
+        everyone: list[tuple[PodInfo, PodResolution | None]] = []
         resolved: list[tuple[PodInfo, PodResolution]] = []
         touched: set[PolicyRef] = set()
         for pod_name in sorted(self.pods_by_namespace.get(namespace, ())):
             key = (namespace, pod_name)
             pod = self.pods[key]
             before = self.resolutions.get(key)
-            resolution = policies.resolve(pod)
+            resolution = policies.resolve(pod) if enforced else None
             if before is not None:
                 touched.update(before.applied)
                 touched.update(before.ignored)
                 self.governed[before.governing].discard(key)
+            everyone.append((pod, resolution))
             if resolution is None:
                 self.resolutions.pop(key, None)
                 continue
@@ -364,13 +394,27 @@ class PolicyController:
             self.governed[gone.governing].discard(key)
             touched.update(gone.applied)
 
+        if self.on_resolved is not None:
+            self.on_resolved(namespace, everyone)
+        foreign = [
+            body
+            for (ns, _), body in self.network_policies.items()
+            if ns == namespace and not is_managed(body)
+        ]
         ns_info = self.namespaces.get(namespace)
         terminating = ns_info is not None and ns_info.terminating
         if not terminating and self._watched(namespace):
-            await self._sync_network_policies(namespace, resolved, specs)
+            await self._sync_network_policies(namespace, everyone, specs, foreign)
             await self._sync_identities(namespace, resolved, specs)
-        self._note_network_open(namespace, resolved)
-        touched.update(ref for ref, _ in self.network_open.get(namespace, ()))
+        before_open = {ref for ref, _ in self.network_open.get(namespace, ())}
+        found = foreign_open_ports(foreign, everyone, specs) if foreign else []
+        self.network_open[namespace] = [
+            (o.policy, f"NetworkPolicy {o.network_policy} opens port {o.port} of pod {o.pod}")
+            for o in found
+        ]
+        if not self.network_open[namespace]:
+            del self.network_open[namespace]
+        touched |= before_open | {o.policy for o in found}
         touched.update(PolicyRef(ns, n) for ns, n in self.policies if ns == namespace)
         for ref in touched:
             if (ref.namespace, ref.name) in self.policies:
@@ -379,17 +423,18 @@ class PolicyController:
     async def _sync_network_policies(
         self,
         namespace: str,
-        resolved: list[tuple[PodInfo, PodResolution]],
+        pods: list[tuple[PodInfo, PodResolution | None]],
         specs: Mapping[PolicyRef, PolicySpec],
+        foreign: list[Json],
     ) -> None:
-        desired = {m["metadata"]["name"]: m for m in render_network_policies(resolved, specs)}
+        desired = {m["metadata"]["name"]: m for m in render_network_policies(pods, specs, foreign)}
         stored = {
             name: body
             for (ns, name), body in self.network_policies.items()
-            if ns == namespace and _is_managed(body["metadata"])
+            if ns == namespace and is_managed(body)
         }
         for name, manifest in sorted(desired.items()):
-            if name in stored and _same_network_policy(stored[name], manifest):
+            if not needs_write(manifest, stored.get(name)):
                 continue
             written = await self.kube.apply(NETWORK_POLICIES, manifest)
             self.network_policies[(namespace, name)] = slim_network_policy(written)
@@ -423,30 +468,31 @@ class PolicyController:
             self._identity_spec.pop((namespace, name), None)
             log.info("%s/%s: provisioned WorkloadIdentity deleted (not needed)", namespace, name)
 
-    def _note_network_open(
-        self, namespace: str, resolved: list[tuple[PodInfo, PodResolution]]
-    ) -> None:
-        foreign = [
-            body
-            for (ns, _), body in self.network_policies.items()
-            if ns == namespace and not _is_managed(body["metadata"])
-        ]
-        if not foreign:
-            self.network_open.pop(namespace, None)
-            return
-        labels = {name: dict(info.labels) for name, info in self.namespaces.items()}
-        found = foreign_open_ports(foreign, labels, resolved)
-        by_pod = {(p.namespace, p.name): r for p, r in resolved}
-        entries: list[tuple[PolicyRef, str]] = []
-        for np, pod, port in found:
-            resolution = by_pod.get(tuple(pod.split("/", 1)))  # type: ignore[arg-type]
-            port_mode = resolution.ports.get(port) if resolution else None
-            owner = port_mode.decided_by if port_mode and port_mode.decided_by else None
-            if owner is None and resolution is not None:
-                owner = resolution.governing
-            if owner is not None:
-                entries.extend((owner, e) for e in network_open_entries([(np, pod, port)]))
-        self.network_open[namespace] = entries
+    async def _reconcile_namespace_labels(self) -> None:
+        """`meshless.dev/mtls=enabled` on exactly the namespaces some policy may ask an
+        identity in: the webhooks (failurePolicy Fail) select them, so with the operator down
+        only pods there are refused."""
+        wanted = admission_namespaces(self.policy_set(), self.namespaces, self.settings.namespace)
+        for name, info in sorted(self.namespaces.items()):
+            if info.terminating or not self._watched(name):
+                continue
+            has = info.labels.get(api.ADMISSION_NAMESPACE_LABEL) == api.ADMISSION_NAMESPACE_VALUE
+            if (name in wanted) == has:
+                continue
+            value = api.ADMISSION_NAMESPACE_VALUE if name in wanted else None
+            patch = {"metadata": {"labels": {api.ADMISSION_NAMESPACE_LABEL: value}}}
+            try:
+                await self.kube.patch(NAMESPACES, None, name, patch)
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            log.info(
+                "namespace %s: %s %s",
+                name,
+                "labelled" if value else "unlabelled",
+                api.ADMISSION_NAMESPACE_LABEL,
+            )
 
     async def _reconcile_policy(self, namespace: str, name: str) -> None:
         body = self.policies.get((namespace, name))
@@ -463,6 +509,10 @@ class PolicyController:
             spec_error=self.spec_errors.get((namespace, name)),
             namespace_terminating=ns_info is not None and ns_info.terminating,
         )
+        enforcement: Json | None = None
+        if self.enforcement is not None and spec is not None:
+            enforcement, enforced = self.enforcement(ref)
+            changes.append(enforced)
         before = {
             c.type: find_condition((body.get("status") or {}).get("conditions") or [], c.type)
             for c in changes
@@ -472,13 +522,24 @@ class PolicyController:
             "conditions": conditions_with(body, changes, self.clock()),
             "observedGeneration": body["metadata"].get("generation"),
         }
-        if await self.status.patch(body, wanted) is None:
+        if enforcement is not None:
+            wanted["enforcement"] = enforcement
+        included = 0
+        if self.admission_status is not None:
+            stored = (body.get("status") or {}).get("admission")
+            admission, included = self.admission_status(ref, stored)
+            if admission is not None:
+                wanted["admission"] = admission
+        written = await self.status.patch(body, wanted)
+        if included and self.admission_written is not None:
+            self.admission_written(ref, included)
+        if written is None:
             return
         for change in changes:
             old = before.get(change.type) or {}
-            turned_bad = (change.type == ConditionType.READY and not change.status) or (
-                change.type == ConditionType.CONFLICTED and change.status
-            )
+            turned_bad = (
+                change.type in (ConditionType.READY, ConditionType.ENFORCED) and not change.status
+            ) or (change.type == ConditionType.CONFLICTED and change.status)
             if turned_bad and (
                 old.get("reason") != change.reason or old.get("message") != change.message
             ):
@@ -505,7 +566,7 @@ class PolicyController:
             if pod.identity_mounted and pod.running:
                 tally.injected += 1
             if resolution.needs_identity():
-                identity = self.identity_for(pod.namespace, pod.service_account)
+                identity = self.identity_ref_for(pod.namespace, pod.service_account)
                 tally.identities.add((identity.namespace, identity.name))
         if spec is not None and scope_of(spec, self.root_namespace) is Scope.WORKLOAD:
             for key in self._pods_in(ref.namespace):
@@ -515,8 +576,9 @@ class PolicyController:
         tally.network_policies = sum(
             1
             for (ns, _), body in self.network_policies.items()
-            if _is_managed(body["metadata"])
-            and (body["metadata"].get("labels") or {}).get(api.POLICY_LABEL) == ref.name
+            if is_managed(body)
+            and (body["metadata"].get("labels") or {}).get(api.POLICY_LABEL)
+            == label_value(ref.name)
             and (body["metadata"].get("labels") or {}).get(api.POLICY_NAMESPACE_LABEL)
             == ref.namespace
         )
@@ -527,20 +589,6 @@ class PolicyController:
 
     def _pods_in(self, namespace: str) -> Iterable[Key]:
         return ((namespace, name) for name in self.pods_by_namespace.get(namespace, ()))
-
-
-def _same_network_policy(stored: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
-    meta, want = stored["metadata"], manifest["metadata"]
-    labels = meta.get("labels") or {}
-    return (
-        stored.get("spec") == manifest["spec"]
-        and all(labels.get(k) == v for k, v in (want.get("labels") or {}).items())
-        and _owner_uids(meta) == _owner_uids(want)
-    )
-
-
-def _owner_uids(meta: Mapping[str, Any]) -> set[str]:
-    return {ref.get("uid", "") for ref in meta.get("ownerReferences") or ()}
 
 
 __all__ = ["PolicyController"]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from meshless import api
+from meshless.admission import pods
 from meshless.api import AdmissionAction, Mode
 from meshless.durations import parse_duration
 from meshless.pki.keys import KeyAlgorithm
@@ -143,56 +143,23 @@ def _identity_defaults(raw: Any) -> IdentityDefaults:
 # --------------------------------------------------------------------------------------------
 # Pods
 
-_MOUNT_PATH = api.IDENTITY_MOUNT_PATH.rstrip("/")
-
 
 def pod_info(body: Mapping[str, Any]) -> PodInfo:
     """The slim copy of a Pod: what resolution, rendering and status need, nothing more."""
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    containers = spec.get("containers") or ()
-    init_containers = spec.get("initContainers") or ()
     return PodInfo(
         namespace=meta.get("namespace") or "",
         name=meta.get("name") or "",
         uid=meta.get("uid") or "",
         labels=dict(meta.get("labels") or {}),
         service_account=spec.get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT,
-        ports=frozenset(_tcp_ports(containers) + _tcp_ports(init_containers)),
-        identity_mounted=_identity_mounted(spec.get("volumes") or (), containers),
+        ports=pods.tcp_ports(body),
+        identity_mounted=pods.identity_mounted(body),
         ip=status.get("podIP") or "",
         running=status.get("phase") == "Running" and _ready(status.get("conditions") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
-    )
-
-
-def _tcp_ports(containers: Iterable[Mapping[str, Any]]) -> list[int]:
-    return [
-        int(port["containerPort"])
-        for container in containers
-        for port in container.get("ports") or ()
-        if port.get("containerPort") and (port.get("protocol") or "TCP") == "TCP"
-    ]
-
-
-def _identity_mounted(
-    volumes: Iterable[Mapping[str, Any]], containers: Iterable[Mapping[str, Any]]
-) -> bool:
-    """The identity volume exists as a secret volume and every container mounts it at the
-    identity path (init containers are not required to: the injector serves `containers`)."""
-    secret_volume = any(
-        v.get("name") == api.IDENTITY_VOLUME and v.get("secret") is not None for v in volumes
-    )
-    containers = tuple(containers)
-    return secret_volume and bool(containers) and all(_mounts_identity(c) for c in containers)
-
-
-def _mounts_identity(container: Mapping[str, Any]) -> bool:
-    return any(
-        mount.get("name") == api.IDENTITY_VOLUME
-        and (mount.get("mountPath") or "").rstrip("/") == _MOUNT_PATH
-        for mount in container.get("volumeMounts") or ()
     )
 
 

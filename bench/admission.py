@@ -1,0 +1,163 @@
+"""Admission benchmark (`make bench`): results as JSON in bench/results/admission.json.
+
+500 pods created in a namespace under a STRICT MtlsPolicy (through the mutating webhook and
+both validating webhooks) and 500 in a namespace no policy reaches (no webhook is called),
+interleaved in the same run at the same concurrency, while the operator is also issuing
+identities (a steady stream of new WorkloadIdentities). Reported: p50/p99 of each and the
+latency the webhooks add (`p50_added_ms`, `p99_added_ms`; target p99 <= 20 ms).
+
+Quick runs: BENCH_SCALE=0.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import uvloop
+from kubernetes import client, config
+
+from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
+from run import KUBECONFIG, ROOT, SCALE, Operator, free_port, fresh_cluster, identity, log
+
+RESULTS = ROOT / "bench" / "results" / "admission.json"
+PODS_EACH = max(50, int(500 * SCALE))
+CONCURRENCY = int(os.environ.get("BENCH_ADMISSION_CONCURRENCY", "8"))
+BACKGROUND_IDENTITIES_PER_S = 20.0
+
+
+def pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "bench"}},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox", "ports": [{"containerPort": 8443}]}]
+        },
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(policy_ns: str, plain_ns: str, identity_ns: str) -> dict[str, list[float]]:
+    kube = Kube(load_configuration(str(KUBECONFIG)), connections=CONCURRENCY * 2 + 4)
+    timings: dict[str, list[float]] = {"webhooks": [], "none": []}
+    stop = asyncio.Event()
+
+    async def background() -> None:  # keep the operator issuing meanwhile
+        i = 0
+        while not stop.is_set():
+            await kube.request("POST", IDENTITIES.path(identity_ns), identity(f"bg-{i}"))
+            i += 1
+            await asyncio.sleep(1 / BACKGROUND_IDENTITIES_PER_S)
+
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def create(kind: str, namespace: str, i: int) -> None:
+        async with gate:
+            start = time.perf_counter()
+            await kube.request("POST", PODS.path(namespace), pod(f"p-{i}"))
+            timings[kind].append((time.perf_counter() - start) * 1000)
+
+    bg = asyncio.create_task(background())
+    try:
+        # Interleaved: both kinds see the same load at the same time.
+        jobs = []
+        for i in range(PODS_EACH):
+            jobs.append(create("webhooks", policy_ns, i))
+            jobs.append(create("none", plain_ns, i))
+        await asyncio.gather(*jobs)
+    finally:
+        stop.set()
+        await bg
+        await kube.close()
+    return timings
+
+
+def main() -> None:
+    fresh_cluster()
+    api = config.new_client_from_config(config_file=str(KUBECONFIG))
+    core = client.CoreV1Api(api)
+    names = {}
+    for prefix in ("bench-operator", "bench-policy", "bench-plain", "bench-ids"):
+        name = f"{prefix}-{os.getpid()}"
+        core.create_namespace({"metadata": {"name": name}})
+        names[prefix] = name
+    log_dir = ROOT / ".cache" / "bench"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    op = Operator(
+        names["bench-operator"],
+        log_dir / "operator-admission.log",
+        MESHLESS_WEBHOOK_PORT=str(port),
+        MESHLESS_WEBHOOK_HOST="127.0.0.1",
+        MESHLESS_WEBHOOK_URL=f"https://127.0.0.1:{port}",
+        MESHLESS_WRITE_BUDGET_QPS="200",
+        MESHLESS_WRITE_BUDGET_BURST="200",
+    )
+    op.start()
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(
+        "meshless.dev",
+        "v1alpha1",
+        names["bench-policy"],
+        "mtlspolicies",
+        {
+            "apiVersion": "meshless.dev/v1alpha1",
+            "kind": "MtlsPolicy",
+            "metadata": {"name": "strict"},
+            "spec": {"mode": "STRICT"},
+        },
+    )
+    deadline = time.monotonic() + 60
+    while (core.read_namespace(names["bench-policy"]).metadata.labels or {}).get(
+        "meshless.dev/mtls"
+    ) != "enabled":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the policy namespace was never labelled for admission")
+        time.sleep(0.2)
+    time.sleep(1)  # the webhook configurations are written before the label
+    log(f"creating {PODS_EACH} pods through the webhooks and {PODS_EACH} without")
+    timings = uvloop.run(measure(names["bench-policy"], names["bench-plain"], names["bench-ids"]))
+    injected = core.list_namespaced_pod(names["bench-policy"]).items
+    with_label = sum(1 for p in injected if "meshless.dev/identity" in (p.metadata.labels or {}))
+    op.stop()
+    hooked, plain = timings["webhooks"], timings["none"]
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "pods_each": PODS_EACH,
+        "concurrency": CONCURRENCY,
+        "background_identities_per_s": BACKGROUND_IDENTITIES_PER_S,
+        "injected_pods": with_label,
+        "p50_without_ms": round(statistics.median(plain), 1),
+        "p99_without_ms": round(percentile(plain, 0.99), 1),
+        "p50_with_ms": round(statistics.median(hooked), 1),
+        "p99_with_ms": round(percentile(hooked, 0.99), 1),
+    }
+    results["p50_added_ms"] = round(results["p50_with_ms"] - results["p50_without_ms"], 1)
+    results["p99_added_ms"] = round(results["p99_with_ms"] - results["p99_without_ms"], 1)
+    log(f"added p50 {results['p50_added_ms']} ms, p99 {results['p99_added_ms']} ms")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    import subprocess
+    import sys
+
+    try:
+        main()
+    finally:
+        subprocess.run(
+            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
+        )

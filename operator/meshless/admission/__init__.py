@@ -1,0 +1,1 @@
+"""Admission webhooks: identity injection, STRICT enforcement, an unforgeable identity label."""

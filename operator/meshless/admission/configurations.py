@@ -1,0 +1,261 @@
+"""The admission webhook configurations (pure): what the API server sends to meshless, and
+what it does when no replica answers.
+
+Availability (DESIGN.md): with every webhook replica down, pods in namespaces where no policy
+applies are still created, pods under STRICT are refused, and kube-system and the operator's
+own namespace are never intercepted. So:
+
+- The operator labels every namespace some policy reaches `meshless.dev/mtls: enabled`
+  (`admission_namespaces` says which). The injecting webhook and the STRICT webhook select
+  only those namespaces, with failurePolicy Fail: down means refused there, and only there.
+- The identity-label webhook selects only pods that carry (or carried) meshless.dev/identity,
+  in every namespace but the excluded ones, failurePolicy Fail: a forged label is refused
+  everywhere, and pods without the label never wait for meshless.
+- matchConditions (CEL, evaluated by the API server) skip calls that cannot change the answer:
+  opted-out pods are not sent to the injector, and updates that leave the labels alone are
+  not sent to the validators (pod specs are immutable), so a meshless outage does not block
+  the metadata updates (finalizers, owner references) that pods need to be deleted.
+- The injector is reinvoked (reinvocationPolicy IfNeeded) when a later mutating webhook
+  changed the pod, e.g. added a sidecar container: injection is idempotent and mounts the
+  identity into the new container too.
+
+Kopf's managed configurations cannot express namespaceSelector, matchConditions,
+reinvocationPolicy or a short timeout, hence this module (docs/decisions/admission.md).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from meshless.api import (
+    ADMISSION_NAMESPACE_LABEL,
+    ADMISSION_NAMESPACE_VALUE,
+    IDENTITY_LABEL,
+    IDENTITY_LABEL_WEBHOOK,
+    INJECT_ANNOTATION,
+    INJECT_WEBHOOK,
+    MANAGED_BY,
+    STRICT_WEBHOOK,
+    WEBHOOK_CONFIGURATION,
+    Mode,
+)
+from meshless.policy.model import PolicySpec
+from meshless.policy.resolve import PolicySet
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
+ADMISSIONREGISTRATION = "admissionregistration.k8s.io/v1"
+DEFAULT_TIMEOUT_SECONDS = 5
+
+# The handler ids Kopf routes by: the last segment of each webhook's URL or service path.
+INJECT_HANDLER = "meshless-inject"
+STRICT_HANDLER = "meshless-strict"
+IDENTITY_LABEL_HANDLER = "meshless-identity-label"
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    namespace: str
+    name: str
+    port: int = 443
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the API server reaches the webhook server: a URL (outside a cluster, e.g.
+    https://127.0.0.1:9443) or a Service (in a cluster)."""
+
+    url: str | None = None
+    service: ServiceRef | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.service is None):
+            raise ValueError("an Endpoint needs exactly one of url and service")
+
+
+def excluded_namespaces(operator_namespace: str) -> tuple[str, ...]:
+    """Never intercepted: the control plane's namespace and the operator's own."""
+    return tuple(sorted({"kube-system", operator_namespace}))
+
+
+def client_config(endpoint: Endpoint, handler: str, ca_bundle: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
+    if endpoint.url is not None:
+        out["url"] = f"{endpoint.url.rstrip('/')}/{handler}"
+    else:
+        assert endpoint.service is not None
+        out["service"] = {
+            "namespace": endpoint.service.namespace,
+            "name": endpoint.service.name,
+            "port": endpoint.service.port,
+            "path": f"/{handler}",
+        }
+    return out
+
+
+def _not_excluded(excluded: Iterable[str]) -> dict[str, Any]:
+    return {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(set(excluded))}
+
+
+def _labelled_namespaces(excluded: Iterable[str]) -> dict[str, Any]:
+    return {
+        "matchLabels": {ADMISSION_NAMESPACE_LABEL: ADMISSION_NAMESPACE_VALUE},
+        "matchExpressions": [_not_excluded(excluded)],
+    }
+
+
+def _pod_rule(*operations: str) -> dict[str, Any]:
+    return {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "resources": ["pods"],
+        "operations": list(operations),
+        "scope": "Namespaced",
+    }
+
+
+# CEL: the API server evaluates these before calling; `false` skips the call.
+NOT_OPTED_OUT = (
+    f"!has(object.metadata.annotations) || !('{INJECT_ANNOTATION}' in object.metadata.annotations)"
+    f" || object.metadata.annotations['{INJECT_ANNOTATION}'].trim().lowerAscii() != 'false'"
+)
+LABELS_CHANGED_OR_CREATE = (
+    "request.operation == 'CREATE' || "
+    "has(object.metadata.labels) != has(oldObject.metadata.labels) || "
+    "(has(object.metadata.labels) && object.metadata.labels != oldObject.metadata.labels)"
+)
+NOT_DELETING = "!has(object.metadata.deletionTimestamp)"
+IDENTITY_LABEL_SET_OR_CHANGED = (
+    f"has(object.metadata.labels) && '{IDENTITY_LABEL}' in object.metadata.labels && "
+    "(request.operation == 'CREATE' || !has(oldObject.metadata.labels) || "
+    f"!('{IDENTITY_LABEL}' in oldObject.metadata.labels) || "
+    f"oldObject.metadata.labels['{IDENTITY_LABEL}'] != object.metadata.labels['{IDENTITY_LABEL}'])"
+)
+
+
+def _common(timeout_seconds: int) -> dict[str, Any]:
+    return {
+        "admissionReviewVersions": ["v1"],
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": timeout_seconds,
+    }
+
+
+def _metadata() -> dict[str, Any]:
+    return {"name": WEBHOOK_CONFIGURATION, "labels": dict(MANAGED_BY)}
+
+
+def mutating_configuration(
+    endpoint: Endpoint,
+    ca_bundle: bytes,
+    operator_namespace: str,
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    excluded = excluded_namespaces(operator_namespace)
+    return {
+        "apiVersion": ADMISSIONREGISTRATION,
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": _metadata(),
+        "webhooks": [
+            {
+                "name": INJECT_WEBHOOK,
+                "clientConfig": client_config(endpoint, INJECT_HANDLER, ca_bundle),
+                "rules": [_pod_rule("CREATE")],
+                "namespaceSelector": _labelled_namespaces(excluded),
+                "matchConditions": [{"name": "not-opted-out", "expression": NOT_OPTED_OUT}],
+                "sideEffects": "None",
+                "reinvocationPolicy": "IfNeeded",
+                **_common(timeout_seconds),
+            }
+        ],
+    }
+
+
+def validating_configuration(
+    endpoint: Endpoint,
+    ca_bundle: bytes,
+    operator_namespace: str,
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    excluded = excluded_namespaces(operator_namespace)
+    return {
+        "apiVersion": ADMISSIONREGISTRATION,
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": _metadata(),
+        "webhooks": [
+            {
+                "name": STRICT_WEBHOOK,
+                "clientConfig": client_config(endpoint, STRICT_HANDLER, ca_bundle),
+                "rules": [_pod_rule("CREATE", "UPDATE")],
+                "namespaceSelector": _labelled_namespaces(excluded),
+                # In labelled namespaces this webhook also guards the identity label (one
+                # call per pod instead of two): STRICT on a create or a label change of a pod
+                # not being deleted, the label whenever it is set or changed.
+                "matchConditions": [
+                    {
+                        "name": "strict-or-identity-label",
+                        "expression": f"({NOT_DELETING} && ({LABELS_CHANGED_OR_CREATE})) || "
+                        f"({IDENTITY_LABEL_SET_OR_CHANGED})",
+                    }
+                ],
+                # Audit and Warn are counted in the policy's status; never for a dry run.
+                "sideEffects": "NoneOnDryRun",
+                **_common(timeout_seconds),
+            },
+            {
+                "name": IDENTITY_LABEL_WEBHOOK,
+                "clientConfig": client_config(endpoint, IDENTITY_LABEL_HANDLER, ca_bundle),
+                "rules": [_pod_rule("CREATE", "UPDATE")],
+                # Namespaces labelled for admission are served by the webhook above.
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        _not_excluded(excluded),
+                        {
+                            "key": ADMISSION_NAMESPACE_LABEL,
+                            "operator": "NotIn",
+                            "values": [ADMISSION_NAMESPACE_VALUE],
+                        },
+                    ]
+                },
+                # Evaluated against the old and the new object: an update adding it is seen.
+                "objectSelector": {
+                    "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "Exists"}]
+                },
+                "matchConditions": [
+                    {"name": "identity-label-set", "expression": IDENTITY_LABEL_SET_OR_CHANGED}
+                ],
+                "sideEffects": "None",
+                **_common(timeout_seconds),
+            },
+        ],
+    }
+
+
+def _may_need_identity(policy: PolicySpec) -> bool:
+    """False only when every mode the policy sets is DISABLE (UNSET may inherit STRICT)."""
+    modes = {policy.mode, *policy.port_modes.values()}
+    return modes != {Mode.DISABLE}
+
+
+def admission_namespaces(
+    policies: PolicySet, namespaces: Iterable[str], operator_namespace: str
+) -> frozenset[str]:
+    """The namespaces to label meshless.dev/mtls=enabled: those some policy that may ask for
+    an identity reaches (a cluster-wide one reaches them all), minus the excluded ones. Errs
+    towards labelling: a labelled namespace only costs availability while meshless is down,
+    a missing label lets pods under STRICT in without their identity."""
+    excluded = set(excluded_namespaces(operator_namespace))
+    all_namespaces = set(namespaces)
+    if any(_may_need_identity(p) for p in policies.root):
+        reached = all_namespaces
+    else:
+        reached = {
+            p.namespace
+            for group in (*policies.namespace_wide.values(), *policies.workload.values())
+            for p in group
+            if _may_need_identity(p)
+        }
+    return frozenset((reached & all_namespaces) - excluded)

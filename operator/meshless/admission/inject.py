@@ -1,0 +1,220 @@
+"""Injection (pure): a pod and its effective mTLS modes -> the JSON patch that gives it its
+identity.
+
+For a pod whose effective mode is STRICT or PERMISSIVE on any port, the patch adds a Secret
+volume with the ServiceAccount's identity, mounts it read-only at the identity path in every
+init container and container, sets MESHLESS_SPIFFE_ID, MESHLESS_MTLS_MODE and
+MESHLESS_MTLS_PORTS, and labels the pod meshless.dev/identity=<serviceAccount>.
+
+The patch only adds what is missing, so a second invocation (reinvocationPolicy IfNeeded, or a
+pod spec copied from an injected pod) yields no operations. Anything of ours that is already
+there but different is a conflict: the webhook denies the pod with the message rather than
+store a pod spec that half works.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshless.admission import pods
+from meshless.api import (
+    ENV_MTLS_MODE,
+    ENV_MTLS_PORTS,
+    ENV_PREFIX,
+    ENV_SPIFFE_ID,
+    IDENTITY_LABEL,
+    IDENTITY_MOUNT_PATH,
+    IDENTITY_VOLUME,
+)
+from meshless.identity.spec import default_secret_name
+from meshless.pki.spiffe import spiffe_id
+from meshless.policy.model import PodResolution
+from meshless.policy.provision import provisioned_name
+
+JSONPatchOp = dict[str, Any]
+
+
+class InjectionConflict(ValueError):
+    """The pod already has something where injection would put its own; the message names
+    the container (when there is one) and the conflicting item."""
+
+
+@dataclass(frozen=True)
+class IdentityRef:
+    """The identity Secret of one ServiceAccount and the SPIFFE ID its certificate carries."""
+
+    secret_name: str
+    spiffe_id: str
+
+
+def default_identity(trust_domain: str, namespace: str, service_account: str) -> IdentityRef:
+    """The identity of a ServiceAccount that has none yet: the operator will provision the
+    WorkloadIdentity `meshless-<sa>` with the Secret `meshless-<sa>-mtls` (the kubelet waits
+    for the Secret before it starts the pod)."""
+    return IdentityRef(
+        secret_name=default_secret_name(provisioned_name(service_account)),
+        spiffe_id=spiffe_id(trust_domain, namespace, service_account),
+    )
+
+
+def escape(segment: str) -> str:
+    """A JSON-pointer path segment (RFC 6901): "~" -> "~0", "/" -> "~1"."""
+    return segment.replace("~", "~0").replace("/", "~1")
+
+
+def ports_env_value(resolution: PodResolution) -> str:
+    """MESHLESS_MTLS_PORTS: a JSON object port -> mode, ports in numeric order."""
+    ordered = {str(port): resolution.ports[port].mode.value for port in sorted(resolution.ports)}
+    return json.dumps(ordered, separators=(",", ":"))
+
+
+def identity_env(resolution: PodResolution, identity: IdentityRef) -> list[dict[str, str]]:
+    return [
+        {"name": ENV_SPIFFE_ID, "value": identity.spiffe_id},
+        {"name": ENV_MTLS_MODE, "value": resolution.mode.value},
+        {"name": ENV_MTLS_PORTS, "value": ports_env_value(resolution)},
+    ]
+
+
+def identity_volume(identity: IdentityRef) -> dict[str, Any]:
+    return {"name": IDENTITY_VOLUME, "secret": {"secretName": identity.secret_name}}
+
+
+def identity_mount() -> dict[str, Any]:
+    return {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_MOUNT_PATH, "readOnly": True}
+
+
+def _is_our_volume(volume: Mapping[str, Any], identity: IdentityRef) -> bool:
+    """Ours, allowing for what the API server defaults (defaultMode, optional: false)."""
+    secret = volume.get("secret")
+    if not isinstance(secret, Mapping) or set(volume) - {"name", "secret"}:
+        return False
+    return (
+        secret.get("secretName") == identity.secret_name
+        and not secret.get("items")
+        and secret.get("optional") in (None, False)
+    )
+
+
+def _under_identity_path(path: Any) -> bool:
+    normalized = pods.normalize_path(str(path))
+    return normalized == pods.IDENTITY_PATH or normalized.startswith(pods.IDENTITY_PATH + "/")
+
+
+MAX_LABEL_VALUE = 63
+
+
+def _label_ops(pod: Mapping[str, Any], service_account: str) -> list[JSONPatchOp]:
+    if len(service_account) > MAX_LABEL_VALUE:
+        raise InjectionConflict(
+            f"ServiceAccount name {service_account!r} is longer than {MAX_LABEL_VALUE} "
+            f"characters and cannot be the value of the label {IDENTITY_LABEL}"
+        )
+    labels = pods.metadata(pod).get("labels")
+    if not isinstance(labels, Mapping):
+        return [
+            {"op": "add", "path": "/metadata/labels", "value": {IDENTITY_LABEL: service_account}}
+        ]
+    current = labels.get(IDENTITY_LABEL)
+    if current is None:
+        path = f"/metadata/labels/{escape(IDENTITY_LABEL)}"
+        return [{"op": "add", "path": path, "value": service_account}]
+    if current != service_account:
+        raise InjectionConflict(
+            f"label {IDENTITY_LABEL}={current!r} is already set, but the pod runs as "
+            f"ServiceAccount {service_account!r}; only the injector sets this label"
+        )
+    return []
+
+
+def _volume_ops(pod: Mapping[str, Any], identity: IdentityRef) -> list[JSONPatchOp]:
+    volumes = pods.spec(pod).get("volumes")
+    if not isinstance(volumes, list):
+        return [{"op": "add", "path": "/spec/volumes", "value": [identity_volume(identity)]}]
+    existing = pods.identity_volume(pod)
+    if existing is None:
+        return [{"op": "add", "path": "/spec/volumes/-", "value": identity_volume(identity)}]
+    if not _is_our_volume(existing, identity):
+        raise InjectionConflict(
+            f"volume {IDENTITY_VOLUME!r} already exists and is not the identity Secret "
+            f"{identity.secret_name!r}; rename the volume"
+        )
+    return []
+
+
+def _mount_ops(where: str, label: str, container: Mapping[str, Any]) -> list[JSONPatchOp]:
+    mounts = container.get("volumeMounts")
+    if not isinstance(mounts, list):
+        return [{"op": "add", "path": f"{where}/volumeMounts", "value": [identity_mount()]}]
+    ours = False
+    for mount in mounts:
+        mount = mount if isinstance(mount, Mapping) else {}
+        if not _under_identity_path(mount.get("mountPath", "")):
+            continue
+        if pods.mounts_identity({"volumeMounts": [mount]}) and set(mount) <= {
+            "name",
+            "mountPath",
+            "readOnly",
+            "mountPropagation",
+            "recursiveReadOnly",
+        }:
+            ours = True
+            continue
+        raise InjectionConflict(
+            f"{label} already mounts volume {mount.get('name')!r} at "
+            f"{mount.get('mountPath')!r}, where the identity goes ({IDENTITY_MOUNT_PATH})"
+        )
+    if ours:
+        return []
+    return [{"op": "add", "path": f"{where}/volumeMounts/-", "value": identity_mount()}]
+
+
+def _env_ops(
+    where: str, label: str, container: Mapping[str, Any], wanted: list[dict[str, str]]
+) -> list[JSONPatchOp]:
+    env = container.get("env")
+    if not isinstance(env, list):
+        return [{"op": "add", "path": f"{where}/env", "value": wanted}]
+    present: set[str] = set()
+    by_name = {item["name"]: item for item in wanted}
+    for item in env:
+        item = item if isinstance(item, Mapping) else {}
+        name = str(item.get("name", ""))
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if name in by_name and dict(item) == by_name[name]:
+            present.add(name)
+            continue
+        shown = item.get("value") if "value" in item else "valueFrom"
+        raise InjectionConflict(
+            f"{label} sets {name}={shown!r} itself; {ENV_PREFIX}* variables are set by the injector"
+        )
+    return [
+        {"op": "add", "path": f"{where}/env/-", "value": item}
+        for item in wanted
+        if item["name"] not in present
+    ]
+
+
+def injection_patch(
+    pod: Mapping[str, Any], resolution: PodResolution | None, identity: IdentityRef
+) -> list[JSONPatchOp]:
+    """The JSON-patch operations that inject `identity` into `pod`; [] when the pod is opted
+    out, not under any policy, needs no identity, or already has everything. Raises
+    InjectionConflict naming what stands in the way."""
+    if resolution is None or not resolution.needs_identity():
+        return []
+    if pods.opted_out(pod) or pods.is_mirror(pod):
+        return []
+    ops = _label_ops(pod, pods.service_account(pod))
+    ops += _volume_ops(pod, identity)
+    wanted = identity_env(resolution, identity)
+    for list_name, index, container in pods.containers(pod):
+        where = f"/spec/{list_name}/{index}"
+        label = pods.container_label(list_name, container)
+        ops += _mount_ops(where, label, container)
+        ops += _env_ops(where, label, container, wanted)
+    return ops

@@ -1,0 +1,153 @@
+"""What admission reads from a raw Pod body (pure).
+
+Admission sees pods before they are stored: on CREATE the name may still be empty
+(generateName) and the namespace comes from the request, so these helpers take the namespace
+as an argument. `admission_pod_info` is a private stand-in for `meshless.policy.spec.pod_info`
+(written elsewhere); both must agree on `identity_mounted`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from meshless.api import IDENTITY_MOUNT_PATH, IDENTITY_VOLUME, INJECT_ANNOTATION
+from meshless.policy.model import PodInfo
+
+Json = Mapping[str, Any]
+
+DEFAULT_SERVICE_ACCOUNT = "default"
+CONTAINER_LISTS = ("initContainers", "containers")
+
+
+def _mapping(value: Any) -> Json:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def metadata(pod: Json) -> Json:
+    return _mapping(pod.get("metadata"))
+
+
+def spec(pod: Json) -> Json:
+    return _mapping(pod.get("spec"))
+
+
+def labels_of(pod: Json) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _mapping(metadata(pod).get("labels")).items()}
+
+
+def annotations_of(pod: Json) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _mapping(metadata(pod).get("annotations")).items()}
+
+
+def service_account(pod: Json) -> str:
+    """spec.serviceAccountName (or the deprecated spec.serviceAccount), else "default"."""
+    s = spec(pod)
+    return str(s.get("serviceAccountName") or s.get("serviceAccount") or DEFAULT_SERVICE_ACCOUNT)
+
+
+def opted_out(pod: Json) -> bool:
+    """The annotation meshless.dev/inject: "false" (case-insensitive) opts out of injection."""
+    return annotations_of(pod).get(INJECT_ANNOTATION, "").strip().lower() == "false"
+
+
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+def is_mirror(pod: Json) -> bool:
+    """A static pod's reflection in the API: the kubelet runs it from a file, so admission
+    cannot change what runs, and the node may not reference Secrets in it."""
+    return MIRROR_ANNOTATION in annotations_of(pod)
+
+
+def display_name(pod: Json, namespace: str) -> str:
+    """ns/name, or ns/<generateName>* for a pod whose name the API server has yet to pick."""
+    meta = metadata(pod)
+    name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else "")
+    return f"{namespace}/{name or '<unnamed>'}"
+
+
+def containers(pod: Json) -> Iterator[tuple[str, int, Json]]:
+    """(list name, index, container) for init containers, then containers."""
+    s = spec(pod)
+    for list_name in CONTAINER_LISTS:
+        for index, container in enumerate(_list(s.get(list_name))):
+            yield list_name, index, _mapping(container)
+
+
+def container_label(list_name: str, container: Json) -> str:
+    kind = "init container" if list_name == "initContainers" else "container"
+    return f"{kind} {container.get('name') or '<unnamed>'!r}"
+
+
+def tcp_ports(pod: Json) -> frozenset[int]:
+    ports: set[int] = set()
+    for _, _, container in containers(pod):
+        for port in _list(container.get("ports")):
+            port = _mapping(port)
+            if str(port.get("protocol") or "TCP").upper() != "TCP":
+                continue
+            number = port.get("containerPort")
+            if isinstance(number, int) and not isinstance(number, bool):
+                ports.add(number)
+    return frozenset(ports)
+
+
+def normalize_path(path: str) -> str:
+    return "/" + "/".join(part for part in str(path).split("/") if part)
+
+
+IDENTITY_PATH = normalize_path(IDENTITY_MOUNT_PATH)
+
+
+def identity_volume(pod: Json) -> Json | None:
+    for volume in _list(spec(pod).get("volumes")):
+        volume = _mapping(volume)
+        if volume.get("name") == IDENTITY_VOLUME:
+            return volume
+    return None
+
+
+def mounts_identity(container: Json) -> bool:
+    """The container mounts our volume read-only at our path."""
+    return any(
+        _mapping(m).get("name") == IDENTITY_VOLUME
+        and normalize_path(str(_mapping(m).get("mountPath", ""))) == IDENTITY_PATH
+        and _mapping(m).get("readOnly") is True
+        and not _mapping(m).get("subPath")
+        and not _mapping(m).get("subPathExpr")
+        for m in _list(container.get("volumeMounts"))
+    )
+
+
+def identity_mounted(pod: Json, secret_name: str | None = None) -> bool:
+    """The pod mounts the identity volume (a Secret volume; `secret_name` when given) read-only
+    at the identity path in every container and init container."""
+    volume = identity_volume(pod)
+    if volume is None:
+        return False
+    secret = _mapping(volume.get("secret"))
+    if not secret.get("secretName"):
+        return False
+    if secret_name is not None and secret.get("secretName") != secret_name:
+        return False
+    all_containers = [c for _, _, c in containers(pod)]
+    return bool(all_containers) and all(mounts_identity(c) for c in all_containers)
+
+
+def admission_pod_info(pod: Json, namespace: str) -> PodInfo:
+    """The PodInfo the resolver needs, from a pod under admission."""
+    meta = metadata(pod)
+    return PodInfo(
+        namespace=namespace,
+        name=str(meta.get("name") or meta.get("generateName") or ""),
+        labels=labels_of(pod),
+        service_account=service_account(pod),
+        ports=tcp_ports(pod),
+        identity_mounted=identity_mounted(pod),
+        uid=str(meta.get("uid") or ""),
+    )

@@ -1,0 +1,506 @@
+"""The admission webhooks in the operator (shell): Kopf's handlers and Kopf's webhook server
+around the pure decisions in inject.py and validate.py.
+
+- `register_admission_handlers(registry, state_of)` adds three handlers for v1 pods, routed by
+  Kopf by the last path segment of the webhook URL: `meshless-inject` (mutating),
+  `meshless-strict` and `meshless-identity-label` (validating).
+- `AdmissionWebhookServer` is a `kopf.WebhookServer` (set it as
+  `settings.admission.server`) that serves with a certificate from our CA held in one live
+  SSLContext: `load_certificate` swaps it for new handshakes without closing the socket.
+  Requests that are not a v1 AdmissionReview of a pod get a clear error answer.
+- `apply_configurations` writes the webhook configurations (configurations.py) with
+  server-side apply; Kopf's managed configurations are not used (see
+  docs/decisions/admission.md).
+- The policy controller provides an `AdmissionState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp.web
+import kopf
+
+from meshless.admission import pods
+from meshless.admission.configurations import (
+    IDENTITY_LABEL_HANDLER,
+    INJECT_HANDLER,
+    STRICT_HANDLER,
+    Endpoint,
+    ServiceRef,
+    mutating_configuration,
+    validating_configuration,
+)
+from meshless.admission.inject import (
+    IdentityRef,
+    InjectionConflict,
+    JSONPatchOp,
+    default_identity,
+    injection_patch,
+)
+from meshless.admission.serving import (
+    ServingCertificate,
+    issue_serving_certificate,
+    service_dns_names,
+)
+from meshless.admission.validate import (
+    CREATE,
+    UPDATE,
+    AdmissionRecord,
+    Decision,
+    judge_identity_label,
+    judge_strict,
+)
+from meshless.api import MANAGED_BY_VALUE
+from meshless.kube import Kube
+from meshless.pki.bundle import bundle_pem, fingerprint
+from meshless.pki.ca import CertificateAuthority
+from meshless.policy.model import PolicySpec
+from meshless.policy.resolve import PolicySet
+
+log = logging.getLogger(__name__)
+
+ADMISSION_REVIEW_VERSION = "admission.k8s.io/v1"
+HANDLERS = (INJECT_HANDLER, STRICT_HANDLER, IDENTITY_LABEL_HANDLER)
+NOT_READY_CODE = 503
+CONFLICT_CODE = 400
+
+
+# --- what the policy controller provides ----------------------------------------------------
+class AdmissionState(Protocol):
+    """The policy controller's view, read on every admission request (keep it cheap: no API
+    calls)."""
+
+    def policies(self) -> PolicySet | None:
+        """The current policies; None until the first complete list has been read (pods in
+        labelled namespaces are then refused with 503, fail closed)."""
+
+    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
+        """The identity Secret and SPIFFE ID of a ServiceAccount: its WorkloadIdentity's, or
+        `default_identity(...)` (meshless-<sa>, Secret meshless-<sa>-mtls) for one the
+        controller has yet to provision."""
+
+    def record_admission(self, record: AdmissionRecord) -> None:
+        """A pod admitted under Warn or Audit that Enforce would have denied (never called
+        for a dry run): counted in the policy's status."""
+
+
+@dataclass
+class StaticAdmissionState:
+    """An AdmissionState over a fixed set of policies (tests, benchmarks)."""
+
+    specs: Iterable[PolicySpec]
+    root_namespace: str
+    trust_domain: str = "cluster.local"
+    identities: Mapping[tuple[str, str], IdentityRef] = field(default_factory=dict)
+    records: list[AdmissionRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._set = PolicySet.build(list(self.specs), self.root_namespace)
+
+    def policies(self) -> PolicySet | None:
+        return self._set
+
+    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
+        found = self.identities.get((namespace, service_account))
+        return found or default_identity(self.trust_domain, namespace, service_account)
+
+    def record_admission(self, record: AdmissionRecord) -> None:
+        self.records.append(record)
+
+
+StateOf = Callable[[kopf.Memo], AdmissionState | None]
+
+
+def state_from_memo(memo: kopf.Memo) -> AdmissionState | None:
+    """The default: `memo.admission_state`, set by the operator once its controller runs."""
+    state: AdmissionState | None = getattr(memo, "admission_state", None)
+    return state
+
+
+# --- the handlers ---------------------------------------------------------------------------
+def _namespace(body: Mapping[str, Any]) -> str:
+    namespace = pods.metadata(body).get("namespace")
+    if not namespace:  # the guard copies request.namespace in; this is a last resort
+        raise kopf.AdmissionError("the pod has no namespace", code=400)
+    return str(namespace)
+
+
+def _policies(state: AdmissionState | None, pod: str) -> tuple[AdmissionState, PolicySet]:
+    policies = state.policies() if state is not None else None
+    if state is None or policies is None:
+        raise kopf.AdmissionError(
+            f"meshless is starting and has not read the MtlsPolicies yet; pod {pod} is "
+            "refused until it has (retry shortly)",
+            code=NOT_READY_CODE,
+        )
+    return state, policies
+
+
+def apply_add_ops(ops: list[JSONPatchOp], document: Any) -> None:
+    """Apply the add operations injection_patch makes, in place (Kopf turns the changed body
+    back into a JSON patch)."""
+    for op in ops:
+        if op["op"] != "add":
+            raise ValueError(f"unexpected JSON-patch op {op['op']!r}")
+        *parents, last = [
+            part.replace("~1", "/").replace("~0", "~") for part in op["path"].split("/")[1:]
+        ]
+        target = document
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if isinstance(target, list):
+            if last == "-":
+                target.append(op["value"])
+            else:
+                target.insert(int(last), op["value"])
+        else:
+            target[last] = op["value"]
+
+
+def _deny_or_allow(decision: Decision, warnings: list[str]) -> None:
+    if not decision.allowed:
+        log.info("admission refused: %s", decision.message)
+        raise kopf.AdmissionError(decision.message, code=decision.code)
+    warnings.extend(decision.warnings)
+
+
+class QuietAdmissionLogs(logging.Filter):
+    """Kopf logs every webhook call at INFO and every denial at ERROR on `kopf.objects`, and
+    posts those ERROR records as Events about the pod (on CREATE a pod that will never
+    exist). A denial is an answer, not an operator error: the handlers log refusals at INFO
+    themselves, and this filter drops Kopf's records about our webhooks."""
+
+    PREFIXES = tuple(f"Webhook {handler!r}" for handler in HANDLERS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.PREFIXES)
+
+
+def quiet_kopf_admission_logs() -> None:
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietAdmissionLogs) for f in objects.filters):
+        objects.addFilter(QuietAdmissionLogs())
+
+
+def register_admission_handlers(
+    registry: kopf.OperatorRegistry, state_of: StateOf = state_from_memo
+) -> None:
+    """Add the three pod handlers to `registry` (and keep Kopf from logging each call)."""
+    quiet_kopf_admission_logs()
+
+    @kopf.on.mutate("v1", "pods", id=INJECT_HANDLER, operations=["CREATE"], registry=registry)
+    async def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        raw = dict(body)
+        namespace = _namespace(raw)
+        name = pods.display_name(raw, namespace)
+        if pods.opted_out(raw):
+            return
+        state, policies = _policies(state_of(memo), name)
+        resolution = policies.resolve(pods.admission_pod_info(raw, namespace))
+        if resolution is None or not resolution.needs_identity():
+            return
+        identity = state.identity_for(namespace, pods.service_account(raw))
+        try:
+            ops = injection_patch(raw, resolution, identity)
+        except InjectionConflict as exc:
+            raise kopf.AdmissionError(
+                f"meshless cannot inject its identity into pod {name}: {exc}", code=CONFLICT_CODE
+            ) from None
+        if ops:
+            patch.fns.append(lambda document: apply_add_ops(ops, document))
+
+    @kopf.on.validate(
+        "v1", "pods", id=STRICT_HANDLER, operations=["CREATE", "UPDATE"], registry=registry
+    )
+    async def strict(
+        body: kopf.Body, dryrun: bool, warnings: list[str], memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        """STRICT enforcement, and in labelled namespaces the identity label too (the label
+        webhook skips those namespaces: one call per pod instead of two)."""
+        operation, old = kwargs.get("operation"), kwargs.get("old")
+        if operation not in (CREATE, UPDATE):
+            return
+        raw = dict(body)
+        old_raw = dict(old) if old is not None else None
+        namespace = _namespace(raw)
+        state, policies = _policies(state_of(memo), pods.display_name(raw, namespace))
+        identity = state.identity_for(namespace, pods.service_account(raw))
+        _deny_or_allow(judge_identity_label(operation, raw, old_raw, namespace, identity), warnings)
+        decision = judge_strict(operation, raw, old_raw, namespace, policies)
+        _deny_or_allow(decision, warnings)
+        if not dryrun:
+            for record in decision.records:
+                state.record_admission(record)
+
+    @kopf.on.validate(
+        "v1", "pods", id=IDENTITY_LABEL_HANDLER, operations=["CREATE", "UPDATE"], registry=registry
+    )
+    async def identity_label(
+        body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        operation, old = kwargs.get("operation"), kwargs.get("old")
+        if operation not in (CREATE, UPDATE):
+            return
+        raw = dict(body)
+        namespace = _namespace(raw)
+        state = state_of(memo)
+        identity = (
+            state.identity_for(namespace, pods.service_account(raw)) if state is not None else None
+        )
+        decision = judge_identity_label(
+            operation, raw, dict(old) if old is not None else None, namespace, identity
+        )
+        _deny_or_allow(decision, warnings)
+
+
+# --- bad input ----------------------------------------------------------------------------
+def review_problem(request: Any) -> str | None:
+    """Why `request` is not an AdmissionReview v1 we can answer (None when it is)."""
+    if not isinstance(request, Mapping):
+        return "the body is not a JSON object"
+    if request.get("kind") != "AdmissionReview":
+        return f"kind {request.get('kind')!r} is not AdmissionReview"
+    if request.get("apiVersion") != ADMISSION_REVIEW_VERSION:
+        return (
+            f"AdmissionReview version {request.get('apiVersion')!r} is not supported; "
+            f"meshless answers {ADMISSION_REVIEW_VERSION} only"
+        )
+    payload = request.get("request")
+    if not isinstance(payload, Mapping):
+        return "the AdmissionReview has no request"
+    if not isinstance(payload.get("uid"), str) or not payload.get("uid"):
+        return "the AdmissionReview request has no uid"
+    if not isinstance(payload.get("resource"), Mapping):
+        return "the AdmissionReview request names no resource"
+    if not isinstance(payload.get("userInfo"), Mapping):
+        return "the AdmissionReview request has no userInfo"
+    if not isinstance(payload.get("object") or payload.get("oldObject"), Mapping):
+        return "the AdmissionReview request carries no object"
+    return None
+
+
+def refusal(request: Mapping[str, Any], message: str, code: int = 400) -> dict[str, Any]:
+    """A well-formed AdmissionReview answer that denies with `message`."""
+    return {
+        "apiVersion": ADMISSION_REVIEW_VERSION,
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": request["request"]["uid"],
+            "allowed": False,
+            "status": {"code": code, "message": message},
+        },
+    }
+
+
+def guarded(fn: kopf.WebhookFn) -> kopf.WebhookFn:
+    """Kopf's request function behind checks: a body that is no v1 AdmissionReview gets
+    HTTP 400 with the reason; a review for a path we do not serve or for anything but a
+    v1 pod is refused in a proper answer. Never raises anything else."""
+
+    async def serve(
+        request: Any,
+        *,
+        webhook: str | None = None,
+        headers: dict[str, str] | None = None,
+        sslpeer: dict[str, Any] | None = None,
+    ) -> Any:
+        problem = review_problem(request)
+        if problem is not None:
+            log.warning("bad admission request: %s", problem)
+            raise aiohttp.web.HTTPBadRequest(text=f"meshless admission: {problem}\n")
+        payload = request["request"]
+        resource = payload["resource"]
+        if webhook not in HANDLERS:
+            return refusal(request, f"meshless serves no webhook at /{webhook or ''}", 404)
+        if (resource.get("group"), resource.get("version"), resource.get("resource")) != (
+            "",
+            "v1",
+            "pods",
+        ) or payload.get("subResource"):
+            what = (
+                "/".join(str(p) for p in (resource.get("group"), resource.get("version")) if p)
+                + f" {resource.get('resource')}"
+            )
+            if payload.get("subResource"):
+                what += f"/{payload['subResource']}"
+            return refusal(request, f"meshless admission reviews v1 pods only, not {what}")
+        for key in ("object", "oldObject"):
+            obj = payload.get(key)
+            meta = obj.setdefault("metadata", {}) if isinstance(obj, dict) else None
+            if isinstance(meta, dict):
+                # Kopf deep-copies and diffs the whole body on every request; managedFields
+                # are often most of it and never ours to judge or patch.
+                meta.pop("managedFields", None)
+                if payload.get("namespace") and not meta.get("namespace"):
+                    meta["namespace"] = payload["namespace"]
+        return await fn(request, webhook=webhook, headers=headers, sslpeer=sslpeer)
+
+    return serve
+
+
+# --- the server -----------------------------------------------------------------------------
+def _load_chain(context: ssl.SSLContext, certificate: ServingCertificate) -> None:
+    """ssl loads keys from files only: a private directory, removed at once."""
+    with tempfile.TemporaryDirectory(prefix="meshless-webhook-") as directory:
+        cert_path, key_path = Path(directory) / "tls.crt", Path(directory) / "tls.key"
+        cert_path.write_bytes(certificate.chain_pem)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as key_file:
+            key_file.write(certificate.private_key_pem)
+        context.load_cert_chain(cert_path, key_path)
+
+
+class AdmissionWebhookServer(kopf.WebhookServer):
+    """Kopf's aiohttp webhook server with our certificate in one live SSLContext.
+
+    Kopf's own rotation re-reads certificate files and restarts the listener, refusing
+    connections meanwhile; here a new certificate is loaded into the same context, which
+    OpenSSL uses for every new handshake, and the socket stays open.
+    """
+
+    def __init__(
+        self,
+        *,
+        certificate: ServingCertificate,
+        ca_bundle: bytes,
+        addr: str = "127.0.0.1",
+        port: int = 9443,
+        host: str | None = None,
+    ) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        super().__init__(addr=addr, port=port, host=host, cadata=ca_bundle, context=context)
+        self.certificate = certificate
+        _load_chain(context, certificate)
+
+    def load_certificate(self, certificate: ServingCertificate, ca_bundle: bytes) -> None:
+        """Serve `certificate` from the next handshake on."""
+        assert self.context is not None
+        _load_chain(self.context, certificate)
+        self.certificate = certificate
+        self.cadata = ca_bundle
+        log.info("webhook serving certificate loaded (valid until %s)", certificate.not_after)
+
+    def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
+        # Kopf's hook for building the context: ours is built and loaded already.
+        return self.cadata, self.context
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async for client_config in super().__call__(guarded(fn)):
+            yield client_config
+
+
+# --- certificate rotation -------------------------------------------------------------------
+@dataclass
+class ServingCertificateKeeper:
+    """Issues the serving certificate and renews it at 2/3 of its lifetime or when the
+    issuing CA changes. `ca` returns the current CA (None while there is none)."""
+
+    ca: Callable[[], CertificateAuthority | None]
+    hosts: tuple[str, ...]
+    clock: Callable[[], datetime]
+    ttl: timedelta = timedelta(hours=24)
+    _issuer: bytes = b""
+
+    def issue(self) -> tuple[ServingCertificate, bytes]:
+        """A fresh certificate and the CA bundle that verifies it."""
+        ca = self.ca()
+        if ca is None:
+            raise RuntimeError("no issuing CA is loaded")
+        self._issuer = fingerprint(ca.issuer_cert)
+        certificate = issue_serving_certificate(ca, self.hosts, self.clock(), self.ttl)
+        return certificate, bundle_pem(ca.roots)
+
+    def due(self, current: ServingCertificate) -> bool:
+        ca = self.ca()
+        if ca is not None and fingerprint(ca.issuer_cert) != self._issuer:
+            return True
+        return self.clock() >= current.renewal_time()
+
+    async def run(
+        self, server: AdmissionWebhookServer, check_every: float = 10.0
+    ) -> None:  # pragma: no cover - a loop around issue() and due()
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                if self.due(server.certificate):
+                    certificate, bundle = self.issue()
+                    server.load_certificate(certificate, bundle)
+            except Exception:
+                log.exception("renewing the webhook serving certificate failed; retrying")
+
+
+# --- configurations -------------------------------------------------------------------------
+async def apply_configurations(
+    kube: Kube,
+    endpoint: Endpoint,
+    ca_bundle: bytes,
+    operator_namespace: str,
+    timeout_seconds: int = 5,
+) -> None:
+    """Create or update both webhook configurations (server-side apply, field manager
+    meshless); call again whenever the CA bundle changes."""
+    for plural, body in (
+        (
+            "mutatingwebhookconfigurations",
+            mutating_configuration(endpoint, ca_bundle, operator_namespace, timeout_seconds),
+        ),
+        (
+            "validatingwebhookconfigurations",
+            validating_configuration(endpoint, ca_bundle, operator_namespace, timeout_seconds),
+        ),
+    ):
+        await kube.request(
+            "PATCH",
+            f"/apis/admissionregistration.k8s.io/v1/{plural}/{body['metadata']['name']}",
+            body,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", MANAGED_BY_VALUE), ("force", "true")],
+        )
+
+
+# --- wiring for the operator ----------------------------------------------------------------
+def webhook_endpoint(
+    url: str | None, service: str, namespace: str, service_port: int = 443
+) -> tuple[Endpoint, tuple[str, ...]]:
+    """Where the API server calls us and the hosts the serving certificate must name: the
+    URL's host when registered by URL (outside a cluster: https://127.0.0.1:<port>), else
+    the Service's DNS names."""
+    if url:
+        host = urlsplit(url).hostname
+        if not host or urlsplit(url).scheme != "https":
+            raise ValueError(f"webhook URL {url!r} must be https://<host>[:port]")
+        return Endpoint(url=url), (host,)
+    return (
+        Endpoint(service=ServiceRef(namespace, service, service_port)),
+        service_dns_names(service, namespace),
+    )
+
+
+def serve_admission(
+    kopf_settings: kopf.OperatorSettings,
+    *,
+    ca: Callable[[], CertificateAuthority | None],
+    hosts: tuple[str, ...],
+    clock: Callable[[], datetime],
+    addr: str,
+    port: int,
+) -> tuple[AdmissionWebhookServer, ServingCertificateKeeper]:
+    """Issue the first serving certificate and make Kopf serve the webhooks with it (call in
+    a startup handler, once the CA is loaded). Run `keeper.run(server)` as a task to renew."""
+    keeper = ServingCertificateKeeper(ca=ca, hosts=hosts, clock=clock)
+    certificate, bundle = keeper.issue()
+    server = AdmissionWebhookServer(certificate=certificate, ca_bundle=bundle, addr=addr, port=port)
+    kopf_settings.admission.server = server
+    return server, keeper

@@ -1,0 +1,77 @@
+"""The policy controller as the admission webhooks see it (meshless.admission.server's
+AdmissionState): answered from memory on every request, no API calls.
+
+Pods admitted under Warn or Audit that Enforce would have denied are counted into the policy's
+status (`status.admission`) as deltas on what the status already holds, so a restart loses no
+count. Every replica serves webhooks but only the leader writes status: a standby's records
+also go out as an Event on the policy, so none is lost while it is not leading.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from meshless.admission.inject import IdentityRef
+from meshless.admission.validate import AdmissionRecord
+from meshless.api import API_VERSION, Kind, Reason
+from meshless.policy.controller import POLICY_WORK, PolicyController
+from meshless.policy.model import PolicyRef
+from meshless.policy.resolve import PolicySet
+
+MAX_RECORDED = 20  # pod names kept per policy (status lists are bounded)
+
+
+class ControllerAdmissionState:
+    def __init__(self, controller: PolicyController, *, leading: bool = True) -> None:
+        self.controller = controller
+        self.leading = leading
+        self._pending: dict[PolicyRef, list[str]] = defaultdict(list)
+        controller.admission_status = self.status_for
+        controller.admission_written = self.written
+
+    def policies(self) -> PolicySet | None:
+        """None until the caches are filled: pods in labelled namespaces are refused (503)."""
+        return self.controller.policy_set() if self.controller.primed else None
+
+    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
+        ref = self.controller.identity_ref_for(namespace, service_account)
+        return IdentityRef(secret_name=ref.secret_name, spiffe_id=ref.spiffe_id)
+
+    def record_admission(self, record: AdmissionRecord) -> None:
+        self._pending[record.policy].append(record.pod)
+        self.controller.queue.add((POLICY_WORK, record.policy.namespace, record.policy.name))
+        if not self.leading:
+            body = self.controller.policies.get((record.policy.namespace, record.policy.name))
+            if body is not None:
+                from meshless.status import involved_object
+
+                self.controller.events.post(
+                    involved_object(body, API_VERSION, Kind.MTLS_POLICY),
+                    "Warning",
+                    Reason.ADMISSION_AUDITED,
+                    f"{record.action}: admitted {record.pod}: {record.message}",
+                )
+
+    def status_for(
+        self, policy: PolicyRef, stored: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The status.admission to write (stored counts plus what is pending), and how many
+        pending records it includes (to drop once written)."""
+        pending = self._pending.get(policy) or []
+        if not pending and not stored:
+            return None, 0
+        stored = stored or {}
+        pods = [p for p in stored.get("pods") or [] if p not in pending] + pending
+        return {
+            "wouldDeny": int(stored.get("wouldDeny") or 0) + len(pending),
+            "pods": pods[-MAX_RECORDED:],
+        }, len(pending)
+
+    def written(self, policy: PolicyRef, count: int) -> None:
+        pending = self._pending.get(policy)
+        if pending:
+            del pending[:count]
+            if not pending:
+                del self._pending[policy]

@@ -1,0 +1,171 @@
+"""The admission shell's pure edges: which requests are answered how, the add-only patch
+applier Kopf's body transformation uses, the serving certificate, and the pure core's
+imports."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import ipaddress
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from meshless.admission import pods
+from meshless.admission.inject import IdentityRef, injection_patch
+from meshless.admission.server import (
+    QuietAdmissionLogs,
+    ServingCertificateKeeper,
+    apply_add_ops,
+    refusal,
+    review_problem,
+    webhook_endpoint,
+)
+from meshless.admission.serving import issue_serving_certificate, service_dns_names
+from meshless.pki.ca import bootstrap_self_signed
+from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
+
+ADMISSION = Path(__file__).resolve().parents[2] / "operator" / "meshless" / "admission"
+PURE = ("pods.py", "inject.py", "validate.py", "configurations.py", "serving.py")
+IMPURE = ("kopf", "aiohttp", "meshless.kube")
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_pure_core_imports_no_kopf_aiohttp_or_kube(module: str) -> None:
+    tree = ast.parse((ADMISSION / module).read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in imported if m.split(".")[0] in IMPURE or m.startswith(IMPURE)}
+
+
+def review(**request: Any) -> dict[str, Any]:
+    payload = {
+        "uid": "u-1",
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "userInfo": {"username": "alice"},
+        "object": {"metadata": {"name": "p"}},
+        **request,
+    }
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": payload}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ([], "the body is not a JSON object"),
+        ({"kind": "Pod"}, "kind 'Pod' is not AdmissionReview"),
+        (
+            {**review(), "apiVersion": "admission.k8s.io/v1beta1"},
+            "AdmissionReview version 'admission.k8s.io/v1beta1' is not supported",
+        ),
+        ({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}, "has no request"),
+        (review(uid=""), "has no uid"),
+        (review(resource=None), "names no resource"),
+        (review(userInfo=None), "has no userInfo"),
+        (review(object=None), "carries no object"),
+    ],
+)
+def test_malformed_reviews_are_named(body: Any, problem: str) -> None:
+    found = review_problem(body)
+    assert found is not None and problem in found
+
+
+def test_a_good_review_has_no_problem_and_a_refusal_echoes_its_uid() -> None:
+    assert review_problem(review()) is None
+    assert review_problem(review(object=None, oldObject={"metadata": {}})) is None
+    assert refusal(review(), "no", 404) == {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": "u-1", "allowed": False, "status": {"code": 404, "message": "no"}},
+    }
+
+
+def test_apply_add_ops_matches_an_independent_json_patch_applier() -> None:
+    body = pod(labels={"app": "web"})
+    body["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    policies = policy_set(policy("shop", "strict"))
+    resolution = policies.resolve(pods.admission_pod_info(body, "shop"))
+    ops = injection_patch(
+        body, resolution, IdentityRef("s", "spiffe://cluster.local/ns/shop/sa/payments")
+    )
+    in_place = copy.deepcopy(body)
+    apply_add_ops(ops, in_place)
+    assert in_place == apply_patch(body, ops)
+
+
+def test_serving_certificate_names_the_loopback_ip_and_the_service() -> None:
+    now = datetime.now(UTC)
+    ca, _ = bootstrap_self_signed("cluster.local", now)
+    hosts = ["127.0.0.1", *service_dns_names("meshless-webhook", "meshless-system")]
+    served = issue_serving_certificate(ca, hosts, now, ttl=timedelta(hours=1))
+    leaf, issuer = x509.load_pem_x509_certificates(served.chain_pem)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "meshless-webhook",
+        "meshless-webhook.meshless-system",
+        "meshless-webhook.meshless-system.svc",
+    ]
+    assert leaf.extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    ).value == x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    leaf.verify_directly_issued_by(issuer)
+    assert issuer == ca.issuer_cert
+    assert served.not_after - served.not_before == timedelta(hours=1, minutes=1)
+    assert (
+        served.renewal_time() == served.not_before + (served.not_after - served.not_before) * 2 / 3
+    )
+    assert b"PRIVATE KEY" not in repr(served).encode()
+    again = issue_serving_certificate(ca, hosts, now)
+    assert again.private_key_pem != served.private_key_pem  # a new key every time
+
+
+def test_the_keeper_renews_at_two_thirds_and_on_a_new_issuer() -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    ca, _ = bootstrap_self_signed("cluster.local", now[0])
+    current = [ca]
+    keeper = ServingCertificateKeeper(
+        ca=lambda: current[0], hosts=("127.0.0.1",), clock=lambda: now[0], ttl=timedelta(hours=3)
+    )
+    served, bundle = keeper.issue()
+    assert bundle.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert not keeper.due(served)
+    now[0] += timedelta(hours=1, minutes=59)
+    assert not keeper.due(served)
+    now[0] += timedelta(minutes=2)
+    assert keeper.due(served)
+    now[0] = datetime(2026, 1, 1, tzinfo=UTC)
+    current[0], _ = bootstrap_self_signed("cluster.local", now[0])
+    assert keeper.due(served)
+
+
+def test_webhook_endpoint_by_url_or_service() -> None:
+    endpoint, hosts = webhook_endpoint("https://127.0.0.1:9443", "meshless-webhook", "ops")
+    assert endpoint.url == "https://127.0.0.1:9443" and hosts == ("127.0.0.1",)
+    endpoint, hosts = webhook_endpoint(None, "meshless-webhook", "ops")
+    assert endpoint.service is not None and endpoint.service.namespace == "ops"
+    assert hosts == ("meshless-webhook", "meshless-webhook.ops", "meshless-webhook.ops.svc")
+    with pytest.raises(ValueError, match="must be https"):
+        webhook_endpoint("http://127.0.0.1:9443", "x", "ops")
+
+
+def test_kopfs_records_about_our_webhooks_are_dropped_and_others_kept() -> None:
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, message, None, None)
+
+    quiet = QuietAdmissionLogs()
+    assert not quiet.filter(record("Webhook 'meshless-strict' failed permanently: pod x"))
+    assert not quiet.filter(record("Webhook 'meshless-inject' succeeded."))
+    assert quiet.filter(record("Webhook 'someone-else' failed permanently: y"))
+    assert quiet.filter(record("Handler 'identity_event' succeeded."))
