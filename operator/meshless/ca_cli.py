@@ -29,6 +29,7 @@ def add_ca_command(commands: Any) -> None:
     """Register `ca status` and `ca rotate` on the top-level subparsers."""
     ca = commands.add_parser("ca", help="the issuing CA: status and rotation")
     ca.add_argument(
+        "-n",
         "--namespace",
         default=os.environ.get("MESHLESS_NAMESPACE", "meshless-system"),
         help="the operator's namespace [MESHLESS_NAMESPACE]",
@@ -41,7 +42,13 @@ def add_ca_command(commands: Any) -> None:
     ca.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
     sub = ca.add_subparsers(dest="ca_command", required=True)
     status = sub.add_parser("status", help="rotation phase, progress counts, CA expiry")
-    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "text", "json", "yaml"),
+        default="table",
+        help="table (default) for people, json or yaml for tools",
+    )
     rotate = sub.add_parser(
         "rotate", help="request a root rotation (Prepare, Switch, Finish) from the operator"
     )
@@ -103,6 +110,11 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     if args.output == "json":
         json.dump(doc, out, indent=2)
         out.write("\n")
+        return 0
+    if args.output == "yaml":
+        import yaml
+
+        out.write(yaml.safe_dump(doc, sort_keys=False))
         return 0
     out.write(render_status(doc))
     return 0

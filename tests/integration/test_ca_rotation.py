@@ -319,6 +319,9 @@ def test_an_intermediate_rotation_leaves_the_bundle_untouched(
     assert after["ca.crt"] == before["ca.crt"] and after["root.key"] == before["root.key"]
     assert ca.state().phase.value == "Idle"
     wait_event(api_client, op.namespace, CA_SECRET, "CAIntermediateRotated")
+    as_yaml = meshless_cli(kubeconfig, "-n", op.namespace, "status", "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert "phase: Idle" in as_yaml.stdout and "lastIntermediateRotation: '" in as_yaml.stdout
 
     # A new identity is issued by the new intermediate...
     create_identity(api_client, namespace, "delta")
