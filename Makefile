@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install system-packages control-plane cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages control-plane node-binaries helm chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,36 @@ system-packages:
 control-plane:
 	bash hack/build-control-plane.sh
 
-cluster: install control-plane
-	$(PY) hack/localcluster.py up
+# The node's binaries (kubelet, kube-controller-manager, kube-scheduler, kube-network-policies,
+# pause) for `make cluster NODE=1`; built once per machine, like the control plane.
+node-binaries:
+	bash hack/build-node.sh
+
+# NODE=1 also runs a node: containerd, kubelet, controllers, NetworkPolicies (docs/node.md).
+NODE ?=
+NODE_FLAG := $(if $(filter 1 yes true,$(NODE)),--node,)
+
+cluster: install control-plane $(if $(NODE_FLAG),node-binaries system-packages,)
+	$(PY) hack/localcluster.py up $(NODE_FLAG)
+
+# Builds (or reuses) helm from its Go module, pinned in hack/versions.env (HELM_VERSION); the
+# chart tests and `make chart-lint` use it, so they never skip for want of a helm on PATH.
+HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env)
+HELM := $(CURDIR)/.cache/bin/helm-$(HELM_VERSION)/helm
+
+helm:
+	bash hack/build-helm.sh
+
+# The chart as Helm sees it: lint (strict, schema included) and a render with defaults and with
+# every optional object on.
+chart-lint: helm
+	$(HELM) lint --strict charts/meshless
+	$(HELM) lint --strict charts/meshless --set metrics.serviceMonitor.enabled=true \
+	  --set metrics.prometheusRule.enabled=true
+	$(HELM) template meshless charts/meshless -n meshless-system >/dev/null
+	$(HELM) template meshless charts/meshless -n meshless-system \
+	  --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true >/dev/null
+
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else echo "nothing to stop"; fi
@@ -46,7 +74,7 @@ run: crds
 	  MESHLESS_WEBHOOK_HOST=127.0.0.1 MESHLESS_WEBHOOK_URL=https://127.0.0.1:9443 \
 	  $(VENV)/bin/meshless run
 
-lint: install
+lint: install chart-lint
 	hack/sync-chart-crds.sh --check
 	$(VENV)/bin/ruff check operator tests bench hack examples
 	$(VENV)/bin/ruff format --check operator tests bench hack examples
@@ -54,20 +82,21 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install
-	$(VENV)/bin/pytest tests/unit -q
+unit: install helm
+	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests/unit -q
 
-integration: install control-plane
-	$(VENV)/bin/pytest tests/integration -q
+integration: install control-plane helm
+	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests/integration -q
 
 # The whole suite: static checks, then unit and integration tests (the test session starts
 # the local control plane itself and stops it at the end).
-test: lint typecheck control-plane system-packages
-	$(VENV)/bin/pytest tests -q -ra
+test: lint typecheck control-plane node-binaries helm system-packages
+	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests -q -ra
 
 bench: install control-plane
 	$(PY) bench/run.py
 	$(PY) bench/policy.py
+	$(PY) bench/admission.py
 	$(PY) bench/rotation.py
 
 clean: cluster-down

@@ -6,7 +6,8 @@ loopback with a generated PKI, client-certificate admin auth, RBAC, service-acco
 issuance (TokenRequest) and the admission webhook plugins on.
 
     python hack/localcluster.py up      # start in the background, wait for /readyz
-    python hack/localcluster.py down    # stop, leaving no process behind
+    python hack/localcluster.py up --node  # ... and a node that runs pods (hack/localnode.py)
+    python hack/localcluster.py down    # stop (the node too, if any), leaving no process behind
     python hack/localcluster.py status
 
 State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, etcd data).
@@ -32,6 +33,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import localnode  # hack/ is not a package
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".cache" / "cluster"
@@ -207,10 +211,17 @@ def binaries() -> Path:
     return Path(out)
 
 
-def up() -> None:
+def up(node: bool = False) -> None:
+    if node:  # say why before starting anything
+        try:
+            localnode.check_machine()
+        except localnode.NodeUnavailable as err:
+            sys.exit(f"the node cannot start on this machine: {err}")
     pids = read_pids()
     if pids and all(_pid_alive(p) for p in pids.values()) and is_ready():
         print(f"control plane already running; kubeconfig at {STATE / 'kubeconfig'}")
+        if node:
+            node_up()
         return
     down(quiet=True)
     bindir = binaries()
@@ -254,6 +265,10 @@ def up() -> None:
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--allow-privileged=true",
+        # how the API server reaches a kubelet (logs, exec) when a node runs (--node)
+        f"--kubelet-client-certificate={pki / 'admin.crt'}",
+        f"--kubelet-client-key={pki / 'admin.key'}",
+        "--kubelet-preferred-address-types=InternalIP",
         "--disable-admission-plugins=ServiceAccount",
         "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
         # a single-user test server: no client-side fairness queueing between our own tests
@@ -290,6 +305,22 @@ def up() -> None:
         f"control plane ready in {time.monotonic() - started:.1f}s at {server}; "
         f"kubeconfig at {STATE / 'kubeconfig'}"
     )
+    if node:
+        node_up()
+
+
+def _cluster() -> localnode.Cluster:
+    server = json.loads((STATE / "info.json").read_text())["server"]
+    return localnode.Cluster(server=server, pki=STATE / "pki")
+
+
+def node_up() -> None:
+    """Adds the node (hack/localnode.py) to the running control plane."""
+    try:
+        localnode.up(_cluster())
+    except localnode.NodeUnavailable as err:
+        localnode.down(_cluster(), quiet=True)
+        sys.exit(f"the node cannot start on this machine: {err}")
 
 
 def _reaped(pid: int) -> bool:
@@ -302,6 +333,8 @@ def _reaped(pid: int) -> bool:
 
 
 def down(quiet: bool = False) -> None:
+    if localnode.NODE.exists() or localnode.OWNER.exists():
+        localnode.down(_cluster() if is_ready() else None, quiet=quiet)
     pids = read_pids()
     # API server first, so it does not log etcd errors on its way out.
     for name in ("kube-apiserver", "etcd"):
@@ -329,9 +362,12 @@ def down(quiet: bool = False) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument(
+        "--node", action="store_true", help="up: also run a node (kubelet, containerd, ...)"
+    )
     args = parser.parse_args()
     if args.command == "up":
-        up()
+        up(node=args.node)
     elif args.command == "down":
         down()
     else:

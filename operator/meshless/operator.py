@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from meshless.leader import LeaderElector, default_identity
 from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
-from meshless.settings import OPTIONS, Settings, SettingsError
+from meshless.settings import Settings, SettingsError, check_listen_ports
 from meshless.status import EventRecorder
 
 log = logging.getLogger(__name__)
@@ -315,29 +314,9 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
     return registry
 
 
-def check_ports(settings: Settings) -> None:
-    """A port already in use stops the operator at start with one line naming the flag."""
-    for flag, host, port in (
-        ("--metrics-port", "0.0.0.0", settings.metrics_port),
-        ("--health-port", "0.0.0.0", settings.health_port),
-        ("--webhook-port", settings.webhook_host, settings.webhook_port),
-    ):
-        if port == 0:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                env = next(o.env for o in OPTIONS if o.flag == flag)
-                raise SettingsError(
-                    f"invalid {flag} / {env}: cannot listen on {host}:{port}: {exc.strerror}"
-                ) from None
-
-
 def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (Kopf handles both) or until `stop_flag` is set."""
-    check_ports(settings)
+    check_listen_ports(settings)
     try:
         load_configuration()
     except Exception as exc:

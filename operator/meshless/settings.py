@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -265,13 +266,13 @@ def validate(s: Settings) -> None:
         fail("--write-budget-qps", "must be positive")
     if s.write_budget_burst < 1:
         fail("--write-budget-burst", "must be at least 1")
-    for flag, port in (
-        ("--webhook-port", s.webhook_port),
-        ("--metrics-port", s.metrics_port),
-        ("--health-port", s.health_port),
-    ):
+    seen: dict[int, str] = {}
+    for flag, port in _listen_ports(s):
         if not 0 <= port <= 65535:
             fail(flag, f"{port} is not a port")
+        if port and port in seen:
+            fail(flag, f"{port} is also {seen[port]}")
+        seen[port] = flag
     if s.log_format not in ("text", "json"):
         fail("--log-format", f"{s.log_format!r} must be text or json")
     if s.ca_source == CA_SECRET_NAME:
@@ -296,3 +297,34 @@ def validate(s: Settings) -> None:
         fail("--service-account", "must not be empty")
     if s.workers < 1:
         fail("--workers", "must be at least 1")
+
+
+def _listen_ports(s: Settings) -> tuple[tuple[str, int], ...]:
+    return (
+        ("--webhook-port", s.webhook_port),
+        ("--metrics-port", s.metrics_port),
+        ("--health-port", s.health_port),
+    )
+
+
+def check_listen_ports(s: Settings) -> None:
+    """Bind each port the operator will serve on once, before anything starts, so a busy or
+    forbidden port is one line naming its flag instead of a traceback from deep inside the
+    metrics, health or webhook server. (A port taken between this check and the real bind still
+    fails later; this catches the common case: another process already listening.)"""
+    hosts = {"--webhook-port": s.webhook_host}
+    for flag, port in _listen_ports(s):
+        if port == 0:  # the OS picks one: nothing to check
+            continue
+        host = hosts.get(flag, "0.0.0.0")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                env = next(o.env for o in OPTIONS if o.flag == flag)
+                reason = exc.strerror or str(exc)
+                raise SettingsError(
+                    f"invalid {flag} / {env}: cannot listen on {host}:{port}: {reason}"
+                ) from None

@@ -232,7 +232,7 @@ def test_status_and_describe_pod_against_resolved_policies(
         )
         assert strict["winsOver"] == [f"{ns}/web-newer"]
         assert (strict["selectedPods"], strict["injectedPods"]) == (1, 0)
-        assert strict["strictPortsProven"] is None  # no probe results in status
+        assert strict["strictPortsProven"] == "0/0"  # no running pod: nothing probed
         assert policies["web-newer"]["ignoredInFavourOf"] == [f"{ns}/web-strict"]
         assert policies["web-newer"]["conflicted"] == "True"
         assert policies["web-newer"]["ready"] == "False (Conflict)"

@@ -57,3 +57,14 @@ The namespace whose selector-less MtlsPolicy is cluster-wide.
 {{- define "meshless.rootNamespace" -}}
 {{- default .Release.Namespace .Values.settings.rootNamespace }}
 {{- end }}
+
+{{/*
+The Service the API server calls the admission webhooks through.
+*/}}
+{{- define "meshless.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "meshless.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "meshless.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "meshless.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

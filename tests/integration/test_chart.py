@@ -1,0 +1,468 @@
+"""The Helm chart against the local control plane: `helm install` creates every object, and the
+operator, run with nothing but the chart's ServiceAccount token, passes the identity and policy
+flows and is refused what it does not need.
+
+No kubelet runs here, so the Deployment's pods never start (the image is a placeholder); the
+operator runs as a local process (`meshless run`) with a kubeconfig holding a token from a
+TokenRequest for the chart's ServiceAccount, which is exactly what the pods would run with.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from meshless.api import IDENTITY_LABEL, WEBHOOK_CONFIGURATION
+from meshless.leader import LEASE_NAME
+from tests.conftest import ROOT
+from tests.helmtool import CHART, helm
+
+from .conftest import OperatorProcess, remove_webhook_configurations
+from .kubehelpers import get_identity, is_ready, wait_identity, wait_secret
+from .policyhelpers import (
+    create_pod,
+    create_policy,
+    list_network_policies,
+    patch_policy,
+    status_is,
+    wait_collection,
+    wait_policy,
+)
+
+TIMEOUT = 60
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    fullname: str
+    kubeconfig: str  # admin
+    notes: str  # what `helm install` printed
+
+    @property
+    def service_account(self) -> str:
+        return self.fullname
+
+
+@pytest.fixture(scope="module")
+def release(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Release]:
+    suffix = uuid.uuid4().hex[:6]
+    name, namespace = f"ml-{suffix}", f"meshless-chart-{suffix}"
+    installed = helm(
+        "install", name, str(CHART), "--kubeconfig", kubeconfig,
+        "--namespace", namespace, "--create-namespace",
+        # No node runs here: the image is never pulled.
+        "--set", "image.repository=registry.invalid/meshless",
+        "--set", "metrics.serviceMonitor.enabled=false",
+    )  # fmt: skip
+    rel = Release(name, namespace, f"{name}-meshless", kubeconfig, installed.stdout)
+    try:
+        yield rel
+    finally:
+        # The last test uninstalls already; this is for a run that failed before it.
+        helm(
+            "uninstall", rel.name, "--kubeconfig", kubeconfig, "--namespace", rel.namespace,
+            check=False,
+        )  # fmt: skip
+        remove_webhook_configurations(api_client)
+        client.CoreV1Api(api_client).delete_namespace(rel.namespace)
+
+
+def test_helm_install_creates_every_object(release: Release, api_client: client.ApiClient) -> None:
+    ns, name = release.namespace, release.fullname
+    manifest = helm(
+        "get", "manifest", release.name, "--kubeconfig", release.kubeconfig, "-n", ns
+    ).stdout
+    objects = [o for o in yaml.safe_load_all(manifest) if o]
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(
+        [
+            "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+            "RoleBinding", "Service", "Service", "ServiceAccount",
+        ]
+    )  # fmt: skip
+    # Every object of the release, read back from the API server.
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    rbac, policy = client.RbacAuthorizationV1Api(api_client), client.PolicyV1Api(api_client)
+    sa = core.read_namespaced_service_account(name, ns)
+    assert sa.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
+    cluster_role = rbac.read_cluster_role(name)
+    assert not any("kopf.dev" in (r.api_groups or []) for r in cluster_role.rules)
+    binding = rbac.read_cluster_role_binding(name)
+    assert (binding.subjects[0].name, binding.subjects[0].namespace) == (name, ns)
+    role = rbac.read_namespaced_role(f"{name}-leader-election", ns)
+    assert {r.resources[0] for r in role.rules} == {"leases"}
+    rbac.read_namespaced_role_binding(f"{name}-leader-election", ns)
+
+    deployment = apps.read_namespaced_deployment(name, ns)
+    spec = deployment.spec
+    assert spec.replicas == 2
+    assert spec.strategy.type == "RollingUpdate"
+    assert spec.strategy.rolling_update.max_unavailable == 0
+    pod = spec.template.spec
+    assert pod.service_account_name == name
+    assert pod.security_context.run_as_non_root and pod.security_context.run_as_user == 65532
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    (container,) = pod.containers
+    sc = container.security_context
+    assert sc.read_only_root_filesystem and sc.allow_privilege_escalation is False
+    assert sc.capabilities.drop == ["ALL"]
+    assert container.liveness_probe.http_get.path == "/healthz"
+    assert container.readiness_probe.http_get.path == "/readyz"
+    anti = pod.affinity.pod_anti_affinity.preferred_during_scheduling_ignored_during_execution
+    assert anti[0].pod_affinity_term.topology_key == "kubernetes.io/hostname"
+    env = {e.name: e for e in container.env}
+    assert env["POD_NAME"].value_from.field_ref.field_path == "metadata.name"
+    assert env["MESHLESS_NAMESPACE"].value_from.field_ref.field_path == "metadata.namespace"
+
+    webhook_service = core.read_namespaced_service(f"{name}-webhook", ns)
+    assert env["MESHLESS_WEBHOOK_SERVICE"].value == webhook_service.metadata.name
+    (port,) = webhook_service.spec.ports
+    assert (port.port, port.target_port) == (443, "webhook")
+    webhook_port = next(p for p in container.ports if p.name == "webhook").container_port
+    assert str(webhook_port) == env["MESHLESS_WEBHOOK_PORT"].value
+    metrics_service = core.read_namespaced_service(f"{name}-metrics", ns)
+    assert metrics_service.spec.ports[0].target_port == "metrics"
+    pdb = policy.read_namespaced_pod_disruption_budget(name, ns)
+    assert pdb.spec.max_unavailable == 1
+    assert pdb.spec.selector.match_labels == spec.selector.match_labels
+
+    # The CRDs: already applied by the session (Helm skips CRDs that exist), so check that what
+    # the chart ships is what the API server serves.
+    ext = client.ApiextensionsV1Api(api_client)
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        shipped = yaml.safe_load(path.read_text())
+        assert path.read_bytes() == (ROOT / "crds" / path.name).read_bytes()
+        served = ext.read_custom_resource_definition(shipped["metadata"]["name"])
+        established = {c.type: c.status for c in served.status.conditions}["Established"]
+        assert established == "True"
+
+
+def test_the_operator_pod_meets_the_restricted_pod_security_standard(
+    release: Release, api_client: client.ApiClient, namespace: str
+) -> None:
+    """The API server's own Pod Security admission judges the chart's pod template."""
+    core = client.CoreV1Api(api_client)
+    core.patch_namespace(
+        namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(
+        release.fullname, release.namespace
+    )
+    template: Json = api_client.sanitize_for_serialization(deployment.spec.template)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator"}}
+    pod["spec"] = template["spec"]
+    core.create_namespaced_pod(namespace, pod, dry_run="All")
+    # The control: the same pod with one restriction lifted is refused.
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    assert refused.value.status == 403
+    assert "allowPrivilegeEscalation" in str(refused.value.body)
+
+
+def test_the_notes_say_what_to_apply_next(release: Release) -> None:
+    notes = release.notes.split("NOTES:", 1)[1]
+    assert f"rollout status deployment/{release.fullname}" in notes
+    assert "kind: MtlsPolicy" in notes and "kind: WorkloadIdentity" in notes
+    assert "kubectl get wid,mtlspol -A" in notes
+    assert (
+        "kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration meshless"
+        in notes
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The chart's ServiceAccount token.
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(
+    release: Release, api_client: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A kubeconfig with the admin's server and CA but the chart ServiceAccount's token."""
+    token = (
+        client.CoreV1Api(api_client)
+        .create_namespaced_service_account_token(
+            release.service_account, release.namespace, {"spec": {"expirationSeconds": 3600}}
+        )
+        .status.token
+    )
+    admin = json.loads(
+        subprocess.run(
+            ["kubectl", f"--kubeconfig={release.kubeconfig}", "config", "view", "--raw",
+             "--minify", "-o", "json"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "meshless", "user": {"token": token}}],
+        "contexts": [{"name": "meshless", "context": {"cluster": "local", "user": "meshless"}}],
+        "current-context": "meshless",
+    }
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return str(path)
+
+
+def can_i(kubeconfig: str, *args: str) -> bool:
+    proc = subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", "auth", "can-i", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() in ("yes", "no"), proc.stdout + proc.stderr
+    return proc.stdout.strip() == "yes"
+
+
+def test_the_token_is_the_charts_service_account(
+    release: Release, operator_kubeconfig: str
+) -> None:
+    proc = subprocess.run(
+        ["kubectl", f"--kubeconfig={operator_kubeconfig}", "auth", "whoami", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    username = json.loads(proc.stdout)["status"]["userInfo"]["username"]
+    assert username == f"system:serviceaccount:{release.namespace}:{release.service_account}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create", "secrets", "-n", "shop"),
+        ("update", "secrets", "-n", "shop"),
+        ("list", "pods", "--all-namespaces"),
+        ("patch", "namespaces"),
+        ("patch", "mutatingwebhookconfigurations/meshless"),
+        ("patch", "validatingwebhookconfigurations/meshless"),
+        ("create", "mutatingwebhookconfigurations"),
+        ("delete", "networkpolicies", "-n", "shop"),
+        ("patch", "workloadidentities.meshless.dev/status", "-n", "shop"),
+        ("create", "events", "-n", "shop"),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_the_token_may_do_what_the_operator_does(
+    operator_kubeconfig: str, args: tuple[str, ...]
+) -> None:
+    assert can_i(operator_kubeconfig, *args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create", "clusterrolebindings"),
+        ("create", "rolebindings", "-n", "shop"),
+        ("escalate", "clusterroles"),
+        ("delete", "namespaces"),
+        ("delete", "secrets", "-n", "shop"),
+        ("patch", "secrets", "-n", "shop"),
+        ("create", "pods", "-n", "shop"),
+        ("delete", "pods", "-n", "shop"),
+        ("create", "serviceaccounts/token", "-n", "shop"),
+        ("patch", "mutatingwebhookconfigurations/someone-elses"),
+        ("delete", "validatingwebhookconfigurations/meshless"),
+        ("update", "mtlspolicies.meshless.dev", "-n", "shop"),
+        ("create", "leases.coordination.k8s.io", "-n", "shop"),
+        ("create", "clusterkopfpeerings.kopf.dev"),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_the_token_is_refused_what_the_operator_does_not_need(
+    operator_kubeconfig: str, args: tuple[str, ...]
+) -> None:
+    assert not can_i(operator_kubeconfig, *args)
+
+
+def test_leases_are_limited_to_the_leader_lease_in_the_release_namespace(
+    release: Release, operator_kubeconfig: str
+) -> None:
+    ns = release.namespace
+    assert can_i(operator_kubeconfig, "update", f"leases/{LEASE_NAME}", "-n", ns)
+    assert can_i(operator_kubeconfig, "create", "leases", "-n", ns)
+    assert not can_i(operator_kubeconfig, "update", "leases/someone-elses", "-n", ns)
+    assert not can_i(operator_kubeconfig, "get", f"leases/{LEASE_NAME}", "-n", "kube-system")
+
+
+def test_the_api_server_refuses_the_token_a_binding_and_a_namespace_deletion(
+    operator_kubeconfig: str, api_client: client.ApiClient, namespace: str
+) -> None:
+    from kubernetes import config as kube_config
+
+    as_operator = kube_config.new_client_from_config(config_file=operator_kubeconfig)
+    binding = {
+        "metadata": {"name": f"escalate-{uuid.uuid4().hex[:6]}"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "cluster-admin",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}],
+    }
+    with pytest.raises(client.ApiException) as refused:
+        client.RbacAuthorizationV1Api(as_operator).create_cluster_role_binding(binding)
+    assert refused.value.status == 403
+    with pytest.raises(client.ApiException) as refused:
+        client.CoreV1Api(as_operator).delete_namespace(namespace)
+    assert refused.value.status == 403
+    assert client.CoreV1Api(api_client).read_namespace(namespace).status.phase == "Active"
+
+
+# --------------------------------------------------------------------------------------------
+# The operator with only the chart's RBAC.
+
+
+@pytest.fixture(scope="module")
+def chart_operator(
+    release: Release,
+    operator_kubeconfig: str,
+    api_client: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    env = {
+        "MESHLESS_NAMESPACE": release.namespace,
+        "MESHLESS_TTL_FLOOR": "1m",
+        "MESHLESS_CA_POLL_INTERVAL": "1s",
+        # As in the chart's Deployment, but named here: nothing of the admin's may leak in.
+        "MESHLESS_WEBHOOK_SERVICE": f"{release.fullname}-webhook",
+        "POD_NAME": f"{release.fullname}-0",
+    }
+    op = OperatorProcess(operator_kubeconfig, env, tmp_path_factory.mktemp("op") / "op.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        if op.proc is not None and op.proc.poll() is None:
+            op.stop()
+        remove_webhook_configurations(api_client)
+
+
+def refusals(log: str) -> list[str]:
+    return [
+        line
+        for line in log.splitlines()
+        if "403" in line or "forbidden" in line.lower() or "not enough permissions" in line.lower()
+    ]
+
+
+def test_identity_flow_with_the_charts_rbac(
+    chart_operator: OperatorProcess, api_client: client.ApiClient, namespace: str
+) -> None:
+    chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    from .kubehelpers import create_identity
+
+    create_identity(api_client, namespace, "payments", ttl="1h")
+    ready = wait_identity(api_client, namespace, "payments", is_ready, timeout=TIMEOUT)
+    secret_name = ready["status"]["secretName"]
+    assert secret_name == "payments-mtls"
+    secret = wait_secret(
+        api_client, namespace, secret_name, lambda s: bool(s.data and "tls.crt" in s.data)
+    )
+    assert secret.metadata.labels.get(IDENTITY_LABEL)
+    assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret.data)
+    bundle = client.CoreV1Api(api_client).read_namespaced_config_map(
+        "meshless-trust-bundle", namespace
+    )
+    assert "BEGIN CERTIFICATE" in next(iter(bundle.data.values()))
+    assert refusals(chart_operator.log()) == []
+
+
+def test_policy_flow_with_the_charts_rbac(
+    chart_operator: OperatorProcess, api_client: client.ApiClient, namespace: str
+) -> None:
+    chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    create_pod(api_client, namespace, "web-1", {"app": "web"})
+    create_policy(api_client, namespace, "strict", "STRICT")
+    done = wait_policy(
+        api_client,
+        namespace,
+        "strict",
+        status_is(selectedPods=1, networkPolicies=1),
+        timeout=TIMEOUT,
+    )
+    assert done["status"]["conditions"]
+    (network_policy,) = list_network_policies(api_client, namespace)
+    owners = network_policy["metadata"]["ownerReferences"]
+    assert owners[0]["kind"] == "MtlsPolicy" and owners[0]["name"] == "strict"
+    labels = client.CoreV1Api(api_client).read_namespace(namespace).metadata.labels
+    assert "meshless.dev/mtls" in labels
+    # The identity provisioned for the pod's ServiceAccount becomes Ready too.
+    provisioned = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+        "meshless.dev", "v1alpha1", namespace, "workloadidentities"
+    )["items"]
+    assert [i["spec"]["serviceAccountName"] for i in provisioned] == ["default"]
+    name = provisioned[0]["metadata"]["name"]
+    wait_identity(api_client, namespace, name, is_ready, timeout=TIMEOUT)
+    assert get_identity(api_client, namespace, name)["status"]
+    # The leader wrote the webhook configurations with the name RBAC allows it.
+    registration = client.AdmissionregistrationV1Api(api_client)
+    mutating = registration.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    assert mutating.webhooks[0].client_config.ca_bundle
+    # Relaxing the policy removes what it made: the NetworkPolicy and the provisioned identity
+    # are deleted, the namespace label goes (delete and patch with the chart's RBAC).
+    patch_policy(api_client, namespace, "strict", {"mode": "DISABLE"})
+    wait_policy(api_client, namespace, "strict", status_is(networkPolicies=0), timeout=TIMEOUT)
+    wait_collection(
+        client.CustomObjectsApi(api_client).list_namespaced_custom_object,
+        "meshless.dev",
+        "v1alpha1",
+        namespace,
+        "workloadidentities",
+        predicate=lambda items: items == [],
+        timeout=TIMEOUT,
+        what="provisioned identity deleted",
+    )
+    assert list_network_policies(api_client, namespace) == []
+    assert refusals(chart_operator.log()) == []
+
+
+def test_leader_lease_is_held_by_the_pod_name(
+    chart_operator: OperatorProcess, release: Release, api_client: client.ApiClient
+) -> None:
+    chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease(
+        LEASE_NAME, release.namespace
+    )
+    assert lease.spec.holder_identity == f"{release.fullname}-0"
+
+
+def test_uninstall_removes_the_charts_objects_and_leaves_the_webhook_configurations(
+    chart_operator: OperatorProcess, release: Release, api_client: client.ApiClient
+) -> None:
+    """Last in this module: fail closed after uninstall, until the documented command."""
+    chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    chart_operator.stop()
+    helm("uninstall", release.name, "--kubeconfig", release.kubeconfig, "-n", release.namespace)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    for read in (
+        lambda: rbac.read_cluster_role(release.fullname),
+        lambda: rbac.read_cluster_role_binding(release.fullname),
+        lambda: client.AppsV1Api(api_client).read_namespaced_deployment(
+            release.fullname, release.namespace
+        ),
+    ):
+        with pytest.raises(client.ApiException) as gone:
+            read()
+        assert gone.value.status == 404
+    registration = client.AdmissionregistrationV1Api(api_client)
+    registration.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    registration.read_validating_webhook_configuration(WEBHOOK_CONFIGURATION)

@@ -1,0 +1,156 @@
+"""The chart as `helm template` renders it (the helm `make helm` builds): the schema refuses
+what it should, optional objects appear only when asked for, and the alerts name metrics the
+operator exports."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+import meshless.metrics  # noqa: F401  (registers the operator's metrics)
+from tests.helmtool import CHART, find, helm, render
+
+# Alerts on metrics another part of the operator is adding (the probe's enforcement results).
+PENDING_METRICS = {"meshless_enforcement_ports"}
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted(o["kind"] for o in objects if o["kind"] != "CustomResourceDefinition")
+
+
+def test_defaults_render_the_expected_objects() -> None:
+    objects = render()
+    assert kinds(objects) == sorted(
+        [
+            "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+            "RoleBinding", "Service", "Service", "ServiceAccount",
+        ]
+    )  # fmt: skip
+    crds = [o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"]
+    assert sorted(crds) == ["mtlspolicies.meshless.dev", "workloadidentities.meshless.dev"]
+    for obj in objects:
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+            assert obj["metadata"]["namespace"] == "meshless-system", obj["kind"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "colour=blue"], "additional properties 'colour' not allowed"),
+        (["--set", "settings.trustdomain=x"], "additional properties 'trustdomain' not allowed"),
+        (["--set", "settings.defaultTtl=1.5h"], "/settings/defaultTtl"),
+        (["--set", "settings.logFormat=xml"], "/settings/logFormat"),
+        (["--set", "settings.webhookPort=70000"], "/settings/webhookPort"),
+        (["--set-string", "replicaCount=two"], "/replicaCount"),
+        (["--set", "settings.renewalFraction=1"], "/settings/renewalFraction"),
+        (["--set", "metrics.prometheusRule.notReadyFor=soon"], "notReadyFor"),
+        (["--set", "extraEnv[0].name=MESHLESS_WORKERS,extraEnv[0].value=4"], "/extraEnv/0"),
+        (["--set", "webhook.service.port=8443"], "additional properties 'port' not allowed"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
+def test_the_schema_refuses(values: list[str], message: str) -> None:
+    proc = helm("template", "meshless", str(CHART), *values, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_monitoring_objects_only_when_enabled() -> None:
+    objects = render(
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.prometheusRule.enabled=true",
+        "--set", "metrics.prometheusRule.notReadyFor=15m",
+    )  # fmt: skip
+    monitor = find(objects, "ServiceMonitor")
+    metrics_service = find(objects, "Service", "meshless-metrics")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    assert wanted.items() <= metrics_service["metadata"]["labels"].items()
+    webhook_service = find(objects, "Service", "meshless-webhook")
+    assert not wanted.items() <= webhook_service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+    rules = find(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    by_name = {r["alert"]: r for r in rules}
+    assert set(by_name) == {
+        "MeshlessCertificateRenewalOverdue",
+        "MeshlessCertificateExpiring",
+        "MeshlessIdentityNotReady",
+        "MeshlessEnforcementFailing",
+    }
+    assert by_name["MeshlessIdentityNotReady"]["for"] == "15m"
+    assert "meshless_certificate_ready_status) == 0" in by_name["MeshlessIdentityNotReady"]["expr"]
+    failing = by_name["MeshlessEnforcementFailing"]["expr"]
+    assert 'mode="STRICT"' in failing and 'state="failing"' in failing
+    # Alert templates reach Prometheus unexpanded by Helm.
+    assert (
+        "{{ $labels.namespace }}" in by_name["MeshlessIdentityNotReady"]["annotations"]["summary"]
+    )
+
+    exported = {m.name for m in REGISTRY.collect()} | {
+        s.name for m in REGISTRY.collect() for s in m.samples
+    }
+    used = {name for r in rules for name in re.findall(r"\bmeshless_[a-z_]+", r["expr"])}
+    assert used - PENDING_METRICS <= exported, used - exported
+
+
+def test_no_monitoring_objects_by_default() -> None:
+    assert "ServiceMonitor" not in kinds(render())
+    assert "PrometheusRule" not in kinds(render())
+
+
+def test_without_rbac_and_with_an_existing_service_account() -> None:
+    objects = render(
+        "--set", "rbac.create=false,serviceAccount.create=false,serviceAccount.name=existing",
+        "--set", "podDisruptionBudget.enabled=false",
+    )  # fmt: skip
+    assert kinds(objects) == ["Deployment", "Service", "Service"]
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "existing"
+    proc = helm("template", "m", str(CHART), "--set", "serviceAccount.create=false", check=False)
+    assert "serviceAccount.name is required" in proc.stderr
+
+
+def test_ports_and_affinity_follow_values() -> None:
+    objects = render(
+        "--set", "settings.webhookPort=10443,settings.healthPort=10081",
+        "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+    )  # fmt: skip
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["webhook"] == 10443 and ports["health"] == 10081
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    webhook_service = find(objects, "Service", "meshless-webhook")
+    assert webhook_service["spec"]["ports"][0] == {
+        "name": "webhook",
+        "port": 443,
+        "targetPort": "webhook",
+        "protocol": "TCP",
+    }
+    assert set(pod["affinity"]) == {"nodeAffinity"}  # replaces the default anti-affinity
+
+
+def test_rbac_has_no_wildcards_and_names_what_it_can() -> None:
+    objects = render()
+    rules = find(objects, "ClusterRole")["rules"] + find(objects, "Role")["rules"]
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], rule
+    named = {
+        (resource, verb): tuple(rule.get("resourceNames", ()))
+        for rule in rules
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for resource in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        assert named[(resource, "patch")] == ("meshless",)
+        assert named[(resource, "create")] == ()  # RBAC cannot name what create makes
+        assert (resource, "delete") not in named
+    assert named[("leases", "update")] == ("meshless-operator-leader",)
+    assert ("secrets", "delete") not in named and ("secrets", "patch") not in named
