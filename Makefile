@@ -97,6 +97,7 @@ bench: install control-plane
 	$(PY) bench/run.py
 	$(PY) bench/policy.py
 	$(PY) bench/admission.py
+	$(PY) bench/rotation.py
 
 clean: cluster-down
 	rm -rf .cache/cluster $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -110,6 +110,16 @@ class Reason(StrEnum):
     NO_CONFLICT = "NoConflict"
     ADMISSION_WARNED = "AdmissionWarned"
     ADMISSION_AUDITED = "AdmissionAudited"
+    # The CA Secret (rotation; Events)
+    CA_ROTATION_PREPARE = "CARotationPrepare"
+    CA_ROTATION_BUNDLES_COMPLETE = "CARotationBundlesComplete"
+    CA_ROTATION_SWITCH = "CARotationSwitch"
+    CA_ROTATION_LEAVES_REISSUED = "CARotationLeavesReissued"
+    CA_ROTATION_FINISH = "CARotationFinish"
+    CA_ROTATION_COMPLETE = "CARotationComplete"
+    CA_ROTATION_REFUSED = "CARotationRefused"
+    CA_INTERMEDIATE_ROTATED = "CAIntermediateRotated"
+    CA_ROTATION_FAILED = "CARotationFailed"
     # Enforced (probes)
     PROVEN = "Proven"
     PROBING = "Probing"

@@ -1,8 +1,9 @@
 """The issuing CA, kept in a Secret in the operator's namespace (shell around pki.ca).
 
 `self-signed`: the operator bootstraps a root and an intermediate once and stores them in the
-Secret `meshless-ca`. Otherwise the named Secret holds a user's intermediate. A CA that fails
-to load never replaces the last good one; the failure is kept for status and Events.
+Secret `meshless-ca`. Otherwise the named Secret holds a user's intermediate, copied into
+`meshless-ca` when it first loads. A CA that fails to load never replaces the last good one;
+the failure is kept for status and Events.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from meshless.pki.ca import (
     ca_from_secret_data,
     ca_to_secret_data,
 )
-from meshless.settings import CA_SELF_SIGNED, Settings
+from meshless.pki.rotation import RotationState, state_from_secret_data
+from meshless.settings import CA_SECRET_NAME, CA_SELF_SIGNED, Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ class CAStore:
         self._identity: bytes | None = None
         self._secret_meta: dict[str, Any] | None = None
         self._bundle: bytes | None = None
+        # The CA Secret as last read (data decoded) and the rotation recorded in it.
+        self.secret: Json | None = None
+        self.data: dict[str, bytes] = {}
+        self.rotation = RotationState()
 
     @property
     def bundle(self) -> bytes | None:
@@ -59,6 +65,7 @@ class CAStore:
             return True
         error_cleared = self.error is not None
         self.error = None
+        self.rotation = state_from_secret_data(self.data)
         identity = fingerprint(ca.issuer_cert) + b"".join(fingerprint(r) for r in ca.roots)
         if identity == self._identity:
             return error_cleared
@@ -90,32 +97,57 @@ class CAStore:
             log.warning("could not post an Event about the CA Secret: %s", exc)
 
     async def _read_or_bootstrap(self) -> CertificateAuthority:
-        ns, name = self._settings.namespace, self._settings.ca_secret_name
+        """The active CA is always the operator's own Secret `meshless-ca` (which records the
+        rotation too). Self-signed: bootstrapped once. User-provided: a copy of the user's
+        Secret made when it first loads; later replacements reach it through a rotation
+        (meshless.ca_rotation), so a broken one never replaces it, even across restarts."""
+        ns, name = self._settings.namespace, CA_SECRET_NAME
         secret = await self._kube.get(SECRETS, ns, name)
-        if secret is None and self._settings.ca_source == CA_SELF_SIGNED:
-            secret = await self._bootstrap(ns, name)
-        self._secret_meta = (secret or {}).get("metadata")
+        user_mode = self._settings.ca_source != CA_SELF_SIGNED
+        if secret is None:
+            secret = await (self._adopt(ns) if user_mode else self._bootstrap(ns))
+        if not user_mode:
+            self._secret_meta = (secret or {}).get("metadata")
         if secret is None:
             raise CAError("CASecretMissing", f"CA Secret {ns}/{name} does not exist")
-        return ca_from_secret_data(decode_secret_data(secret.get("data")), self._clock())
+        data = decode_secret_data(secret.get("data"))
+        ca = ca_from_secret_data(data, self._clock())
+        self.secret, self.data = secret, data
+        return ca
 
-    async def _bootstrap(self, ns: str, name: str) -> Json | None:
+    async def _adopt(self, ns: str) -> Json | None:
+        """The user's CA, validated, copied into the operator's CA Secret."""
+        source = self._settings.ca_source
+        user = await self._kube.get(SECRETS, ns, source)
+        self._secret_meta = (user or {}).get("metadata")
+        if user is None:
+            raise CAError("CASecretMissing", f"CA Secret {ns}/{source} does not exist")
+        ca = ca_from_secret_data(decode_secret_data(user.get("data")), self._clock())
+        created = await self._create(ns, ca_to_secret_data(ca, None))
+        log.info("using the CA from Secret %s/%s (copied into %s)", ns, source, CA_SECRET_NAME)
+        return created
+
+    async def _bootstrap(self, ns: str) -> Json | None:
         ca, root_key = await asyncio.to_thread(
             bootstrap_self_signed, self._settings.trust_domain, self._clock()
         )
+        created = await self._create(ns, ca_to_secret_data(ca, root_key))
+        log.info(
+            "bootstrapped a self-signed root and intermediate in Secret %s/%s", ns, CA_SECRET_NAME
+        )
+        return created
+
+    async def _create(self, ns: str, data: dict[str, bytes]) -> Json | None:
+        name = CA_SECRET_NAME
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
             "type": "Opaque",
-            "data": {
-                k: base64.b64encode(v).decode() for k, v in ca_to_secret_data(ca, root_key).items()
-            },
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
         }
         try:
-            created = await self._kube.create(SECRETS, body)
-            log.info("bootstrapped a self-signed root and intermediate in Secret %s/%s", ns, name)
-            return created
+            return await self._kube.create(SECRETS, body)
         except ApiError as exc:
             if exc.status == 409:  # another replica won the race: use theirs
                 return await self._kube.get(SECRETS, ns, name)

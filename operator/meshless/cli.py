@@ -1,4 +1,4 @@
-"""`meshless run`, `version` and `verify`; the user commands come from meshless.commands."""
+"""`meshless run`, `version`, `verify` and `ca`; the user commands come from meshless.commands."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="run the operator")
     add_arguments(run_parser)
     commands.add_parser("version", help="print the version")
+    _add_ca(commands)
     verify_parser = commands.add_parser(
         "verify",
         help="probe one endpoint and print the mode it enforces",
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "ca":
+        from meshless.ca_cli import run_ca_command
+
+        return run_ca_command(args)
     if args.command == "verify":
         return run_verify(args)
     try:
@@ -53,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshless: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_ca(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`meshless ca status` / `meshless ca rotate` (meshless.ca_cli; light to import)."""
+    from meshless.ca_cli import add_ca_command
+
+    add_ca_command(commands)
 
 
 if __name__ == "__main__":

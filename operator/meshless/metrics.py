@@ -66,6 +66,31 @@ POLICY_PODS = Gauge(
     ["state"],
 )
 
+CA_ROTATION_PHASE = Gauge(
+    "meshless_ca_rotation_phase",
+    "1 for the CA rotation phase the CA Secret records (Idle, Prepare, Switch, Finish)",
+    ["phase"],
+)
+CA_ROTATION_BUNDLES = Gauge(
+    "meshless_ca_rotation_bundles",
+    "Trust bundles (ConfigMaps and identity Secrets) during a root rotation, by whether they "
+    "carry the new root and whether they still carry the old one",
+    ["state"],
+)
+CA_ROTATION_LEAVES = Gauge(
+    "meshless_ca_rotation_leaves",
+    "Identity certificates during a root rotation: on the old root, or reissued",
+    ["state"],
+)
+CA_ROOT_EXPIRATION = Gauge(
+    "meshless_ca_root_expiration_timestamp_seconds",
+    "notAfter of the earliest-expiring trusted root",
+)
+BUNDLE_UPDATES = Counter(
+    "meshless_trust_bundle_updates_total",
+    "Trust bundles rewritten without a new certificate, by object kind",
+    ["kind"],
+)
 ENFORCEMENT_PROBES = Counter(
     "meshless_enforcement_probes_total",
     "Handshake probes of STRICT and PERMISSIVE ports, by what was observed",

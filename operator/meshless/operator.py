@@ -24,6 +24,7 @@ from meshless.admission.server import (
 )
 from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
 from meshless.budget import WriteBudget
+from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
@@ -64,6 +65,7 @@ class Operator:
         self.settings = settings
         self.kube = kube
         self.ca = CAStore(kube, settings, utcnow)
+        self.rotation = CARotation(kube, settings, self.ca, utcnow)
         self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
         self.events = EventRecorder(kube)
         self.identities = IdentityController(
@@ -221,6 +223,13 @@ class Operator:
             except Exception:  # the API being away must not stop the poll
                 log.exception("reading the CA Secret failed")
                 continue
+            if self.leading:
+                # One CA rotation step per poll; a step that wrote the CA Secret is loaded now.
+                try:
+                    if await self.rotation.step():
+                        changed = await self.ca.load() or changed
+                except Exception:
+                    log.exception("a CA rotation step failed; the next poll retries")
             if changed:
                 self._note_ca()
             if self.leading and (changed or self._configurations_stale):

@@ -46,6 +46,10 @@ class Settings:
     workers: int = 16
     resync_interval: timedelta = timedelta(minutes=10)
     ca_poll_interval: timedelta = timedelta(seconds=10)
+    # CA rotation (docs/decisions/ca-rotation.md)
+    ca_renewal_fraction: float = 2 / 3  # a CA certificate is replaced at this fraction of life
+    ca_settle_time: timedelta = timedelta(minutes=2)  # bundles everywhere -> Switch
+    ca_rotation_window: timedelta = timedelta(hours=1)  # existing leaves reissued over this
     leader_election: bool = True
     probe_interval: timedelta = timedelta(minutes=5)
     probe_qps: float = 20.0  # probe connections per second, cluster-wide
@@ -145,6 +149,24 @@ OPTIONS: tuple[_Option, ...] = (
         "MESHLESS_CA_POLL_INTERVAL",
         "ca_poll_interval",
         "how often the CA Secret is read for changes",
+    ),
+    _Option(
+        "--ca-renewal-fraction",
+        "MESHLESS_CA_RENEWAL_FRACTION",
+        "ca_renewal_fraction",
+        "the self-signed intermediate and root are rotated at this fraction of their lifetime",
+    ),
+    _Option(
+        "--ca-settle-time",
+        "MESHLESS_CA_SETTLE_TIME",
+        "ca_settle_time",
+        "wait after every bundle carries a new root before it issues (kubelet file sync)",
+    ),
+    _Option(
+        "--ca-rotation-window",
+        "MESHLESS_CA_ROTATION_WINDOW",
+        "ca_rotation_window",
+        "existing certificates are reissued spread over this window after a CA switch",
     ),
     _Option(
         "--probe-interval",
@@ -253,8 +275,16 @@ def validate(s: Settings) -> None:
         seen[port] = flag
     if s.log_format not in ("text", "json"):
         fail("--log-format", f"{s.log_format!r} must be text or json")
+    if s.ca_source == CA_SECRET_NAME:
+        fail("--ca-source", f"{CA_SECRET_NAME!r} is the operator's own copy; name your Secret")
     if s.ca_poll_interval < timedelta(seconds=1):
         fail("--ca-poll-interval", "must be at least 1s")
+    if not 0 < s.ca_renewal_fraction < 1:
+        fail("--ca-renewal-fraction", f"{s.ca_renewal_fraction} must be between 0 and 1")
+    if s.ca_settle_time < timedelta(0):
+        fail("--ca-settle-time", "must not be negative")
+    if s.ca_rotation_window < timedelta(seconds=1):
+        fail("--ca-rotation-window", "must be at least 1s")
     if s.webhook_url and not s.webhook_url.startswith("https://"):
         fail("--webhook-url", f"{s.webhook_url!r} must start with https://")
     if s.probe_interval < timedelta(seconds=1):

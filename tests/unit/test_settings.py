@@ -174,6 +174,11 @@ def test_watch_namespaces_split_on_commas(raw: str, expected: tuple[str, ...]) -
         ({"--log-format": "JSON"}, "--log-format"),
         ({"--ca-poll-interval": "0s"}, "--ca-poll-interval"),
         ({"--workers": "0"}, "--workers"),
+        ({"--ca-renewal-fraction": "1"}, "--ca-renewal-fraction"),
+        ({"--ca-renewal-fraction": "0"}, "--ca-renewal-fraction"),
+        ({"--ca-renewal-fraction": "nan"}, "--ca-renewal-fraction"),
+        ({"--ca-settle-time": "1"}, "--ca-settle-time"),
+        ({"--ca-rotation-window": "0s"}, "--ca-rotation-window"),
         # Unparseable values.
         ({"--default-ttl": "ten minutes"}, "--default-ttl"),
         ({"--ttl-floor": "10"}, "--ttl-floor"),
@@ -183,6 +188,8 @@ def test_watch_namespaces_split_on_commas(raw: str, expected: tuple[str, ...]) -
         ({"--write-budget-burst": "1.5"}, "--write-budget-burst"),
         ({"--renewal-fraction": "1/3"}, "--renewal-fraction"),
         ({"--write-budget-qps": "fast"}, "--write-budget-qps"),
+        ({"--ca-settle-time": "soon"}, "--ca-settle-time"),
+        ({"--ca-rotation-window": "1 hour"}, "--ca-rotation-window"),
     ],
 )
 def test_invalid_settings_raise_one_line_naming_flag_and_variable(
@@ -285,3 +292,21 @@ def test_meshless_version_prints_the_package_version() -> None:
         [sys.executable, "-m", "meshless", "version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == __version__ != "0.0.0+unknown"
+
+
+def test_ca_rotation_settings_default_and_parse() -> None:
+    defaults = load_settings(None, env={})
+    assert defaults.ca_settle_time == timedelta(minutes=2)
+    assert defaults.ca_rotation_window == timedelta(hours=1)
+    assert abs(defaults.ca_renewal_fraction - 2 / 3) < 1e-9
+    s = load_settings(
+        None,
+        env={
+            "MESHLESS_CA_SETTLE_TIME": "0s",
+            "MESHLESS_CA_ROTATION_WINDOW": "1s",
+            "MESHLESS_CA_RENEWAL_FRACTION": "0.5",
+        },
+    )
+    assert s.ca_settle_time == timedelta(0)
+    assert s.ca_rotation_window == timedelta(seconds=1)
+    assert s.ca_renewal_fraction == 0.5

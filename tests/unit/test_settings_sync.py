@@ -32,7 +32,7 @@ DERIVED = {
 # Variables in the Deployment that are not options but are read by the operator.
 NOT_OPTIONS = {"POD_NAME": "leader-election identity (downward API metadata.name)"}
 # Chart defaults that deliberately differ from `meshless run`'s.
-CHART_DEFAULTS = {"log_format": "json", "renewal_fraction": 0.3333}
+CHART_DEFAULTS = {"log_format": "json", "renewal_fraction": 0.3333, "ca_renewal_fraction": 0.6667}
 
 
 def camel(flag: str) -> str:
@@ -193,6 +193,9 @@ OVERRIDES: dict[str, tuple[Any, Any]] = {
     "workers": (3, 3),
     "resyncInterval": ("7m", timedelta(minutes=7)),
     "caPollInterval": ("30s", timedelta(seconds=30)),
+    "caRenewalFraction": (0.75, 0.75),
+    "caSettleTime": ("5m", timedelta(minutes=5)),
+    "caRotationWindow": ("3h", timedelta(hours=3)),
     "leaderElection": (False, False),
     "probeInterval": ("90s", timedelta(seconds=90)),
     "probeQps": (7.5, 7.5),

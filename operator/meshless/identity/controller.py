@@ -42,12 +42,16 @@ from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name,
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
+    BUNDLE_STALE,
+    ISSUER_RETIRED,
     CertificateSummary,
     ObservedSecret,
     Reason,
     reissue_reason,
+    renewal_time_for,
     summarize,
 )
+from meshless.pki.rotation import retired_issuer_deadline
 from meshless.pki.svid import IssuedSvid, SvidRequest, issue_svid, parse_certificate_chain
 from meshless.settings import Settings
 from meshless.status import (
@@ -217,17 +221,58 @@ class IdentityController:
             reason = await asyncio.to_thread(reissue_reason, observed, spec.desired, ca, now)
         else:
             reason = reissue_reason(observed, spec.desired, ca, now)
-        if reason is None and secret is not None and data is not None:
+        keep_until: datetime | None = None
+        if reason is not None and reason.code == ISSUER_RETIRED and data is not None:
+            # A CA rotation: the leaf stays (its bundle kept current) until its place in the
+            # rotation window or its own renewal, whichever comes first.
+            keep_until = self._retired_issuer_deadline(spec, data, now)
+            if keep_until is None or keep_until <= now:
+                keep_until = None
+            else:
+                reason = None
+        if (
+            secret is not None
+            and data is not None
+            and (reason is None or reason.code == BUNDLE_STALE)
+        ):
+            # Good as it is, or only ca.crt is behind: the same certificate and key are
+            # rewritten with the current bundle (a new key buys nothing here).
             leaf = parse_certificate_chain(data["tls.crt"])[0]
-            if metadata_drift(spec, secret["metadata"], body["metadata"]["uid"]):
+            bundle_behind = data.get("ca.crt") != bundle
+            if bundle_behind or metadata_drift(spec, secret["metadata"], body["metadata"]["uid"]):
                 await self._write_secret(
                     spec, body, secret, data["tls.crt"], data["tls.key"], bundle
                 )
+                if bundle_behind:
+                    metrics.BUNDLE_UPDATES.labels("Secret").inc()
             summary = summarize(leaf, spec.desired)
             await self._ready(body, spec, summary)
-            return self._next_check(summary, now)
+            next_check = self._next_check(summary, now)
+            if keep_until is not None:
+                next_check = min(next_check, max(0.5, (keep_until - now).total_seconds()))
+            return next_check
         assert reason is not None
         return await self._issue(body, spec, secret, reason, bundle)
+
+    def _retired_issuer_deadline(
+        self, spec: IdentitySpec, data: Mapping[str, bytes], now: datetime
+    ) -> datetime | None:
+        ca = self.ca.current
+        assert ca is not None
+        try:
+            chain = parse_certificate_chain(data["tls.crt"])
+        except (KeyError, ValueError):
+            return None
+        return retired_issuer_deadline(
+            chain,
+            trusted_roots=ca.roots,
+            renewal_at=renewal_time_for(chain[0], spec.desired),
+            namespace=spec.namespace,
+            name=spec.name,
+            state=self.ca.rotation,
+            window=self.settings.ca_rotation_window,
+            now=now,
+        )
 
     def _never_issued(self, body: Json, spec: IdentitySpec) -> bool:
         status = body.get("status") or {}
@@ -363,7 +408,11 @@ class IdentityController:
                 return
             current = await self.kube.get(CONFIGMAPS, namespace, TRUST_BUNDLE_NAME)
             if (current or {}).get("data", {}).get(TRUST_BUNDLE_KEY) != bundle.decode():
+                # Through the write budget too: a root rotation rewrites every bundle at once.
+                waited = await self.budget.acquire()
+                metrics.WRITE_BUDGET_WAIT.observe(waited)
                 await self.kube.apply(CONFIGMAPS, trust_bundle_configmap(namespace, bundle))
+                metrics.BUNDLE_UPDATES.labels("ConfigMap").inc()
             self._bundles[namespace] = bundle
 
     async def refresh_trust_bundles(self) -> None:

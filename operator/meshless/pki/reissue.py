@@ -22,6 +22,8 @@ from meshless.pki.renewal import jitter_unit, renewal_time
 from meshless.pki.svid import CLOCK_SKEW, SvidRequest, parse_certificate_chain
 
 TTL_TOLERANCE = timedelta(minutes=1)
+ISSUER_RETIRED = "IssuerRetired"
+BUNDLE_STALE = "BundleStale"
 REQUIRED_KEYS = (TLS_CRT, TLS_KEY, CA_CRT)
 
 
@@ -167,19 +169,19 @@ def issuer_retired(c: CheckInput) -> Reason | None:
     if c.leaf is None or c.chain is None:
         return None
     if _authority_key_id(c.leaf) != c.ca.issuer_key_id:
-        return Reason("IssuerRetired", "certificate was issued by a CA that is no longer active")
+        return Reason(ISSUER_RETIRED, "certificate was issued by a CA that is no longer active")
     try:
         c.leaf.verify_directly_issued_by(c.ca.issuer_cert)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return Reason("IssuerRetired", "certificate signature does not verify with the active CA")
+        return Reason(ISSUER_RETIRED, "certificate signature does not verify with the active CA")
     if tuple(c.chain[1:]) != c.ca.intermediates:
-        return Reason("IssuerRetired", f"the chain in {TLS_CRT} differs from the active CA's")
+        return Reason(ISSUER_RETIRED, f"the chain in {TLS_CRT} differs from the active CA's")
     return None
 
 
 def bundle_stale(c: CheckInput) -> Reason | None:
     if c.observed.data is not None and c.value(CA_CRT) != bundle_pem(c.ca.roots):
-        return Reason("BundleStale", f"{CA_CRT} differs from the current trust bundle")
+        return Reason(BUNDLE_STALE, f"{CA_CRT} differs from the current trust bundle")
     return None
 
 

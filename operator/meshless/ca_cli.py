@@ -1,0 +1,211 @@
+"""`meshless ca status` and `meshless ca rotate`: read the CA Secret (and count bundles and
+certificates), or ask the operator for a rotation through an annotation on the CA Secret.
+
+A rotation requested while one runs is refused here with a clear message (and by the operator,
+with a Warning Event, if the annotation is written some other way): never queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+from meshless.api import ROTATE_ANNOTATION
+from meshless.settings import CA_SECRET_NAME, CA_SELF_SIGNED
+
+if TYPE_CHECKING:
+    from meshless.kube import Kube
+
+EXIT_REFUSED = 1
+EXIT_ERROR = 2
+
+
+def add_ca_command(commands: Any) -> None:
+    """Register `ca status` and `ca rotate` on the top-level subparsers."""
+    ca = commands.add_parser("ca", help="the issuing CA: status and rotation")
+    ca.add_argument(
+        "-n",
+        "--namespace",
+        default=os.environ.get("MESHLESS_NAMESPACE", "meshless-system"),
+        help="the operator's namespace [MESHLESS_NAMESPACE]",
+    )
+    ca.add_argument(
+        "--ca-source",
+        default=os.environ.get("MESHLESS_CA_SOURCE", CA_SELF_SIGNED),
+        help="'self-signed' or the name of the user's CA Secret [MESHLESS_CA_SOURCE]",
+    )
+    ca.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
+    sub = ca.add_subparsers(dest="ca_command", required=True)
+    status = sub.add_parser("status", help="rotation phase, progress counts, CA expiry")
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "text", "json", "yaml"),
+        default="table",
+        help="table (default) for people, json or yaml for tools",
+    )
+    rotate = sub.add_parser(
+        "rotate", help="request a root rotation (Prepare, Switch, Finish) from the operator"
+    )
+    rotate.add_argument(
+        "--intermediate",
+        action="store_true",
+        help="only a new intermediate under the same root (no trust-bundle change)",
+    )
+
+
+def run_ca_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    return asyncio.run(_run(args, out))
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    from meshless.kube import SECRETS, ApiError, Kube, load_configuration
+
+    secret_name = CA_SECRET_NAME if args.ca_source == CA_SELF_SIGNED else args.ca_source
+    kube = Kube(load_configuration(args.kubeconfig), connections=4)
+    try:
+        secret = await kube.get(SECRETS, args.namespace, secret_name)
+        if secret is None:
+            print(
+                f"meshless: CA Secret {args.namespace}/{secret_name} does not exist (is the "
+                "operator running in that namespace?)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        if args.ca_command == "status":
+            return await _status(kube, args, secret, out)
+        return await _rotate(kube, args, secret, out)
+    except ApiError as exc:
+        print(f"meshless: {exc.status} {exc.reason}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await kube.close()
+
+
+async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO) -> int:
+    from meshless.ca_rotation import observe_progress, status_document
+    from meshless.identity.render import decode_secret_data
+    from meshless.pki.ca import CAError, ca_from_secret_data
+    from meshless.pki.rotation import Phase, state_from_secret_data
+
+    now = datetime.now(UTC)
+    data = decode_secret_data(secret.get("data"))
+    try:
+        ca = ca_from_secret_data(data, now)
+    except CAError as exc:
+        print(f"meshless: the CA Secret does not load: {exc.reason}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    state = state_from_secret_data(data)
+    progress = None
+    if state.phase is not Phase.IDLE:
+        progress = await observe_progress(kube, state, ca.roots, now)
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    doc = status_document(ca, state, progress, annotations)
+    doc["secret"] = f"{args.namespace}/{secret['metadata']['name']}"
+    if args.output == "json":
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+        return 0
+    if args.output == "yaml":
+        import yaml
+
+        out.write(yaml.safe_dump(doc, sort_keys=False))
+        return 0
+    out.write(render_status(doc))
+    return 0
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    from meshless.pki.rotation import Phase
+
+    lines = [f"CA Secret:  {doc['secret']}", f"phase:      {doc['phase']}"]
+    if doc["phase"] != Phase.IDLE.value:
+        lines[-1] += f" since {doc['phaseSince']} (rotation started {doc['startedAt']}, "
+        lines[-1] += f"reason {doc['reason']})"
+    if doc.get("pendingRequest"):
+        lines.append(f"requested:  {doc['pendingRequest']} (not acted on yet)")
+    issuer = doc["issuer"]
+    lines.append(f"issuer:     {issuer['subject']}, expires {issuer['notAfter']}")
+    for root in doc["roots"]:
+        lines.append(
+            f"root:       {root['sha256'][:16]} {root['subject']}, expires {root['notAfter']} "
+            f"({root['role']})"
+        )
+    progress = doc.get("progress")
+    if progress:
+        lines.append(
+            f"bundles:    {progress['bundlesWithNewRoot']}/{progress['bundlesTotal']} carry the "
+            f"new root, {progress['bundlesWithOldRoot']} still carry the old root"
+        )
+        lines.append(
+            f"leaves:     {progress['leavesOnOldRoot']} on the old chain, "
+            f"{progress['leavesReissued']}/{progress['leavesTotal']} reissued"
+        )
+    lines.append(f"last root rotation:         {doc['lastRootRotation'] or 'never'}")
+    lines.append(f"last intermediate rotation: {doc['lastIntermediateRotation'] or 'never'}")
+    return "\n".join(lines) + "\n"
+
+
+async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO) -> int:
+    from meshless.identity.render import decode_secret_data
+    from meshless.kube import SECRETS, ApiError
+    from meshless.pki.ca import root_key_from_secret_data
+    from meshless.pki.rotation import Phase, RequestKind, RotationRequest, state_from_secret_data
+
+    data = decode_secret_data(secret.get("data"))
+    state = state_from_secret_data(data)
+    meta = secret["metadata"]
+    pending = ((meta.get("annotations") or {}).get(ROTATE_ANNOTATION)) or ""
+    kind = RequestKind.INTERMEDIATE if args.intermediate else RequestKind.ROOT
+    if args.ca_source != CA_SELF_SIGNED or root_key_from_secret_data(data) is None:
+        print(
+            "meshless: refused: this CA is user-provided (no root key in the CA Secret); rotate "
+            "it by replacing the Secret's tls.crt/tls.key and ca.crt",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    if state.phase is not Phase.IDLE:
+        since = state.phase_since.isoformat() if state.phase_since else "?"
+        print(
+            f"meshless: refused: a root rotation is already in progress (phase "
+            f"{state.phase.value} since {since}); wait for it to finish (`meshless ca "
+            "status`), requests are not queued",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    if pending and pending != state.handled_request:
+        print(
+            f"meshless: refused: the request {pending!r} has not been acted on yet (is the "
+            "operator running?)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    request = RotationRequest(kind, datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
+    patch = {
+        "metadata": {
+            "resourceVersion": meta["resourceVersion"],  # refused if it changed meanwhile
+            "annotations": {ROTATE_ANNOTATION: request.value},
+        }
+    }
+    try:
+        await kube.patch(SECRETS, meta["namespace"], meta["name"], patch)
+    except ApiError as exc:
+        if exc.status == 409:
+            print(
+                "meshless: refused: the CA Secret changed meanwhile; run `meshless ca status` "
+                "and try again",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        raise
+    what = "a new intermediate" if args.intermediate else "a root rotation"
+    out.write(
+        f"requested {what} ({request.value}); the operator acts on it within its CA poll "
+        "interval. Follow it with `meshless ca status`.\n"
+    )
+    return 0

@@ -1,0 +1,467 @@
+"""CA rotation (shell): counts what the cluster's bundles and leaves say, asks the pure core
+(meshless.pki.rotation) for the next step, writes the CA Secret, posts an Event, sets metrics.
+
+The CA Secret is the only record: a restarted operator reads the phase and resumes it. Every
+write carries the resourceVersion that was read, so a second replica (or a user's edit) in
+between makes it fail and the next poll decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from meshless import metrics
+from meshless.api import (
+    IDENTITY_LABEL,
+    ROTATE_ANNOTATION,
+    TRUST_BUNDLE_KEY,
+    TRUST_BUNDLE_NAME,
+)
+from meshless.api import Reason as R
+from meshless.ca_store import CAStore
+from meshless.identity.render import decode_secret_data, is_owned_by
+from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
+from meshless.pki import rotation as core
+from meshless.pki.bundle import fingerprint
+from meshless.pki.ca import (
+    CA_CRT,
+    TLS_CRT,
+    CAError,
+    CertificateAuthority,
+    ca_from_secret_data,
+    root_key_from_secret_data,
+)
+from meshless.pki.rotation import Action, Phase, Progress, RotationPolicy, RotationState
+from meshless.settings import CA_SELF_SIGNED, Settings
+
+log = logging.getLogger(__name__)
+
+
+def policy_of(settings: Settings) -> RotationPolicy:
+    return RotationPolicy(
+        renewal_fraction=settings.ca_renewal_fraction,
+        settle_time=settings.ca_settle_time,
+        window=settings.ca_rotation_window,
+    )
+
+
+def leaving_roots(
+    state: RotationState, roots: tuple[x509.Certificate, ...]
+) -> list[x509.Certificate]:
+    old = set(state.old_roots)
+    return [r for r in roots if fingerprint(r).hex() in old]
+
+
+async def observe_progress(
+    kube: Kube,
+    state: RotationState,
+    roots: tuple[x509.Certificate, ...],
+    now: datetime,
+    namespaces: tuple[str, ...] = (),
+) -> Progress:
+    """Counts over every WorkloadIdentity's Secret and every trust-bundle ConfigMap in the
+    namespaces that hold identities (a ConfigMap that does not exist yet counts as a bundle
+    without the new root). Three list calls; used by the operator and `meshless ca status`."""
+    scopes: tuple[str | None, ...] = namespaces or (None,)
+    identities: set[tuple[str, str]] = set()
+    secrets: list[Json] = []
+    configmaps: dict[str, Json] = {}
+    for ns in scopes:
+        for item in await kube.list(IDENTITIES, ns):
+            meta = item["metadata"]
+            identities.add((meta["namespace"], meta["name"]))
+        secrets.extend(await kube.list(SECRETS, ns, label_selector=IDENTITY_LABEL))
+        for cm in await kube.list(
+            CONFIGMAPS, ns, field_selector=f"metadata.name={TRUST_BUNDLE_NAME}"
+        ):
+            configmaps[cm["metadata"]["namespace"]] = cm
+    bundles: list[bytes | None] = []
+    chains: list[bytes | None] = []
+    for secret in secrets:
+        meta = secret["metadata"]
+        owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
+        if (meta["namespace"], owner) not in identities or not is_owned_by(meta, owner):
+            continue  # left behind by a deleted identity (or not ours): not part of the mesh
+        data = decode_secret_data(secret.get("data"))
+        bundles.append(data.get(CA_CRT))
+        chains.append(data.get(TLS_CRT))
+    for ns in sorted({ns for ns, _ in identities}):
+        text = ((configmaps.get(ns) or {}).get("data") or {}).get(TRUST_BUNDLE_KEY)
+        bundles.append(text.encode() if text else None)
+    return await asyncio.to_thread(
+        core.count_progress, bundles, chains, state, leaving_roots(state, roots), now
+    )
+
+
+def set_phase_metric(phase: Phase) -> None:
+    for each in Phase:
+        metrics.CA_ROTATION_PHASE.labels(each.value).set(1 if each is phase else 0)
+
+
+def set_progress_metrics(progress: Progress | None) -> None:
+    p = progress or Progress()
+    metrics.CA_ROTATION_BUNDLES.labels("with_new_root").set(p.bundles_with_new_root)
+    metrics.CA_ROTATION_BUNDLES.labels("with_old_root").set(p.bundles_with_old_root)
+    metrics.CA_ROTATION_BUNDLES.labels("total").set(p.bundles_total)
+    metrics.CA_ROTATION_LEAVES.labels("old_chain").set(p.leaves_on_old_root)
+    metrics.CA_ROTATION_LEAVES.labels("reissued").set(p.leaves_reissued)
+
+
+@dataclass(frozen=True)
+class _Step:
+    data: dict[str, bytes]
+    reason: R
+    type: str
+    message: str
+
+
+class CARotation:
+    """One `step` per CA poll: at most one write of the CA Secret."""
+
+    def __init__(self, kube: Kube, settings: Settings, ca: CAStore, clock: Callable[[], datetime]):
+        self.kube = kube
+        self.settings = settings
+        self.ca = ca
+        self.clock = clock
+        self.policy = policy_of(settings)
+        self.progress: Progress | None = None
+        self._reported = ""  # the user CA Secret version and error last reported
+        set_phase_metric(Phase.IDLE)
+
+    async def step(self) -> bool:
+        """Decide and take the next step. True when the CA Secret was written (the caller
+        reloads the CA)."""
+        ca, secret = self.ca.current, self.ca.secret
+        if ca is None or secret is None or self.ca.error is not None:
+            return False  # never act on (or write over) a CA Secret that does not load
+        state = self.ca.rotation
+        set_phase_metric(state.phase)
+        if ca.roots:
+            metrics.CA_ROOT_EXPIRATION.set(core.root_expiry(ca.roots).timestamp())  # type: ignore[union-attr]
+        now = self.clock()
+        if self.settings.ca_source != CA_SELF_SIGNED and await self._follow_user_ca(ca, state, now):
+            return True
+        annotations = (secret.get("metadata") or {}).get("annotations") or {}
+        request = core.parse_request(annotations.get(ROTATE_ANNOTATION))
+        progress = None
+        if state.phase is not Phase.IDLE:
+            progress = await observe_progress(
+                self.kube, state, ca.roots, now, self.settings.watch_namespaces
+            )
+        self.progress = progress
+        set_progress_metrics(progress)
+        data = self.ca.data
+        root_key = root_key_from_secret_data(data)
+        decision = core.decide(
+            state,
+            issuer=ca.issuer_cert,
+            roots=ca.roots,
+            can_sign_roots=root_key is not None,
+            request=request,
+            progress=progress,
+            now=now,
+            policy=self.policy,
+        )
+        if decision.action is Action.NONE:
+            return False
+        step = await asyncio.to_thread(
+            self._apply, decision, state, data, ca, request, now, progress
+        )
+        written = await self._write(secret, step.data)
+        if not written:
+            return False
+        self._event(secret, step)
+        log.info("CA rotation: %s", step.message)
+        return True
+
+    def _apply(
+        self,
+        decision: core.Decision,
+        state: RotationState,
+        data: Mapping[str, bytes],
+        ca: CertificateAuthority,
+        request: core.RotationRequest | None,
+        now: datetime,
+        progress: Progress | None,
+    ) -> _Step:
+        action = decision.action
+        counts = _counts(progress)
+        if action is Action.REFUSE_REQUEST:
+            assert request is not None
+            why = (
+                f"a root rotation is already in progress (phase {state.phase.value} since "
+                f"{_t(state.phase_since)}); the request {request.value!r} is refused, not queued"
+                if decision.reason == "RotationInProgress"
+                else "the CA has no root key here (a user-provided CA is rotated by replacing "
+                f"its Secret); the request {request.value!r} is refused"
+            )
+            return _Step(
+                core.refuse_request(data, state, request), R.CA_ROTATION_REFUSED, "Warning", why
+            )
+        if action is Action.START_ROOT_ROTATION:
+            new_ca, new_root_key = core.new_self_signed_like(ca, self.settings.trust_domain, now)
+            new = core.start_root_rotation(
+                data,
+                ca,
+                state,
+                new_ca=new_ca,
+                new_root_key=new_root_key,
+                reason=decision.reason,
+                request=request if decision.reason == "Requested" else None,
+                now=now,
+            )
+            return _Step(
+                new,
+                R.CA_ROTATION_PREPARE,
+                "Normal",
+                f"root rotation started ({decision.reason}): phase Prepare; every trust bundle "
+                "gets the new root, then a settle time of "
+                f"{self.settings.ca_settle_time} before the new root issues",
+            )
+        if action is Action.ROTATE_INTERMEDIATE:
+            root_key = root_key_from_secret_data(data)
+            assert root_key is not None
+            new = core.rotate_intermediate(
+                data,
+                ca,
+                root_key,
+                state,
+                request=request if decision.reason == "Requested" else None,
+                now=now,
+            )
+            return _Step(
+                new,
+                R.CA_INTERMEDIATE_ROTATED,
+                "Normal",
+                f"new intermediate under the same root ({decision.reason}); the trust bundle is "
+                "unchanged; certificates move to it at their own renewal",
+            )
+        if action is Action.MARK_BUNDLES_COMPLETE:
+            return _Step(
+                core.mark_bundles_complete(data, state, now),
+                R.CA_ROTATION_BUNDLES_COMPLETE,
+                "Normal",
+                f"every trust bundle carries the new root ({counts}); switching after the "
+                f"settle time of {self.settings.ca_settle_time}",
+            )
+        if action is Action.MARK_LEAVES_DONE:
+            return _Step(
+                core.mark_leaves_done(data, state, now),
+                R.CA_ROTATION_LEAVES_REISSUED,
+                "Normal",
+                f"no certificate under the old root remains ({counts}); the old root leaves "
+                f"the bundles after the settle time of {self.settings.ca_settle_time}",
+            )
+        if action is Action.SWITCH:
+            return _Step(
+                core.switch(data, state, now),
+                R.CA_ROTATION_SWITCH,
+                "Normal",
+                "phase Switch: the new root's intermediate issues; existing certificates are "
+                f"reissued over {self.settings.ca_rotation_window} ({counts})",
+            )
+        if action is Action.FINISH:
+            return _Step(
+                core.finish(data, state, now),
+                R.CA_ROTATION_FINISH,
+                "Normal",
+                f"phase Finish: no valid certificate under the old root remains ({counts}); the "
+                "old root leaves every trust bundle",
+            )
+        assert action is Action.COMPLETE
+        return _Step(
+            core.complete(data, state, now),
+            R.CA_ROTATION_COMPLETE,
+            "Normal",
+            f"root rotation complete: the old root is gone from every trust bundle ({counts})",
+        )
+
+    async def _follow_user_ca(
+        self, ca: CertificateAuthority, state: RotationState, now: datetime
+    ) -> bool:
+        """A user-provided CA: compare the user's Secret with the CA in use. A broken one is
+        reported (once per version) and changes nothing; a new intermediate under a root we
+        trust issues at once; one under a new root starts the phases. Acted on only when
+        Idle. True when the CA Secret was written."""
+        ns, source = self.settings.namespace, self.settings.ca_source
+        user = await self.kube.get(SECRETS, ns, source)
+        if user is None:
+            await self._report_user_ca(
+                None, "CASecretMissing", f"CA Secret {ns}/{source} does not exist"
+            )
+            return False
+        try:
+            candidate = ca_from_secret_data(decode_secret_data(user.get("data")), now)
+        except CAError as exc:
+            await self._report_user_ca(user, exc.reason, exc.message)
+            return False
+        if state.phase is not Phase.IDLE:
+            return False
+        secret = self.ca.secret
+        assert secret is not None
+        kind = core.classify_replacement(ca, candidate)
+        if kind is core.Replacement.SAME:
+            return False
+        if kind is core.Replacement.INTERMEDIATE:
+            step = _Step(
+                core.adopt_intermediate(self.ca.data, candidate),
+                R.CA_INTERMEDIATE_ROTATED,
+                "Normal",
+                f"the intermediate in Secret {source} (under a root already trusted) issues from "
+                "now on; certificates move to it at their own renewal",
+            )
+        else:
+            step = _Step(
+                core.start_root_rotation(
+                    self.ca.data,
+                    ca,
+                    state,
+                    new_ca=candidate,
+                    new_root_key=None,
+                    reason="CASourceReplaced",
+                    request=None,
+                    now=now,
+                ),
+                R.CA_ROTATION_PREPARE,
+                "Normal",
+                f"Secret {source} holds a CA under a new root: root rotation started, phase "
+                "Prepare; every trust bundle gets the new root, then a settle time of "
+                f"{self.settings.ca_settle_time} before it issues",
+            )
+        if not await self._write(secret, step.data):
+            return False
+        self._event(secret, step)
+        log.info("CA rotation: %s", step.message)
+        return True
+
+    async def _report_user_ca(self, user: Json | None, reason: str, message: str) -> None:
+        version = ((user or {}).get("metadata") or {}).get("resourceVersion", "")
+        key = f"{version}:{reason}"
+        if key == self._reported:
+            return
+        self._reported = key
+        ns, source = self.settings.namespace, self.settings.ca_source
+        text = f"{message}; the CA in use keeps issuing and no rotation starts"
+        log.error("CA Secret %s/%s unusable: %s", ns, source, text)
+        involved = {"apiVersion": "v1", "kind": "Secret", "name": source, "namespace": ns}
+        uid = ((user or {}).get("metadata") or {}).get("uid")
+        if uid:
+            involved["uid"] = uid
+        try:
+            await self.kube.post_event(involved, type="Warning", reason=reason, message=text)
+        except ApiError as exc:
+            log.warning("could not post an Event about the CA Secret: %s", exc)
+
+    async def _write(self, secret: Json, data: Mapping[str, bytes]) -> bool:
+        meta = secret["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "labels", "annotations", "resourceVersion", "uid")
+                if k in meta
+            },
+            "type": secret.get("type", "Opaque"),
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+        try:
+            await self.kube.replace(SECRETS, body)
+        except ApiError as exc:
+            if exc.status == 409:  # changed since read: decide again on the next poll
+                log.info("CA Secret changed while rotating; deciding again")
+                return False
+            raise
+        return True
+
+    def _event(self, secret: Json, step: _Step) -> None:
+        meta = secret["metadata"]
+        involved = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        }
+
+        async def post() -> None:
+            try:
+                await self.kube.post_event(
+                    involved, type=step.type, reason=step.reason.value, message=step.message
+                )
+            except ApiError as exc:
+                log.warning("could not post an Event about the CA rotation: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(post())
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+
+_pending: set[asyncio.Task[None]] = set()
+
+
+def _t(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else "?"
+
+
+def _counts(progress: Progress | None) -> str:
+    if progress is None:
+        return "not counted"
+    return (
+        f"bundles with the new root {progress.bundles_with_new_root}/{progress.bundles_total}, "
+        f"with the old root {progress.bundles_with_old_root}; certificates on the old root "
+        f"{progress.leaves_on_old_root}, reissued {progress.leaves_reissued}"
+    )
+
+
+def status_document(
+    ca: CertificateAuthority,
+    state: RotationState,
+    progress: Progress | None,
+    annotations: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What `meshless ca status -o json` prints (no key material)."""
+    return {
+        "phase": state.phase.value,
+        "reason": state.reason,
+        "startedAt": _iso(state.started_at),
+        "phaseSince": _iso(state.phase_since),
+        "bundlesCompleteAt": _iso(state.bundles_complete_at),
+        "switchedAt": _iso(state.switched_at),
+        "leavesDoneAt": _iso(state.leaves_done_at),
+        "history": list(state.history),
+        "lastRootRotation": _iso(state.last_root_rotation),
+        "lastIntermediateRotation": _iso(state.last_intermediate_rotation),
+        "pendingRequest": annotations.get(ROTATE_ANNOTATION)
+        if annotations.get(ROTATE_ANNOTATION) not in (None, state.handled_request)
+        else None,
+        "issuer": {
+            "subject": ca.issuer_cert.subject.rfc4514_string(),
+            "notAfter": _iso(ca.issuer_cert.not_valid_after_utc),
+            "sha256": fingerprint(ca.issuer_cert).hex(),
+        },
+        "roots": [
+            {
+                "subject": r.subject.rfc4514_string(),
+                "notAfter": _iso(r.not_valid_after_utc),
+                "sha256": fingerprint(r).hex(),
+                "role": "leaving"
+                if fingerprint(r).hex() in state.old_roots
+                else ("incoming" if fingerprint(r).hex() == state.new_root else "current"),
+            }
+            for r in ca.roots
+        ],
+        "progress": progress.as_dict() if progress is not None else None,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,65 @@
+"""`meshless ca status`: the document and its text rendering (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from meshless.ca_cli import render_status
+from meshless.ca_rotation import status_document
+from meshless.pki import rotation as r
+from meshless.pki.ca import bootstrap_self_signed, ca_from_secret_data, ca_to_secret_data
+from meshless.pki.rotation import Progress, RotationState
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def test_idle_status_names_the_expiry_dates_and_no_progress() -> None:
+    ca, _ = bootstrap_self_signed("cluster.local", NOW)
+    doc = status_document(ca, RotationState(), None, {})
+    doc["secret"] = "meshless-system/meshless-ca"
+    assert doc["phase"] == "Idle" and doc["progress"] is None
+    assert doc["issuer"]["notAfter"] == ca.issuer_cert.not_valid_after_utc.isoformat()
+    assert [x["role"] for x in doc["roots"]] == ["current"]
+    text = render_status(doc)
+    assert "phase:      Idle\n" in text
+    assert "last root rotation:         never" in text
+    json.dumps(doc)  # -o json must serialise
+    assert "PRIVATE" not in json.dumps(doc)
+
+
+def test_switch_status_shows_roots_roles_and_counts() -> None:
+    ca0, root_key = bootstrap_self_signed("cluster.local", NOW)
+    new_ca, new_key = bootstrap_self_signed("cluster.local", NOW)
+    data = r.start_root_rotation(
+        ca_to_secret_data(ca0, root_key),
+        ca0,
+        RotationState(),
+        new_ca=new_ca,
+        new_root_key=new_key,
+        reason="Requested",
+        request=None,
+        now=NOW,
+    )
+    later = NOW + timedelta(minutes=3)
+    data = r.switch(data, r.state_from_secret_data(data), later)
+    ca = ca_from_secret_data(data, later)
+    progress = Progress(
+        bundles_total=12,
+        bundles_with_new_root=12,
+        bundles_with_old_root=12,
+        leaves_total=10,
+        leaves_on_old_root=4,
+    )
+    doc = status_document(
+        ca, r.state_from_secret_data(data), progress, {"meshless.dev/rotate": "root:2"}
+    )
+    doc["secret"] = "ns/meshless-ca"
+    assert sorted(x["role"] for x in doc["roots"]) == ["incoming", "leaving"]
+    assert doc["pendingRequest"] == "root:2"
+    assert doc["progress"]["leavesReissued"] == 6
+    text = render_status(doc)
+    assert "phase:      Switch since" in text
+    assert "bundles:    12/12 carry the new root, 12 still carry the old root" in text
+    assert "leaves:     4 on the old chain, 6/10 reissued" in text
+    assert "requested:  root:2 (not acted on yet)" in text
