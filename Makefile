@@ -97,6 +97,7 @@ bench: install control-plane
 	$(PY) bench/run.py
 	$(PY) bench/policy.py
 	$(PY) bench/admission.py
+	$(PY) bench/probes.py
 	$(PY) bench/rotation.py
 
 clean: cluster-down
