@@ -286,7 +286,7 @@ def test_status_and_describe_pod_against_resolved_policies(
         assert pod["identity"]["spiffeID"] == web_id["status"]["spiffeID"]
         assert (pod["identity"]["provisioned"], pod["identity"]["ready"]) == (True, "True")
         assert pod["injected"] == {"identityMounted": False, "identityLabel": None}
-        assert pod["probe"]["state"] == "not reported"
+        assert pod["probe"]["state"] == "not probed (the pod is not running)"
     text = meshless("describe", "pod", "api-1", "-n", ns, *policy_flags)
     assert text.code == 0, text.err
     assert _field(text.out, "Mode") == f"PERMISSIVE (decided by {ns}/ns-default)"

@@ -12,10 +12,27 @@ import urllib.request
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client
 
-from tests.integration.conftest import OperatorFactory
+from tests.integration.conftest import OperatorFactory, OperatorProcess
 from tests.integration.kubehelpers import create_identity, is_ready, wait_identity
 
 BURST = 6
+
+
+def _wait_quiet(op: OperatorProcess, seconds: float, timeout: float) -> None:
+    """Until both work queues have stayed empty for `seconds` (pod events reach the policy
+    queue after a short delay, so one empty sample is not enough)."""
+    deadline = time.monotonic() + timeout
+    quiet_since: float | None = None
+    while True:
+        now = time.monotonic()
+        if _queue_depth(op.metrics()) == 0:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= seconds:
+                return
+        else:
+            quiet_since = None
+        assert now < deadline, f"the operator never went quiet within {timeout}s"
+        time.sleep(0.1)
 
 
 def _queue_depth(metrics: str) -> float:
@@ -70,7 +87,9 @@ def test_healthz_answers_during_an_rsa4096_burst(
         poller.join(timeout=30)
     assert len(latencies) > 10, f"too few /healthz answers during the burst: {latencies}"
     slowest = max(latencies)
-    assert slowest < keygen_s / 2, (
+    # On the loop, each of the burst's keygens would hold every answer for a whole keygen (the
+    # slowest at least the median); off it, what remains is scheduling noise.
+    assert slowest < keygen_s * 0.75, (
         f"/healthz took {slowest:.3f}s during the burst; one RSA4096 keygen takes "
         f"{keygen_s:.3f}s here: the event loop was blocked"
     )

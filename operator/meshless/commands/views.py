@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from meshless.api import IDENTITY_LABEL, PROVISIONED_LABEL, ConditionType, Mode
+from meshless.api import IDENTITY_LABEL, PROVISIONED_LABEL, ConditionType, Mode, Reason
 from meshless.commands.output import (
     NONE,
     condition,
@@ -278,7 +278,9 @@ def _probe_findings(
     enforced = condition(resolved.bodies[governing], ConditionType.ENFORCED) or {}
     if failing:
         state = "failing"
-    elif enforced.get("status") == "True":
+    elif not pod.running or not pod.ip:
+        state = "not probed (the pod is not running)"
+    elif enforced.get("status") == "True" and enforced.get("reason") == Reason.PROVEN:
         state = "proven"
     else:
         state = "not named as failing"

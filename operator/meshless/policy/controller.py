@@ -9,6 +9,7 @@ policy reconcile writes the policy's status from counts the namespace reconciles
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 from collections import defaultdict
@@ -68,6 +69,7 @@ Work = tuple[str, str, str]
 AdmissionStatus = Callable[[PolicyRef, Mapping[str, Any] | None], tuple[Json | None, int]]
 NAMESPACE_WORK = "ns"
 POD_EVENT_DELAY_S = 0.3
+YIELD_EVERY_PODS = 200
 LABELS_WORK = "labels"  # ("labels", "", ""): the admission label on every namespace
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 POLICY_WORK = "policy"
@@ -370,7 +372,9 @@ class PolicyController:
         everyone: list[tuple[PodInfo, PodResolution | None]] = []
         resolved: list[tuple[PodInfo, PodResolution]] = []
         touched: set[PolicyRef] = set()
-        for pod_name in sorted(self.pods_by_namespace.get(namespace, ())):
+        for index, pod_name in enumerate(sorted(self.pods_by_namespace.get(namespace, ()))):
+            if index and index % YIELD_EVERY_PODS == 0:
+                await asyncio.sleep(0)  # a big namespace must not hold up webhooks and watches
             key = (namespace, pod_name)
             pod = self.pods[key]
             before = self.resolutions.get(key)
