@@ -12,7 +12,6 @@ Quick runs: BENCH_SCALE=0.2.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -23,7 +22,19 @@ import uvloop
 from kubernetes import client, config
 
 from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
-from run import KUBECONFIG, ROOT, SCALE, Operator, free_port, fresh_cluster, identity, log
+from run import (
+    KUBECONFIG,
+    ROOT,
+    SCALE,
+    Operator,
+    free_port,
+    fresh_cluster,
+    identity,
+    log,
+    percentile,
+    run_then_stop_cluster,
+    write_results,
+)
 
 RESULTS = ROOT / "bench" / "results" / "admission.json"
 PODS_EACH = max(50, int(500 * SCALE))
@@ -40,11 +51,6 @@ def pod(name: str) -> dict[str, Any]:
             "containers": [{"name": "app", "image": "busybox", "ports": [{"containerPort": 8443}]}]
         },
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(policy_ns: str, plain_ns: str, identity_ns: str) -> dict[str, list[float]]:
@@ -146,18 +152,8 @@ def main() -> None:
     results["p50_added_ms"] = round(results["p50_with_ms"] - results["p50_without_ms"], 1)
     results["p99_added_ms"] = round(results["p99_with_ms"] - results["p99_without_ms"], 1)
     log(f"added p50 {results['p50_added_ms']} ms, p99 {results['p99_added_ms']} ms")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":
-    import subprocess
-    import sys
-
-    try:
-        main()
-    finally:
-        subprocess.run(
-            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
-        )
+    run_then_stop_cluster(main)

@@ -13,7 +13,6 @@ Quick runs: BENCH_SCALE=0.1 scales pods, namespaces and changes down.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import threading
@@ -33,7 +32,10 @@ from run import (
     fresh_cluster,
     log,
     new_namespace,
+    percentile,
     run_requests,
+    run_then_stop_cluster,
+    write_results,
 )
 
 RESULTS = ROOT / "bench" / "results" / "policy.json"
@@ -167,11 +169,6 @@ def change_latencies(api: client.ApiClient, namespaces: list[str]) -> list[float
     return latencies
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def main() -> None:
     fresh_cluster()
     api = config.new_client_from_config(config_file=str(KUBECONFIG))
@@ -215,18 +212,8 @@ def main() -> None:
         f"p99 {results['change_to_netpol_p99_ms']} ms"
     )
     op.stop()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":
-    import subprocess
-    import sys
-
-    try:
-        main()
-    finally:
-        subprocess.run(
-            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
-        )
+    run_then_stop_cluster(main)

@@ -13,7 +13,6 @@ stretch Switch to max(1h, N / qps).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from run import (
     identity,
     log,
     new_namespace,
+    run_then_stop_cluster,
+    write_results,
 )
 
 OUT = RESULTS.parent / "rotation.json"
@@ -156,15 +157,8 @@ def main() -> None:
         "writes_per_identity": round(delta["writes"] / COUNT, 2),
         "operator_rss_mb_after": round(rss_mb, 1),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(OUT, results)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        subprocess.run(
-            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
-        )
+    run_then_stop_cluster(main)

@@ -630,10 +630,27 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-if __name__ == "__main__":
+def run_then_stop_cluster(bench: Callable[[], None]) -> None:
+    """Run a benchmark that started its own cluster, and stop that cluster whatever happens
+    (it holds thousands of objects: do not leave it around)."""
     try:
-        main()
-    finally:  # the benchmark's cluster holds thousands of identities: do not leave it around
+        bench()
+    finally:
         subprocess.run(
             [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
         )
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+if __name__ == "__main__":
+    run_then_stop_cluster(main)
