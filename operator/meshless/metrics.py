@@ -107,6 +107,12 @@ ENFORCEMENT_LAST_PROVEN = Gauge(
     ["namespace", "policy"],
 )
 
+EVENT_LOOP_LAG = Histogram(
+    "meshless_event_loop_lag_seconds",
+    "How late the event loop ran a 50 ms timer (everything shares the loop)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
 
 def forget_identity(namespace: str, name: str) -> None:
     for gauge in (CERTIFICATE_EXPIRATION, CERTIFICATE_RENEWAL, CERTIFICATE_READY):

@@ -31,6 +31,7 @@ from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
+from meshless.loopwatch import LoopWatch
 from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
@@ -97,6 +98,7 @@ class Operator:
         self._configurations_stale = False
         self.webhooks_served = False
         self.health: HealthServer | None = None
+        self.loopwatch = LoopWatch()
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
@@ -204,6 +206,7 @@ class Operator:
         if self.leading:
             await self._stop_leading()
         await self.events.close()
+        await self.loopwatch.stop()
         if self.health is not None:
             await self.health.stop()
         if self.elector is not None:
@@ -268,6 +271,7 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         operator = Operator(ours, kube)
         memo.operator = operator
         memo.admission_state = operator.admission_state
+        operator.loopwatch.start()
         await operator.start_health()  # before "operator started": probes may ask at once
         await operator.start()
         operator.serve_webhooks(settings)

@@ -62,3 +62,7 @@ def node(kubeconfig: str, kubectl: Kubectl) -> Iterator[Node]:
     finally:
         if not already_running and not handle.stopped:
             subprocess.run([*LOCALNODE, "down"], capture_output=True, timeout=120)
+
+
+# The operator, as the integration tests start it (one per test, stopped at its end).
+from tests.integration.conftest import operator_factory  # noqa: E402, F401
