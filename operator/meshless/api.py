@@ -27,8 +27,8 @@ class Plural(StrEnum):
 IDENTITY_LABEL = f"{GROUP}/identity"
 # On a WorkloadIdentity the operator made for an MtlsPolicy: "true".
 PROVISIONED_LABEL = f"{GROUP}/provisioned"
-# On objects the operator owns for a policy (NetworkPolicies): "<namespace>.<name>" of the
-# policy that decided them.
+# On objects the operator owns for a policy (NetworkPolicies): the name (hashed when longer
+# than a label value may be) and the namespace of the policy in effect for their pods.
 POLICY_LABEL = f"{GROUP}/policy"
 POLICY_NAMESPACE_LABEL = f"{GROUP}/policy-namespace"
 MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
