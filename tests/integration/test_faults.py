@@ -111,3 +111,120 @@ def test_a_paused_api_server_flips_nothing_to_not_ready(
             assert condition(item, "Ready")["lastTransitionTime"] == before[name]  # type: ignore[index]
     assert op.proc is not None and op.proc.poll() is None
     assert "IssuingFailed" not in op.log()
+
+
+def _bound_token(core: client.CoreV1Api, namespace: str, account: str, binding: str) -> str:
+    """A ServiceAccount token bound to a Secret: deleting the Secret revokes the token."""
+    secret = core.create_namespaced_secret(namespace, {"metadata": {"name": binding}})
+    request = {
+        "spec": {
+            "expirationSeconds": 3600,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "name": binding,
+                "uid": secret.metadata.uid,
+            },
+        }
+    }
+    return str(
+        core.create_namespaced_service_account_token(account, namespace, request).status.token
+    )
+
+
+def test_credentials_rotated_under_a_running_operator(
+    kubeconfig: str, api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """A token-file kubeconfig whose token is replaced and the old one revoked: the operator
+    re-reads its credentials on the 401 and goes on."""
+    import yaml
+
+    from .conftest import OperatorProcess, remove_webhook_configurations
+
+    core = client.CoreV1Api(api_client)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    op_ns = f"meshless-cred-{namespace[-6:]}"
+    core.create_namespace({"metadata": {"name": op_ns}})
+    core.create_namespaced_service_account(op_ns, {"metadata": {"name": "operator"}})
+    binding = f"meshless-cred-{namespace}"
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": binding},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": op_ns}],
+        }
+    )
+    token_file = tmp_path / "token"
+    token_file_old = _bound_token(core, op_ns, "operator", "token-1")
+    token_file.write_text(token_file_old)
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    token_kubeconfig = tmp_path / "kubeconfig"
+    token_kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "local", "cluster": cluster}],
+                "users": [{"name": "op", "user": {"tokenFile": str(token_file)}}],
+                "contexts": [{"name": "op", "context": {"cluster": "local", "user": "op"}}],
+                "current-context": "op",
+            }
+        )
+    )
+    (tmp_path / "log").mkdir()
+    op = OperatorProcess(
+        str(token_kubeconfig),
+        {
+            "MESHLESS_NAMESPACE": op_ns,
+            "MESHLESS_TTL_FLOOR": "1m",
+            "MESHLESS_CA_POLL_INTERVAL": "1s",
+        },
+        tmp_path / "log" / "operator.log",
+    )
+    op.start()
+    try:
+        create_identity(api_client, namespace, "before")
+        _all_ready(api_client, namespace, 1, timeout=60)
+        # Rotate: a new token in the file, then the old one revoked.
+        new = _bound_token(core, op_ns, "operator", "token-2")
+        staged = tmp_path / "token.new"
+        staged.write_text(new)
+        staged.replace(token_file)
+        old = token_file_old
+        core.delete_namespaced_secret("token-1", op_ns)
+        _wait_refused(api_client, old)  # the API server caches good tokens for a few seconds
+        create_identity(api_client, namespace, "after")
+        _all_ready(api_client, namespace, 2, timeout=90)
+        assert op.proc is not None and op.proc.poll() is None
+        assert "re-read the API credentials after a 401" in op.log()
+    finally:
+        if op.proc is not None and op.proc.poll() is None:
+            op.stop()
+        remove_webhook_configurations(api_client)
+        rbac.delete_cluster_role_binding(binding)
+        client.CustomObjectsApi(api_client).delete_collection_namespaced_custom_object(
+            GROUP, VERSION, op_ns, PLURAL
+        )
+
+
+def _wait_refused(api: client.ApiClient, token: str, timeout: float = 60) -> None:
+    configuration = client.Configuration()
+    configuration.host = api.configuration.host
+    configuration.ssl_ca_cert = api.configuration.ssl_ca_cert
+    configuration.api_key = {"BearerToken": f"Bearer {token}"}
+    probe = client.CoreV1Api(client.ApiClient(configuration))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe.list_namespace(limit=1)
+        except client.ApiException as exc:
+            if exc.status == 401:
+                return
+            raise
+        assert time.monotonic() < deadline, "the revoked token is still accepted"
+        time.sleep(0.5)
