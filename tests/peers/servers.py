@@ -4,7 +4,6 @@ nginx in subprocesses. Nothing is mocked; every server listens on a free loopbac
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -18,6 +17,7 @@ from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
 from meshless.pki.keys import KeyAlgorithm
 from meshless.pki.svid import SvidRequest, issue_svid
+from tests.tools import require_tool
 
 TRUST_DOMAIN = "cluster.local"
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
@@ -208,10 +208,6 @@ http {{
 """
 
 
-def nginx_available() -> bool:
-    return shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
-
-
 def nginx_server(
     identity: Path, verify: str, prefix: Path, protocols: str = "TLSv1.2 TLSv1.3"
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -224,7 +220,7 @@ def nginx_server(
             prefix=prefix, port=port, identity=identity, verify=verify, protocols=protocols
         )
     )
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    binary = require_tool("nginx", "/usr/sbin/nginx")
     proc = subprocess.Popen(
         [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
         stdout=(prefix / "stdout.log").open("ab"),

@@ -19,16 +19,15 @@ import yaml
 from tests.peers.servers import (
     free_port,
     new_ca,
-    nginx_available,
     wait_for_port,
     write_identity,
 )
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 TRUST = "spiffe://cluster.local/ns/example"
 SERVER_ID, CLIENT_ID, OTHER_ID = f"{TRUST}/sa/server", f"{TRUST}/sa/client", f"{TRUST}/sa/other"
-NODE = shutil.which("node")
 
 
 @dataclass(frozen=True)
@@ -144,20 +143,21 @@ def test_python_example(
 
 def _node_client(port: int, cert_dir: Path, *server_id: str) -> tuple[int, str]:
     client = str(EXAMPLES / "nodejs" / "client.js")
-    assert NODE is not None
-    return _run([NODE, client, "127.0.0.1", str(port), *server_id], {"CERT_DIR": str(cert_dir)})
+    return _run(
+        [require_tool("node"), client, "127.0.0.1", str(port), *server_id],
+        {"CERT_DIR": str(cert_dir)},
+    )
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed (make system-packages)")
 def test_nodejs_example(
     ids: ExampleIdentities, started: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    assert NODE is not None
+    node = require_tool("node")
     port = free_port()
     log = tmp_path / "server.log"
     _start(
         started,
-        [NODE, str(EXAMPLES / "nodejs" / "server.js"), str(port)],
+        [node, str(EXAMPLES / "nodejs" / "server.js"), str(port)],
         port,
         log,
         CERT_DIR=str(ids.server),
@@ -198,7 +198,6 @@ def render_nginx(identity: Path, port: int, prefix: Path) -> str:
     return conf
 
 
-@pytest.mark.skipif(not nginx_available(), reason="nginx not installed (make system-packages)")
 def test_nginx_example_is_strict(
     ids: ExampleIdentities, started: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -206,7 +205,7 @@ def test_nginx_example_is_strict(
     prefix.mkdir()
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx(ids.server, port, prefix))
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    binary = require_tool("nginx", "/usr/sbin/nginx")
     command = [binary, "-e", "stderr", "-p", str(prefix), "-c", str(conf)]
     _start(started, command, port, tmp_path / "nginx.log")
 
@@ -222,9 +221,7 @@ def test_nginx_example_is_strict(
 
 
 def _rendered(example: str) -> list[dict[str, object]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
+    kubectl = require_tool("kubectl")
     out = subprocess.run(
         [kubectl, "kustomize", str(EXAMPLES / example)],
         capture_output=True,

@@ -26,7 +26,6 @@ from tests.peers.servers import (
     TlsServer,
     free_port,
     new_ca,
-    nginx_available,
     nginx_server,
     openssl_server,
     write_identity,
@@ -188,7 +187,6 @@ def test_openssl_s_server(
 NGINX_MODES = [("on", "STRICT"), ("optional", "PERMISSIVE"), ("off", "DISABLE")]
 
 
-@pytest.mark.skipif(not nginx_available(), reason="nginx not installed (make system-packages)")
 @pytest.mark.parametrize("protocols", ["TLSv1.3", "TLSv1.2"])
 @pytest.mark.parametrize(("setting", "mode"), NGINX_MODES)
 def test_nginx(

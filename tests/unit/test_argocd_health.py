@@ -5,16 +5,13 @@ itself, so what users copy is what is tested."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.tools import require_tool
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
-LUA = shutil.which("lua5.1") or shutil.which("lua")
-pytestmark = pytest.mark.skipif(LUA is None, reason="lua5.1 is not installed")
 
 
 def scripts() -> dict[str, str]:
@@ -42,13 +39,13 @@ def lua_value(value: Any) -> str:
 
 
 def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
-    assert LUA is not None
     program = (
         f"obj = {lua_value(obj)}\n"
         f"local function check()\n{scripts()[kind]}\nend\n"
         'local hs = check()\nio.write(hs.status, "\\n", hs.message or "")\n'
     )
-    proc = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=30)
+    lua = require_tool("lua5.1")
+    proc = subprocess.run([lua, "-"], input=program, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     status, _, message = proc.stdout.partition("\n")
     return status, message
