@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -67,6 +64,7 @@ from meshless.pki.bundle import bundle_pem, fingerprint
 from meshless.pki.ca import CertificateAuthority
 from meshless.policy.model import PolicySpec
 from meshless.policy.resolve import PolicySet
+from meshless.tls import in_memory_files
 
 log = logging.getLogger(__name__)
 
@@ -351,14 +349,9 @@ def guarded(fn: kopf.WebhookFn) -> kopf.WebhookFn:
 
 # --- the server -----------------------------------------------------------------------------
 def _load_chain(context: ssl.SSLContext, certificate: ServingCertificate) -> None:
-    """ssl loads keys from files only: a private directory, removed at once."""
-    with tempfile.TemporaryDirectory(prefix="meshless-webhook-") as directory:
-        cert_path, key_path = Path(directory) / "tls.crt", Path(directory) / "tls.key"
-        cert_path.write_bytes(certificate.chain_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as key_file:
-            key_file.write(certificate.private_key_pem)
-        context.load_cert_chain(cert_path, key_path)
+    """ssl loads keys from paths only: anonymous memory (memfd), never a filesystem."""
+    with in_memory_files(certificate.chain_pem, certificate.private_key_pem) as (chain, key):
+        context.load_cert_chain(chain, key)
 
 
 class AdmissionWebhookServer(kopf.WebhookServer):
