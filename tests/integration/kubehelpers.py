@@ -81,6 +81,31 @@ def watch_until(
                 return last
 
 
+def wait_custom_object(
+    api: client.ApiClient,
+    plural: str,
+    namespace: str,
+    name: str,
+    predicate: Callable[[Json], bool],
+    timeout: float,
+    what: str,
+) -> Json:
+    """Watch one meshless.dev object until `predicate` holds; fail after `timeout` s."""
+    return watch_until(  # type: ignore[no-any-return]
+        client.CustomObjectsApi(api).list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        field_selector=f"metadata.name={name}",
+        predicate=predicate,
+        timeout=timeout,
+        what=f"{what} on {plural} {namespace}/{name}",
+        resource_version=lambda listed: listed["metadata"]["resourceVersion"],
+        items=lambda listed: listed["items"],
+    )
+
+
 def wait_identity(
     api: client.ApiClient,
     namespace: str,
@@ -90,19 +115,7 @@ def wait_identity(
     what: str = "condition",
 ) -> Json:
     """Watch one identity until `predicate` holds; fail after `timeout` seconds."""
-    return watch_until(  # type: ignore[no-any-return]
-        client.CustomObjectsApi(api).list_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        field_selector=f"metadata.name={name}",
-        predicate=predicate,
-        timeout=timeout,
-        what=f"{what} on {namespace}/{name}",
-        resource_version=lambda listed: listed["metadata"]["resourceVersion"],
-        items=lambda listed: listed["items"],
-    )
+    return wait_custom_object(api, PLURAL, namespace, name, predicate, timeout, what)
 
 
 def is_ready(obj: Json) -> bool:

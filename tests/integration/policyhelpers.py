@@ -10,7 +10,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from .kubehelpers import GROUP, VERSION, condition, watch_until
+from .kubehelpers import GROUP, VERSION, condition, wait_custom_object, watch_until
 
 POLICIES = "mtlspolicies"
 Json = dict[str, Any]
@@ -85,19 +85,7 @@ def wait_policy(
     timeout: float = 30,
     what: str = "status",
 ) -> Json:
-    return watch_until(  # type: ignore[no-any-return]
-        client.CustomObjectsApi(api).list_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        POLICIES,
-        field_selector=f"metadata.name={name}",
-        predicate=predicate,
-        timeout=timeout,
-        what=f"{what} on MtlsPolicy {namespace}/{name}",
-        resource_version=lambda listed: listed["metadata"]["resourceVersion"],
-        items=lambda listed: listed["items"],
-    )
+    return wait_custom_object(api, POLICIES, namespace, name, predicate, timeout, what)
 
 
 def status_is(**fields: Any) -> Callable[[Json], bool]:
@@ -171,3 +159,17 @@ def after_creation_second(obj: Json) -> None:
     wait = created.replace(tzinfo=UTC).timestamp() + 1.05 - time.time()
     if wait > 0:
         time.sleep(min(wait, 1.1))
+
+
+def wait_admission_label(api: client.ApiClient, namespace: str, timeout: float = 30) -> None:
+    """Watch the namespace until the operator has labelled it for admission (the webhooks
+    select it by that label: pods made before it are not injected)."""
+    watch_until(
+        client.CoreV1Api(api).list_namespace,
+        field_selector=f"metadata.name={namespace}",
+        predicate=lambda ns: (ns.metadata.labels or {}).get("meshless.dev/mtls") == "enabled",
+        timeout=timeout,
+        what=f"the admission label on namespace {namespace}",
+        resource_version=lambda listed: listed.metadata.resource_version,
+        items=lambda listed: listed.items,
+    )

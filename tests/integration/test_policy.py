@@ -4,7 +4,6 @@ identities, foreign NetworkPolicies reported."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from .policyhelpers import (
     namespace_labels,
     patch_policy,
     status_is,
+    wait_admission_label,
     wait_collection,
     wait_policy,
 )
@@ -254,7 +254,7 @@ def test_injected_pods_reach_strict_ports_plain_ones_do_not_forged_ones_never_ex
     ns = namespace
     create_policy(api_client, ns, "strict", "STRICT")
     core = client.CoreV1Api(api_client)
-    _wait_labelled(core, ns)  # the namespace is labelled for admission before pods arrive
+    wait_admission_label(api_client, ns)  # before pods arrive
     server = create_pod(api_client, ns, "server", {"app": "server"}, service_account="server")
     client_pod = create_pod(api_client, ns, "client", {"app": "client"}, service_account="client")
     assert server["metadata"]["labels"][IDENTITY_LABEL] == "server"  # injected
@@ -278,12 +278,3 @@ def test_injected_pods_reach_strict_ports_plain_ones_do_not_forged_ones_never_ex
         assert stored == ["plain"]  # the forged pod never got in
     finally:
         core.delete_namespace(plain_ns)
-
-
-def _wait_labelled(core: client.CoreV1Api, namespace: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while (core.read_namespace(namespace).metadata.labels or {}).get(
-        "meshless.dev/mtls"
-    ) != "enabled":
-        assert time.monotonic() < deadline, f"{namespace} never labelled for admission"
-        time.sleep(0.1)

@@ -4,15 +4,13 @@ process with no failed handshake."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
 
 from tests.integration.conftest import OperatorFactory
 from tests.integration.kubehelpers import condition, create_identity, is_ready, wait_event
 from tests.integration.kubehelpers import wait_identity as wait_wid
-from tests.integration.policyhelpers import create_policy, wait_policy
+from tests.integration.policyhelpers import create_policy, wait_admission_label, wait_policy
 from tests.node.pods import Node, pod
 from tests.node.test_mtls import ROTATION_WATCHER, SERVER
 
@@ -92,12 +90,7 @@ def test_probes_on_real_pods_name_the_ones_that_do_not_enforce(
     operator_factory(probe_interval=f"{PROBE_INTERVAL_S}s", probe_timeout="2s")
     create_policy(api_client, namespace, "strict", "STRICT")
     core = client.CoreV1Api(api_client)
-    deadline = time.monotonic() + 30
-    while (core.read_namespace(namespace).metadata.labels or {}).get(
-        "meshless.dev/mtls"
-    ) != "enabled":
-        assert time.monotonic() < deadline, "namespace never labelled for admission"
-        time.sleep(0.1)
+    wait_admission_label(api_client, namespace)
     python = node.images["python"]
     node.apply(
         namespace,
