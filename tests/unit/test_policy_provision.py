@@ -92,3 +92,14 @@ def test_identity_record_reads_labels_and_defaults() -> None:
         "spec": {"serviceAccountName": "sa"},
     }
     assert identity_record(body) == IdentityRecord(NS, "p", "sa", "p-mtls", provisioned=True)
+
+
+def test_a_stored_spec_with_crd_defaults_is_current() -> None:
+    from meshless.policy.provision import spec_is_current
+
+    stored = {"serviceAccountName": "a", "privateKey": {"algorithm": "ECDSAP256"}}
+    assert spec_is_current(stored, {"serviceAccountName": "a"})
+    assert not spec_is_current(stored, {"serviceAccountName": "a", "ttl": "12h"})
+    assert not spec_is_current({**stored, "ttl": "12h"}, {"serviceAccountName": "a"})
+    rsa = {"serviceAccountName": "a", "privateKey": {"algorithm": "RSA2048"}}
+    assert not spec_is_current(stored, rsa) and spec_is_current(rsa, rsa)

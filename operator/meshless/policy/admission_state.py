@@ -19,6 +19,7 @@ from meshless.api import API_VERSION, Kind, Reason
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.policy.model import PolicyRef
 from meshless.policy.resolve import PolicySet
+from meshless.status import involved_object
 
 MAX_RECORDED = 20  # pod names kept per policy (status lists are bounded)
 
@@ -45,8 +46,6 @@ class ControllerAdmissionState:
         if not self.leading:
             body = self.controller.policies.get((record.policy.namespace, record.policy.name))
             if body is not None:
-                from meshless.status import involved_object
-
                 self.controller.events.post(
                     involved_object(body, API_VERSION, Kind.MTLS_POLICY),
                     "Warning",

@@ -42,6 +42,7 @@ from meshless.policy.provision import (
     identity_for,
     identity_record,
     plan_identities,
+    spec_is_current,
 )
 from meshless.policy.render import (
     foreign_open_ports,
@@ -460,10 +461,10 @@ class PolicyController:
         for manifest in plan.create_or_update:
             name = manifest["metadata"]["name"]
             current = self._identity_spec.get((namespace, name))
-            if current == manifest["spec"]:
+            if current is not None and spec_is_current(current, manifest["spec"]):
                 continue
             written = await self.kube.apply(IDENTITIES, manifest)
-            self._identity_spec[(namespace, name)] = dict(manifest["spec"])
+            self._identity_spec[(namespace, name)] = dict(written.get("spec") or {})
             self.identities[(namespace, name)] = identity_record(written)
             log.info("%s/%s: WorkloadIdentity provisioned", namespace, name)
         for name in plan.delete:

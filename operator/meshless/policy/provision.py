@@ -125,6 +125,18 @@ def plan_identities(
     return IdentityPlan(tuple(manifests), tuple(stale))
 
 
+# What the WorkloadIdentity CRD defaults in a spec that leaves it out.
+IDENTITY_SPEC_DEFAULTS: dict[str, Any] = {"privateKey": {"algorithm": "ECDSAP256"}}
+PROVISIONED_SPEC_FIELDS = ("serviceAccountName", "ttl", "privateKey")
+
+
+def spec_is_current(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether a stored provisioned identity's spec already is `wanted`, counting the CRD's
+    defaults (a stored spec carries them, the manifest we apply does not)."""
+    full = {**IDENTITY_SPEC_DEFAULTS, **wanted}
+    return all(stored.get(k) == full.get(k) for k in PROVISIONED_SPEC_FIELDS)
+
+
 def provisioned_identity(
     namespace: str, service_account: str, policy: PolicySpec | None
 ) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from meshless.api import ConditionType, Reason
@@ -98,8 +98,3 @@ def policy_status_fields(scope: Scope | None, tally: PolicyTally) -> dict[str, o
     if scope is not None:
         fields["scope"] = scope.value
     return fields
-
-
-def network_open_entries(found: Iterable[tuple[str, str, int]]) -> list[str]:
-    """'NetworkPolicy ns/name opens port P of pod ns/pod' for each foreign opening."""
-    return sorted({f"NetworkPolicy {np} opens port {port} of pod {pod}" for np, pod, port in found})
