@@ -72,33 +72,40 @@ async def observe_progress(
     without the new root). Three list calls; used by the operator and `meshless ca status`."""
     scopes: tuple[str | None, ...] = namespaces or (None,)
     identities: set[tuple[str, str]] = set()
-    secrets: list[Json] = []
     configmaps: dict[str, Json] = {}
     for ns in scopes:
-        for item in await kube.list(IDENTITIES, ns):
-            meta = item["metadata"]
-            identities.add((meta["namespace"], meta["name"]))
-        secrets.extend(await kube.list(SECRETS, ns, label_selector=IDENTITY_LABEL))
-        for cm in await kube.list(
-            CONFIGMAPS, ns, field_selector=f"metadata.name={TRUST_BUNDLE_NAME}"
-        ):
-            configmaps[cm["metadata"]["namespace"]] = cm
-    bundles: list[bytes | None] = []
-    chains: list[bytes | None] = []
-    for secret in secrets:
-        meta = secret["metadata"]
-        owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
-        if (meta["namespace"], owner) not in identities or not is_owned_by(meta, owner):
-            continue  # left behind by a deleted identity (or not ours): not part of the mesh
-        data = decode_secret_data(secret.get("data"))
-        bundles.append(data.get(CA_CRT))
-        chains.append(data.get(TLS_CRT))
+        async for page in kube.pages(IDENTITIES, ns):
+            identities.update((i["metadata"]["namespace"], i["metadata"]["name"]) for i in page)
+        configmaps.update(
+            (cm["metadata"]["namespace"], cm)
+            for cm in await kube.list(
+                CONFIGMAPS, ns, field_selector=f"metadata.name={TRUST_BUNDLE_NAME}"
+            )
+        )
+    leaving = leaving_roots(state, roots)
+    # Secrets a page at a time, counted as they come: 50,000 of them are not held at once.
+    progress = core.Progress()
+    for ns in scopes:
+        async for page in kube.pages(SECRETS, ns, label_selector=IDENTITY_LABEL):
+            bundles: list[bytes | None] = []
+            chains: list[bytes | None] = []
+            for secret in page:
+                meta = secret["metadata"]
+                owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
+                if (meta["namespace"], owner) not in identities or not is_owned_by(meta, owner):
+                    continue  # left behind by a deleted identity (or not ours)
+                data = decode_secret_data(secret.get("data"))
+                bundles.append(data.get(CA_CRT))
+                chains.append(data.get(TLS_CRT))
+            del page
+            progress += await asyncio.to_thread(
+                core.count_progress, bundles, chains, state, leaving, now
+            )
+    bundles = []
     for ns in sorted({ns for ns, _ in identities}):
         text = ((configmaps.get(ns) or {}).get("data") or {}).get(TRUST_BUNDLE_KEY)
         bundles.append(text.encode() if text else None)
-    return await asyncio.to_thread(
-        core.count_progress, bundles, chains, state, leaving_roots(state, roots), now
-    )
+    return progress + core.count_progress(bundles, [], state, leaving, now)
 
 
 def set_phase_metric(phase: Phase) -> None:

@@ -14,6 +14,7 @@ import logging
 import random
 import ssl
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from kubernetes import client, config
 from meshless import api, metrics
 
 Json = dict[str, Any]
+Page = list[Json]  # one page of a list call
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "meshless"
@@ -280,6 +282,27 @@ class Kube:
     ) -> list[Json]:
         """Every object (all pages), across namespaces when `namespace` is None."""
         items: list[Json] = []
+        async for page in self.pages(
+            resource,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            page_size=page_size,
+        ):
+            items.extend(page)
+        return items
+
+    async def pages(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[Page]:
+        """Every object, a page at a time: what is kept of 50,000 objects need not be held
+        whole at once."""
         token = ""
         while True:
             query = [("limit", str(page_size))]
@@ -290,10 +313,10 @@ class Kube:
             if token:
                 query.append(("continue", token))
             page = await self.request("GET", resource.path(namespace), query=query)
-            items.extend(page.get("items") or ())
+            yield list(page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
-                return items
+                return
 
     async def create(self, resource: Resource, body: Json) -> Json:
         return await self.request("POST", resource.path(_namespace_of(resource, body)), body)

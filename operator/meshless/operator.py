@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kopf._core.reactor.inventory import ResourceMemories
 from prometheus_client import start_http_server
 
 from meshless import metrics
@@ -58,6 +59,28 @@ class NoDiffBaseStorage(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+class EventOnlyMemories(ResourceMemories):
+    """Kopf keeps a "memory" per object it has seen (five small objects: a memo copy, an
+    error throttler, indexing and daemon state) until the object is deleted: about 1 KB per
+    identity and per Secret at 50,000 identities. They serve change-detecting handlers,
+    daemons, timers and indexes, none of which we register (only event handlers feeding our
+    work queues), so every memory is ephemeral: made for the event, then dropped. Kopf's
+    public `kopf.operator(memories=...)` takes the container; the class itself is not
+    exported, hence the private import (checked against kopf 1.45)."""
+
+    async def recall(
+        self,
+        raw_body: kopf.RawBody,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> Any:
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
+        )
 
 
 class Operator:
@@ -123,7 +146,11 @@ class Operator:
     async def start_health(self) -> None:
         self.health = HealthServer(
             self.settings.health_port,
-            details=lambda: {"issued": self.identities.issued, "leading": self.leading},
+            details=lambda: {
+                "issued": self.identities.issued,
+                "identities_ready": self.identities.certificates.ready_count,
+                "leading": self.leading,
+            },
             webhook=self._webhook_address,
         )
         await self.health.start()
@@ -176,16 +203,31 @@ class Operator:
             self._configurations_stale = False
 
     async def _start_leading(self) -> None:
+        """Called by the elector, which must get back to renewing the Lease: the work of a new
+        term (priming, the sweep of every identity) runs in a task of the term."""
         self.leading = True
         self.admission_state.leading = True
+        self._leader_tasks.append(asyncio.create_task(self._lead()))
+
+    async def _lead(self) -> None:
         await self._apply_webhook_configurations()
-        self.identities.queue.start()
-        await self.policies.prime()
+        self.identities.queue.start()  # events queue from here; the sweep covers the rest
+        await self.policies.prime(on_identity=self.identities.remember)
         self.policies.queue.start()
         self.prober.start()
-        self.identities.enqueue_all()
         self._leader_tasks.append(asyncio.create_task(self._resync()))
         log.info("reconciling as leader")
+        started = time.monotonic()
+        scopes = None
+        if self.settings.watch_namespaces:
+            scopes = tuple(sorted({ns for ns, _ in self.identities.store}))
+        handed = await self.identities.sweep(scopes)
+        log.info(
+            "swept %d identities (%d Secrets read in pages) in %.1fs",
+            len(self.identities.store),
+            handed,
+            time.monotonic() - started,
+        )
 
     async def _stop_leading(self) -> None:
         """Stop every write at once; the watches go on, so a new term starts warm."""
@@ -196,6 +238,7 @@ class Operator:
         await asyncio.gather(*self._leader_tasks, return_exceptions=True)
         self._leader_tasks = []
         await self.identities.queue.stop()
+        self.identities.swept = False
         await self.policies.queue.stop()
         await self.prober.stop()
 
@@ -264,6 +307,8 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         settings.watching.connect_timeout = 30
+        # Initial lists in pages: unpaged, 50,000 Secrets were one 200 MB response to parse.
+        settings.watching.chunk_size = 500
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
@@ -342,6 +387,7 @@ def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None
         clusterwide=not namespaces,
         namespaces=namespaces,
         stop_flag=stop_flag,
+        memories=EventOnlyMemories(),
     )
     # uvloop (Kopf's optional extra; Kopf's own CLI uses it the same way): the event loop and
     # its sockets are a large part of the operator's CPU.

@@ -6,6 +6,7 @@ back off per key, and `add_after` schedules level-based re-checks (such as renew
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -38,6 +39,11 @@ class WorkQueue(Generic[K]):
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self._ready: asyncio.Queue[K] = asyncio.Queue()
+        # Sweeps (a resync, a new leader checking everything) wait behind events: a new
+        # identity is not queued behind 50,000 routine checks.
+        self._background: collections.deque[K] = collections.deque()
+        self._in_background: set[K] = set()
+        self._idle = 0  # workers waiting for a key
         self._queued: set[K] = set()
         self._active: set[K] = set()
         self._dirty: set[K] = set()
@@ -47,14 +53,33 @@ class WorkQueue(Generic[K]):
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._progress = asyncio.Event()  # set each time a key is done
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, *, background: bool = False) -> None:
+        """Queue `key`; with `background`, behind every key added without it (a key added
+        both ways is taken at the first chance)."""
         if key in self._active:
             self._dirty.add(key)
             return
-        if key not in self._queued:
-            self._queued.add(key)
+        if key in self._queued:
+            if not background and key in self._in_background:
+                self._in_background.discard(key)  # promoted; its background entry is skipped
+                self._ready.put_nowait(key)
+            return
+        self._queued.add(key)
+        if background and self._idle <= self._ready.qsize():
+            self._in_background.add(key)
+            self._background.append(key)
+        else:
             self._ready.put_nowait(key)
+
+    def _take_background(self) -> K | None:
+        while self._background:
+            key = self._background.popleft()
+            if key in self._in_background:
+                self._in_background.discard(key)
+                return key
+        return None
 
     def add_after(self, key: K, delay: float) -> None:
         if delay <= 0:
@@ -81,6 +106,17 @@ class WorkQueue(Generic[K]):
         """Keys queued or being processed (not those only scheduled for later)."""
         return len(self._queued) + len(self._active)
 
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    async def wait_below(self, count: int) -> None:
+        """Until fewer than `count` keys are queued or in progress (back-pressure for a
+        sweep that feeds the queue a page at a time)."""
+        while len(self) >= count:
+            self._progress.clear()
+            await self._progress.wait()
+
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._scheduler()))
@@ -104,9 +140,25 @@ class WorkQueue(Generic[K]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
+    async def _next(self) -> K:
+        while True:
+            if self._ready.empty():
+                key = self._take_background()
+                if key is not None:
+                    return key
+                self._idle += 1
+                try:
+                    key = await self._ready.get()
+                finally:
+                    self._idle -= 1
+            else:
+                key = self._ready.get_nowait()
+            if key in self._queued:
+                return key
+
     async def _worker(self) -> None:
         while True:
-            key = await self._ready.get()
+            key = await self._next()
             self._queued.discard(key)
             self._active.add(key)
             try:
@@ -130,3 +182,4 @@ class WorkQueue(Generic[K]):
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+                self._progress.set()

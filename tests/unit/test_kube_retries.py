@@ -108,3 +108,18 @@ def test_backoff_is_bounded_and_jittered() -> None:
     assert max(delays) <= 5.0 and min(delays) >= 0.0 and len(set(delays)) > 1
     assert policy.retry_after("120", 0) == policy.max_retry_after_s
     assert policy.retry_after("nonsense", 0) <= policy.base_s
+
+
+async def test_a_list_is_read_a_page_at_a_time(
+    server: Callable[[list[web.Response]], Kube],
+) -> None:
+    kube = server(
+        [
+            web.json_response({"items": [{"n": 1}, {"n": 2}], "metadata": {"continue": "t1"}}),
+            web.json_response({"items": [{"n": 3}], "metadata": {}}),
+            web.json_response({"items": [{"n": 1}], "metadata": {"continue": "t2"}}),
+            web.json_response({"items": [], "metadata": {}}),
+        ]
+    )
+    assert [page async for page in kube.pages(SECRETS, "ns")] == [[{"n": 1}, {"n": 2}], [{"n": 3}]]
+    assert await kube.list(SECRETS, "ns") == [{"n": 1}]

@@ -44,7 +44,7 @@ def test_taking_over_counts_a_transition_and_sets_acquire_time() -> None:
     assert spec["holderIdentity"] == "me"
     assert spec["leaseTransitions"] == 4
     assert spec["acquireTime"] == spec["renewTime"] == "2026-11-29T12:00:00.000000Z"
-    assert spec["leaseDurationSeconds"] == 15
+    assert spec["leaseDurationSeconds"] == 10  # the default lease (see Timings)
 
 
 def test_renewing_keeps_acquire_time_and_transitions() -> None:

@@ -362,6 +362,15 @@ def test_progress_counts_bundles_and_leaves_on_the_old_root() -> None:
         leaves_total=4,
         leaves_on_old_root=1,
     )
+    # Counted a page at a time (as the operator lists 50,000 Secrets), the sums are the same.
+    pages = [
+        r.count_progress(bundles, chains, state2, old_root, NOW + timedelta(minutes=10))
+        for bundles, chains in (
+            ([both, only_old], [old_leaf]),
+            ([None, b"garbage"], [new_leaf, expired, None]),
+        )
+    ]
+    assert pages[0] + pages[1] == progress
 
 
 # --- spreading reissues -------------------------------------------------------------------

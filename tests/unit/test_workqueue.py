@@ -365,3 +365,67 @@ async def test_stop_cancels_a_running_handler(queues: list[WorkQueue[str]]) -> N
     await wait(started)
     await asyncio.wait_for(queue.stop(), TIMEOUT)
     assert cancelled.is_set()
+
+
+async def test_background_keys_wait_behind_events_and_a_promoted_key_runs_once(
+    queues: list[WorkQueue[str]],
+) -> None:
+    rec = Recorder()
+    queue: WorkQueue[str] = WorkQueue(rec, workers=1)
+    queues.append(queue)
+    for key in ("sweep-1", "sweep-2", "sweep-3"):
+        queue.add(key, background=True)
+    queue.add("new")  # an event: ahead of the sweep
+    queue.add("sweep-3")  # an event for a key the sweep also queued: promoted
+    queue.add("sweep-1", background=True)  # already queued: nothing more
+    assert len(queue) == 4
+    queue.start()
+    await wait(rec.event("sweep-2", 1))
+    assert rec.calls == ["new", "sweep-3", "sweep-1", "sweep-2"]
+    await wait_until(lambda: len(queue) == 0)
+    assert rec.count("sweep-3") == 1
+
+
+async def test_background_keys_use_every_idle_worker(queues: list[WorkQueue[str]]) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+    all_started = asyncio.Event()
+
+    async def behaviour(key: str, nth: int) -> None:
+        started.append(key)
+        if len(started) == 3:
+            all_started.set()
+        await wait(release)
+
+    queue: WorkQueue[str] = WorkQueue(Recorder(behaviour), workers=3)
+    queues.append(queue)
+    queue.start()
+    await wait_until(lambda: queue._idle == 3)  # the workers are waiting
+    for key in ("a", "b", "c", "d"):
+        queue.add(key, background=True)
+    await wait(all_started)  # three at once, not one after another
+    assert sorted(started) == ["a", "b", "c"]
+    release.set()
+    await wait_until(lambda: len(queue) == 0)
+    assert sorted(started) == ["a", "b", "c", "d"]
+
+
+async def test_wait_below_returns_once_the_backlog_has_drained(
+    queues: list[WorkQueue[str]],
+) -> None:
+    release = asyncio.Event()
+
+    async def behaviour(key: str, nth: int) -> None:
+        await wait(release)
+
+    queue: WorkQueue[str] = WorkQueue(Recorder(behaviour), workers=2)
+    queues.append(queue)
+    for i in range(5):
+        queue.add(f"k{i}", background=True)
+    queue.start()
+    waiting = asyncio.create_task(queue.wait_below(2))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # five keys queued or running
+    release.set()
+    await asyncio.wait_for(waiting, TIMEOUT)
+    assert len(queue) < 2

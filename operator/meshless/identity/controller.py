@@ -9,9 +9,10 @@ resourceVersion and not reconciled again.
 from __future__ import annotations
 
 import asyncio
-import copy
+import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -70,6 +71,7 @@ CA_RETRY_S = 15.0
 CONFLICT_RETRY_S = 30.0
 ISSUING_NOTICE_S = 1.0
 UNWRITTEN_MAX_AGE = timedelta(minutes=5)
+SWEEP_BACKLOG = 1000  # identities a sweep keeps queued (with their Secrets held) at most
 # report Issuing=True only when the write budget makes us wait
 FIRST_ISSUE = Reason("SecretMissing", "the Secret does not exist")
 READY = ConditionType.READY.value
@@ -91,22 +93,25 @@ class IdentityController:
         self.ca = ca
         self.budget = budget
         self.clock = clock
-        self.store: dict[Key, Json] = {}
+        self.store: dict[Key, HeldIdentity] = {}
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
         self.issued = 0
         self.events = events
         self.on_issued: Callable[[str, str], None] | None = None  # (namespace, SPIFFE ID)
         self.status = StatusWriter(kube, IDENTITIES)
-        self._own_secret_rv: dict[Key, str] = {}
+        # The resourceVersion of each identity Secret as we last wrote or read it: an event
+        # carrying it again (our own write's echo, a re-list) changes nothing.
+        self._known_secret_rv: dict[Key, str] = {}
+        self.swept = False  # this term's sweep has queued every identity it holds
         self._seen_secrets: dict[Key, Json] = {}  # Secret bodies from watch events, read once
         self._bundles: dict[str, bytes] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
-        self._ready_keys: set[Key] = set()
         # Signed but not yet stored (the API refused the write): reused on the retry.
         self._unwritten: dict[Key, tuple[SvidRequest, CertificateAuthority, IssuedSvid]] = {}
-        metrics.IDENTITIES.labels("ready").set_function(lambda: len(self._ready_keys))
+        self.certificates = metrics.CERTIFICATES
+        metrics.IDENTITIES.labels("ready").set_function(lambda: self.certificates.ready_count)
         metrics.IDENTITIES.labels("not_ready").set_function(
-            lambda: len(self.store) - len(self._ready_keys)
+            lambda: len(self.store) - self.certificates.ready_count
         )
 
     # --- watch events -----------------------------------------------------------------------
@@ -115,43 +120,86 @@ class IdentityController:
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
             self.store.pop(key, None)
-            self._ready_keys.discard(key)
             spec = body.get("spec") or {}
             secret_name = spec.get("secretName") or default_secret_name(meta["name"])
             self._seen_secrets.pop((meta["namespace"], secret_name), None)
-            self._own_secret_rv.pop((meta["namespace"], secret_name), None)
+            self._known_secret_rv.pop((meta["namespace"], secret_name), None)
             self.status.forget(key)
             self.queue.forget(key)
             self._unwritten.pop(key, None)
-            metrics.forget_identity(*key)
+            self.certificates.forget(*key)
             return
-        self.store[key] = slim(body)
+        before = self.store.get(key)
+        held = self.store[key] = HeldIdentity.of(body)
         if self.status.is_echo(body):
             return  # the echo of our own status patch
-        self.queue.add(key)
+        if not self.queue.running:
+            return  # a standby holds the identity; a new term checks them all
+        if before is not None and before.resource_version == held.resource_version:
+            return  # seen already (a re-list): nothing changed
+        listed = event_type is None  # Kopf's list, at start or after a watch expired
+        if listed and not self.swept:
+            return  # the sweep in progress checks every identity held
+        self.queue.add(key, background=listed)
+
+    def remember(self, body: Mapping[str, Any]) -> None:
+        """An identity from a list (the leader's priming list): held, not queued."""
+        meta = body["metadata"]
+        # A watch event may already have brought a newer version than the list's.
+        self.store.setdefault((meta["namespace"], meta["name"]), HeldIdentity.of(body))
 
     def on_secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Secrets are watched only through the label selector on our identity label."""
         meta = body["metadata"]
         secret_key = (meta["namespace"], meta["name"])
-        if event_type != "DELETED" and meta.get("resourceVersion") == self._own_secret_rv.get(
+        if event_type != "DELETED" and meta.get("resourceVersion") == self._known_secret_rv.get(
             secret_key
         ):
             return
         identity = (meta.get("labels") or {}).get(IDENTITY_LABEL)
+        listed = event_type is None
+        if not self.queue.running or (listed and not self.swept):
+            return  # the sweep of a new term reads every Secret itself, a page at a time
         if identity and (meta["namespace"], identity) in self.store:
             if event_type == "DELETED":
                 self._seen_secrets.pop(secret_key, None)
             else:
-                # Hand the body to the reconcile this event causes, sparing it a read (after a
-                # restart that is one read per identity). It is consumed, not cached: a stale
-                # copy can only make a write fail its resourceVersion check and be retried.
-                self._seen_secrets[secret_key] = dict(body)
-            self.queue.add((meta["namespace"], identity))
+                # Hand the body to the reconcile this event causes, sparing it a read. It is
+                # consumed, not cached: a stale copy can only make a write fail its
+                # resourceVersion check and be retried.
+                self._seen_secrets[secret_key] = slim_secret(body)
+            self.queue.add((meta["namespace"], identity), background=listed)
 
     def enqueue_all(self) -> None:
+        """Every identity, behind anything an event queued (a resync, a new CA)."""
         for key in list(self.store):
-            self.queue.add(key)
+            self.queue.add(key, background=True)
+
+    async def sweep(self, namespaces: tuple[str, ...] | None = None) -> int:
+        """A new term's check of every identity. The labelled Secrets are listed a page at a
+        time and each handed to the reconcile it causes (no read per identity: after a
+        restart with 50,000 identities that was 50,000 GETs); the next page is read only once
+        the queue has room, so at most a few pages of Secrets are held. Then every identity
+        whose Secret was not among them. `namespaces` None: cluster-wide. Returns how many
+        Secrets were handed over."""
+        covered: set[Key] = set()
+        scopes: tuple[str | None, ...] = (None,) if namespaces is None else namespaces
+        for namespace in scopes:
+            async for page in self.kube.pages(SECRETS, namespace, label_selector=IDENTITY_LABEL):
+                for secret in page:
+                    meta = secret["metadata"]
+                    key = (meta["namespace"], (meta.get("labels") or {}).get(IDENTITY_LABEL, ""))
+                    if key in self.store:
+                        self._seen_secrets[(meta["namespace"], meta["name"])] = slim_secret(secret)
+                        self.queue.add(key, background=True)
+                        covered.add(key)
+                del page
+                await self.queue.wait_below(SWEEP_BACKLOG)
+        for key in list(self.store):
+            if key not in covered:
+                self.queue.add(key, background=True)
+        self.swept = True  # no await since the pass above: nothing listed slipped between
+        return len(covered)
 
     # --- reconcile --------------------------------------------------------------------------
     async def reconcile(self, key: Key) -> float | None:
@@ -171,7 +219,7 @@ class IdentityController:
     async def _report_failure(self, key: Key, exc: Exception) -> None:
         """Ready=False with the error (our errors never carry key material), best effort: the
         API may be what failed. The work queue retries with backoff."""
-        body = self.store.get(key)
+        body = self.body(key)
         if body is None or _transient(exc):
             return
         try:
@@ -179,8 +227,14 @@ class IdentityController:
         except Exception as report_exc:
             log.debug("%s/%s: could not report the failure: %s", *key, report_exc)
 
+    def body(self, key: Key) -> Json | None:
+        """The identity as the last event or our last write left it (what a reconcile
+        needs of it: see HeldIdentity)."""
+        held = self.store.get(key)
+        return None if held is None else held.body(*key)
+
     async def _reconcile(self, key: Key) -> float | None:
-        body = self.store.get(key)
+        body = self.body(key)
         if body is None:
             return None
         namespace, name = key
@@ -204,6 +258,10 @@ class IdentityController:
         secret = self._seen_secrets.pop((namespace, spec.secret_name), None)
         if secret is None:
             secret = await self.kube.get(SECRETS, namespace, spec.secret_name)
+        if secret is not None and "resourceVersion" in secret["metadata"]:
+            self._known_secret_rv[(namespace, spec.secret_name)] = secret["metadata"][
+                "resourceVersion"
+            ]
         if secret is not None and not is_owned_by(secret["metadata"], name):
             await self._not_ready(
                 body,
@@ -280,7 +338,7 @@ class IdentityController:
         return (
             not status.get("serialNumber")
             and ready.get("reason") != R.SECRET_CONFLICT
-            and (spec.namespace, spec.secret_name) not in self._own_secret_rv
+            and (spec.namespace, spec.secret_name) not in self._known_secret_rv
         )
 
     async def _issue(
@@ -371,7 +429,7 @@ class IdentityController:
             written = await self.kube.create(SECRETS, manifest)
         else:
             written = await self.kube.replace(SECRETS, manifest)
-        self._own_secret_rv[(spec.namespace, spec.secret_name)] = written["metadata"][
+        self._known_secret_rv[(spec.namespace, spec.secret_name)] = written["metadata"][
             "resourceVersion"
         ]
 
@@ -440,11 +498,13 @@ class IdentityController:
             "observedGeneration": generation,
         }
         await self._patch_status(body, wanted)
-        ns, name = spec.namespace, spec.name
-        metrics.CERTIFICATE_EXPIRATION.labels(ns, name).set(summary.not_after.timestamp())
-        metrics.CERTIFICATE_RENEWAL.labels(ns, name).set(summary.renewal_time.timestamp())
-        metrics.CERTIFICATE_READY.labels(ns, name).set(1)
-        self._ready_keys.add((ns, name))
+        if (spec.namespace, spec.name) in self.store:
+            self.certificates.ready(
+                spec.namespace,
+                spec.name,
+                summary.not_after.timestamp(),
+                summary.renewal_time.timestamp(),
+            )
 
     def _conditions(self, body: Json, *changes: ConditionChange) -> list[dict[str, Any]]:
         return conditions_with(body, changes, self.clock())
@@ -467,8 +527,8 @@ class IdentityController:
             body, {"conditions": conditions, "observedGeneration": generation}
         )
         meta = body["metadata"]
-        metrics.CERTIFICATE_READY.labels(meta["namespace"], meta["name"]).set(0)
-        self._ready_keys.discard((meta["namespace"], meta["name"]))
+        if (meta["namespace"], meta["name"]) in self.store:
+            self.certificates.not_ready(meta["namespace"], meta["name"])
         if changed and (
             before is None or before.get("reason") != reason or before.get("message") != message
         ):
@@ -482,7 +542,7 @@ class IdentityController:
             return False
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if key in self.store:
-            self.store[key] = slim(updated)
+            self.store[key] = HeldIdentity.of(updated)
         return True
 
     def _event(self, body: Json, type: str, reason: str, message: str) -> None:
@@ -498,19 +558,66 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, aiohttp.ClientError | TimeoutError)
 
 
-def slim(body: Mapping[str, Any]) -> Json:
-    """What a reconcile needs of an identity. managedFields and other annotations would
-    multiply the memory held per identity (thousands of them) for nothing."""
+@dataclass(slots=True, frozen=True)
+class HeldIdentity:
+    """What the controller holds of each identity between reconciles: the metadata a write
+    needs (uid for owner references, resourceVersion for echo detection, generation for
+    observedGeneration) and spec and status as compact JSON, decoded when a reconcile runs.
+
+    Held as parsed JSON, an identity's status (two conditions, serial, times, messages) was
+    about 2 KB of dicts and strings; as bytes it is about 0.7 KB, and decoding it costs some
+    10 microseconds per reconcile (docs/decisions/scale.md)."""
+
+    uid: str
+    generation: int | None
+    resource_version: str | None
+    spec: bytes
+    status: bytes
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> HeldIdentity:
+        meta = body["metadata"]
+        return cls(
+            uid=meta.get("uid", ""),
+            generation=meta.get("generation"),
+            resource_version=meta.get("resourceVersion"),
+            spec=_compact(body.get("spec")),
+            status=_compact(body.get("status")),
+        )
+
+    def body(self, namespace: str, name: str) -> Json:
+        meta: Json = {"name": name, "namespace": namespace, "uid": self.uid}
+        if self.generation is not None:
+            meta["generation"] = self.generation
+        if self.resource_version is not None:
+            meta["resourceVersion"] = self.resource_version
+        return {"metadata": meta, "spec": json.loads(self.spec), "status": json.loads(self.status)}
+
+
+def slim_secret(body: Mapping[str, Any]) -> Json:
+    """What a reconcile reads of its Secret: the data and the metadata it checks or writes
+    back (managedFields and the rest are most of a Secret's metadata)."""
     meta = body["metadata"]
     return {
         "metadata": {
             k: meta[k]
-            for k in ("name", "namespace", "uid", "generation", "resourceVersion")
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "resourceVersion",
+                "labels",
+                "annotations",
+                "ownerReferences",
+            )
             if k in meta
         },
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": copy.deepcopy(dict(body.get("status") or {})),
+        "data": body.get("data") or {},
     }
 
 
-__all__ = ["IdentityController", "Key"]
+def _compact(value: Any) -> bytes:
+    return json.dumps(dict(value or {}), separators=(",", ":")).encode()
+
+
+__all__ = ["HeldIdentity", "IdentityController", "Key"]

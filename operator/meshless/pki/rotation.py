@@ -233,6 +233,16 @@ class Progress:
     leaves_total: int = 0
     leaves_on_old_root: int = 0  # still valid and chaining to a root that leaves
 
+    def __add__(self, other: Progress) -> Progress:
+        """Counts over two parts (pages of Secrets) add up to the counts over both."""
+        return Progress(
+            self.bundles_total + other.bundles_total,
+            self.bundles_with_new_root + other.bundles_with_new_root,
+            self.bundles_with_old_root + other.bundles_with_old_root,
+            self.leaves_total + other.leaves_total,
+            self.leaves_on_old_root + other.leaves_on_old_root,
+        )
+
     @property
     def leaves_reissued(self) -> int:
         return self.leaves_total - self.leaves_on_old_root

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -63,6 +63,7 @@ from meshless.status import EventRecorder, StatusWriter, conditions_with, involv
 from meshless.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+_K = TypeVar("_K")
 
 Key = tuple[str, str]  # namespace, name
 # Work items: ("ns", namespace, "") reconciles a namespace; ("policy", ns, name) a status.
@@ -102,6 +103,14 @@ def slim_policy(body: Mapping[str, Any]) -> Json:
     }
 
 
+def _drop(index: dict[_K, dict[str, IdentityRecord]], outer: _K, name: str) -> None:
+    held = index.get(outer)
+    if held is not None:
+        held.pop(name, None)
+        if not held:
+            del index[outer]
+
+
 def slim_network_policy(body: Mapping[str, Any]) -> Json:
     meta = body["metadata"]
     return {
@@ -139,6 +148,11 @@ class PolicyController:
         self.namespaces: dict[str, NamespaceInfo] = {}
         self.network_policies: dict[Key, Json] = {}
         self.identities: dict[Key, IdentityRecord] = {}
+        # The same records by namespace, and the ServiceAccounts of each namespace's pods:
+        # with tens of thousands of identities, nothing may scan them all per event.
+        self._identities_by_ns: dict[str, dict[str, IdentityRecord]] = defaultdict(dict)
+        self._by_account: dict[tuple[str, str], dict[str, IdentityRecord]] = defaultdict(dict)
+        self._pod_accounts: dict[str, Counter[str]] = defaultdict(Counter)
         self._identity_spec: dict[Key, Json] = {}  # spec of each provisioned identity
 
         # What the last reconcile of each namespace decided.
@@ -163,19 +177,22 @@ class PolicyController:
         patterns = self.settings.watch_namespaces
         return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
 
-    async def prime(self) -> None:
+    async def prime(self, on_identity: Callable[[Mapping[str, Any]], None] | None = None) -> None:
         """Fill the caches from one list of each kind before the first reconcile: a
         reconcile that ran before the policies were known would delete what they made."""
-        for body in await self.kube.list(NAMESPACES):
-            self.on_namespace_event("ADDED", body, enqueue=False)
-        for body in await self.kube.list(POLICIES):
-            self.on_policy_event("ADDED", body, enqueue=False)
-        for body in await self.kube.list(IDENTITIES):
-            self.on_identity_event("ADDED", body, enqueue=False)
-        for body in await self.kube.list(NETWORK_POLICIES):
-            self.on_network_policy_event("ADDED", body, enqueue=False)
-        for body in await self.kube.list(PODS):
-            self.on_pod_event("ADDED", body, enqueue=False)
+        feeds = (
+            (NAMESPACES, self.on_namespace_event),
+            (POLICIES, self.on_policy_event),
+            (IDENTITIES, self.on_identity_event),
+            (NETWORK_POLICIES, self.on_network_policy_event),
+            (PODS, self.on_pod_event),
+        )
+        for resource, feed in feeds:
+            async for page in self.kube.pages(resource):  # a page at a time: 50k identities
+                for body in page:
+                    feed("ADDED", body, enqueue=False)
+                    if resource is IDENTITIES and on_identity is not None:
+                        on_identity(body)  # one list of identities serves both controllers
         self.primed = True
         self.enqueue_all()
 
@@ -189,7 +206,7 @@ class PolicyController:
     def _known_namespaces(self) -> set[str]:
         names = set(self.pods_by_namespace) | {ns for ns, _ in self.policies}
         names |= {ns for ns, _ in self.network_policies}
-        names |= {ns for ns, _ in self.identities}
+        names |= set(self._identities_by_ns)
         return {n for n in names if self._watched(n)}
 
     # --- watch events -------------------------------------------------------------------
@@ -242,15 +259,21 @@ class PolicyController:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
-            if self.pods.pop(key, None) is None:
+            gone = self.pods.pop(key, None)
+            if gone is None:
                 return
+            self._count_account(key[0], gone.service_account, -1)
             self.pods_by_namespace[key[0]].discard(key[1])
             if not self.pods_by_namespace[key[0]]:
                 del self.pods_by_namespace[key[0]]
         else:
             info = pod_info(body)
-            if self.pods.get(key) == info:
+            before = self.pods.get(key)
+            if before == info:
                 return
+            if before is not None:
+                self._count_account(key[0], before.service_account, -1)
+            self._count_account(key[0], info.service_account, 1)
             self.pods[key] = info
             self.pods_by_namespace[key[0]].add(key[1])
         if enqueue:
@@ -300,19 +323,51 @@ class PolicyController:
     ) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        before = self.identities.get(key)
         if event_type == "DELETED":
             self._identity_spec.pop(key, None)
-            if self.identities.pop(key, None) is None:
+            if before is None:
                 return
+            self._forget_identity(key)
+            after = None
         else:
-            record = identity_record(body)
-            if record.provisioned:
+            after = identity_record(body)
+            if after.provisioned:
                 self._identity_spec[key] = dict(body.get("spec") or {})
-            if self.identities.get(key) == record:
+            if before == after:
                 return
-            self.identities[key] = record
-        if enqueue:
+            self._remember_identity(after)
+        if enqueue and any(self._identity_matters(r) for r in (before, after) if r is not None):
             self.queue.add((NAMESPACE_WORK, key[0], ""))
+
+    def _identity_matters(self, record: IdentityRecord) -> bool:
+        """Whether a namespace reconcile could decide differently for this identity: it is
+        one we provisioned, or a pod there runs as its ServiceAccount. A storm of identities
+        no pod uses costs no reconciles."""
+        accounts = self._pod_accounts.get(record.namespace)
+        return record.provisioned or (accounts is not None and record.service_account in accounts)
+
+    def _remember_identity(self, record: IdentityRecord) -> None:
+        key = (record.namespace, record.name)
+        self._forget_identity(key)
+        self.identities[key] = record
+        self._identities_by_ns[record.namespace][record.name] = record
+        self._by_account[(record.namespace, record.service_account)][record.name] = record
+
+    def _forget_identity(self, key: Key) -> None:
+        gone = self.identities.pop(key, None)
+        if gone is None:
+            return
+        _drop(self._identities_by_ns, key[0], key[1])
+        _drop(self._by_account, (key[0], gone.service_account), key[1])
+
+    def _count_account(self, namespace: str, account: str, delta: int) -> None:
+        counts = self._pod_accounts[namespace]
+        counts[account] += delta
+        if counts[account] <= 0:
+            del counts[account]
+            if not counts:
+                del self._pod_accounts[namespace]
 
     def _checked(self, spec: PolicySpec) -> PolicySpec:
         """What the schema cannot know: the operator's own limits."""
@@ -338,7 +393,7 @@ class PolicyController:
         return identity_for(
             namespace,
             service_account,
-            (r for (ns, _), r in self.identities.items() if ns == namespace),
+            self._by_account.get((namespace, service_account), {}).values(),
             self.settings.trust_domain,
         )
 
@@ -456,7 +511,7 @@ class PolicyController:
         resolved: list[tuple[PodInfo, PodResolution]],
         specs: Mapping[PolicyRef, PolicySpec],
     ) -> None:
-        records = [r for (ns, _), r in self.identities.items() if ns == namespace]
+        records = list(self._identities_by_ns.get(namespace, {}).values())
         plan = plan_identities(namespace, resolved, specs, records)
         for manifest in plan.create_or_update:
             name = manifest["metadata"]["name"]
@@ -465,11 +520,11 @@ class PolicyController:
                 continue
             written = await self.kube.apply(IDENTITIES, manifest)
             self._identity_spec[(namespace, name)] = dict(written.get("spec") or {})
-            self.identities[(namespace, name)] = identity_record(written)
+            self._remember_identity(identity_record(written))
             log.info("%s/%s: WorkloadIdentity provisioned", namespace, name)
         for name in plan.delete:
             await self.kube.delete(IDENTITIES, namespace, name)
-            self.identities.pop((namespace, name), None)
+            self._forget_identity((namespace, name))
             self._identity_spec.pop((namespace, name), None)
             log.info("%s/%s: provisioned WorkloadIdentity deleted (not needed)", namespace, name)
 

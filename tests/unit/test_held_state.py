@@ -1,0 +1,193 @@
+"""What the operator holds per object at scale: the identity controller's compact record, the
+per-identity metric series served from one table, the policy controller's identity indexes
+and Kopf's per-object memories (none kept). Each is checked on what a caller sees."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from kubernetes import client
+from prometheus_client import CollectorRegistry, generate_latest
+
+from meshless.identity.controller import HeldIdentity
+from meshless.kube import Kube
+from meshless.metrics import CertificateSeries
+from meshless.operator import EventOnlyMemories
+from meshless.policy.controller import NAMESPACE_WORK, PolicyController
+from meshless.settings import Settings
+from meshless.status import EventRecorder
+
+BODY = {
+    "metadata": {
+        "name": "payments",
+        "namespace": "shop",
+        "uid": "0b6f1c1e-8d44-4a43-9a59-1f4a1f3c9d10",
+        "generation": 3,
+        "resourceVersion": "4711",
+        "labels": {"team": "a"},
+        "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+    },
+    "spec": {"serviceAccountName": "payments", "dnsNames": ["payments.shop.svc"]},
+    "status": {
+        "serialNumber": "7f",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Ready",
+                "message": "Certificate is valid until 2026-11-30T00:00:00Z",
+                "lastTransitionTime": "2026-11-29T00:00:00Z",
+            }
+        ],
+    },
+}
+
+
+def test_a_held_identity_gives_back_what_a_reconcile_reads() -> None:
+    held = HeldIdentity.of(BODY)
+    body = held.body("shop", "payments")
+    assert body == {
+        "metadata": {
+            "name": "payments",
+            "namespace": "shop",
+            "uid": BODY["metadata"]["uid"],  # type: ignore[index]
+            "generation": 3,
+            "resourceVersion": "4711",
+        },
+        "spec": BODY["spec"],
+        "status": BODY["status"],
+    }
+    # Decoded afresh each time: a reconcile that edits its copy cannot change what is held.
+    body["status"]["conditions"][0]["status"] = "False"
+    assert held.body("shop", "payments")["status"] == BODY["status"]
+
+
+def test_a_held_identity_without_status_or_generation() -> None:
+    held = HeldIdentity.of({"metadata": {"name": "a", "namespace": "b", "uid": "u"}})
+    assert held.body("b", "a") == {
+        "metadata": {"name": "a", "namespace": "b", "uid": "u"},
+        "spec": {},
+        "status": {},
+    }
+
+
+def _exposition(series: CertificateSeries) -> list[str]:
+    registry = CollectorRegistry()
+    registry.register(series)
+    return [
+        line for line in generate_latest(registry).decode().splitlines() if not line.startswith("#")
+    ]
+
+
+def test_certificate_series_are_served_like_labelled_gauges() -> None:
+    series = CertificateSeries()
+    series.ready("shop", "payments", 1800000000.0, 1799990000.0)
+    series.not_ready("shop", "orders")  # never Ready: no times yet
+    assert _exposition(series) == [
+        'meshless_certificate_expiration_timestamp_seconds{name="payments",namespace="shop"}'
+        " 1.8e+09",
+        'meshless_certificate_renewal_timestamp_seconds{name="payments",namespace="shop"}'
+        " 1.79999e+09",
+        'meshless_certificate_ready_status{name="payments",namespace="shop"} 1.0',
+        'meshless_certificate_ready_status{name="orders",namespace="shop"} 0.0',
+    ]
+    assert series.ready_count == 1
+
+
+def test_a_failing_identity_keeps_its_times_and_a_forgotten_one_is_gone() -> None:
+    series = CertificateSeries()
+    series.ready("shop", "payments", 1800000000.0, 1799990000.0)
+    series.ready("shop", "payments", 1800000000.0, 1799990000.0)  # counted once
+    assert series.ready_count == 1
+    series.not_ready("shop", "payments")
+    assert series.ready_count == 0
+    assert not series.is_ready("shop", "payments")
+    assert 'meshless_certificate_ready_status{name="payments",namespace="shop"} 0.0' in (
+        _exposition(series)
+    )
+    assert any("expiration" in line for line in _exposition(series))
+    series.ready("shop", "payments", 1800000000.0, 1799990000.0)
+    series.forget("shop", "payments")
+    series.forget("shop", "payments")
+    assert series.ready_count == 0
+    assert _exposition(series) == []
+
+
+def test_kopf_keeps_no_memory_per_object() -> None:
+    memories = EventOnlyMemories()
+    raw = {"metadata": {"uid": "u1", "name": "a", "namespace": "b"}}
+
+    async def recall_twice() -> bool:
+        first = await memories.recall(raw, noticed_by_listing=True)  # type: ignore[arg-type]
+        second = await memories.recall(raw)  # type: ignore[arg-type]
+        return first is second
+
+    assert asyncio.run(recall_twice()) is False
+    assert list(memories.iter_all_memories()) == []
+
+
+def _controller() -> PolicyController:
+    configuration = client.Configuration()
+    configuration.host = "https://127.0.0.1:9"  # never called: only watch events are fed
+    kube = Kube(configuration)
+    return PolicyController(kube, Settings(), lambda: datetime.now(UTC), EventRecorder(kube))
+
+
+def _identity(name: str, account: str, created: str, provisioned: bool = False) -> dict:  # type: ignore[type-arg]
+    labels = {"meshless.dev/provisioned": "true"} if provisioned else {}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            "labels": labels,
+            "creationTimestamp": created,
+        },
+        "spec": {"serviceAccountName": account},
+    }
+
+
+def _pod(name: str, account: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {"name": name, "namespace": "shop", "uid": name},
+        "spec": {"serviceAccountName": account, "containers": [{"name": "app"}]},
+    }
+
+
+def test_a_storm_of_identities_no_pod_uses_costs_no_namespace_reconcile() -> None:
+    policies = _controller()
+    for i in range(50):
+        policies.on_identity_event("ADDED", _identity(f"id-{i}", f"sa-{i}", "2026-11-29T00:00:00Z"))
+    assert len(policies.queue) == 0
+    # A pod that runs as one of them makes that identity matter.
+    policies.on_pod_event("ADDED", _pod("web-1", "sa-7"), enqueue=False)
+    policies.on_identity_event("ADDED", _identity("other", "sa-8", "2026-11-29T00:00:00Z"))
+    assert len(policies.queue) == 0
+    policies.on_identity_event("ADDED", _identity("also-7", "sa-7", "2026-11-29T00:00:00Z"))
+    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}
+
+
+def test_a_provisioned_identity_always_matters() -> None:
+    policies = _controller()
+    policies.on_identity_event(
+        "ADDED", _identity("meshless-web", "web", "2026-11-29T00:00:00Z", provisioned=True)
+    )
+    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}
+
+
+def test_the_identity_for_a_service_account_comes_from_the_index() -> None:
+    policies = _controller()
+    policies.on_identity_event("ADDED", _identity("newer", "web", "2026-11-29T02:00:00Z"))
+    policies.on_identity_event("ADDED", _identity("older", "web", "2026-11-29T01:00:00Z"))
+    policies.on_identity_event("ADDED", _identity("unrelated", "db", "2026-11-29T00:00:00Z"))
+    assert policies.identity_ref_for("shop", "web").name == "older"
+    # The ServiceAccount of "older" changes: it no longer serves web.
+    policies.on_identity_event("MODIFIED", _identity("older", "batch", "2026-11-29T01:00:00Z"))
+    assert policies.identity_ref_for("shop", "web").name == "newer"
+    assert policies.identity_ref_for("shop", "batch").name == "older"
+    for name in ("newer", "older", "unrelated"):
+        policies.on_identity_event("DELETED", _identity(name, "", ""))
+    # Nothing left: the provisioned name, and no empty index entries kept around.
+    assert policies.identity_ref_for("shop", "web").name == "meshless-web"
+    assert policies._identities_by_ns == {}
+    assert policies._by_account == {}
