@@ -1,0 +1,359 @@
+"""Scale benchmark (issue 11): results as JSON in bench/results/scale.json.
+
+50,000 identities (BENCH_SCALE scales the count: 0.1 is 5,000) spread over 10 namespaces,
+held by two operators with leader election, as the chart runs them. In order:
+
+- create_per_s: the identities created and issued (every one Ready, read from the leader).
+- rss_mb_<N>, standby_rss_mb_<N>: resident memory of the leader and of the standby holding
+  them (docs/decisions/scale.md says where the bytes go).
+- failover_s: the leader SIGKILLed; a new identity created at that moment; seconds until it is
+  Ready, i.e. the standby's first completed reconcile (takeover_s: until the standby logs that
+  it leads; failover_all_ready_s: until it has checked every identity);
+  failover_reissues: certificates the new leader issued beyond that one identity (target 0).
+- restart_ready_s, restart_reissues: every operator stopped, one started: seconds until every
+  identity is Ready in its eyes, and how many it reissued (target 0).
+- storm_*: the CA Secret deleted, so a new CA is bootstrapped and every certificate is due at
+  once; spread by the write budget (BENCH_STORM_QPS, default 200 writes/s); duration, the
+  write rate the operator kept, the API server's p99 request latency (non-watch requests,
+  from its own histogram) before and during the storm, and every identity Ready on the new
+  CA afterwards (nothing dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from kubernetes import client, config
+
+from meshless.kube import IDENTITIES, Kube, load_configuration
+from meshless.pki.bundle import bundle_pem
+from meshless.pki.ca import ca_from_secret_data
+from run import (
+    KUBECONFIG,
+    RESULTS,
+    ROOT,
+    SCALE,
+    Operator,
+    fresh_cluster,
+    identity,
+    log,
+    new_namespace,
+    run_then_stop_cluster,
+    verify_secrets,
+    write_results,
+)
+
+OUT = RESULTS.parent / "scale.json"
+COUNT = max(100, int(50_000 * SCALE))
+NAMESPACES = 10
+STORM_QPS = int(os.environ.get("BENCH_STORM_QPS", "200"))
+LOGS = ROOT / ".cache" / "bench"
+
+
+def health(op: Operator) -> dict[str, Any]:
+    port = op.env["MESHLESS_HEALTH_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+def ready(op: Operator) -> int:
+    try:
+        return int(health(op).get("identities_ready", 0))
+    except OSError:
+        return -1
+
+
+def wait_ready(op: Operator, count: int, timeout: float, what: str) -> float:
+    """Seconds until `op` counts `count` identities Ready (polled once a second: /healthz
+    is cheap, unlike a /metrics scrape with a series per identity)."""
+    start = time.monotonic()
+    while (n := ready(op)) < count:
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"{what}: {n}/{count} Ready after {timeout:.0f}s")
+        if op.proc is not None and op.proc.poll() is not None:
+            raise RuntimeError(f"{what}: the operator exited (see {op.log_path})")
+        time.sleep(1.0)
+    return time.monotonic() - start
+
+
+def wait_log(op: Operator, needle: str, timeout: float) -> float:
+    start = time.monotonic()
+    while needle not in op.log_path.read_text(errors="replace"):
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"{needle!r} not logged by {op.log_path} within {timeout}s")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def create_identities(namespaces: list[str], names: list[str], concurrency: int = 16) -> None:
+    async def main() -> None:
+        kube = Kube(load_configuration(str(KUBECONFIG)), connections=concurrency)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                body = identity(names[i])
+                body["metadata"]["namespace"] = namespaces[i % len(namespaces)]
+                await kube.create(IDENTITIES, body)
+
+        await asyncio.gather(*(one(i) for i in range(len(names))))
+        await kube.close()
+
+    asyncio.run(main())
+
+
+def operator(namespace: str, name: str, **env: str) -> Operator:
+    return Operator(
+        namespace,
+        LOGS / f"scale-{name}.log",
+        MESHLESS_LEADER_ELECTION="true",
+        MESHLESS_CA_POLL_INTERVAL="2s",
+        MESHLESS_WORKERS="16",
+        **env,
+    )
+
+
+class LogTail:
+    """What a log gained since this was made (the log of 50,000 issuances is large)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size
+
+    def read(self) -> str:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+
+# --- the API server's own latency --------------------------------------------------------
+def apiserver_histogram() -> dict[float, float]:
+    """Cumulative counts by upper bound of apiserver_request_duration_seconds over every
+    non-watch request (the API server's view of how long requests took)."""
+    text = subprocess.run(
+        ["kubectl", f"--kubeconfig={KUBECONFIG}", "get", "--raw", "/metrics"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_duration_seconds_bucket{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        if 'verb="WATCH"' in labels or 'verb="CONNECT"' in labels:
+            continue
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        bound = float("inf") if le == "+Inf" else float(le)
+        buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return buckets
+
+
+def p99_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """The upper bound of the bucket holding the 99th percentile of the requests made
+    between the two readings."""
+    delta = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+    total = delta.get(float("inf"), 0.0)
+    if total <= 0:
+        return 0.0
+    for bound in sorted(delta):
+        if delta[bound] >= 0.99 * total:
+            return round(bound * 1000, 1)
+    return float("inf")
+
+
+# --- phases ------------------------------------------------------------------------------
+def ca_of(core: client.CoreV1Api, namespace: str) -> Any:
+    secret = core.read_namespaced_secret("meshless-ca", namespace)
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    return ca_from_secret_data(data, datetime.now(UTC))
+
+
+def all_valid(core: client.CoreV1Api, members: dict[str, list[str]], bundle: bytes) -> int:
+    """Identities (names by namespace) whose Secret holds a valid certificate on `bundle`."""
+    return sum(verify_secrets(core, ns, names, bundle) for ns, names in members.items())
+
+
+def issued_by(core: client.CoreV1Api, namespaces: list[str], issuer: x509.Certificate) -> int:
+    """Identity Secrets whose leaf the given CA certificate signed."""
+    count = 0
+    for ns in namespaces:
+        token = None
+        while True:
+            page = core.list_namespaced_secret(
+                ns, label_selector="meshless.dev/identity", limit=500, _continue=token
+            )
+            for secret in page.items:
+                pem = base64.b64decode(secret.data["tls.crt"])
+                leaf = x509.load_pem_x509_certificates(pem)[0]
+                if leaf.issuer == issuer.subject:
+                    try:
+                        leaf.verify_directly_issued_by(issuer)
+                        count += 1
+                    except Exception:  # signed by another key of the same name
+                        pass
+            token = page.metadata._continue
+            if not token:
+                break
+    return count
+
+
+def main() -> None:
+    fresh_cluster()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    api = config.new_client_from_config(config_file=str(KUBECONFIG))
+    core = client.CoreV1Api(api)
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "scale": SCALE,
+        "identities": COUNT,
+        "namespaces": NAMESPACES,
+    }
+    op_ns = new_namespace(core, "bench-operator")
+    namespaces = [new_namespace(core, "bench-scale") for _ in range(NAMESPACES)]
+    names = [f"id-{i}" for i in range(COUNT)]
+    fast = {"MESHLESS_WRITE_BUDGET_QPS": "1000", "MESHLESS_WRITE_BUDGET_BURST": "1000"}
+
+    # 1. Two operators; the identities created and issued.
+    first = operator(op_ns, "first", **fast)
+    first.start()
+    wait_log(first, "reconciling as leader", 60)
+    second = operator(op_ns, "second", **fast)
+    second.start()
+    log(f"creating {COUNT} identities in {NAMESPACES} namespaces")
+    start = time.monotonic()
+    create_identities(namespaces, names)
+    wait_ready(first, COUNT, 3600, "creation")
+    results["create_per_s"] = round(COUNT / (time.monotonic() - start), 1)
+    time.sleep(10)  # let the standby's watch catch up before measuring it
+    results[f"rss_mb_{COUNT}"] = round(first.rss_mb(), 1)
+    results[f"standby_rss_mb_{COUNT}"] = round(second.rss_mb(), 1)
+    log(f"created at {results['create_per_s']}/s; rss leader {results[f'rss_mb_{COUNT}']} MB")
+
+    # 2. Failover: the leader killed; one new identity created at that moment.
+    assert first.proc is not None
+    issued_before = second.counter("meshless_certificates_issued_total")
+    standby_log = LogTail(second.log_path)
+    killed = time.monotonic()
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=30)
+    probe_ns = namespaces[0]
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(
+        "meshless.dev", "v1alpha1", probe_ns, "workloadidentities", identity("after-failover")
+    )
+    takeover: float | None = None
+    while True:
+        if takeover is None and "became leader" in standby_log.read():
+            takeover = time.monotonic() - killed
+        obj = custom.get_namespaced_custom_object(
+            "meshless.dev", "v1alpha1", probe_ns, "workloadidentities", "after-failover"
+        )
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            break
+        if time.monotonic() - killed > 300:
+            raise RuntimeError("failover: the new identity is not Ready after 300 s")
+        time.sleep(0.2)
+    results["failover_s"] = round(time.monotonic() - killed, 1)
+    results["takeover_s"] = round(takeover if takeover is not None else results["failover_s"], 1)
+    wait_ready(second, COUNT + 1, 1800, "failover")
+    results["failover_all_ready_s"] = round(time.monotonic() - killed, 1)
+    results["failover_reissues"] = (
+        second.counter("meshless_certificates_issued_total") - issued_before - 1
+    )
+    log(
+        f"failover: first reconcile {results['failover_s']} s, every identity checked "
+        f"{results['failover_all_ready_s']} s, {results['failover_reissues']} reissued"
+    )
+    second.stop()
+
+    # 3. Restart: one operator, every identity valid.
+    again = operator(op_ns, "restart", **fast)
+    started = again.start()
+    wait_ready(again, COUNT + 1, 1800, "restart")
+    results["restart_ready_s"] = round(time.monotonic() - started, 1)
+    results["restart_reissues"] = again.counter("meshless_certificates_issued_total")
+    results[f"restart_rss_mb_{COUNT}"] = round(again.rss_mb(), 1)
+    log(f"restart: Ready in {results['restart_ready_s']} s, {results['restart_reissues']} reissued")
+    again.stop()
+
+    # 4. The renewal storm: a new CA, every certificate due at once, at the write budget.
+    storm = operator(
+        op_ns,
+        "storm",
+        MESHLESS_WRITE_BUDGET_QPS=str(STORM_QPS),
+        MESHLESS_WRITE_BUDGET_BURST=str(STORM_QPS),
+    )
+    storm.start()
+    wait_ready(storm, COUNT + 1, 1800, "before the storm")
+    quiet = apiserver_histogram()
+    time.sleep(10)
+    idle = apiserver_histogram()
+    old_issuer = ca_of(core, op_ns).issuer_cert
+    writes_before = storm.writes()
+    issued_before = storm.counter("meshless_certificates_issued_total")
+    core.delete_namespaced_secret("meshless-ca", op_ns)
+    begun = time.monotonic()
+    while True:
+        try:
+            new_ca = ca_of(core, op_ns)
+            if new_ca.issuer_cert != old_issuer:
+                break
+        except client.ApiException:
+            pass
+        time.sleep(0.5)
+    during_start = apiserver_histogram()
+    members: dict[str, list[str]] = {ns: [] for ns in namespaces}
+    for i, name in enumerate(names):
+        members[namespaces[i % NAMESPACES]].append(name)
+    members[probe_ns].append("after-failover")
+    while storm.counter("meshless_certificates_issued_total") - issued_before < COUNT + 1:
+        if time.monotonic() - begun > 3 * 3600:
+            raise RuntimeError("storm: not every certificate was reissued within 3 h")
+        time.sleep(2.0)
+    wait_ready(storm, COUNT + 1, 600, "after the storm")
+    storm_s = time.monotonic() - begun
+    during_end = apiserver_histogram()
+    writes = storm.writes() - writes_before
+    bundle = bundle_pem(new_ca.roots)
+    valid = all_valid(core, members, bundle)
+    on_new = issued_by(core, namespaces, new_ca.issuer_cert)
+    results.update(
+        {
+            "storm_write_budget_qps": STORM_QPS,
+            "storm_s": round(storm_s, 1),
+            "storm_writes": writes,
+            "storm_writes_per_s": round(writes / storm_s, 1),
+            "storm_reissued": storm.counter("meshless_certificates_issued_total") - issued_before,
+            "storm_valid_on_new_ca": valid,
+            "storm_leaves_signed_by_new_issuer": on_new,
+            "storm_dropped": COUNT + 1 - valid,
+            "apiserver_p99_ms_idle": p99_ms(quiet, idle),
+            "apiserver_p99_ms_storm": p99_ms(during_start, during_end),
+            "storm_rss_mb": round(storm.rss_mb(), 1),
+        }
+    )
+    log(
+        f"storm: {results['storm_reissued']} reissued in {results['storm_s']} s "
+        f"({results['storm_writes_per_s']} writes/s); API p99 {results['apiserver_p99_ms_storm']}"
+        f" ms (idle {results['apiserver_p99_ms_idle']} ms); {valid} valid on the new CA"
+    )
+    storm.stop()
+    write_results(OUT, results)
+
+
+if __name__ == "__main__":
+    run_then_stop_cluster(main)
