@@ -114,9 +114,12 @@ def create_identities(namespaces: list[str], names: list[str], concurrency: int 
     asyncio.run(main())
 
 
+STARTED: list[Operator] = []  # stopped at the end whatever happens
+
+
 def operator(namespace: str, name: str, **env: str) -> Operator:
     webhook_port = free_port()  # two operators on one machine: each its own port
-    return Operator(
+    op = Operator(
         namespace,
         LOGS / f"scale-{name}.log",
         MESHLESS_WEBHOOK_HOST="127.0.0.1",
@@ -127,6 +130,15 @@ def operator(namespace: str, name: str, **env: str) -> Operator:
         MESHLESS_WORKERS="16",
         **env,
     )
+    STARTED.append(op)
+    return op
+
+
+def stop_all() -> None:
+    for op in STARTED:
+        if op.proc is not None and op.proc.poll() is None:
+            op.proc.kill()
+            op.proc.wait(timeout=30)
 
 
 class LogTail:
@@ -363,5 +375,12 @@ def main() -> None:
     write_results(OUT, results)
 
 
+def run() -> None:
+    try:
+        main()
+    finally:
+        stop_all()
+
+
 if __name__ == "__main__":
-    run_then_stop_cluster(main)
+    run_then_stop_cluster(run)
