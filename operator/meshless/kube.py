@@ -252,6 +252,7 @@ class Kube:
         ) as response:
             raw = await response.read()
             metrics.API_REQUESTS.labels(method).inc()
+            metrics.API_RESPONSES.labels(str(response.status)).inc()
             return (
                 response.status,
                 response.reason or "",
