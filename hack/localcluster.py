@@ -169,7 +169,8 @@ def kubeconfig(server: str, pki: Path) -> str:
 
 def _pid_alive(pid: int) -> bool:
     """True while `pid` runs. A zombie (exited, not yet reaped by a parent that is not us,
-    e.g. a test process that called `restart`) counts as gone."""
+    e.g. a test process that called `restart`) counts as gone once all its threads are: a
+    killed Go program's main thread turns zombie before the others have closed its sockets."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -178,9 +179,10 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" or threads > 1
 
 
 def read_pids() -> dict[str, int]:
