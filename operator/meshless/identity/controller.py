@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
-
 from meshless import metrics
 from meshless.api import (
     API_VERSION,
@@ -39,7 +37,7 @@ from meshless.identity.render import (
     trust_bundle_configmap,
 )
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
-from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
+from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
     BUNDLE_STALE,
@@ -172,7 +170,7 @@ class IdentityController:
         """Ready=False with the error (our errors never carry key material), best effort: the
         API may be what failed. The work queue retries with backoff."""
         body = self.store.get(key)
-        if body is None or _transient(exc):
+        if body is None or transient(exc):
             return
         try:
             await self._not_ready(body, R.ISSUING_FAILED, f"{type(exc).__name__}: {exc}"[:512])
@@ -489,13 +487,6 @@ class IdentityController:
         self.events.post(
             involved_object(body, API_VERSION, Kind.WORKLOAD_IDENTITY), type, reason, message
         )
-
-
-def _transient(exc: Exception) -> bool:
-    """Errors worth a quiet retry rather than a status change: the API away or overloaded."""
-    if isinstance(exc, ApiError):
-        return exc.status == 429 or exc.status >= 500
-    return isinstance(exc, aiohttp.ClientError | TimeoutError)
 
 
 def slim(body: Mapping[str, Any]) -> Json:
