@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from meshless.pki.keys import key_matches_certificate, load_private_key
 from meshless.pki.svid import parse_certificate_chain
@@ -93,9 +93,17 @@ def _wait_ready_count(
     """Until the operator holds at least `count` identities of `namespace` Ready: its own
     gauge, cheaper than listing a thousand objects from the API server on every event."""
     deadline = time.monotonic() + timeout
-    while _ready(op, namespace) < count:
+    missed: list[OSError] = []
+    while True:
+        try:
+            if _ready(op, namespace) >= count:
+                return
+        except OSError as exc:  # a scrape refused or reset under load: look again
+            missed.append(exc)
         assert op.proc is not None and op.proc.poll() is None, op.log()[-3000:]
-        assert time.monotonic() < deadline, f"not {count} Ready in {namespace} after {timeout}s"
+        assert time.monotonic() < deadline, (
+            f"not {count} Ready in {namespace} after {timeout}s; failed scrapes: {missed[-3:]}"
+        )
         time.sleep(interval)
 
 
@@ -155,6 +163,33 @@ def _assert_issued_once(api: client.ApiClient, namespace: str, items: list[Json]
         assert match, event.message
         assert match.group(1) == serials[event.involved_object.name], event.message
     return len(per_identity)
+
+
+def _wait_events(
+    api: client.ApiClient, namespace: str, reason: str, count: int, timeout: float
+) -> None:
+    """Until `namespace` holds `count` Events with `reason`: listed, then watched from the
+    list's resourceVersion and listed again on each new Event. Fails after `timeout` s."""
+    core = client.CoreV1Api(api)
+    selector = f"reason={reason}"
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = core.list_namespaced_event(namespace, field_selector=selector)
+        if len(listed.items) >= count:
+            return
+        remaining = int(deadline - time.monotonic())
+        if remaining <= 0:
+            raise AssertionError(f"{len(listed.items)} of {count} {reason} Events in {timeout}s")
+        stream = watch.Watch()
+        for _ in stream.stream(
+            core.list_namespaced_event,
+            namespace,
+            field_selector=selector,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=remaining,
+        ):
+            stream.stop()
+            break
 
 
 def _assert_signed_once_each(op: OperatorProcess, count: int) -> None:
@@ -323,9 +358,10 @@ def _samples(text: str, name: str, **labels: str) -> float:
 @pytest.fixture
 def tiny_share(api_client: client.ApiClient) -> Iterator[str]:
     """A priority level with one seat (the server's 1,500 shared by nominal shares: ours 1
-    against a ballast level's 10,000, which lends all of its seats to the others) that
-    rejects at once what does not fit (429), and no borrowing. Yields its name; the test's
-    FlowSchema of the same name (`_send_to_level`) is removed with it at the end."""
+    against a ballast level's 10,000, which lends all of its seats to the others) and no
+    borrowing, whose one queue holds four requests: what does not fit is rejected (429).
+    Yields its name; the test's FlowSchema of the same name (`_send_to_level`) is removed
+    with it at the end."""
     custom = client.CustomObjectsApi(api_client)
     name = f"meshless-tiny-{uuid.uuid4().hex[:6]}"
     ballast = f"{name}-ballast"
@@ -338,7 +374,10 @@ def tiny_share(api_client: client.ApiClient) -> Iterator[str]:
                     "nominalConcurrencyShares": 1,
                     "lendablePercent": 0,
                     "borrowingLimitPercent": 0,
-                    "limitResponse": {"type": "Reject"},
+                    "limitResponse": {
+                        "type": "Queue",
+                        "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 4},
+                    },
                 },
             },
         },
@@ -459,6 +498,8 @@ def test_a_429_storm_slows_issuance_but_drops_nothing(
         assert rejected > 0, "APF rejected nothing: the share was not tiny enough"
         assert seen_429 > 0, "the operator never met a 429"
         _assert_one_valid_secret_each(api_client, namespace, items)
+        # An Event refused with a 429 is posted again later (as client-go's recorder does).
+        _wait_events(api_client, namespace, "Issued", THROTTLED_STORM, timeout=120)
         assert _assert_issued_once(api_client, namespace, items) == THROTTLED_STORM
         _assert_signed_once_each(sa.op, THROTTLED_STORM)
         assert sa.op.proc is not None and sa.op.proc.poll() is None
