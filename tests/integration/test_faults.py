@@ -206,15 +206,23 @@ def test_the_standby_finishes_a_storm_the_killed_leader_started(
     first.wait_for_log("reconciling as leader", timeout=30)
     second = operator_factory(namespace=first.namespace)
     create_identities(api_client, namespace, (f"storm-{i}" for i in range(STORM)))
-    _wait_ready_count(first, namespace, STORM // 3, timeout=120)
+    _wait_ready_count(first, namespace, STORM // 5, timeout=120, interval=0.2)
+    at_kill = _ready(first, namespace)
     assert first.proc is not None
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(timeout=10)
+    killed = time.monotonic()
+    assert at_kill < STORM * 2 // 3, f"the storm was nearly over ({at_kill} Ready) at the kill"
 
     second.wait_for_log("reconciling as leader", timeout=45)  # the Lease lasts 15 s
+    failover = time.monotonic() - killed
     items = _storm_ready(second, api_client, namespace, STORM, timeout=300)
     _assert_one_valid_secret_each(api_client, namespace, items)
     with_event = _assert_issued_once(api_client, namespace, items)
+    print(
+        f"killed at {at_kill}/{STORM} Ready; standby leading {failover:.1f}s later; all Ready "
+        f"{time.monotonic() - killed:.1f}s after the kill; {with_event} Issued Events"
+    )
     # Only the identities in flight when the leader died may lack their Issued Event.
     assert with_event >= STORM - 16 * 2, with_event
     assert second.proc is not None and second.proc.poll() is None
@@ -293,6 +301,7 @@ def test_a_paused_api_server_flips_nothing_to_not_ready(
     lost = log.find("lost the leader Lease")
     assert lost >= 0, "the leader kept leading through a 30 s pause"
     assert "reconciling as leader" in log[lost:], "the leader never took its Lease back"
+    print(f"paused with {len(before)}/{count - 1} Ready; none flipped; the Lease lost and retaken")
 
 
 def test_credentials_rotated_under_a_running_operator(
