@@ -9,8 +9,9 @@ issuance (TokenRequest) and the admission webhook plugins on.
     python hack/localcluster.py up --node  # ... and a node that runs pods (hack/localnode.py)
     python hack/localcluster.py down    # stop (the node too, if any), leaving no process behind
     python hack/localcluster.py status
+    python hack/localcluster.py restart kube-apiserver  # or etcd: same flags, ports and data
 
-State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, etcd data).
+State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, command lines, etcd data).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import localnode  # hack/ is not a package
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".cache" / "cluster"
 READY_TIMEOUT_S = 120.0
+COMPONENTS = ("etcd", "kube-apiserver")  # in start order
 
 
 def free_port() -> int:
@@ -166,13 +168,21 @@ def kubeconfig(server: str, pki: Path) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while `pid` runs. A zombie (exited, not yet reaped by a parent that is not us,
+    e.g. a test process that called `restart`) counts as gone once all its threads are: a
+    killed Go program's main thread turns zombie before the others have closed its sockets."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" or threads > 1
 
 
 def read_pids() -> dict[str, int]:
@@ -271,22 +281,18 @@ def up(node: bool = False) -> None:
         "--kubelet-preferred-address-types=InternalIP",
         "--disable-admission-plugins=ServiceAccount",
         "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
-        # a single-user test server: no client-side fairness queueing between our own tests
+        # API Priority and Fairness on, as in a real cluster. The admin certificate (tests,
+        # `make run`) is in system:masters, which APF's bootstrap "exempt" FlowSchema never
+        # queues or rejects; a test can give another user a tiny share to meet 429s.
+        # These two limits sum to the server's concurrency limit, shared by priority level.
         "--max-requests-inflight=1000",
         "--max-mutating-requests-inflight=500",
-        "--enable-priority-and-fairness=false",
         "--v=0",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    procs: dict[str, int] = {}
-    with (logs / "etcd.log").open("ab") as etcd_log:
-        procs["etcd"] = subprocess.Popen(
-            etcd_cmd, stdout=etcd_log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        ).pid
-    with (logs / "kube-apiserver.log").open("ab") as api_log:
-        procs["kube-apiserver"] = subprocess.Popen(
-            api_cmd, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        ).pid
+    commands = {"etcd": etcd_cmd, "kube-apiserver": api_cmd}
+    # What `restart` runs again: the same flags, ports and data directory.
+    (STATE / "commands.json").write_text(json.dumps(commands, indent=2))
+    procs = {name: _start(name, commands[name]) for name in COMPONENTS}
     (STATE / "pids.json").write_text(json.dumps(procs))
     (STATE / "info.json").write_text(json.dumps({"server": server}))
     (STATE / "kubeconfig").write_text(kubeconfig(server, pki))
@@ -307,6 +313,70 @@ def up(node: bool = False) -> None:
     )
     if node:
         node_up()
+
+
+def _start(name: str, command: list[str]) -> int:
+    """Start one component in its own session, appending to its log; returns its pid."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    with (STATE / "logs" / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        ).pid
+
+
+def _stop(pid: int, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
+    """Signal the process group of `pid`; SIGKILL it if it is still there after `grace_s`."""
+    if not _pid_alive(pid):
+        return
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while _pid_alive(pid) and not _reaped(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid) and not _reaped(pid):
+        os.killpg(pid, signal.SIGKILL)
+        while _pid_alive(pid) and not _reaped(pid):
+            time.sleep(0.05)
+
+
+def _etcd_healthy(command: list[str]) -> bool:
+    flag = "--listen-client-urls="
+    url = next(arg[len(flag) :] for arg in command if arg.startswith(flag)).split(",")[0]
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return bool(json.loads(resp.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+def restart(name: str, sig: int = signal.SIGTERM, timeout: float = READY_TIMEOUT_S) -> int:
+    """Stop one component of the running control plane (`sig`, e.g. SIGKILL for a crash) and
+    start it again with the command line `up` recorded: same flags, ports and etcd data. Updates
+    pids.json and returns once the API server answers /readyz again (its etcd check included);
+    returns the new pid."""
+    if name not in COMPONENTS:
+        raise ValueError(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
+    commands_file = STATE / "commands.json"
+    if not commands_file.exists():
+        raise RuntimeError(f"no {commands_file}: start the control plane with `up` first")
+    command = json.loads(commands_file.read_text())[name]
+    pids = read_pids()
+    if name in pids:
+        _stop(pids[name], sig)
+    pids[name] = pid = _start(name, command)
+    (STATE / "pids.json").write_text(json.dumps(pids))
+    deadline = time.monotonic() + timeout
+    # The API server's /readyz caches its etcd check for a moment: etcd answers first.
+    while not is_ready() or (name == "etcd" and not _etcd_healthy(command)):
+        if not _pid_alive(pid) or _reaped(pid):
+            tail = (STATE / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} exited after a restart; last log lines:\n{tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"control plane not ready {timeout:.0f}s after restarting {name}")
+        time.sleep(0.1)
+    return pid
 
 
 def _cluster() -> localnode.Cluster:
@@ -337,20 +407,11 @@ def down(quiet: bool = False) -> None:
         localnode.down(_cluster() if is_ready() else None, quiet=quiet)
     pids = read_pids()
     # API server first, so it does not log etcd errors on its way out.
-    for name in ("kube-apiserver", "etcd"):
+    for name in reversed(COMPONENTS):
         pid = pids.get(name)
-        if pid is None or not _pid_alive(pid):
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 15
-        while _pid_alive(pid) and not _reaped(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid_alive(pid) and not _reaped(pid):
-            os.killpg(pid, signal.SIGKILL)
-    for leftover in ("pids.json", "info.json", "kubeconfig"):
+        if pid is not None:
+            _stop(pid)
+    for leftover in ("pids.json", "info.json", "kubeconfig", "commands.json"):
         (STATE / leftover).unlink(missing_ok=True)
     data = STATE / "etcd-data"
     if data.exists():
@@ -361,15 +422,33 @@ def down(quiet: bool = False) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "restart"])
+    parser.add_argument(
+        "component", nargs="?", choices=COMPONENTS, help="restart: the component to restart"
+    )
     parser.add_argument(
         "--node", action="store_true", help="up: also run a node (kubelet, containerd, ...)"
+    )
+    parser.add_argument(
+        "--signal",
+        default="SIGTERM",
+        choices=["SIGTERM", "SIGKILL"],
+        help="restart: how to stop the component (SIGKILL: a crash)",
     )
     args = parser.parse_args()
     if args.command == "up":
         up(node=args.node)
     elif args.command == "down":
         down()
+    elif args.command == "restart":
+        if args.component is None:
+            parser.error("restart needs a component: " + " or ".join(COMPONENTS))
+        started = time.monotonic()
+        try:
+            pid = restart(args.component, signal.Signals[args.signal])
+        except RuntimeError as err:
+            sys.exit(str(err))
+        print(f"{args.component} restarted (pid {pid}); ready in {time.monotonic() - started:.1f}s")
     else:
         ok = is_ready()
         print("ready" if ok else "not running")

@@ -254,6 +254,7 @@ class Kube:
         ) as response:
             raw = await response.read()
             metrics.API_REQUESTS.labels(method).inc()
+            metrics.API_RESPONSES.labels(str(response.status)).inc()
             return (
                 response.status,
                 response.reason or "",
@@ -373,15 +374,23 @@ class Kube:
 
     # --- Events ---------------------------------------------------------------------------
     async def post_event(
-        self, involved: Json, *, type: str, reason: str, message: str, component: str = "meshless"
+        self,
+        involved: Json,
+        *,
+        type: str,
+        reason: str,
+        message: str,
+        component: str = "meshless",
+        name: str | None = None,
     ) -> None:
-        """A core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid)."""
+        """A core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid). `name`
+        (default: a new unique one) lets a retry be recognised: 409 means it was posted."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ns = involved["namespace"]
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            "metadata": {"name": name or event_name(involved), "namespace": ns},
             "involvedObject": involved,
             "type": type,
             "reason": reason,
@@ -393,6 +402,17 @@ class Kube:
             "count": 1,
         }
         await self.request("POST", EVENTS.path(ns), event)
+
+
+def event_name(involved: Json) -> str:
+    return f"{involved['name']}.{uuid.uuid4().hex[:16]}"
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors worth a quiet retry rather than a report: the API away or overloaded."""
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, aiohttp.ClientError | TimeoutError)
 
 
 def _namespace_of(resource: Resource, body: Json) -> str | None:

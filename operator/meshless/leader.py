@@ -157,10 +157,19 @@ class LeaderElector:
     async def run(self) -> None:
         """Try to acquire, then renew, forever (cancel to stop; `release` afterwards)."""
         while True:
+            # One attempt never outlasts the renew deadline (client-go bounds it the same way):
+            # a request hanging on a stalled API server (retried, 30 s per try) must not keep
+            # a leader that can no longer renew leading after a standby may have taken over.
+            budget = self.timings.renew_deadline_s
+            if self.leading:
+                budget = self._last_renew + budget - self._monotonic()
             try:
-                renewed = await self._try_acquire_or_renew()
+                renewed = await asyncio.wait_for(self._try_acquire_or_renew(), max(0.01, budget))
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                log.warning("leader election: no answer within %.1fs", max(0.0, budget))
+                renewed = False
             except Exception as exc:  # the API away: keep trying, lose the lease on time
                 log.warning("leader election: %s", exc)
                 renewed = False
@@ -173,7 +182,7 @@ class LeaderElector:
                         "became leader (%s, Lease %s/%s)", self.identity, self.namespace, self.name
                     )
                     await self._on_started()
-            elif self.leading and now - self._last_renew > self.timings.renew_deadline_s:
+            elif self.leading and now - self._last_renew >= self.timings.renew_deadline_s:
                 self.leading = False
                 log.error(
                     "lost the leader Lease: could not renew within %.0fs",

@@ -35,6 +35,12 @@ API_REQUESTS = Counter(
     "Requests the operator made to the Kubernetes API (watches excluded), by verb",
     ["verb"],
 )
+API_RESPONSES = Counter(
+    "meshless_api_responses_total",
+    "Answers the Kubernetes API gave the operator's requests (watches excluded), by HTTP "
+    "status code: 429 (throttled by API Priority and Fairness) and 5xx are retried",
+    ["code"],
+)
 WRITE_BUDGET_WAIT = Histogram(
     "meshless_write_budget_wait_seconds",
     "Time a Secret write waited for the cluster-wide write budget",

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from kopf._core.reactor.inventory import ResourceMemories
 from prometheus_client import start_http_server
@@ -30,7 +31,7 @@ from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
-from meshless.kube import Kube, load_configuration
+from meshless.kube import ApiError, Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.loopwatch import LoopWatch
 from meshless.policy.admission_state import ControllerAdmissionState
@@ -210,18 +211,31 @@ class Operator:
         self._leader_tasks.append(asyncio.create_task(self._lead()))
 
     async def _lead(self) -> None:
-        await self._apply_webhook_configurations()
         self.identities.queue.start()  # events queue from here; the sweep covers the rest
+        # Identities a standby saw made (or failing) first: they wait for nothing else.
+        urgent = self.identities.enqueue_not_ready()
+        await self._apply_webhook_configurations()
         await self.policies.prime(on_identity=self.identities.remember)
         self.policies.queue.start()
         self.prober.start()
         self._leader_tasks.append(asyncio.create_task(self._resync()))
-        log.info("reconciling as leader")
+        log.info("reconciling as leader (%d identities not Ready went first)", urgent)
+        await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Every identity checked once at the start of a term; tried again if the API
+        fails it (until then a resync would still reach every identity)."""
         started = time.monotonic()
         scopes = None
         if self.settings.watch_namespaces:
             scopes = tuple(sorted({ns for ns, _ in self.identities.store}))
-        handed = await self.identities.sweep(scopes)
+        while True:
+            try:
+                handed = await self.identities.sweep(scopes)
+                break
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("the sweep of every identity failed (%s); trying again in 5 s", exc)
+                await asyncio.sleep(5)
         log.info(
             "swept %d identities (%d Secrets read in pages) in %.1fs",
             len(self.identities.store),
@@ -309,6 +323,10 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         settings.watching.connect_timeout = 30
         # Initial lists in pages: unpaged, 50,000 Secrets were one 200 MB response to parse.
         settings.watching.chunk_size = 500
+        # Kopf runs a task per object with events; an idle one lingers for this long. Our
+        # handlers only hand the event over, so 1 s (Kopf: 5 s) covers an object's burst
+        # (created, then its status) without 50,000 tasks alive after a re-list.
+        settings.queueing.idle_timeout = 1.0
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
         # Only our own Secrets are watched, filtered by the API server: never all Secrets.
         settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL

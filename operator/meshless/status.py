@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from meshless.conditions import ConditionChange, set_condition
-from meshless.kube import ApiError, Json, Kube, Resource
+from meshless.kube import ApiError, Json, Kube, Resource, event_name, transient
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +91,46 @@ def involved_object(body: Mapping[str, Any], api_version: str, kind: str) -> Jso
     return involved
 
 
+EVENT_TRIES = 12  # client-go's maxTriesPerEvent
+EVENT_RETRY_S = 10.0  # client-go's pause between tries (jittered here)
+
+
 class EventRecorder:
     """Posts Events without making the caller wait; the tasks are kept, and `close` waits for
-    the ones still running (bounded) so none is lost or left dangling at stop."""
+    the ones still running (bounded) so none is lost or left dangling at stop. An Event the
+    API refuses for a transient reason (throttled, away, overloaded: each request already
+    retried by the client) is tried again, as client-go's recorder does, under the same name:
+    a 409 then means an earlier try whose answer was lost got through."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(
+        self, kube: Kube, *, tries: int = EVENT_TRIES, retry_s: float = EVENT_RETRY_S
+    ) -> None:
         self.kube = kube
+        self.tries = tries
+        self.retry_s = retry_s
         self._tasks: set[asyncio.Task[None]] = set()
 
     def post(self, involved: Json, type: str, reason: str, message: str) -> None:
         task = asyncio.get_running_loop().create_task(
-            self.kube.post_event(involved, type=type, reason=reason, message=message)
+            self._post(involved, type=type, reason=reason, message=message)
         )
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def _post(self, involved: Json, *, type: str, reason: str, message: str) -> None:
+        name = event_name(involved)
+        for attempt in range(1, self.tries + 1):
+            try:
+                await self.kube.post_event(
+                    involved, type=type, reason=reason, message=message, name=name
+                )
+                return
+            except Exception as exc:
+                if isinstance(exc, ApiError) and exc.status == 409:
+                    return  # posted by an earlier try
+                if not transient(exc) or attempt == self.tries:
+                    raise
+            await asyncio.sleep(self.retry_s * (0.5 + random.random()))
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -3,6 +3,7 @@ control plane. Waits are driven by watch events with explicit timeouts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from meshless.api import WEBHOOK_CONFIGURATION
@@ -85,16 +87,22 @@ class OperatorProcess:
                 raise AssertionError(f"no {needle!r} in the operator log after {timeout}s")
             time.sleep(0.1)
 
-    def wait_for_metrics(self, predicate: Callable[[str], bool], timeout: float) -> str:
-        """Scrape /metrics until `predicate` holds; fail after `timeout` seconds."""
+    def wait_for_metrics(
+        self, predicate: Callable[[str], bool], timeout: float, interval: float = 0.1
+    ) -> str:
+        """Scrape /metrics every `interval` s until `predicate` holds; fail after `timeout` s
+        (or at once if the operator exits)."""
         deadline = time.monotonic() + timeout
         while True:
             text = self.metrics()
             if predicate(text):
                 return text
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited ({self.proc.returncode}):\n{self.log()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"metrics not as expected after {timeout}s:\n{text[-2000:]}")
-            time.sleep(0.1)
+            time.sleep(interval)
 
     def counter(self, name: str) -> float:
         """The sum of a metric's samples (all label sets) from /metrics."""
@@ -114,23 +122,123 @@ class OperatorProcess:
 OperatorFactory = Callable[..., OperatorProcess]
 
 
-def _start_operator(
-    kubeconfig: str, core: client.CoreV1Api, log_dir: Path, **settings: str
-) -> OperatorProcess:
-    ns = settings.pop("namespace", None) or f"meshless-{uuid.uuid4().hex[:8]}"
-    if not any(n.metadata.name == ns for n in core.list_namespace().items):
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    env = {
-        "MESHLESS_NAMESPACE": ns,
+def operator_env(namespace: str, **settings: str) -> dict[str, str]:
+    """The test operators' environment: their CA namespace, short TTL floor and fast CA polls,
+    a write budget that does not slow a storm, and `settings` as MESHLESS_* variables."""
+    return {
+        "MESHLESS_NAMESPACE": namespace,
         "MESHLESS_TTL_FLOOR": "1m",
         "MESHLESS_CA_POLL_INTERVAL": "1s",
         "MESHLESS_WRITE_BUDGET_QPS": "200",
         "MESHLESS_WRITE_BUDGET_BURST": "200",
         **{f"MESHLESS_{k.upper()}": v for k, v in settings.items()},
     }
-    op = OperatorProcess(kubeconfig, env, log_dir / "operator.log")
+
+
+def _start_operator(
+    kubeconfig: str, core: client.CoreV1Api, log_dir: Path, **settings: str
+) -> OperatorProcess:
+    ns = settings.pop("namespace", None) or f"meshless-{uuid.uuid4().hex[:8]}"
+    if not any(n.metadata.name == ns for n in core.list_namespace().items):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    op = OperatorProcess(kubeconfig, operator_env(ns, **settings), log_dir / "operator.log")
     op.start()
     return op
+
+
+def bound_token(core: client.CoreV1Api, namespace: str, account: str, binding: str) -> str:
+    """A ServiceAccount token bound to a new Secret `binding`: deleting the Secret revokes it."""
+    secret = core.create_namespaced_secret(namespace, {"metadata": {"name": binding}})
+    request = {
+        "spec": {
+            "expirationSeconds": 3600,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "name": binding,
+                "uid": secret.metadata.uid,
+            },
+        }
+    }
+    return str(
+        core.create_namespaced_service_account_token(account, namespace, request).status.token
+    )
+
+
+@dataclass
+class ServiceAccountOperator:
+    """An operator running as the ServiceAccount `account` of `namespace` (its CA namespace)
+    with a token-file kubeconfig, as in a cluster; not in system:masters, so API Priority and
+    Fairness applies to it. The first token came from the Secret `token-1`."""
+
+    op: OperatorProcess
+    namespace: str
+    account: str
+    token_file: Path
+    token: str
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.account}"
+
+
+@contextlib.contextmanager
+def operator_as_service_account(
+    kubeconfig: str, api: client.ApiClient, tmp_path: Path, **settings: str
+) -> Iterator[ServiceAccountOperator]:
+    """Start an operator as a ServiceAccount bound to cluster-admin, reading its token from a
+    file; stopped, unbound and its webhook configurations and CA-namespace identities removed
+    at the end."""
+    core = client.CoreV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    op_ns = f"meshless-sa-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": op_ns}})
+    core.create_namespaced_service_account(op_ns, {"metadata": {"name": "operator"}})
+    binding = f"{op_ns}-operator"
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": binding},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": op_ns}],
+        }
+    )
+    token = bound_token(core, op_ns, "operator", "token-1")
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    cluster = yaml.safe_load(Path(kubeconfig).read_text())["clusters"][0]["cluster"]
+    token_kubeconfig = tmp_path / "token-kubeconfig"
+    token_kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "local", "cluster": cluster}],
+                "users": [{"name": "op", "user": {"tokenFile": str(token_file)}}],
+                "contexts": [{"name": "op", "context": {"cluster": "local", "user": "op"}}],
+                "current-context": "op",
+            }
+        )
+    )
+    log_dir = tmp_path / "sa-operator"
+    log_dir.mkdir()
+    op = OperatorProcess(
+        str(token_kubeconfig), operator_env(op_ns, **settings), log_dir / "operator.log"
+    )
+    try:
+        op.start()
+        yield ServiceAccountOperator(op, op_ns, "operator", token_file, token)
+    finally:
+        if op.proc is not None and op.proc.poll() is None:
+            op.stop()
+        remove_webhook_configurations(api)
+        rbac.delete_cluster_role_binding(binding)
+        client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
+            "meshless.dev", "v1alpha1", op_ns, "workloadidentities"
+        )
 
 
 @pytest.fixture

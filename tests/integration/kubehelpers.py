@@ -4,7 +4,8 @@ with explicit timeouts."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client, watch
@@ -27,6 +28,28 @@ def create_identity(api: client.ApiClient, namespace: str, name: str, **spec: An
     return client.CustomObjectsApi(api).create_namespaced_custom_object(  # type: ignore[no-any-return]
         GROUP, VERSION, namespace, PLURAL, identity_manifest(name, **spec)
     )
+
+
+def create_identities(
+    api: client.ApiClient, namespace: str, names: Iterable[str], threads: int = 4
+) -> None:
+    """Create many identities at once (a storm): a few requests in flight, not one by one."""
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda name: create_identity(api, namespace, name), names))
+
+
+def list_all(
+    list_fn: Callable[..., Any], *args: Any, page_size: int = 500, **kwargs: Any
+) -> list[Any]:
+    """Every item of a typed client's list call, following `continue` across pages."""
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        page = list_fn(*args, limit=page_size, _continue=token, **kwargs)
+        items.extend(page.items)
+        token = page.metadata._continue
+        if not token:
+            return items
 
 
 def get_identity(api: client.ApiClient, namespace: str, name: str) -> Json:

@@ -41,7 +41,7 @@ def test_standby_takes_over_from_a_killed_leader(
     first.proc.wait(timeout=10)
     killed = time.monotonic()
     create_identity(api_client, namespace, "after")
-    # client-go's timings: the Lease lasts 15 s, the standby retries every ~2 s.
+    # The Lease lasts 10 s and the standby retries every ~2 s (leader.Timings): 8-15 s.
     wait_identity(api_client, namespace, "after", is_ready, timeout=40)
     failover_s = time.monotonic() - killed
     assert failover_s < 30, f"failover took {failover_s:.1f}s"
@@ -60,6 +60,11 @@ def test_a_clean_stop_releases_the_lease(
     _wait_leader(first, timeout=30)
     second = operator_factory(namespace=first.namespace)
     assert first.stop() == 0
-    assert _lease(api_client, first.namespace).spec.holder_identity == ""
+    assert "released the leader Lease" in first.log()
+    # Released (empty holder) or already taken by the standby, which polls every ~2 s while
+    # the first process finishes exiting: never still held by the stopped one.
+    assert second.proc is not None
+    holder = _lease(api_client, first.namespace).spec.holder_identity
+    assert holder == "" or holder.endswith(f"_{second.proc.pid}"), holder
     took = _wait_leader(second, timeout=15)
     assert took < 10, f"the standby needed {took:.1f}s after a clean stop"

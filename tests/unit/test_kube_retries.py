@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from kubernetes import client
 
+from meshless import metrics
 from meshless.kube import SECRETS, ApiError, Kube, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, base_s=0.01, max_s=0.05, max_retry_after_s=2.0, timeout_s=2.0)
@@ -61,6 +62,19 @@ async def test_429_waits_for_retry_after(server: Callable[[list[web.Response]], 
     start = time.monotonic()
     assert await kube.get(SECRETS, "ns", "s") == {"kind": "Secret"}
     assert time.monotonic() - start >= 0.9
+
+
+async def test_answers_are_counted_by_status_code(
+    server: Callable[[list[web.Response]], Kube],
+) -> None:
+    def count(code: str) -> float:
+        return metrics.API_RESPONSES.labels(code)._value.get()
+
+    before = {code: count(code) for code in ("429", "200")}
+    kube = server([status(429, **{"Retry-After": "0"})])
+    assert await kube.get(SECRETS, "ns", "s") == {"kind": "Secret"}
+    assert count("429") == before["429"] + 1
+    assert count("200") == before["200"] + 1
 
 
 async def test_5xx_backs_off_and_retries(server: Callable[[list[web.Response]], Kube]) -> None:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
+import time
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 
-from meshless.leader import LeaseRecord, Timings, lease_body, record_of, should_acquire
+from meshless.kube import Json, Kube, Resource
+from meshless.leader import (
+    LeaderElector,
+    LeaseRecord,
+    Timings,
+    lease_body,
+    record_of,
+    should_acquire,
+)
 
 T = Timings()
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
@@ -70,3 +83,65 @@ def test_record_of_reads_the_lease_fields() -> None:
     lease = {"spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "leaseTransitions": 2}}
     assert record_of(lease) == LeaseRecord("a", 15.0, 2, None, None)
     assert record_of(None) is None
+
+
+class StallingKube:
+    """A Lease store whose API can be stalled: requests then hang, as on a SIGSTOPped server."""
+
+    def __init__(self) -> None:
+        self.lease: Json | None = None
+        self.stalled = False
+        self.rv = 0
+
+    async def _wait(self) -> None:
+        while self.stalled:
+            await asyncio.sleep(0.01)
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> Json | None:
+        await self._wait()
+        return copy.deepcopy(self.lease)
+
+    async def create(self, resource: Resource, body: Json) -> Json:
+        return await self.replace(resource, body)
+
+    async def replace(self, resource: Resource, body: Json) -> Json:
+        await self._wait()
+        self.rv += 1
+        self.lease = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.rv)}}
+        return copy.deepcopy(self.lease)
+
+
+async def test_a_leader_whose_renewal_hangs_steps_down_within_the_deadline_then_returns() -> None:
+    kube = StallingKube()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def on_started() -> None:
+        started.set()
+
+    async def on_stopped() -> None:
+        stopped.set()
+
+    elector = LeaderElector(
+        cast(Kube, kube),
+        "ns",
+        "me",
+        on_started=on_started,
+        on_stopped=on_stopped,
+        timings=Timings(lease_s=1.5, renew_deadline_s=0.5, retry_s=0.05),
+    )
+    task = asyncio.create_task(elector.run())
+    try:
+        await asyncio.wait_for(started.wait(), 2)
+        started.clear()
+        kube.stalled = True  # every request hangs from now on
+        stalled_at = time.monotonic()
+        await asyncio.wait_for(stopped.wait(), 2)
+        assert time.monotonic() - stalled_at < 0.5 + 0.2  # the deadline, plus one retry
+        assert not elector.leading
+        kube.stalled = False  # the API is back: the Lease is still ours, taken again
+        await asyncio.wait_for(started.wait(), 2)
+        assert elector.leading
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
-
 from meshless import metrics
 from meshless.api import (
     API_VERSION,
@@ -40,7 +38,7 @@ from meshless.identity.render import (
     trust_bundle_configmap,
 )
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
-from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
+from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
     BUNDLE_STALE,
@@ -170,6 +168,14 @@ class IdentityController:
                 self._seen_secrets[secret_key] = slim_secret(body)
             self.queue.add((meta["namespace"], identity), background=listed)
 
+    def enqueue_not_ready(self) -> int:
+        """A new term's first work: every identity whose status is not Ready (new ones, the
+        failing), ahead of the sweep that checks all the others. Returns how many."""
+        keys = [key for key, held in self.store.items() if not held.ready]
+        for key in keys:
+            self.queue.add(key)
+        return len(keys)
+
     def enqueue_all(self) -> None:
         """Every identity, behind anything an event queued (a resync, a new CA)."""
         for key in list(self.store):
@@ -220,7 +226,7 @@ class IdentityController:
         """Ready=False with the error (our errors never carry key material), best effort: the
         API may be what failed. The work queue retries with backoff."""
         body = self.body(key)
-        if body is None or _transient(exc):
+        if body is None or transient(exc):
             return
         try:
             await self._not_ready(body, R.ISSUING_FAILED, f"{type(exc).__name__}: {exc}"[:512])
@@ -551,13 +557,6 @@ class IdentityController:
         )
 
 
-def _transient(exc: Exception) -> bool:
-    """Errors worth a quiet retry rather than a status change: the API away or overloaded."""
-    if isinstance(exc, ApiError):
-        return exc.status == 429 or exc.status >= 500
-    return isinstance(exc, aiohttp.ClientError | TimeoutError)
-
-
 @dataclass(slots=True, frozen=True)
 class HeldIdentity:
     """What the controller holds of each identity between reconciles: the metadata a write
@@ -573,16 +572,20 @@ class HeldIdentity:
     resource_version: str | None
     spec: bytes
     status: bytes
+    ready: bool  # status says Ready=True (a new term checks the others first)
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> HeldIdentity:
         meta = body["metadata"]
+        status = body.get("status") or {}
+        condition = find_condition(status.get("conditions") or [], READY) or {}
         return cls(
             uid=meta.get("uid", ""),
             generation=meta.get("generation"),
             resource_version=meta.get("resourceVersion"),
             spec=_compact(body.get("spec")),
-            status=_compact(body.get("status")),
+            status=_compact(status),
+            ready=condition.get("status") == "True",
         )
 
     def body(self, namespace: str, name: str) -> Json:

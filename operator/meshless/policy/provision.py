@@ -33,7 +33,7 @@ class IdentityRef:
     provisioned: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IdentityRecord:
     """The slim view of a WorkloadIdentity this module needs."""
 
