@@ -12,6 +12,8 @@ held by two operators with leader election, as the chart runs them. In order:
   failover_reissues: certificates the new leader issued beyond that one identity (target 0).
 - restart_ready_s, restart_reissues: every operator stopped, one started: seconds until every
   identity is Ready in its eyes, and how many it reissued (target 0).
+- Progress is polled on /healthz: a /metrics scrape renders three series per identity (0.7 s
+  of the operator's CPU at 50,000; polled every 2 s it starved the storm it measured).
 - storm_*: the CA Secret deleted, so a new CA is bootstrapped and every certificate is due at
   once; spread by the write budget (BENCH_STORM_QPS, default 200 writes/s); duration, the
   write rate the operator kept, the API server's p99 request latency (non-watch requests,
@@ -337,7 +339,8 @@ def main() -> None:
     for i, name in enumerate(names):
         members[namespaces[i % NAMESPACES]].append(name)
     members[probe_ns].append("after-failover")
-    while storm.counter("meshless_certificates_issued_total") - issued_before < COUNT + 1:
+    issued_then = int(health(storm)["issued"])
+    while int(health(storm)["issued"]) - issued_then < COUNT + 1:  # /healthz: cheap to poll
         if time.monotonic() - begun > 3 * 3600:
             raise RuntimeError("storm: not every certificate was reissued within 3 h")
         time.sleep(2.0)
