@@ -99,6 +99,7 @@ bench: install control-plane
 	$(PY) bench/admission.py
 	$(PY) bench/probes.py
 	$(PY) bench/rotation.py
+	$(PY) bench/scale.py
 
 clean: cluster-down
 	rm -rf .cache/cluster $(VENV) .mypy_cache .ruff_cache .pytest_cache
