@@ -236,6 +236,9 @@ class Operator:
             except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("the sweep of every identity failed (%s); trying again in 5 s", exc)
                 await asyncio.sleep(5)
+        # What the term loaded (the caches, every held identity) lives as long as it: out of
+        # the cyclic collector's full passes, as what start-up allocated is.
+        gc.freeze()
         log.info(
             "swept %d identities (%d Secrets read in pages) in %.1fs",
             len(self.identities.store),

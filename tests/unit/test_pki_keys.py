@@ -181,3 +181,47 @@ def test_signature_hash_for(
         assert digest is None
     else:
         assert isinstance(digest, expected)
+
+
+@pytest.fixture(scope="module")
+def rsa_numbers() -> rsa.RSAPrivateNumbers:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+
+
+def _rsa_pem(numbers: rsa.RSAPrivateNumbers, **changes: int) -> bytes:
+    """The key in PKCS#8 PEM with some private numbers replaced (what a corrupted or
+    hand-edited Secret could hold)."""
+    values = {
+        "p": numbers.p,
+        "q": numbers.q,
+        "d": numbers.d,
+        "dmp1": numbers.dmp1,
+        "dmq1": numbers.dmq1,
+        "iqmp": numbers.iqmp,
+        **changes,
+    }
+    key = rsa.RSAPrivateNumbers(public_numbers=numbers.public_numbers, **values).private_key(
+        unsafe_skip_rsa_key_validation=True
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def test_a_consistent_rsa_key_loads(rsa_numbers: rsa.RSAPrivateNumbers) -> None:
+    key = load_private_key(_rsa_pem(rsa_numbers))
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.private_numbers() == rsa_numbers
+
+
+@pytest.mark.parametrize("field", ["d", "dmp1", "dmq1", "iqmp"])
+def test_an_rsa_key_whose_parameters_disagree_is_rejected(
+    rsa_numbers: rsa.RSAPrivateNumbers, field: str
+) -> None:
+    broken = _rsa_pem(rsa_numbers, **{field: getattr(rsa_numbers, field) + 2})
+    with pytest.raises(ValueError, match="parameters do not agree") as failed:
+        load_private_key(broken)
+    assert "BEGIN" not in str(failed.value)
+    assert str(getattr(rsa_numbers, field)) not in str(failed.value)
