@@ -410,9 +410,10 @@ def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None
         stop_flag=stop_flag,
         memories=EventOnlyMemories(),
     )
-    # uvloop (Kopf's optional extra; Kopf's own CLI uses it the same way): the event loop and
-    # its sockets are a large part of the operator's CPU.
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    # The standard asyncio loop, not uvloop: uvloop's sock_connect can leave a closed
+    # connection's file descriptor registered, and a reconnect that gets the same number
+    # fails with "File descriptor N is used by transport" (MagicStack/uvloop#653, fix stalled
+    # in #646). Kopf treats that as fatal in a watcher, so an API server restart could stop
+    # the operator (the fault test caught it). uvloop saved some CPU; staying up matters more.
+    with asyncio.Runner() as runner:
         runner.run(operator)
