@@ -22,7 +22,6 @@ from typing import Any
 
 from kubernetes import client, config
 
-from meshless.kube import IDENTITIES, Kube, load_configuration
 from meshless.pki.rotation import RotationState
 from run import (
     KUBECONFIG,
@@ -30,8 +29,8 @@ from run import (
     ROOT,
     SCALE,
     Operator,
+    create_identities,
     fresh_cluster,
-    identity,
     log,
     new_namespace,
     run_then_stop_cluster,
@@ -43,25 +42,6 @@ COUNT = max(20, int(5000 * SCALE))
 NAMESPACES = 10
 SETTLE = os.environ.get("BENCH_SETTLE", "10s")
 WINDOW = os.environ.get("BENCH_WINDOW", "60s")
-
-
-def create_identities(namespaces: list[str], count: int) -> None:
-    import asyncio
-
-    async def main() -> None:
-        kube = Kube(load_configuration(str(KUBECONFIG)), connections=16)
-        sem = asyncio.Semaphore(16)
-
-        async def one(i: int) -> None:
-            async with sem:
-                body = identity(f"id-{i}")
-                body["metadata"]["namespace"] = namespaces[i % len(namespaces)]
-                await kube.create(IDENTITIES, body)
-
-        await asyncio.gather(*(one(i) for i in range(count)))
-        await kube.close()
-
-    asyncio.run(main())
 
 
 def ca_state(core: client.CoreV1Api, namespace: str) -> RotationState:
@@ -101,7 +81,7 @@ def main() -> None:
     namespaces = [new_namespace(core, "bench-rot") for _ in range(NAMESPACES)]
     log(f"issuing {COUNT} identities in {NAMESPACES} namespaces at the default budget")
     started = time.monotonic()
-    create_identities(namespaces, COUNT)
+    create_identities(namespaces, [f"id-{i}" for i in range(COUNT)])
     while op.ready_count() < COUNT:
         time.sleep(1)
     issue_s = time.monotonic() - started

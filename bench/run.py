@@ -173,15 +173,19 @@ class Operator:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
             return str(r.read().decode())
 
-    def ready_count(self) -> int:
-        """Identities the operator counts Ready, from /healthz: a /metrics scrape renders a
-        series per identity, and polling it made the operator spend up to a fifth of its CPU
-        on the benchmark's own scrapes."""
+    def health(self) -> dict[str, Any]:
+        """The operator's /healthz body: counts (`issued`, `identities_ready`) and `leading`.
+        Cheap to poll, unlike /metrics, which renders a series per identity (polling it made
+        the operator spend up to a fifth of its CPU on the benchmark's own scrapes)."""
         import urllib.request
 
         port = self.env["MESHLESS_HEALTH_PORT"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
-            return int(json.loads(r.read())["identities_ready"])
+            return dict(json.loads(r.read()))
+
+    def ready_count(self) -> int:
+        """Identities the operator counts Ready."""
+        return int(self.health()["identities_ready"])
 
     def writes(self) -> float:
         return sum(
@@ -342,6 +346,19 @@ def run_requests(
             await kube.close()
 
     uvloop.run(main())
+
+
+def create_identities(
+    namespaces: list[str], names: list[str], concurrency: int = CONCURRENCY
+) -> None:
+    """One WorkloadIdentity per name, spread round-robin over `namespaces`."""
+
+    async def one(kube: Kube, i: int) -> None:
+        body = identity(names[i])
+        body["metadata"]["namespace"] = namespaces[i % len(namespaces)]
+        await kube.create(IDENTITIES, body)
+
+    run_requests(one, len(names), concurrency)
 
 
 def verify_secrets(core: client.CoreV1Api, namespace: str, names: list[str], bundle: bytes) -> int:

@@ -23,14 +23,12 @@ held by two operators with leader election, as the chart runs them. In order:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import signal
 import subprocess
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,6 @@ from typing import Any
 from cryptography import x509
 from kubernetes import client, config
 
-from meshless.kube import IDENTITIES, Kube, load_configuration
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import ca_from_secret_data
 from run import (
@@ -47,6 +44,7 @@ from run import (
     ROOT,
     SCALE,
     Operator,
+    create_identities,
     free_port,
     fresh_cluster,
     identity,
@@ -65,15 +63,9 @@ STORM_QPS = int(os.environ.get("BENCH_STORM_QPS", "200"))
 LOGS = ROOT / ".cache" / "bench"
 
 
-def health(op: Operator) -> dict[str, Any]:
-    port = op.env["MESHLESS_HEALTH_PORT"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
-        return dict(json.loads(r.read()))
-
-
 def ready(op: Operator) -> int:
     try:
-        return int(health(op).get("identities_ready", 0))
+        return op.ready_count()
     except OSError:
         return -1
 
@@ -98,23 +90,6 @@ def wait_log(op: Operator, needle: str, timeout: float) -> float:
             raise RuntimeError(f"{needle!r} not logged by {op.log_path} within {timeout}s")
         time.sleep(0.1)
     return time.monotonic() - start
-
-
-def create_identities(namespaces: list[str], names: list[str], concurrency: int = 16) -> None:
-    async def main() -> None:
-        kube = Kube(load_configuration(str(KUBECONFIG)), connections=concurrency)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> None:
-            async with gate:
-                body = identity(names[i])
-                body["metadata"]["namespace"] = namespaces[i % len(namespaces)]
-                await kube.create(IDENTITIES, body)
-
-        await asyncio.gather(*(one(i) for i in range(len(names))))
-        await kube.close()
-
-    asyncio.run(main())
 
 
 STARTED: list[Operator] = []  # stopped at the end whatever happens
@@ -238,7 +213,7 @@ def measure_storm(
     idle = apiserver_histogram()
     old_issuer = ca_of(core, op_ns).issuer_cert
     writes_before = storm.writes()
-    issued_before = int(health(storm)["issued"])  # /healthz: cheap to poll, unlike /metrics
+    issued_before = int(storm.health()["issued"])  # /healthz: cheap to poll, unlike /metrics
     core.delete_namespaced_secret("meshless-ca", op_ns)
     begun = time.monotonic()
     while True:
@@ -250,7 +225,7 @@ def measure_storm(
             pass
         time.sleep(0.5)
     during_start = apiserver_histogram()
-    while (reissued := int(health(storm)["issued"]) - issued_before) < count:
+    while (reissued := int(storm.health()["issued"]) - issued_before) < count:
         if time.monotonic() - begun > 3 * 3600:
             raise RuntimeError(f"storm: {reissued}/{count} reissued after 3 h")
         time.sleep(2.0)
