@@ -132,10 +132,6 @@ class CertificateSeries:
         if row is not None and row[2]:
             self.ready_count -= 1
 
-    def is_ready(self, namespace: str, name: str) -> bool:
-        row = self._rows.get((namespace, name))
-        return row is not None and row[2]
-
     def _set(self, key: tuple[str, str], row: tuple[float | None, float | None, bool]) -> None:
         before = self._rows.get(key)
         self.ready_count += int(row[2]) - int(before is not None and before[2])

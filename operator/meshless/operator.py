@@ -254,8 +254,7 @@ class Operator:
             task.cancel()
         await asyncio.gather(*self._leader_tasks, return_exceptions=True)
         self._leader_tasks = []
-        await self.identities.queue.stop()
-        self.identities.swept = False
+        await self.identities.stop()
         await self.policies.queue.stop()
         await self.prober.stop()
 

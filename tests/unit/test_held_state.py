@@ -102,7 +102,6 @@ def test_a_failing_identity_keeps_its_times_and_a_forgotten_one_is_gone() -> Non
     assert series.ready_count == 1
     series.not_ready("shop", "payments")
     assert series.ready_count == 0
-    assert not series.is_ready("shop", "payments")
     assert 'meshless_certificate_ready_status{name="payments",namespace="shop"} 0.0' in (
         _exposition(series)
     )

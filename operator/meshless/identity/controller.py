@@ -168,6 +168,11 @@ class IdentityController:
                 self._seen_secrets[secret_key] = slim_secret(body)
             self.queue.add((meta["namespace"], identity), background=listed)
 
+    async def stop(self) -> None:
+        """The end of a term: no more reconciles; the next term sweeps again."""
+        await self.queue.stop()
+        self.swept = False
+
     def enqueue_not_ready(self) -> int:
         """A new term's first work: every identity whose status is not Ready (new ones, the
         failing), ahead of the sweep that checks all the others. Returns how many."""
