@@ -98,7 +98,6 @@ class Reason(StrEnum):
     SECRET_CONFLICT = "SecretConflict"
     ISSUING_FAILED = "IssuingFailed"
     CA_UNAVAILABLE = "CAUnavailable"
-    ISSUED = "Issued"
     RENEWED = "Renewed"
     REISSUED = "Reissued"
     # MtlsPolicy

@@ -193,6 +193,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
+        accept: str = "application/json",
     ) -> Json:
         data = json.dumps(body).encode() if body is not None else None
         reloaded = False
@@ -200,7 +201,7 @@ class Kube:
         while True:
             try:
                 status, reason, raw, retry_after = await self._once(
-                    method, path, data, content_type, query
+                    method, path, data, content_type, query, accept
                 )
             except (aiohttp.ClientError, TimeoutError):
                 if attempt + 1 >= self.retry.attempts:
@@ -240,13 +241,9 @@ class Kube:
         data: bytes | None,
         content_type: str,
         query: list[tuple[str, str]] | None,
+        accept: str,
     ) -> tuple[int, str, bytes, str | None]:
-        headers = {"Accept": "application/json"}
-        token = self._config.get_api_key_with_prefix(
-            "BearerToken"
-        ) or self._config.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        headers = self._headers(accept)
         if data is not None:
             headers["Content-Type"] = content_type
         async with self._open().request(
@@ -261,6 +258,58 @@ class Kube:
                 raw,
                 response.headers.get("Retry-After"),
             )
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
+        token = self._config.get_api_key_with_prefix(
+            "BearerToken"
+        ) or self._config.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    async def watch_stream(
+        self, path: str, query: list[tuple[str, str]], *, accept: str, read_timeout_s: float
+    ) -> AsyncIterator[Json]:
+        """One watch request: its events, parsed, until the server ends the stream. A
+        refusal raises ApiError (after a 401 the credentials are re-read first, so the
+        caller's next attempt uses them). No retries here: a watch resumes from its last
+        resourceVersion, which only the caller knows (see meshless.watch)."""
+        query = [*query, ("watch", "true")]
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.retry.connect_timeout_s, sock_read=read_timeout_s
+        )
+        async with self._open().get(
+            self._host + path, params=query, headers=self._headers(accept), timeout=timeout
+        ) as response:
+            metrics.API_REQUESTS.labels("WATCH").inc()
+            metrics.API_RESPONSES.labels(str(response.status)).inc()
+            if response.status == 401:
+                await self._reload_credentials()
+            if response.status != 200:
+                raw = await response.read()
+                try:
+                    payload = json.loads(raw) if raw else {}
+                except ValueError:
+                    payload = {}
+                raise ApiError(
+                    response.status,
+                    str(payload.get("reason") or response.reason or ""),
+                    str(payload.get("message") or ""),
+                )
+            # Lines split here, not by aiohttp's readline: it refuses a line over 128 KiB,
+            # and one object (a Secret) may be up to 1 MiB.
+            pending = b""
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                if b"\n" not in chunk:
+                    continue
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if pending.strip():
+                yield json.loads(pending)
 
     # --- generic verbs on any resource ---------------------------------------------------
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Json | None:

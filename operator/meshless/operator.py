@@ -1,5 +1,5 @@
-"""The Kopf operator: wiring only. Watches come in through Kopf; the work is done by the
-controllers, which call the pure core.
+"""The Kopf operator: wiring only. Watches come in through Kopf, except identities and their
+Secrets (meshless.watch); the work is done by the controllers, which call the pure core.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
-from meshless.kube import ApiError, Kube, load_configuration
+from meshless.kube import IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.loopwatch import LoopWatch
 from meshless.policy.admission_state import ControllerAdmissionState
@@ -39,6 +39,7 @@ from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
 from meshless.settings import Settings, SettingsError, check_listen_ports
 from meshless.status import EventRecorder
+from meshless.watch import Key, Watch
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,28 @@ class Operator:
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
             settings.webhook_url or None, settings.webhook_service, settings.namespace
         )
+        scopes: tuple[str | None, ...] = settings.watch_namespaces or (None,)
+        self.watches = [
+            watch
+            for namespace in scopes
+            for watch in (
+                Watch(
+                    kube,
+                    IDENTITIES,
+                    namespace,
+                    self._identity_event,
+                    on_listed=self._identities_listed,
+                ),
+                Watch(
+                    kube,
+                    SECRETS,
+                    namespace,
+                    self.identities.on_secret_event,
+                    label_selector=IDENTITY_LABEL,  # only our Secrets, never all of them
+                    metadata_only=True,
+                ),
+            )
+        ]
         self._tasks: list[asyncio.Task[None]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.leading = False
@@ -131,6 +154,7 @@ class Operator:
         await self.ca.load()
         self._note_ca()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
+        self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
         if self.settings.leader_election:
             self.elector = LeaderElector(
                 self.kube,
@@ -143,6 +167,14 @@ class Operator:
         else:
             await self._start_leading()
         log.info("operator started")
+
+    def _identity_event(self, event_type: str | None, body: Json) -> None:
+        self.identities.on_identity_event(event_type, body)
+        self.policies.on_identity_event(event_type, body)
+
+    def _identities_listed(self, namespace: str | None, listed: set[Key]) -> None:
+        for body in self.identities.vanished(namespace, listed):
+            self._identity_event("DELETED", body)
 
     async def start_health(self) -> None:
         self.health = HealthServer(
@@ -330,8 +362,6 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         # (created, then its status) without 50,000 tasks alive after a re-list.
         settings.queueing.idle_timeout = 1.0
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
-        # Only our own Secrets are watched, filtered by the API server: never all Secrets.
-        settings.watching.label_selectors["v1", "secrets"] = IDENTITY_LABEL
         kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
         operator = Operator(ours, kube)
         memo.operator = operator
@@ -357,11 +387,6 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         if operator is not None:
             await operator.stop()
 
-    @kopf.on.event(GROUP, VERSION, Plural.WORKLOAD_IDENTITIES, registry=registry)
-    async def identity_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        memo.operator.identities.on_identity_event(type, body)
-        memo.operator.policies.on_identity_event(type, body)
-
     @kopf.on.event(GROUP, VERSION, Plural.MTLS_POLICIES, registry=registry)
     async def policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         memo.operator.policies.on_policy_event(type, body)
@@ -379,10 +404,6 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:
         memo.operator.policies.on_network_policy_event(type, body)
-
-    @kopf.on.event("v1", "secrets", labels={IDENTITY_LABEL: kopf.PRESENT}, registry=registry)
-    async def secret_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        memo.operator.identities.on_secret_event(type, body)
 
     return registry
 

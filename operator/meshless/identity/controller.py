@@ -101,7 +101,7 @@ class IdentityController:
         # carrying it again (our own write's echo, a re-list) changes nothing.
         self._known_secret_rv: dict[Key, str] = {}
         self.swept = False  # this term's sweep has queued every identity it holds
-        self._seen_secrets: dict[Key, Json] = {}  # Secret bodies from watch events, read once
+        self._seen_secrets: dict[Key, Json] = {}  # Secret bodies the sweep listed, read once
         self._bundles: dict[str, bytes] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
         # Signed but not yet stored (the API refused the write): reused on the retry.
@@ -146,8 +146,26 @@ class IdentityController:
         # A watch event may already have brought a newer version than the list's.
         self.store.setdefault((meta["namespace"], meta["name"]), HeldIdentity.of(body))
 
+    def vanished(self, namespace: str | None, listed: set[Key]) -> list[Json]:
+        """After a (re-)list of identities in `namespace` (None: all): the held identities it
+        did not return, as the DELETED events a watch would have brought had it been
+        running when they went."""
+        gone = [
+            key
+            for key in self.store
+            if key not in listed and (namespace is None or key[0] == namespace)
+        ]
+        return [
+            {
+                "metadata": {"namespace": ns, "name": name},
+                "spec": json.loads(self.store[ns, name].spec),
+            }
+            for ns, name in gone
+        ]
+
     def on_secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """Secrets are watched only through the label selector on our identity label."""
+        """Secrets are watched through the label selector on our identity label, as metadata
+        only: an event says which identity to look at; the reconcile reads the Secret."""
         meta = body["metadata"]
         secret_key = (meta["namespace"], meta["name"])
         if event_type != "DELETED" and meta.get("resourceVersion") == self._known_secret_rv.get(
@@ -159,13 +177,7 @@ class IdentityController:
         if not self.queue.running or (listed and not self.swept):
             return  # the sweep of a new term reads every Secret itself, a page at a time
         if identity and (meta["namespace"], identity) in self.store:
-            if event_type == "DELETED":
-                self._seen_secrets.pop(secret_key, None)
-            else:
-                # Hand the body to the reconcile this event causes, sparing it a read. It is
-                # consumed, not cached: a stale copy can only make a write fail its
-                # resourceVersion check and be retried.
-                self._seen_secrets[secret_key] = slim_secret(body)
+            self._seen_secrets.pop(secret_key, None)  # a body the sweep held is stale now
             self.queue.add((meta["namespace"], identity), background=listed)
 
     async def stop(self) -> None:
@@ -383,17 +395,19 @@ class IdentityController:
         summary = summarize(svid.certificate, spec.desired)
         first = not (body.get("status") or {}).get("serialNumber")
         await self._ready(body, spec, summary)
-        event_reason = (
-            R.ISSUED if first else (R.RENEWED if reason.code == "RenewalDue" else R.REISSUED)
-        )
-        self._event(
-            body,
-            "Normal",
-            event_reason,
-            f"Issued certificate {summary.serial_number} for {summary.spiffe_id} into Secret "
-            f"{spec.secret_name}, valid until {rfc3339(summary.not_after)} ({reason.code}: "
-            f"{reason.message})",
-        )
+        if not first:
+            # A new identity's first certificate gets no Event: its status records it
+            # (Ready since lastTransitionTime, the serial, the validity), and an Event per new
+            # identity was a fifth of the CPU an issuance costs the API server and us
+            # (docs/decisions.md). What changes a running workload's certificate is an Event.
+            self._event(
+                body,
+                "Normal",
+                R.RENEWED if reason.code == "RenewalDue" else R.REISSUED,
+                f"Issued certificate {summary.serial_number} for {summary.spiffe_id} into "
+                f"Secret {spec.secret_name}, valid until {rfc3339(summary.not_after)} "
+                f"({reason.code}: {reason.message})",
+            )
         log.info(
             "%s/%s: issued %s (%s)", spec.namespace, spec.name, summary.serial_number, reason.code
         )

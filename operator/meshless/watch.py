@@ -1,0 +1,196 @@
+"""List-then-watch of one resource, resumed from its last resourceVersion: client-go's
+Reflector, cut down to what the identity controller needs.
+
+Kopf watches every other kind for us. WorkloadIdentities and their Secrets come through here
+because Kopf's per-event pipeline (a task per object, a cause, a logger, kwargs, a patch
+object per event) cost about 0.5 ms of CPU per event, a third of the operator's CPU per
+issued identity, and each identity brings three events (docs/decisions.md, "Our own watches
+for identities and Secrets"). Handlers get what Kopf gave them: the event type (None for an
+object from a list) and the object.
+
+What it does, as client-go's Reflector does: list in pages, then watch from the list's
+resourceVersion with bookmarks; a stream the server ends (its timeout) is resumed from the
+last resourceVersion seen; 410 Gone (expired) lists again; connection errors and 5xx back off
+with jitter and resume; after a 401 the credentials are re-read. After every list the
+handler learns which objects it held (`on_listed`), so an object deleted while no watch ran
+is not held forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from meshless.kube import ApiError, Json, Kube, Resource
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, name
+EventHandler = Callable[[str | None, Json], None]
+ListedHandler = Callable[[str | None, set[Key]], None]  # (namespace scope, keys listed)
+
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+class Gone(Exception):
+    """The resourceVersion a watch resumes from has expired: list again."""
+
+
+class Watch:
+    """Runs until cancelled. `metadata_only`: objects arrive as PartialObjectMetadata (what
+    the handler needs of them is their metadata; the API server sends a tenth of a Secret)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        namespace: str | None,
+        on_event: EventHandler,
+        *,
+        on_listed: ListedHandler | None = None,
+        label_selector: str | None = None,
+        metadata_only: bool = False,
+        page_size: int = 500,
+        server_timeout_s: int = 270,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.kube = kube
+        self.resource = resource
+        self.namespace = namespace
+        self.on_event = on_event
+        self.on_listed = on_listed
+        self.label_selector = label_selector
+        self.metadata_only = metadata_only
+        self.page_size = page_size
+        self.server_timeout_s = server_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.resource_version: str | None = None  # where the next watch resumes
+        self.listed = asyncio.Event()  # set once the first list has been handed over
+
+    @property
+    def what(self) -> str:
+        scope = self.namespace or "all namespaces"
+        return f"{self.resource.plural} in {scope}"
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self._list()
+                await self._watch()
+                failures = 0  # the server ended the stream (its timeout): resume
+            except Gone:
+                log.info("watch of %s expired (410 Gone); listing again", self.what)
+                self.resource_version = None
+                failures = 0
+            except (aiohttp.ClientError, TimeoutError, ApiError, ValueError) as exc:
+                delay = random.uniform(0, min(self.max_backoff_s, 0.5 * 2**failures))
+                failures += 1
+                log.warning(
+                    "watch of %s failed (%s: %s); resuming in %.1fs",
+                    self.what,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _query(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    async def _list(self) -> None:
+        """Every object, a page at a time, handed over as type None (Kopf's convention for
+        listed objects); then which keys were listed. The watch resumes from the list's
+        resourceVersion, which every page of one list shares."""
+        accept = METADATA_ONLY_LIST if self.metadata_only else "application/json"
+        token = ""
+        version = ""
+        seen: set[Key] = set()
+        while True:
+            query = [*self._query(), ("limit", str(self.page_size))]
+            if token:
+                query.append(("continue", token))
+            try:
+                page = await self.kube.request(
+                    "GET", self.resource.path(self.namespace), query=query, accept=accept
+                )
+            except ApiError as exc:
+                if exc.status == 410 and token:  # the continue token expired: start over
+                    token, seen = "", set()
+                    continue
+                raise
+            meta = page.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")
+            for item in page.get("items") or ():
+                item_meta = item["metadata"]
+                seen.add((item_meta.get("namespace", ""), item_meta["name"]))
+                self._deliver(None, item)
+            token = meta.get("continue") or ""
+            if not token:
+                break
+        self.resource_version = version
+        if self.on_listed is not None:
+            self.on_listed(self.namespace, seen)
+        self.listed.set()
+
+    async def _watch(self) -> None:
+        assert self.resource_version is not None
+        query = [
+            *self._query(),
+            ("resourceVersion", self.resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(self.server_timeout_s)),
+        ]
+        stream = self.kube.watch_stream(
+            self.resource.path(self.namespace),
+            query,
+            accept=METADATA_ONLY if self.metadata_only else "application/json",
+            # Bookmarks come about once a minute: a silent stream is a dead connection.
+            read_timeout_s=self.server_timeout_s + 30,
+        )
+        try:
+            async for event in stream:
+                self._handle(event)
+        except ApiError as exc:
+            if exc.status == 410:
+                raise Gone() from None
+            raise
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone()
+            raise ApiError(
+                int(obj.get("code") or 500), str(obj.get("reason") or ""), str(obj.get("message"))
+            )
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.resource_version = version
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._deliver(kind, obj)
+
+    def _deliver(self, kind: str | None, obj: Json) -> None:
+        """One bad object must not stop the watch of all the others."""
+        try:
+            self.on_event(kind, obj)
+        except Exception:
+            meta = obj.get("metadata") or {}
+            log.exception(
+                "handling %s of %s %s/%s failed",
+                kind or "LISTED",
+                self.resource.plural,
+                meta.get("namespace"),
+                meta.get("name"),
+            )
+
+
+__all__ = ["METADATA_ONLY", "Gone", "Watch"]
