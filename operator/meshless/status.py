@@ -47,21 +47,46 @@ def key_of(body: Mapping[str, Any]) -> Key:
 
 class StatusWriter:
     """Merge-patches the status subresource when it differs from what the object holds, and
-    remembers the resourceVersion each write returned so its watch echo is not reconciled
-    again."""
+    recognises its own writes' watch echoes so they are not reconciled again.
 
-    def __init__(self, kube: Kube, resource: Resource) -> None:
+    The echo may arrive before the write's answer (the API server sends both after the same
+    commit). With `on_raced` given, events for an object whose write is in flight count as
+    echoes until the answer comes; one with another resourceVersion was somebody else's
+    change, and `on_raced` gets the key to reconcile it. (The caller must keep what such an
+    event brings before asking `is_echo`, as the identity controller does.)"""
+
+    def __init__(
+        self, kube: Kube, resource: Resource, on_raced: Callable[[Key], None] | None = None
+    ) -> None:
         self.kube = kube
         self.resource = resource
+        self.on_raced = on_raced
         self._own_rv: dict[Key, str] = {}
+        self._in_flight: dict[Key, list[str | None]] = {}
+        self._raced: set[Key] = set()
 
     def is_echo(self, body: Mapping[str, Any]) -> bool:
-        """True for the watch event our own last status write caused."""
+        """True for the watch event our own last status write caused (and, until its answer
+        decides, for any event during that write)."""
+        key = key_of(body)
         rv = body["metadata"].get("resourceVersion")
-        return rv is not None and rv == self._own_rv.get(key_of(body))
+        during = self._in_flight.get(key)
+        if during is not None:
+            during.append(rv)
+            return True
+        return rv is not None and rv == self._own_rv.get(key)
 
     def forget(self, key: Key) -> None:
         self._own_rv.pop(key, None)
+        self._raced.discard(key)
+
+    def take_raced(self, key: Key) -> bool:
+        """Whether somebody else's change came in during our last write of `key` (then the
+        caller's copy of the object is the event's, newer than our write's answer)."""
+        if key in self._raced:
+            self._raced.discard(key)
+            return True
+        return False
 
     async def patch(self, body: Json, wanted: Mapping[str, Any]) -> Json | None:
         """Write the fields of `wanted` that differ; returns the updated object, or None when
@@ -69,14 +94,24 @@ class StatusWriter:
         current = body.get("status") or {}
         if all(current.get(k) == v for k, v in wanted.items()):
             return None
-        namespace, name = key_of(body)
+        namespace, name = key = key_of(body)
+        own: str | None = None
+        if self.on_raced is not None:
+            self._in_flight[key] = []
         try:
             updated = await self.kube.patch_status(self.resource, namespace, name, dict(wanted))
+            own = updated["metadata"]["resourceVersion"]
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        self._own_rv[(namespace, name)] = updated["metadata"]["resourceVersion"]
+        finally:
+            during = self._in_flight.pop(key, [])
+            if self.on_raced is not None and any(rv != own for rv in during):
+                self._raced.add(key)
+                self.on_raced(key)
+        assert own is not None
+        self._own_rv[key] = own
         body["status"] = updated.get("status") or {}
         return updated
 

@@ -96,11 +96,12 @@ class IdentityController:
         self.issued = 0
         self.events = events
         self.on_issued: Callable[[str, str], None] | None = None  # (namespace, SPIFFE ID)
-        self.status = StatusWriter(kube, IDENTITIES)
+        self.status = StatusWriter(kube, IDENTITIES, on_raced=self.queue.add)
         # The resourceVersion of each identity Secret as we last wrote or read it: an event
         # carrying it again (our own write's echo, a re-list) changes nothing.
         self._known_secret_rv: dict[Key, str] = {}
         self.swept = False  # this term's sweep has queued every identity it holds
+        self._secret_writes: dict[Key, list[str | None]] = {}  # in flight: events meanwhile
         self._seen_secrets: dict[Key, Json] = {}  # Secret bodies the sweep listed, read once
         self._bundles: dict[str, bytes] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
@@ -168,6 +169,10 @@ class IdentityController:
         only: an event says which identity to look at; the reconcile reads the Secret."""
         meta = body["metadata"]
         secret_key = (meta["namespace"], meta["name"])
+        during = self._secret_writes.get(secret_key)
+        if during is not None:  # decided when our write's answer comes
+            during.append(None if event_type == "DELETED" else meta.get("resourceVersion"))
+            return
         if event_type != "DELETED" and meta.get("resourceVersion") == self._known_secret_rv.get(
             secret_key
         ):
@@ -448,13 +453,20 @@ class IdentityController:
         )
         waited = await self.budget.acquire()
         metrics.WRITE_BUDGET_WAIT.observe(waited)
-        if existing is None:
-            written = await self.kube.create(SECRETS, manifest)
-        else:
-            written = await self.kube.replace(SECRETS, manifest)
-        self._known_secret_rv[(spec.namespace, spec.secret_name)] = written["metadata"][
-            "resourceVersion"
-        ]
+        secret_key = (spec.namespace, spec.secret_name)
+        # The write's watch echo may come before its answer: events meanwhile wait for it.
+        self._secret_writes[secret_key] = []
+        own: str | None = None
+        try:
+            if existing is None:
+                written = await self.kube.create(SECRETS, manifest)
+            else:
+                written = await self.kube.replace(SECRETS, manifest)
+            own = written["metadata"]["resourceVersion"]
+            self._known_secret_rv[secret_key] = own
+        finally:
+            if any(rv != own for rv in self._secret_writes.pop(secret_key, [])):
+                self.queue.add((spec.namespace, spec.name))  # somebody else's change too
 
     def _next_check(self, summary: CertificateSummary, now: datetime) -> float:
         until_renewal = (summary.renewal_time - now).total_seconds()
@@ -561,10 +573,11 @@ class IdentityController:
     async def _patch_status(self, body: Json, wanted: Json) -> bool:
         """Merge-patch the fields of `wanted` that differ. Returns True if it wrote."""
         updated = await self.status.patch(body, wanted)
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        raced = self.status.take_raced(key)  # then the store holds the newer event's copy
         if updated is None:
             return False
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        if key in self.store:
+        if key in self.store and not raced:
             self.store[key] = HeldIdentity.of(updated)
         return True
 
