@@ -179,11 +179,12 @@ class Kube:
             return
         self._config = fresh
         self._host = str(fresh.host).rstrip("/")
-        new_ssl = _ssl_context(fresh)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self._ssl = new_ssl
+        self._ssl = _ssl_context(fresh)
+        # Swapped out before the close is awaited: a request or watch starting meanwhile
+        # opens a new session rather than meeting a closed one.
+        stale, self._session = self._session, None
+        if stale is not None:
+            await stale.close()
         log.info("re-read the API credentials after a 401")
 
     async def request(
@@ -279,8 +280,24 @@ class Kube:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.retry.connect_timeout_s, sock_read=read_timeout_s
         )
-        async with self._open().get(
-            self._host + path, params=query, headers=self._headers(accept), timeout=timeout
+        # A session of its own: closing a session does not wake a reader blocked on one of
+        # its streams (aiohttp 3.14), so the shared one, closed when credentials are re-read,
+        # would leave every watch hanging until its read timeout.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=1), timeout=timeout
+        ) as session:
+            async for event in self._watch_events(session, path, query, accept):
+                yield event
+
+    async def _watch_events(
+        self,
+        session: aiohttp.ClientSession,
+        path: str,
+        query: list[tuple[str, str]],
+        accept: str,
+    ) -> AsyncIterator[Json]:
+        async with session.get(
+            self._host + path, params=query, headers=self._headers(accept)
         ) as response:
             metrics.API_REQUESTS.labels("WATCH").inc()
             metrics.API_RESPONSES.labels(str(response.status)).inc()

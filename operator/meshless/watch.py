@@ -24,8 +24,6 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from meshless.kube import ApiError, Json, Kube, Resource
 
 log = logging.getLogger(__name__)
@@ -72,6 +70,8 @@ class Watch:
         self.max_backoff_s = max_backoff_s
         self.resource_version: str | None = None  # where the next watch resumes
         self.listed = asyncio.Event()  # set once the first list has been handed over
+        self.lists = 0  # lists made (the first, then one per 410 Gone)
+        self.streams = 0  # watch requests made (one per resume)
 
     @property
     def what(self) -> str:
@@ -90,7 +90,7 @@ class Watch:
                 log.info("watch of %s expired (410 Gone); listing again", self.what)
                 self.resource_version = None
                 failures = 0
-            except (aiohttp.ClientError, TimeoutError, ApiError, ValueError) as exc:
+            except Exception as exc:  # a watch must outlive any failure: back off, resume
                 delay = random.uniform(0, min(self.max_backoff_s, 0.5 * 2**failures))
                 failures += 1
                 log.warning(
@@ -136,6 +136,7 @@ class Watch:
             if not token:
                 break
         self.resource_version = version
+        self.lists += 1
         if self.on_listed is not None:
             self.on_listed(self.namespace, seen)
         self.listed.set()
@@ -148,6 +149,7 @@ class Watch:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(self.server_timeout_s)),
         ]
+        self.streams += 1
         stream = self.kube.watch_stream(
             self.resource.path(self.namespace),
             query,

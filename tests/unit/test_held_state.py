@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from kubernetes import client
 from prometheus_client import CollectorRegistry, generate_latest
 
-from meshless.identity.controller import HeldIdentity
+from meshless.budget import WriteBudget
+from meshless.ca_store import CAStore
+from meshless.identity.controller import HeldIdentity, IdentityController
 from meshless.kube import Kube
 from meshless.metrics import CertificateSeries
 from meshless.operator import EventOnlyMemories
@@ -190,3 +192,40 @@ def test_the_identity_for_a_service_account_comes_from_the_index() -> None:
     assert policies.identity_ref_for("shop", "web").name == "meshless-web"
     assert policies._identities_by_ns == {}
     assert policies._by_account == {}
+
+
+def test_identities_a_list_did_not_return_are_handed_back_as_deleted() -> None:
+    """After a (re-)list, held identities the API no longer has (deleted while no watch ran)
+    come back as DELETED events with what forgetting them needs (their Secret's name)."""
+    configuration = client.Configuration()
+    configuration.host = "https://127.0.0.1:9"  # never called: only watch events are fed
+    kube = Kube(configuration)
+    settings = Settings()
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    identities = IdentityController(
+        kube,
+        settings,
+        CAStore(kube, settings, clock),
+        WriteBudget(10, 10),
+        clock,
+        EventRecorder(kube),
+    )
+    for namespace, name in (("shop", "kept"), ("shop", "gone"), ("other", "elsewhere")):
+        body = _identity(name, "sa", "2026-11-29T00:00:00Z")
+        body["metadata"].update(namespace=namespace, uid=f"uid-{name}", resourceVersion="1")
+        body["spec"]["secretName"] = f"{name}-tls"
+        identities.on_identity_event(None, body)
+
+    # A list of namespace "shop" returned only "kept": "other" is not in its scope.
+    vanished = identities.vanished("shop", {("shop", "kept")})
+    assert vanished == [
+        {
+            "metadata": {"namespace": "shop", "name": "gone"},
+            "spec": {"serviceAccountName": "sa", "secretName": "gone-tls"},
+        }
+    ]
+    for body in vanished:
+        identities.on_identity_event("DELETED", body)
+    assert sorted(identities.store) == [("other", "elsewhere"), ("shop", "kept")]
+    # A cluster-wide list that returned nothing: everything held is gone.
+    assert len(identities.vanished(None, set())) == 2

@@ -129,13 +129,14 @@ class IdentityController:
             self.certificates.forget(*key)
             return
         before = self.store.get(key)
-        held = self.store[key] = HeldIdentity.of(body)
+        version = meta.get("resourceVersion")
+        if before is not None and version is not None and before.resource_version == version:
+            return  # held already: our write's echo after its answer, or a re-list
+        self.store[key] = HeldIdentity.of(body)
         if self.status.is_echo(body):
             return  # the echo of our own status patch
         if not self.queue.running:
             return  # a standby holds the identity; a new term checks them all
-        if before is not None and before.resource_version == held.resource_version:
-            return  # seen already (a re-list): nothing changed
         listed = event_type is None  # Kopf's list, at start or after a watch expired
         if listed and not self.swept:
             return  # the sweep in progress checks every identity held
