@@ -8,6 +8,8 @@ the same machine (these machines are noisy: compare ratios, not absolute times).
 - e2e_per_s vs ideal_per_s: 1,000 WorkloadIdentities created at concurrency C until each is
   Ready with a valid Secret, against the least API work the same job needs done directly
   (create the identity, create its Secret with a pre-signed certificate, write its status).
+  The two alternate BENCH_ROUNDS times (3); the round with the median ratio is reported,
+  with every round's ratio in e2e_vs_ideal_rounds.
 - latency_p50_ms / latency_p99_ms: apply to Ready under a steady 20 identities/s for 30 s.
 - rss_mb_<N>: the operator's resident memory holding N identities (5,000 at scale 1).
 - restart_reissues / restart_ready_s: a restart with those 5,000 valid identities.
@@ -55,6 +57,7 @@ KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
 GROUP, VERSION, PLURAL = "meshless.dev", "v1alpha1", "workloadidentities"
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # ideal and e2e, alternated
 
 
 def scaled(n: int) -> int:
@@ -155,6 +158,18 @@ class Operator:
                 raise RuntimeError(f"operator exited: see {self.log_path}")
             time.sleep(0.05)
         return started
+
+    def wait_steady(self, timeout: float = 120) -> None:
+        """Until the operator leads, its term's sweep has queued every identity it holds and
+        the queue is empty: what it does at start (its lists, checking what it holds) is
+        not part of what a scenario measures."""
+        deadline = time.monotonic() + timeout
+        while '"message": "swept ' not in self.log_path.read_text(errors="replace") or (
+            self.counter('meshless_work_queue_depth{controller="identity"}') > 0
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"operator not steady within {timeout}s: see {self.log_path}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         assert self.proc is not None
@@ -609,22 +624,61 @@ def main() -> None:
     log(f"signing: {results['signing_per_s']}/s (baseline {results['crypto_baseline_per_s']}/s)")
 
     count = scaled(1000)
-    log(f"ideal: {count} identities done directly at concurrency {CONCURRENCY}")
-    results.update(bench_ideal(api, count))
     op_ns = new_namespace(core, "bench-operator")
-    op = Operator(
-        op_ns,
-        log_dir / "operator.log",
-        MESHLESS_WRITE_BUDGET_QPS="1000",
-        MESHLESS_WRITE_BUDGET_BURST="1000",
-        MESHLESS_WORKERS="16",
-    )
-    op.start()
+    operator_env = {
+        "MESHLESS_WRITE_BUDGET_QPS": "1000",
+        "MESHLESS_WRITE_BUDGET_BURST": "1000",
+        "MESHLESS_WORKERS": "16",
+    }
     results["write_budget_qps"] = 1000
-    log(f"e2e: the same {count} identities through the operator")
-    results.update(bench_e2e(api, op, count))
-    results["e2e_vs_ideal"] = round(results["e2e_per_s"] / results["ideal_per_s"], 3)
-    log(f"e2e {results['e2e_per_s']}/s vs ideal {results['ideal_per_s']}/s")
+    # The ideal and the operator's run alternate, ROUNDS times: the machine's speed drifts
+    # by 20% within a minute here, so one of each, a minute apart, compared noise as much as
+    # work. The round with the median ratio is reported whole, every round's ratio with it.
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, ROUNDS + 1):
+        log(f"round {number}/{ROUNDS} ideal: {count} identities done directly")
+        measured = bench_ideal(api, count)
+        # The operator runs only for its own half (it would issue the ideal's identities),
+        # and starts clean each round: its start (lists, the sweep) is not measured.
+        op = Operator(op_ns, log_dir / "operator.log", **operator_env)
+        op.start()
+        op.wait_steady()
+        log(f"round {number}/{ROUNDS} e2e: the same {count} identities through the operator")
+        measured.update(bench_e2e(api, op, count))
+        op.stop()
+        measured["e2e_vs_ideal"] = round(measured["e2e_per_s"] / measured["ideal_per_s"], 3)
+        log(f"e2e {measured['e2e_per_s']}/s vs ideal {measured['ideal_per_s']}/s")
+        rounds.append(measured)
+    median = sorted(rounds, key=lambda r: float(r["e2e_vs_ideal"]))[len(rounds) // 2]
+    results.update(median)
+    results["e2e_vs_ideal_rounds"] = [r["e2e_vs_ideal"] for r in rounds]
+    results["rounds"] = [
+        {
+            k: r[k]
+            for k in (
+                "ideal_per_s",
+                "ideal_cpu_ms_per_identity",
+                "e2e_per_s",
+                "e2e_cpu_ms_per_identity",
+                "e2e_vs_ideal",
+            )
+        }
+        for r in rounds
+    ]
+    # The same comparison in CPU: the whole job's CPU per identity (API server, etcd, the
+    # benchmark, the operator), ideal over e2e. On a saturated machine it is the same ratio
+    # with less of the noise in it.
+    results["cpu_ideal_vs_e2e_rounds"] = [
+        round(
+            sum(r["ideal_cpu_ms_per_identity"].values())
+            / sum(r["e2e_cpu_ms_per_identity"].values()),
+            3,
+        )
+        for r in rounds
+    ]
+    op = Operator(op_ns, log_dir / "operator.log", **operator_env)
+    op.start()
+    op.wait_steady()
     if os.environ.get("BENCH_ONLY") == "throughput":  # quick runs while tuning
         op.stop()
         print(json.dumps(results, indent=2))
