@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,8 +85,12 @@ class Watch:
             try:
                 if self.resource_version is None:
                     await self._list()
-                await self._watch()
-                failures = 0  # the server ended the stream (its timeout): resume
+                started = time.monotonic()
+                delivered = await self._watch()
+                if delivered or time.monotonic() - started >= self.server_timeout_s / 2:
+                    failures = 0  # the server ended the stream (its timeout): resume
+                else:  # ended at once with nothing: not a timeout; do not spin on it
+                    raise ConnectionError("the watch ended at once without events")
             except Gone:
                 log.info("watch of %s expired (410 Gone); listing again", self.what)
                 self.resource_version = None
@@ -123,7 +128,7 @@ class Watch:
                 )
             except ApiError as exc:
                 if exc.status == 410 and token:  # the continue token expired: start over
-                    token, seen = "", set()
+                    token, version, seen = "", "", set()
                     continue
                 raise
             meta = page.get("metadata") or {}
@@ -141,7 +146,8 @@ class Watch:
             self.on_listed(self.namespace, seen)
         self.listed.set()
 
-    async def _watch(self) -> None:
+    async def _watch(self) -> int:
+        """One watch request, until the server ends it. Returns how many events came."""
         assert self.resource_version is not None
         query = [
             *self._query(),
@@ -157,13 +163,16 @@ class Watch:
             # Bookmarks come about once a minute: a silent stream is a dead connection.
             read_timeout_s=self.server_timeout_s + 30,
         )
+        delivered = 0
         try:
             async for event in stream:
                 self._handle(event)
+                delivered += 1
         except ApiError as exc:
             if exc.status == 410:
                 raise Gone() from None
             raise
+        return delivered
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
