@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from meshless import metrics
 from meshless.api import (
     API_VERSION,
@@ -40,6 +42,7 @@ from meshless.identity.render import (
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
 from meshless.pki.ca import CertificateAuthority
+from meshless.pki.keys import is_rsa
 from meshless.pki.reissue import (
     BUNDLE_STALE,
     ISSUER_RETIRED,
@@ -375,12 +378,19 @@ class IdentityController:
         assert ca is not None
         if self.budget.expected_wait() > ISSUING_NOTICE_S:
             await self._patch_status(body, self._issuing_status(body, reason))
-        # Key generation and signing run in a thread (the GIL is released inside OpenSSL):
-        # an RSA4096 key takes ~0.5 s, which would stall watches, /healthz and webhooks.
         key = (spec.namespace, spec.name)
         svid = self._unwritten_svid(key, spec, ca)
         if svid is None:
-            svid = await asyncio.to_thread(issue_svid, ca, spec.desired.request, self.clock())
+            request = spec.desired.request
+            if is_rsa(request.algorithm) or isinstance(ca.issuer_key, rsa.RSAPrivateKey):
+                # RSA key generation (~0.5 s for RSA4096) or RSA signing run in a thread (the
+                # GIL is released inside OpenSSL): they would stall watches, /healthz and
+                # webhooks.
+                svid = await asyncio.to_thread(issue_svid, ca, request, self.clock())
+            else:
+                # An EC or Ed25519 key and signature take ~0.15 ms: less than handing them
+                # to a thread costs the loop (decisions.md, "Where certificates are signed").
+                svid = issue_svid(ca, request, self.clock())
             metrics.CERTIFICATES_SIGNED.inc()
             self._unwritten[key] = (spec.desired.request, ca, svid)
         try:
