@@ -8,7 +8,7 @@ the same machine (these machines are noisy: compare ratios, not absolute times).
 - e2e_per_s vs ideal_per_s: 1,000 WorkloadIdentities created at concurrency C until each is
   Ready with a valid Secret, against the least API work the same job needs done directly
   (create the identity, create its Secret with a pre-signed certificate, write its status).
-  The two alternate BENCH_ROUNDS times (5), each from the same cluster state (what a round
+  The two alternate BENCH_ROUNDS times (7), each from the same cluster state (what a round
   made is deleted); the round with the median ratio is reported,
   with every round's ratio in e2e_vs_ideal_rounds.
 - latency_p50_ms / latency_p99_ms: apply to Ready under a steady 20 identities/s for 30 s.
@@ -58,7 +58,7 @@ KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
 GROUP, VERSION, PLURAL = "meshless.dev", "v1alpha1", "workloadidentities"
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))  # ideal and e2e, alternated
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))  # ideal and e2e, alternated
 
 
 def scaled(n: int) -> int:
