@@ -1,9 +1,10 @@
 """The WorkloadIdentity controller (shell): watch events in, level-based reconciles out.
 
 Every reconcile reads the identity's Secret by name, runs the pure reissue chain, and writes
-only what differs: a Secret (through the write budget), one status patch, an Event on
-transitions. Our own writes come back as watch events; they are recognised by
-resourceVersion and not reconciled again.
+only what differs: a Secret (through the write budget), one status patch, an Event when a
+running workload's certificate changes or a failure's reason does (a first certificate is
+recorded by the status alone). Our own writes come back as watch events; they are recognised
+by resourceVersion and not reconciled again.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class IdentityController:
             return  # the echo of our own status patch
         if not self.queue.running:
             return  # a standby holds the identity; a new term checks them all
-        listed = event_type is None  # Kopf's list, at start or after a watch expired
+        listed = event_type is None  # a list, at start or after a watch expired
         if listed and not self.swept:
             return  # the sweep in progress checks every identity held
         self.queue.add(key, background=listed)
