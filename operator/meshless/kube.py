@@ -14,7 +14,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -271,7 +271,7 @@ class Kube:
 
     async def watch_stream(
         self, path: str, query: list[tuple[str, str]], *, accept: str, read_timeout_s: float
-    ) -> AsyncIterator[Json]:
+    ) -> AsyncGenerator[Json, None]:
         """One watch request: its events, parsed, until the server ends the stream. A
         refusal raises ApiError (after a 401 the credentials are re-read first, so the
         caller's next attempt uses them). No retries here: a watch resumes from its last
@@ -295,7 +295,7 @@ class Kube:
         path: str,
         query: list[tuple[str, str]],
         accept: str,
-    ) -> AsyncIterator[Json]:
+    ) -> AsyncGenerator[Json, None]:
         async with session.get(
             self._host + path, params=query, headers=self._headers(accept)
         ) as response:

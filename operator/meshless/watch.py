@@ -19,6 +19,7 @@ is not held forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -164,14 +165,17 @@ class Watch:
             read_timeout_s=self.server_timeout_s + 30,
         )
         delivered = 0
-        try:
-            async for event in stream:
-                self._handle(event)
-                delivered += 1
-        except ApiError as exc:
-            if exc.status == 410:
-                raise Gone() from None
-            raise
+        # Closed on the way out, whatever ends it (Gone from an ERROR event, cancellation):
+        # the stream's session and connection go with it, not when the collector finds them.
+        async with contextlib.aclosing(stream) as events:
+            try:
+                async for event in events:
+                    self._handle(event)
+                    delivered += 1
+            except ApiError as exc:
+                if exc.status == 410:
+                    raise Gone() from None
+                raise
         return delivered
 
     def _handle(self, event: dict[str, Any]) -> None:
