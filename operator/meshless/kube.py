@@ -89,6 +89,16 @@ class ApiError(Exception):
         self.reason = reason
         self.message = message
 
+    @classmethod
+    def of(cls, status: int, reason: str, status_body: Json) -> ApiError:
+        """From the API's Status object (an error answer's body, a watch's ERROR event);
+        `reason` stands in for a Status without one (the HTTP reason phrase)."""
+        return cls(
+            status,
+            str(status_body.get("reason") or reason),
+            str(status_body.get("message") or ""),
+        )
+
 
 def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
     """The current kubeconfig (or `kubeconfig`), else the in-cluster config."""
@@ -223,16 +233,9 @@ class Kube:
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
-            try:
-                payload: Json = json.loads(raw) if raw else {}
-            except ValueError:
-                payload = {}
+            payload = _json_or_empty(raw)
             if not 200 <= status < 300:
-                raise ApiError(
-                    status,
-                    str(payload.get("reason") or reason),
-                    str(payload.get("message") or ""),
-                )
+                raise ApiError.of(status, reason, payload)
             return payload
 
     async def _once(
@@ -305,15 +308,7 @@ class Kube:
                 await self._reload_credentials()
             if response.status != 200:
                 raw = await response.read()
-                try:
-                    payload = json.loads(raw) if raw else {}
-                except ValueError:
-                    payload = {}
-                raise ApiError(
-                    response.status,
-                    str(payload.get("reason") or response.reason or ""),
-                    str(payload.get("message") or ""),
-                )
+                raise ApiError.of(response.status, response.reason or "", _json_or_empty(raw))
             # Lines split here, not by aiohttp's readline: it refuses a line over 128 KiB,
             # and one object (a Secret) may be up to 1 MiB.
             pending = b""
@@ -479,6 +474,14 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiError):
         return exc.status == 429 or exc.status >= 500
     return isinstance(exc, aiohttp.ClientError | TimeoutError)
+
+
+def _json_or_empty(raw: bytes) -> Json:
+    try:
+        payload = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _namespace_of(resource: Resource, body: Json) -> str | None:

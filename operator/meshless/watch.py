@@ -71,8 +71,6 @@ class Watch:
         self.server_timeout_s = server_timeout_s
         self.max_backoff_s = max_backoff_s
         self.resource_version: str | None = None  # where the next watch resumes
-        self.listed = asyncio.Event()  # set once the first list has been handed over
-        self.lists = 0  # lists made (the first, then one per 410 Gone)
         self.streams = 0  # watch requests made (one per resume)
 
     @property
@@ -142,10 +140,8 @@ class Watch:
             if not token:
                 break
         self.resource_version = version
-        self.lists += 1
         if self.on_listed is not None:
             self.on_listed(self.namespace, seen)
-        self.listed.set()
 
     async def _watch(self) -> int:
         """One watch request, until the server ends it. Returns how many events came."""
@@ -184,9 +180,7 @@ class Watch:
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise Gone()
-            raise ApiError(
-                int(obj.get("code") or 500), str(obj.get("reason") or ""), str(obj.get("message"))
-            )
+            raise ApiError.of(int(obj.get("code") or 500), "", obj)
         version = (obj.get("metadata") or {}).get("resourceVersion")
         if version:
             self.resource_version = version
@@ -208,4 +202,4 @@ class Watch:
             )
 
 
-__all__ = ["METADATA_ONLY", "Gone", "Watch"]
+__all__ = ["Watch"]
