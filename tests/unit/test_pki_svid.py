@@ -3,6 +3,7 @@ with both cryptography's verifier and `openssl verify`. Also SPIFFE ID formattin
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from meshless.pki.ca import CAError, CertificateAuthority, bootstrap_self_signed
 from meshless.pki.keys import (
     KeyAlgorithm,
     algorithm_of_public_key,
+    generate_private_key,
     key_matches_certificate,
     load_private_key,
 )
@@ -26,6 +28,7 @@ from meshless.pki.svid import (
     CLOCK_SKEW,
     IssuedSvid,
     SvidRequest,
+    issuance_is_slow,
     issue_svid,
     parse_certificate_chain,
     random_serial_number,
@@ -334,3 +337,12 @@ def test_invalid_trust_domains(td: str, fragment: str) -> None:
 def test_spiffe_id_rejects_bad_segments(ns: str, sa: str) -> None:
     with pytest.raises(ValueError):
         spiffe_id(TD, ns, sa)
+
+
+def test_only_rsa_keys_or_an_rsa_ca_make_an_issuance_slow(ca: CertificateAuthority) -> None:
+    """What the identity controller sends to a thread: RSA key generation or an RSA signature.
+    EC and Ed25519 leaves signed by an EC CA are issued on the loop."""
+    fast = {KeyAlgorithm.ECDSAP256, KeyAlgorithm.ECDSAP384, KeyAlgorithm.Ed25519}
+    assert {alg for alg in KeyAlgorithm if not issuance_is_slow(ca, request(alg))} == fast
+    rsa_ca = dataclasses.replace(ca, issuer_key=generate_private_key(KeyAlgorithm.RSA2048))
+    assert all(issuance_is_slow(rsa_ca, request(alg)) for alg in KeyAlgorithm)

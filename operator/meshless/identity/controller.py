@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from meshless import metrics
 from meshless.api import (
     API_VERSION,
@@ -43,7 +41,6 @@ from meshless.identity.render import (
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
 from meshless.pki.ca import CertificateAuthority
-from meshless.pki.keys import is_rsa
 from meshless.pki.reissue import (
     BUNDLE_STALE,
     ISSUER_RETIRED,
@@ -55,7 +52,13 @@ from meshless.pki.reissue import (
     summarize,
 )
 from meshless.pki.rotation import retired_issuer_deadline
-from meshless.pki.svid import IssuedSvid, SvidRequest, issue_svid, parse_certificate_chain
+from meshless.pki.svid import (
+    IssuedSvid,
+    SvidRequest,
+    issuance_is_slow,
+    issue_svid,
+    parse_certificate_chain,
+)
 from meshless.settings import Settings
 from meshless.status import (
     ConditionChange,
@@ -383,14 +386,12 @@ class IdentityController:
         svid = self._unwritten_svid(key, spec, ca)
         if svid is None:
             request = spec.desired.request
-            if is_rsa(request.algorithm) or isinstance(ca.issuer_key, rsa.RSAPrivateKey):
-                # RSA key generation (~0.5 s for RSA4096) or RSA signing run in a thread (the
-                # GIL is released inside OpenSSL): they would stall watches, /healthz and
-                # webhooks.
+            if issuance_is_slow(ca, request):
+                # In a thread (OpenSSL releases the GIL while generating an RSA key): it would
+                # stall watches, /healthz and webhooks (decisions.md, "Slow crypto off the
+                # event loop").
                 svid = await asyncio.to_thread(issue_svid, ca, request, self.clock())
             else:
-                # An EC or Ed25519 key and signature take ~0.15 ms: less than handing them
-                # to a thread costs the loop (decisions.md, "Where certificates are signed").
                 svid = issue_svid(ca, request, self.clock())
             metrics.CERTIFICATES_SIGNED.inc()
             self._unwritten[key] = (spec.desired.request, ca, svid)

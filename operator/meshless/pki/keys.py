@@ -26,15 +26,15 @@ class KeyAlgorithm(StrEnum):
     RSA4096 = "RSA4096"
 
 
-def is_rsa(algorithm: KeyAlgorithm) -> bool:
-    return algorithm in _RSA_SIZES
-
-
 _RSA_SIZES = {
     KeyAlgorithm.RSA2048: 2048,
     KeyAlgorithm.RSA3072: 3072,
     KeyAlgorithm.RSA4096: 4096,
 }
+
+
+def is_rsa(algorithm: KeyAlgorithm) -> bool:
+    return algorithm in _RSA_SIZES
 
 
 def generate_private_key(alg: KeyAlgorithm) -> PrivateKey:

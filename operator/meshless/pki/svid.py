@@ -17,6 +17,7 @@ from meshless.pki.keys import (
     KeyAlgorithm,
     PrivateKey,
     generate_private_key,
+    is_rsa,
     private_key_to_pem,
     signature_hash_for,
 )
@@ -77,6 +78,13 @@ def _san(request: SvidRequest) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(request.spiffe_id)]
     names += [x509.DNSName(name) for name in dict.fromkeys(request.dns_names)]
     return x509.SubjectAlternativeName(names)
+
+
+def issuance_is_slow(ca: CertificateAuthority, request: SvidRequest) -> bool:
+    """Whether issuing takes long enough to keep off an event loop: an RSA key to generate
+    (~0.5 s for RSA4096) or an RSA signature. An EC or Ed25519 key signed by an EC or Ed25519
+    CA takes ~0.15 ms, less than handing the work to a thread costs."""
+    return is_rsa(request.algorithm) or isinstance(ca.issuer_key, rsa.RSAPrivateKey)
 
 
 def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) -> IssuedSvid:
