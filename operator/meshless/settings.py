@@ -11,8 +11,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 
 from meshless.durations import parse_duration
+from meshless.pki.names import DnsNamePolicy, PatternError
 from meshless.pki.spiffe import validate_trust_domain
 
 CA_SELF_SIGNED = "self-signed"
@@ -55,6 +57,14 @@ class Settings:
     probe_qps: float = 20.0  # probe connections per second, cluster-wide
     probe_timeout: timedelta = timedelta(seconds=3)
     service_account: str = "meshless"  # the operator's own: the prober's identity
+    # The name policy (pki/names.py): Service names of the identity's own namespace, plus
+    # these patterns ({namespace} placeholder, leading '*' for one label).
+    cluster_domain: str = "cluster.local"
+    allowed_dns_names: tuple[str, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def dns_name_policy(self) -> DnsNamePolicy:
+        return DnsNamePolicy(cluster_domain=self.cluster_domain, allowed=self.allowed_dns_names)
 
     @property
     def effective_root_namespace(self) -> str:
@@ -193,6 +203,19 @@ OPTIONS: tuple[_Option, ...] = (
         "the operator's ServiceAccount: the prober's identity is issued for it",
     ),
     _Option(
+        "--cluster-domain",
+        "MESHLESS_CLUSTER_DOMAIN",
+        "cluster_domain",
+        "the cluster's DNS domain: identities may carry <svc>.<ns>.svc.<cluster domain>",
+    ),
+    _Option(
+        "--allowed-dns-names",
+        "MESHLESS_ALLOWED_DNS_NAMES",
+        "allowed_dns_names",
+        "comma-separated extra DNS name patterns identities may carry, e.g. "
+        "*.{namespace}.example.com (default: only the namespace's Service names)",
+    ),
+    _Option(
         "--leader-election",
         "MESHLESS_LEADER_ELECTION",
         "leader_election",
@@ -297,6 +320,15 @@ def validate(s: Settings) -> None:
         fail("--service-account", "must not be empty")
     if s.workers < 1:
         fail("--workers", "must be at least 1")
+    try:
+        DnsNamePolicy(cluster_domain=s.cluster_domain)
+    except PatternError as exc:
+        fail("--cluster-domain", str(exc))
+    for pattern in s.allowed_dns_names:
+        try:
+            DnsNamePolicy(cluster_domain=s.cluster_domain, allowed=(pattern,))
+        except PatternError as exc:
+            fail("--allowed-dns-names", f"pattern {exc}")
 
 
 def _listen_ports(s: Settings) -> tuple[tuple[str, int], ...]:

@@ -310,3 +310,27 @@ def test_ca_rotation_settings_default_and_parse() -> None:
     assert s.ca_settle_time == timedelta(0)
     assert s.ca_rotation_window == timedelta(seconds=1)
     assert s.ca_renewal_fraction == 0.5
+
+
+def test_allowed_dns_names_are_parsed_from_a_comma_separated_list() -> None:
+    settings = load_settings(
+        env={"MESHLESS_ALLOWED_DNS_NAMES": "*.{namespace}.example.com, api.corp.internal"}
+    )
+    assert settings.allowed_dns_names == ("*.{namespace}.example.com", "api.corp.internal")
+    assert settings.dns_name_policy.violation("shop", "www.shop.example.com") is None
+    assert settings.dns_name_policy.violation("shop", "www.other.example.com") is not None
+
+
+@pytest.mark.parametrize("pattern", ["*.{namespace}", "a.*.example.com", "{ns}.example.com"])
+def test_a_malformed_dns_name_pattern_stops_the_operator_with_one_line(pattern: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(env={"MESHLESS_ALLOWED_DNS_NAMES": pattern})
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "--allowed-dns-names" in message and "MESHLESS_ALLOWED_DNS_NAMES" in message
+    assert repr(pattern) in message
+
+
+def test_a_malformed_cluster_domain_stops_the_operator() -> None:
+    with pytest.raises(SettingsError, match="--cluster-domain"):
+        load_settings(env={"MESHLESS_CLUSTER_DOMAIN": "bad_domain"})
