@@ -235,7 +235,12 @@ def _convert(opt: _Option, raw: str) -> object:
         if isinstance(default, timedelta):
             return parse_duration(raw)
         if isinstance(default, bool):
-            return raw.lower() in ("1", "true", "yes")
+            word = raw.strip().lower()
+            if word in ("1", "true", "yes"):
+                return True
+            if word in ("0", "false", "no"):
+                return False
+            raise ValueError("must be true or false")
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):

@@ -609,15 +609,24 @@ def test_mtls_policy_status_and_printer_columns(kubectl: Kubectl, namespace: str
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["status"] == POLICY_STATUS
 
-    expected = ["payments-strict", "STRICT", "Workload", "7", "5", "True"]
+    expected = ["payments-strict", "STRICT", "Workload", "7", "5", "True", "False"]
     for _ in range(5):
         table = kubectl("get", "-n", namespace, "mtlspol").stdout.splitlines()
         header, row = table[0].split(), table[1].split()
-        if row[:6] == expected:
+        if row[:7] == expected:
             break
         patch_status(kubectl, namespace, "mtlspol/payments-strict", status)
-    assert header == ["NAME", "MODE", "SCOPE", "SELECTED", "INJECTED", "CONFLICTED", "AGE"]
-    assert row[:6] == expected
+    assert header == [
+        "NAME",
+        "MODE",
+        "SCOPE",
+        "SELECTED",
+        "INJECTED",
+        "CONFLICTED",
+        "ENFORCED",
+        "AGE",
+    ]
+    assert row[:7] == expected
 
     wide = kubectl("get", "-n", namespace, "mtlspol", "-o", "wide").stdout.splitlines()
     assert "READY" in wide[0].split()

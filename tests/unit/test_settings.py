@@ -334,3 +334,13 @@ def test_a_malformed_dns_name_pattern_stops_the_operator_with_one_line(pattern: 
 def test_a_malformed_cluster_domain_stops_the_operator() -> None:
     with pytest.raises(SettingsError, match="--cluster-domain"):
         load_settings(env={"MESHLESS_CLUSTER_DOMAIN": "bad_domain"})
+
+
+@pytest.mark.parametrize(("raw", "value"), [("true", True), ("False", False), ("1", True)])
+def test_a_boolean_setting_reads_true_and_false(raw: str, value: bool) -> None:
+    assert load_settings(env={"MESHLESS_LEADER_ELECTION": raw}).leader_election is value
+
+
+def test_a_misspelt_boolean_is_refused_not_read_as_false() -> None:
+    with pytest.raises(SettingsError, match="--leader-election.*'flase'.*true or false"):
+        load_settings(env={"MESHLESS_LEADER_ELECTION": "flase"})
