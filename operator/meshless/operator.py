@@ -38,6 +38,7 @@ from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
 from meshless.settings import Settings, SettingsError, check_listen_ports
+from meshless.startup import StartupState, next_delay
 from meshless.status import EventRecorder
 from meshless.watch import Key, Watch
 
@@ -146,12 +147,17 @@ class Operator:
         self.webhooks_served = False
         self.health: HealthServer | None = None
         self.loopwatch = LoopWatch()
+        self.startup = StartupState()
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
     async def start(self) -> None:
-        """Every replica loads the CA and watches; only the leader reconciles and writes."""
-        await self.ca.load()
+        """Every replica loads the CA and watches; only the leader reconciles and writes.
+        The first API call is retried until the API server answers (startup.py); nothing
+        before it binds a port or starts a task, so start-up can always run again."""
+        if self._tasks:  # started by an earlier run of start-up
+            return
+        await self._load_ca_until_it_answers()
         self._note_ca()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
@@ -168,6 +174,24 @@ class Operator:
             await self._start_leading()
         log.info("operator started")
 
+    async def _load_ca_until_it_answers(self) -> None:
+        delay = 0.0
+        while True:
+            try:
+                await self.ca.load()
+            except Exception as exc:  # classified: only a persistent non-API error is "stuck"
+                self.startup.failed(exc)
+                delay = next_delay(delay)
+                log.warning(
+                    "start-up: cannot read the CA yet (%s); retrying in %.1fs",
+                    self.startup.last_error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.startup.succeeded()
+            return
+
     def _identity_event(self, event_type: str | None, body: Json) -> None:
         self.identities.on_identity_event(event_type, body)
         self.policies.on_identity_event(event_type, body)
@@ -177,6 +201,9 @@ class Operator:
             self._identity_event("DELETED", body)
 
     async def start_health(self) -> None:
+        """Once per process: a start-up that runs again finds the port already served."""
+        if self.health is not None:
+            return
         self.health = HealthServer(
             self.settings.health_port,
             details=lambda: {
@@ -185,6 +212,7 @@ class Operator:
                 "leading": self.leading,
             },
             webhook=self._webhook_address,
+            startup=self.startup,
         )
         await self.health.start()
 
@@ -347,7 +375,9 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
     """A registry with our handlers; kept out of import time so tests can build their own."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.startup(registry=registry)
+    # backoff: should anything unforeseen still fail here, Kopf tries again within seconds
+    # (its default is 60 s); every step below can run again.
+    @kopf.on.startup(registry=registry, backoff=2)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         ours: Settings = memo.meshless_settings
         settings.peering.standalone = True
@@ -362,11 +392,13 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         # (created, then its status) without 50,000 tasks alive after a re-list.
         settings.queueing.idle_timeout = 1.0
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
-        kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
-        operator = Operator(ours, kube)
-        memo.operator = operator
-        memo.admission_state = operator.admission_state
-        operator.loopwatch.start()
+        operator: Operator | None = getattr(memo, "operator", None)
+        if operator is None:
+            kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
+            operator = Operator(ours, kube)
+            memo.operator = operator
+            memo.admission_state = operator.admission_state
+            operator.loopwatch.start()
         await operator.start_health()  # before "operator started": probes may ask at once
         await operator.start()
         operator.serve_webhooks(settings)
