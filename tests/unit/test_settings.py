@@ -342,5 +342,5 @@ def test_a_boolean_setting_reads_true_and_false(raw: str, value: bool) -> None:
 
 
 def test_a_misspelt_boolean_is_refused_not_read_as_false() -> None:
-    with pytest.raises(SettingsError, match="--leader-election.*'flase'.*true or false"):
+    with pytest.raises(SettingsError, match=r"--leader-election.*'flase'.*true or false"):
         load_settings(env={"MESHLESS_LEADER_ELECTION": "flase"})
