@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 import meshless.metrics  # noqa: F401  (registers the operator's metrics)
-from tests.helmtool import CHART, find, helm, render
+from tests.helmtool import CHART, ROOT, find, helm, render
 
 # Alerts on metrics another part of the operator is adding (the probe's enforcement results).
 PENDING_METRICS = {"meshless_enforcement_ports"}
@@ -79,7 +79,18 @@ def test_monitoring_objects_only_when_enabled() -> None:
         "MeshlessCertificateExpiring",
         "MeshlessIdentityNotReady",
         "MeshlessEnforcementFailing",
+        "MeshlessCAExpiring",
+        "MeshlessWriteBudgetSaturated",
+        "MeshlessOperatorAbsent",
     }
+    assert by_name["MeshlessOperatorAbsent"]["expr"] == 'absent(up{job="meshless-metrics"} == 1)'
+    # The docs name the shipped alerts and no others.
+    for doc in ("docs/operations.md", "docs/troubleshooting.md", "charts/meshless/README.md"):
+        named = set(re.findall(r"\bMeshless[A-Z][A-Za-z]+\b", (ROOT / doc).read_text()))
+        assert named <= set(by_name), (doc, named - set(by_name))
+    assert set(by_name) <= set(
+        re.findall(r"\bMeshless[A-Z][A-Za-z]+\b", (ROOT / "docs/operations.md").read_text())
+    )
     assert by_name["MeshlessIdentityNotReady"]["for"] == "15m"
     assert "meshless_certificate_ready_status) == 0" in by_name["MeshlessIdentityNotReady"]["expr"]
     failing = by_name["MeshlessEnforcementFailing"]["expr"]
