@@ -380,7 +380,7 @@ def test_minimal_mtls_policy_reads_back_with_defaults(kubectl: Kubectl, namespac
 
     table = kubectl("get", "-n", namespace, "mtlspol").stdout.splitlines()
     assert table[0].split() == [
-        "NAME", "MODE", "SCOPE", "SELECTED", "INJECTED", "CONFLICTED", "AGE"
+        "NAME", "MODE", "SCOPE", "SELECTED", "INJECTED", "CONFLICTED", "ENFORCED", "AGE"
     ]  # fmt: skip
     assert table[1].split()[:2] == ["payments-strict", "UNSET"]
 
