@@ -202,8 +202,8 @@ POLICY_HEADERS = (
     "SCOPE",
     "READY",
     "CONFLICTS",
-    "SELECTED",
-    "INJECTED",
+    "SELECTED",  # pods the policy governs, whatever their phase
+    "RUNNING INJECTED",  # of those, Running with their identity mounted (status.injectedPods)
     "PROVEN",
 )
 IDENTITY_HEADERS = (
@@ -414,7 +414,8 @@ def describe_lines(report: Mapping[str, Any]) -> str:
             "Injected",
             ("yes" if injected["identityMounted"] else "no")
             + f" (identity volume mounted: {'yes' if injected['identityMounted'] else 'no'}; "
-            f"label {IDENTITY_LABEL}={injected['identityLabel'] or NONE})",
+            f"label {IDENTITY_LABEL}={injected['identityLabel'] or NONE}; the policy counts "
+            "it as RUNNING INJECTED once it is Running)",
         )
     )
     probe = report["probe"]
