@@ -277,7 +277,11 @@ class IdentityController:
         try:
             spec = parse_identity(namespace, name, body.get("spec") or {}, self.settings)
         except SpecError as exc:
-            await self._not_ready(body, R.INVALID_SPEC, str(exc))
+            # Nothing is read, signed or written: a Secret already there (issued before the
+            # name policy refused its names) is left as it is until its notAfter. No retry
+            # either: a change of the spec (a watch event), of the settings (a restart) or
+            # the periodic resync brings the identity back.
+            await self._not_ready(body, exc.reason, unusable_message(body, exc))
             return None
         ca = self.ca.current
         if ca is None:
@@ -638,6 +642,23 @@ class HeldIdentity:
         if self.resource_version is not None:
             meta["resourceVersion"] = self.resource_version
         return {"metadata": meta, "spec": json.loads(self.spec), "status": json.loads(self.status)}
+
+
+def unusable_message(body: Mapping[str, Any], error: SpecError) -> str:
+    """The condition and Event message for a spec that cannot be honoured; for names the
+    policy refuses, what becomes of a certificate issued before (a name policy that makes an
+    identity invalid is reported, never a silent revocation)."""
+    message = str(error)
+    if error.reason != R.DNS_NAME_NOT_ALLOWED:
+        return message
+    status = body.get("status") or {}
+    if status.get("serialNumber") and status.get("notAfter"):
+        message += (
+            f". The certificate already in Secret {status.get('secretName') or '?'} "
+            f"(serial {status['serialNumber']}) is left as it is and not renewed: it expires "
+            f"at {status['notAfter']}"
+        )
+    return message
 
 
 def slim_secret(body: Mapping[str, Any]) -> Json:
