@@ -281,6 +281,11 @@ class IdentityController:
             # name policy refused its names) is left as it is until its notAfter. No retry
             # either: a change of the spec (a watch event), of the settings (a restart) or
             # the periodic resync brings the identity back.
+            raw = body.get("spec") or {}
+            self._seen_secrets.pop(
+                (namespace, raw.get("secretName") or default_secret_name(name)), None
+            )
+            self._unwritten.pop(key, None)
             await self._not_ready(body, exc.reason, unusable_message(body, exc))
             return None
         ca = self.ca.current
