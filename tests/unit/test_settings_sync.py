@@ -200,6 +200,11 @@ OVERRIDES: dict[str, tuple[Any, Any]] = {
     "probeInterval": ("90s", timedelta(seconds=90)),
     "probeQps": (7.5, 7.5),
     "probeTimeout": ("5s", timedelta(seconds=5)),
+    "clusterDomain": ("corp.example", "corp.example"),
+    "allowedDnsNames": (
+        ["*.{namespace}.example.com", "api.corp.internal"],
+        ("*.{namespace}.example.com", "api.corp.internal"),
+    ),
 }
 
 
