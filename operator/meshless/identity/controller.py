@@ -700,9 +700,9 @@ def unusable_message(body: Mapping[str, Any], error: SpecError) -> str:
     status = body.get("status") or {}
     if status.get("serialNumber") and status.get("notAfter"):
         message += (
-            f". The certificate already in Secret {status.get('secretName') or '?'} "
-            f"(serial {status['serialNumber']}) is left as it is and not renewed: it expires "
-            f"at {status['notAfter']}"
+            f". The certificate issued before (serial {status['serialNumber']}, Secret "
+            f"{status.get('secretName') or '?'}) is not renewed: it stays valid until "
+            f"{status['notAfter']}, then the workload has none"
         )
     return message
 
