@@ -377,12 +377,29 @@ class IdentityController:
         if decode_secret_data(secret.get("data")).get("ca.crt") != bundle:
             waited = await self.budget.acquire()
             metrics.WRITE_BUDGET_WAIT.observe(waited)
-            patch = {
-                "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
-                "data": {"ca.crt": base64.b64encode(bundle).decode()},
+            # A replace, as every Secret write here (the chart grants update, not patch),
+            # carrying the resourceVersion read: certificate and key are the bytes read.
+            meta = secret["metadata"]
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    k: meta[k]
+                    for k in (
+                        "name",
+                        "namespace",
+                        "resourceVersion",
+                        "labels",
+                        "annotations",
+                        "ownerReferences",
+                    )
+                    if k in meta
+                },
+                "type": secret.get("type") or "kubernetes.io/tls",
+                "data": {**(secret.get("data") or {}), "ca.crt": base64.b64encode(bundle).decode()},
             }
             try:
-                written = await self.kube.patch(SECRETS, namespace, secret_name, patch)
+                written = await self.kube.replace(SECRETS, manifest)
             except ApiError as exc:
                 if transient(exc):
                     raise  # retried with backoff; the status stays as reported
