@@ -282,10 +282,10 @@ class IdentityController:
         try:
             spec = parse_identity(namespace, name, body.get("spec") or {}, self.settings)
         except SpecError as exc:
-            # Nothing is read, signed or written: a Secret already there (issued before the
-            # name policy refused its names) is left as it is until its notAfter. No retry
-            # either: a change of the spec (a watch event), of the settings (a restart) or
-            # the periodic resync brings the identity back.
+            # Nothing is signed: a certificate already in the Secret (issued before the name
+            # policy refused its names) stays until its notAfter, only its ca.crt kept
+            # current. No retry either: a change of the spec (a watch event), of the settings
+            # (a restart), of the CA or the periodic resync brings the identity back.
             self._unwritten.pop(key, None)
             await self._not_ready(body, exc.reason, unusable_message(body, exc))
             return await self._keep_bundle_only(key, body)
