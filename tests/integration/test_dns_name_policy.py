@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +25,8 @@ from cryptography import x509
 from kubernetes import client, watch
 
 from meshless.api import IDENTITY_LABEL
+from meshless.pki.bundle import fingerprint, parse_pem_certificates
+from meshless.pki.rotation import RotationState
 from meshless.pki.svid import parse_certificate_chain
 
 from .conftest import OperatorFactory, OperatorProcess, bound_token
@@ -283,3 +289,59 @@ def test_an_unusable_user_identity_is_never_mounted_the_provisioned_one_is(
     second = create_pod(api_client, ns, "web-2", {"app": "web"}, service_account="web")
     [volume] = [v for v in second["spec"]["volumes"] if v["name"] == "meshless-identity"]
     assert volume["secret"]["secretName"] == "mine-mtls"
+
+
+def _ca_data(core: client.CoreV1Api, namespace: str) -> dict[str, bytes]:
+    secret = core.read_namespaced_secret("meshless-ca", namespace)
+    return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+
+def test_a_root_rotation_does_not_wait_for_a_certificate_that_is_never_renewed(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+) -> None:
+    """Without the name policy's exception, Prepare would wait for ever for the refused
+    identity's ca.crt and Switch until its certificate's notAfter (24 h here)."""
+    ns = namespace
+    core = client.CoreV1Api(api_client)
+    pattern = "*.{namespace}.example.com"
+    rotation = {"ca_settle_time": "4s", "ca_rotation_window": "6s"}
+    wider = operator_factory(allowed_dns_names=pattern, **rotation)
+    create_identity(api_client, ns, "www", dnsNames=[f"www.{ns}.example.com"])
+    wait_identity(api_client, ns, "www", is_ready, TIMEOUT)
+    before = core.read_namespaced_secret("www-mtls", ns)
+    assert wider.stop() == 0
+    narrow = operator_factory(namespace=wider.namespace, **rotation)
+    wait_identity(api_client, ns, "www", ready_with_reason(REFUSED), TIMEOUT)
+
+    rotate = subprocess.run(
+        [sys.executable, "-m", "meshless", "ca", "--namespace", narrow.namespace, "rotate"],
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rotate.returncode == 0, rotate.stderr
+    deadline = time.monotonic() + 90
+    while (
+        RotationState.from_json(
+            _ca_data(core, narrow.namespace).get("rotation.json")
+        ).last_root_rotation
+        is None
+    ):
+        assert time.monotonic() < deadline, "the root rotation did not complete within 90s"
+        time.sleep(0.2)
+
+    [new_root] = parse_pem_certificates(_ca_data(core, narrow.namespace)["ca.crt"])
+    after = core.read_namespaced_secret("www-mtls", ns)
+    data = {k: base64.b64decode(v) for k, v in after.data.items()}
+    # Certificate and key untouched (never signed again), the bundle the new root alone.
+    assert after.data["tls.crt"] == before.data["tls.crt"]
+    assert after.data["tls.key"] == before.data["tls.key"]
+    assert [fingerprint(r) for r in parse_pem_certificates(data["ca.crt"])] == [
+        fingerprint(new_root)
+    ]
+    assert narrow.counter("meshless_certificates_signed_total") == 0
+    assert condition(get_identity(api_client, ns, "www"), "Ready")["reason"] == REFUSED  # type: ignore[index]
