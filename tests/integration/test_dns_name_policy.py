@@ -1,7 +1,8 @@
 """The name policy as the operator applies it before it signs, against the local control plane
 with the operator running as users run it: names outside the identity's namespace are never
 signed (DNSNameNotAllowed), a certificate issued under a wider setting is not renewed once the
-setting is gone, and a user-made identity that cannot be issued is never mounted into a pod.
+setting is gone (and does not hold up a root rotation), and a user-made identity that cannot be
+issued is never mounted into a pod.
 
 The refused identities are created before the operator starts: that is how they reach it past
 an apply-time check (an upgrade, or an object written before the check existed), which is
