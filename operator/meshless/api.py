@@ -96,6 +96,7 @@ class Reason(StrEnum):
     UP_TO_DATE = "UpToDate"
     INVALID_SPEC = "InvalidSpec"
     SECRET_CONFLICT = "SecretConflict"
+    DNS_NAME_NOT_ALLOWED = "DNSNameNotAllowed"  # spec.dnsNames outside the name policy
     ISSUING_FAILED = "IssuingFailed"
     CA_UNAVAILABLE = "CAUnavailable"
     RENEWED = "Renewed"

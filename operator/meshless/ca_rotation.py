@@ -24,9 +24,11 @@ from meshless.api import (
     ROTATE_ANNOTATION,
     TRUST_BUNDLE_KEY,
     TRUST_BUNDLE_NAME,
+    ConditionType,
 )
 from meshless.api import Reason as R
 from meshless.ca_store import CAStore
+from meshless.conditions import find_condition
 from meshless.identity.render import decode_secret_data, is_owned_by
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
 from meshless.pki import rotation as core
@@ -72,10 +74,14 @@ async def observe_progress(
     without the new root). Three list calls; used by the operator and `meshless ca status`."""
     scopes: tuple[str | None, ...] = namespaces or (None,)
     identities: set[tuple[str, str]] = set()
+    not_issued: set[tuple[str, str]] = set()  # refused specs: their leaves are never reissued
     configmaps: dict[str, Json] = {}
     for ns in scopes:
         async for page in kube.pages(IDENTITIES, ns):
             identities.update((i["metadata"]["namespace"], i["metadata"]["name"]) for i in page)
+            not_issued.update(
+                (i["metadata"]["namespace"], i["metadata"]["name"]) for i in page if refused_spec(i)
+            )
         configmaps.update(
             (cm["metadata"]["namespace"], cm)
             for cm in await kube.list(
@@ -96,7 +102,10 @@ async def observe_progress(
                     continue  # left behind by a deleted identity (or not ours)
                 data = decode_secret_data(secret.get("data"))
                 bundles.append(data.get(CA_CRT))
-                chains.append(data.get(TLS_CRT))
+                # A leaf the operator will not reissue (its identity's spec is refused) does
+                # not hold up the Switch: it would wait until that leaf's notAfter.
+                refused = (meta["namespace"], owner) in not_issued
+                chains.append(None if refused else data.get(TLS_CRT))
             del page
             progress += await asyncio.to_thread(
                 core.count_progress, bundles, chains, state, leaving, now
@@ -106,6 +115,19 @@ async def observe_progress(
         text = ((configmaps.get(ns) or {}).get("data") or {}).get(TRUST_BUNDLE_KEY)
         bundles.append(text.encode() if text else None)
     return progress + core.count_progress(bundles, [], state, leaving, now)
+
+
+def refused_spec(identity: Mapping[str, Any]) -> bool:
+    """Whether the identity reports a spec the operator will not issue (InvalidSpec,
+    DNSNameNotAllowed) for its current generation."""
+    status = identity.get("status") or {}
+    if status.get("observedGeneration") != identity["metadata"].get("generation"):
+        return False
+    ready = find_condition(status.get("conditions") or [], ConditionType.READY) or {}
+    return ready.get("status") == "False" and ready.get("reason") in (
+        R.INVALID_SPEC,
+        R.DNS_NAME_NOT_ALLOWED,
+    )
 
 
 def set_phase_metric(phase: Phase) -> None:

@@ -97,7 +97,7 @@ def test_identity_becomes_a_valid_svid_in_a_secret(
         namespace,
         "payments",
         serviceAccountName="payments-sa",
-        dnsNames=["payments.shop.svc", "payments.shop.svc.cluster.local"],
+        dnsNames=[f"payments.{namespace}.svc", f"payments.{namespace}.svc.cluster.local"],
     )
     secret = read_secret(api_client, namespace, "payments-mtls")
     data = secret_data(secret)
@@ -115,7 +115,10 @@ def test_identity_becomes_a_valid_svid_in_a_secret(
     leaf = chain[0]
     spiffe = f"spiffe://cluster.local/ns/{namespace}/sa/payments-sa"
     assert uri_sans(leaf) == [spiffe]
-    assert sorted(dns_sans(leaf)) == ["payments.shop.svc", "payments.shop.svc.cluster.local"]
+    assert sorted(dns_sans(leaf)) == [
+        f"payments.{namespace}.svc",
+        f"payments.{namespace}.svc.cluster.local",
+    ]
     roots = parse_certificate_chain(data["ca.crt"])
     assert all(c.subject != c.issuer for c in chain), "tls.crt must never carry the root"
     assert all(r.subject == r.issuer for r in roots)
@@ -178,7 +181,8 @@ def test_two_identities_complete_mutual_tls_and_bad_clients_are_refused(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    ready_identity(api_client, namespace, "server", dnsNames=["server.local"])
+    server_name = f"server.{namespace}.svc"
+    ready_identity(api_client, namespace, "server", dnsNames=[server_name])
     ready_identity(api_client, namespace, "client", privateKey={"algorithm": "RSA2048"})
     server_files = write_identity(
         tmp_path / "server", secret_data(read_secret(api_client, namespace, "server-mtls"))
@@ -193,7 +197,7 @@ def test_two_identities_complete_mutual_tls_and_bad_clients_are_refused(
             client_files.ca,
             client_files.cert,
             client_files.key,
-            server_name="server.local",
+            server_name=server_name,
         )
         client_id = f"spiffe://cluster.local/ns/{namespace}/sa/client"
         assert greeting == f"hello {client_id}"
@@ -387,7 +391,7 @@ def test_ttl_below_the_operator_floor_is_not_ready_with_a_reason(
 def test_a_spec_change_reissues_with_the_new_sans_and_algorithm(
     meshless_operator: OperatorProcess, api_client: client.ApiClient, namespace: str
 ) -> None:
-    first = ready_identity(api_client, namespace, "changing", dnsNames=["old.example"])
+    first = ready_identity(api_client, namespace, "changing", dnsNames=[f"old.{namespace}.svc"])
     client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
         "meshless.dev",
         "v1alpha1",
@@ -396,7 +400,7 @@ def test_a_spec_change_reissues_with_the_new_sans_and_algorithm(
         "changing",
         {
             "spec": {
-                "dnsNames": ["new.example", "also.example"],
+                "dnsNames": [f"new.{namespace}.svc", f"also.{namespace}.svc"],
                 "privateKey": {"algorithm": "Ed25519"},
             }
         },
@@ -415,7 +419,7 @@ def test_a_spec_change_reissues_with_the_new_sans_and_algorithm(
     data = secret_data(read_secret(api_client, namespace, "changing-mtls"))
     leaf = parse_certificate_chain(data["tls.crt"])[0]
     assert format(leaf.serial_number, "x") == changed["status"]["serialNumber"]
-    assert sorted(dns_sans(leaf)) == ["also.example", "new.example"]
+    assert sorted(dns_sans(leaf)) == [f"also.{namespace}.svc", f"new.{namespace}.svc"]
     assert leaf.public_key().__class__.__name__ == "Ed25519PublicKey"
     assert key_matches_certificate(load_private_key(data["tls.key"]), leaf)
     reissued = wait_event(api_client, namespace, "changing", "Reissued")

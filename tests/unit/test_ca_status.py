@@ -63,3 +63,26 @@ def test_switch_status_shows_roots_roles_and_counts() -> None:
     assert "bundles:    12/12 carry the new root, 12 still carry the old root" in text
     assert "leaves:     4 on the old chain, 6/10 reissued" in text
     assert "requested:  root:2 (not acted on yet)" in text
+
+
+def _identity(reason: str, status: str = "False", observed: int = 1) -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {"namespace": "shop", "name": "x", "generation": 1},
+        "status": {
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": status, "reason": reason}],
+        },
+    }
+
+
+def test_leaves_of_refused_identities_do_not_hold_up_a_root_rotation() -> None:
+    """The operator never reissues them, so the Switch must not wait for their notAfter."""
+    from meshless.ca_rotation import refused_spec
+
+    assert refused_spec(_identity("DNSNameNotAllowed"))
+    assert refused_spec(_identity("InvalidSpec"))
+    assert not refused_spec(_identity("DNSNameNotAllowed", observed=0))  # an earlier spec
+    assert not refused_spec(_identity("SecretConflict"))  # not our Secret: never counted
+    assert not refused_spec(_identity("CAUnavailable"))
+    assert not refused_spec(_identity("Ready", status="True"))
+    assert not refused_spec({"metadata": {"namespace": "shop", "name": "new"}})

@@ -194,6 +194,22 @@ def test_the_identity_for_a_service_account_comes_from_the_index() -> None:
     assert policies._by_account == {}
 
 
+def test_an_identity_with_a_refused_name_is_passed_over_by_the_operators_own_verdict() -> None:
+    """Judged from the spec with the operator's settings, before the identity controller has
+    written any status: a pod admitted in the same second gets the provisioned Secret."""
+    policies = _controller()
+    policies.on_pod_event("ADDED", _pod("web-1", "web"), enqueue=False)
+    bad = _identity("mine", "web", "2026-11-29T01:00:00Z")
+    bad["spec"]["dnsNames"] = ["payments.other.svc"]
+    policies.on_identity_event("ADDED", bad)
+    assert policies.identity_ref_for("shop", "web").name == "meshless-web"
+    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}  # provisions meshless-web
+    # Fixed by its owner: it serves its ServiceAccount again.
+    bad["spec"]["dnsNames"] = ["web.shop.svc"]
+    policies.on_identity_event("MODIFIED", bad)
+    assert policies.identity_ref_for("shop", "web").name == "mine"
+
+
 def test_identities_a_list_did_not_return_are_handed_back_as_deleted() -> None:
     """After a (re-)list, held identities the API no longer has (deleted while no watch ran)
     come back as DELETED events with what forgetting them needs (their Secret's name)."""

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from meshless.api import Reason
 from meshless.identity.spec import (
     MIN_RENEWAL_INTERVAL,
+    DnsNameNotAllowed,
     IdentitySpec,
     SpecError,
     default_secret_name,
@@ -68,7 +70,12 @@ def test_explicit_fields_are_used() -> None:
         {
             "serviceAccountName": "payments",
             "secretName": "custom-tls",
-            "dnsNames": ["payments.shop.svc", "payments", "payments.shop.svc", "a.shop.svc"],
+            "dnsNames": [
+                "payments.shop.svc",
+                "payments.shop.svc.cluster.local",
+                "payments.shop.svc",
+                "a.shop.svc",
+            ],
             "ttl": "1h30m",
             "renewBefore": "20m",
             "privateKey": {"algorithm": "Ed25519"},
@@ -79,7 +86,11 @@ def test_explicit_fields_are_used() -> None:
         }
     )
     assert ident.secret_name == "custom-tls"
-    assert ident.desired.request.dns_names == ("a.shop.svc", "payments", "payments.shop.svc")
+    assert ident.desired.request.dns_names == (
+        "a.shop.svc",
+        "payments.shop.svc",
+        "payments.shop.svc.cluster.local",
+    )
     assert ident.desired.request.ttl == timedelta(hours=1, minutes=30)
     assert ident.desired.renew_before == timedelta(minutes=20)
     assert ident.desired.request.algorithm is KeyAlgorithm.Ed25519
@@ -199,3 +210,69 @@ def test_the_longest_default_secret_name_that_fits() -> None:
 def test_an_explicit_secret_name_avoids_the_length_problem() -> None:
     ident = parse({"serviceAccountName": "a", "secretName": "short"}, name="x" * 253)
     assert ident.secret_name == "short"
+
+
+# --- the name policy (pki/names.py), checked before anything is signed ---------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "payments.other.svc",  # another namespace's Service
+        "payments.other.svc.cluster.local",
+        "kubernetes.default.svc",
+        "meshless-webhook.meshless-system.svc",
+        "example.com",
+        "*.shop.svc",  # a wildcard, even in its own namespace
+        "a.b.shop.svc",  # more than one label
+    ],
+)
+def test_a_name_outside_the_policy_is_refused_with_its_own_reason(name: str) -> None:
+    with pytest.raises(DnsNameNotAllowed) as info:
+        parse({"serviceAccountName": "a", "dnsNames": ["api.shop.svc", name]})
+    assert info.value.reason == Reason.DNS_NAME_NOT_ALLOWED
+    message = str(info.value)
+    assert message.startswith("spec.dnsNames: ")
+    assert repr(name) in message
+    assert "'api.shop.svc'" not in message  # only the refused names are named
+    assert "\n" not in message
+
+
+def test_an_invalid_spec_keeps_the_invalid_spec_reason() -> None:
+    with pytest.raises(SpecError) as info:
+        parse({"serviceAccountName": "a", "ttl": "5m"})
+    assert info.value.reason == Reason.INVALID_SPEC
+    assert not isinstance(info.value, DnsNameNotAllowed)
+
+
+def test_every_refused_name_is_named_and_the_message_stays_bounded() -> None:
+    names = [f"n{i}.other.svc" for i in range(10)]
+    with pytest.raises(DnsNameNotAllowed) as info:
+        parse({"serviceAccountName": "a", "dnsNames": names})
+    message = str(info.value)
+    assert all(repr(n) in message for n in names)
+    assert message.count("rule:") == 3  # the rule spelled out for the first three
+    assert len(message) < 2000
+
+
+def test_the_namespaces_own_service_names_are_issued() -> None:
+    names = ["api.shop.svc", "api.shop.svc.cluster.local"]
+    ident = parse({"serviceAccountName": "a", "dnsNames": names})
+    assert ident.desired.request.dns_names == tuple(names)
+
+
+def test_the_administrators_patterns_widen_the_policy() -> None:
+    spec = {"serviceAccountName": "a", "dnsNames": ["www.shop.example.com"]}
+    with pytest.raises(DnsNameNotAllowed):
+        parse(spec)
+    widened = replace(SETTINGS, allowed_dns_names=("*.{namespace}.example.com",))
+    assert parse(spec, widened).desired.request.dns_names == ("www.shop.example.com",)
+    with pytest.raises(DnsNameNotAllowed):  # the placeholder is the identity's own namespace
+        parse({"serviceAccountName": "a", "dnsNames": ["www.other.example.com"]}, widened)
+
+
+def test_the_cluster_domain_is_a_setting() -> None:
+    spec = {"serviceAccountName": "a", "dnsNames": ["api.shop.svc.corp.example"]}
+    with pytest.raises(DnsNameNotAllowed):
+        parse(spec)
+    assert parse(spec, replace(SETTINGS, cluster_domain="corp.example"))

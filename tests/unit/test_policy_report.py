@@ -58,5 +58,33 @@ def test_status_fields() -> None:
         "injectedPods": 3,
         "identities": 1,
         "networkPolicies": 2,
+        "unusableIdentities": None,  # absent: a merge patch removes the field
         "scope": "Workload",
     }
+
+
+def test_unusable_identities_are_named_in_the_status_and_the_ready_message() -> None:
+    tally = PolicyTally(
+        selected=1,
+        unusable={("shop", "mine"): ("DNSNameNotAllowed", "meshless-web")},
+    )
+    fields = policy_status_fields(Scope.NAMESPACE, tally)
+    assert fields["unusableIdentities"] == [
+        {
+            "namespace": "shop",
+            "name": "mine",
+            "reason": "DNSNameNotAllowed",
+            "usedInstead": "meshless-web",
+        }
+    ]
+    ready = _by_type(policy_conditions(Scope.NAMESPACE, tally))[ConditionType.READY]
+    assert ready.status is True and ready.reason == Reason.IN_EFFECT
+    assert "shop/mine (DNSNameNotAllowed; its pods get meshless-web)" in ready.message
+
+
+def test_the_unusable_list_is_bounded() -> None:
+    tally = PolicyTally(unusable={("shop", f"id-{i:02}"): ("InvalidSpec", "x") for i in range(30)})
+    listed = policy_status_fields(None, tally)["unusableIdentities"]
+    assert isinstance(listed, list) and len(listed) == 20
+    message = _by_type(policy_conditions(None, tally))[ConditionType.READY].message
+    assert "and 25 more" in message

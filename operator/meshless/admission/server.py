@@ -86,7 +86,8 @@ class AdmissionState(Protocol):
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
         """The identity Secret and SPIFFE ID of a ServiceAccount: its WorkloadIdentity's, or
         `default_identity(...)` (meshless-<sa>, Secret meshless-<sa>-mtls) for one the
-        controller has yet to provision."""
+        controller has yet to provision. A user-made identity the operator will not issue is
+        never the answer (policy/provision.py `identity_for`)."""
 
     def record_admission(self, record: AdmissionRecord) -> None:
         """A pod admitted under Warn or Audit that Enforce would have denied (never called

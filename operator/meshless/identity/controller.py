@@ -10,6 +10,7 @@ by resourceVersion and not reconciled again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -112,6 +113,8 @@ class IdentityController:
         self._seen_secrets: dict[Key, Json] = {}  # Secret bodies the sweep listed, read once
         self._bundles: dict[str, bytes] = {}
         self._bundle_locks: dict[str, asyncio.Lock] = {}
+        # Identities not issued (a refused spec) whose Secret holds this trust bundle.
+        self._bundle_only: dict[Key, bytes] = {}
         # Signed but not yet stored (the API refused the write): reused on the retry.
         self._unwritten: dict[Key, tuple[SvidRequest, CertificateAuthority, IssuedSvid]] = {}
         self.certificates = metrics.CERTIFICATES
@@ -133,6 +136,7 @@ class IdentityController:
             self.status.forget(key)
             self.queue.forget(key)
             self._unwritten.pop(key, None)
+            self._bundle_only.pop(key, None)
             self.certificates.forget(*key)
             return
         before = self.store.get(key)
@@ -191,6 +195,7 @@ class IdentityController:
             return  # the sweep of a new term reads every Secret itself, a page at a time
         if identity and (meta["namespace"], identity) in self.store:
             self._seen_secrets.pop(secret_key, None)  # a body the sweep held is stale now
+            self._bundle_only.pop((meta["namespace"], identity), None)
             self.queue.add((meta["namespace"], identity), background=listed)
 
     async def stop(self) -> None:
@@ -277,8 +282,14 @@ class IdentityController:
         try:
             spec = parse_identity(namespace, name, body.get("spec") or {}, self.settings)
         except SpecError as exc:
-            await self._not_ready(body, R.INVALID_SPEC, str(exc))
-            return None
+            # Nothing is signed: a certificate already in the Secret (issued before the name
+            # policy refused its names) stays until its notAfter, only its ca.crt kept
+            # current. No retry either: a change of the spec (a watch event), of the settings
+            # (a restart), of the CA or the periodic resync brings the identity back.
+            self._unwritten.pop(key, None)
+            await self._not_ready(body, exc.reason, unusable_message(body, exc))
+            return await self._keep_bundle_only(key, body)
+        self._bundle_only.pop(key, None)
         ca = self.ca.current
         if ca is None:
             return await self._without_ca(body)
@@ -345,6 +356,62 @@ class IdentityController:
             return next_check
         assert reason is not None
         return await self._issue(body, spec, secret, reason, bundle)
+
+    async def _keep_bundle_only(self, key: Key, body: Json) -> float | None:
+        """An identity the operator will not issue that still has a Secret of ours (issued
+        before the name policy or the setting refused it): its certificate and key stay as
+        they are until notAfter, but its ca.crt follows the trust bundle, or a root rotation
+        would wait for that Secret for ever and the workload would stop trusting its peers'
+        renewed certificates. Nothing is signed. Read only when the bundle changed since it
+        was last confirmed there, or the Secret did (on_secret_event forgets it)."""
+        namespace, name = key
+        raw = body.get("spec") or {}
+        secret_name = str(raw.get("secretName") or default_secret_name(name))
+        seen = self._seen_secrets.pop((namespace, secret_name), None)
+        bundle = self.ca.bundle
+        if self.ca.current is None or not bundle or self._bundle_only.get(key) == bundle:
+            return None
+        secret = seen or await self.kube.get(SECRETS, namespace, secret_name)
+        if secret is None or not is_owned_by(secret["metadata"], name):
+            return None
+        if decode_secret_data(secret.get("data")).get("ca.crt") != bundle:
+            waited = await self.budget.acquire()
+            metrics.WRITE_BUDGET_WAIT.observe(waited)
+            # A replace, as every Secret write here (the chart grants update, not patch),
+            # carrying the resourceVersion read: certificate and key are the bytes read.
+            meta = secret["metadata"]
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    k: meta[k]
+                    for k in (
+                        "name",
+                        "namespace",
+                        "resourceVersion",
+                        "labels",
+                        "annotations",
+                        "ownerReferences",
+                    )
+                    if k in meta
+                },
+                "type": secret.get("type") or "kubernetes.io/tls",
+                "data": {**(secret.get("data") or {}), "ca.crt": base64.b64encode(bundle).decode()},
+            }
+            try:
+                written = await self.kube.replace(SECRETS, manifest)
+            except ApiError as exc:
+                if transient(exc):
+                    raise  # retried with backoff; the status stays as reported
+                if exc.status in (404, 409):
+                    return 0.2  # raced with another write: look again
+                log.warning("%s/%s: could not update the trust bundle: %s", *key, exc)
+                return None
+            self._known_secret_rv[(namespace, secret_name)] = written["metadata"]["resourceVersion"]
+            metrics.BUNDLE_UPDATES.labels("Secret").inc()
+            log.info("%s/%s: not issued; the trust bundle in its Secret updated", *key)
+        self._bundle_only[key] = bundle
+        return None
 
     def _retired_issuer_deadline(
         self, spec: IdentitySpec, data: Mapping[str, bytes], now: datetime
@@ -638,6 +705,23 @@ class HeldIdentity:
         if self.resource_version is not None:
             meta["resourceVersion"] = self.resource_version
         return {"metadata": meta, "spec": json.loads(self.spec), "status": json.loads(self.status)}
+
+
+def unusable_message(body: Mapping[str, Any], error: SpecError) -> str:
+    """The condition and Event message for a spec that cannot be honoured; for names the
+    policy refuses, what becomes of a certificate issued before (a name policy that makes an
+    identity invalid is reported, never a silent revocation)."""
+    message = str(error)
+    if error.reason != R.DNS_NAME_NOT_ALLOWED:
+        return message
+    status = body.get("status") or {}
+    if status.get("serialNumber") and status.get("notAfter"):
+        message += (
+            f". The certificate issued before (serial {status['serialNumber']}, Secret "
+            f"{status.get('secretName') or '?'}) is not renewed: it stays valid until "
+            f"{status['notAfter']}, then the workload has none"
+        )
+    return message
 
 
 def slim_secret(body: Mapping[str, Any]) -> Json:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from meshless.api import Reason
 from meshless.durations import format_duration, parse_duration
 from meshless.pki.keys import KeyAlgorithm
 from meshless.pki.reissue import DesiredIdentity
@@ -19,8 +20,21 @@ from meshless.settings import Settings
 MIN_RENEWAL_INTERVAL = timedelta(seconds=30)
 
 
+MAX_LISTED_VIOLATIONS = 3  # refused names spelled out in one message
+
+
 class SpecError(ValueError):
-    """The spec passed the schema but cannot be honoured; the message names the field."""
+    """The spec passed the schema but cannot be honoured; the message names the field.
+    `reason` is the condition reason the controller reports it with."""
+
+    reason: str = Reason.INVALID_SPEC
+
+
+class DnsNameNotAllowed(SpecError):
+    """spec.dnsNames holds a name the name policy refuses (pki/names.py): nothing is signed.
+    The message names each refused name and the rule."""
+
+    reason = Reason.DNS_NAME_NOT_ALLOWED
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,8 @@ def parse_identity(
     sa = spec.get("serviceAccountName")
     if not sa:
         raise SpecError("spec.serviceAccountName is required")
+    dns_names = tuple(sorted(set(spec.get("dnsNames") or ())))
+    check_dns_names(namespace, dns_names, settings)
     ttl = _duration(spec, "ttl") or settings.default_ttl
     if ttl < settings.ttl_floor:
         raise SpecError(
@@ -77,7 +93,7 @@ def parse_identity(
     template = spec.get("secretTemplate") or {}
     request = SvidRequest(
         spiffe_id=spiffe_id(settings.trust_domain, namespace, sa),
-        dns_names=tuple(sorted(set(spec.get("dnsNames") or ()))),
+        dns_names=dns_names,
         ttl=ttl,
         algorithm=algorithm,
     )
@@ -91,6 +107,21 @@ def parse_identity(
         secret_labels=dict(template.get("labels") or {}),
         secret_annotations=dict(template.get("annotations") or {}),
     )
+
+
+def check_dns_names(namespace: str, dns_names: Iterable[str], settings: Settings) -> None:
+    """Raise DnsNameNotAllowed when the name policy refuses any of `dns_names` for an
+    identity in `namespace`. Checked before anything is signed, on every reconcile: a name
+    that was allowed when its certificate was issued and is not any more stops its renewal."""
+    violations = settings.dns_name_policy.violations(namespace, dns_names)
+    if not violations:
+        return
+    shown = "; ".join(v.message for v in violations[:MAX_LISTED_VIOLATIONS])
+    more = len(violations) - MAX_LISTED_VIOLATIONS
+    if more > 0:
+        others = ", ".join(repr(v.name) for v in violations[MAX_LISTED_VIOLATIONS:])
+        shown += f"; also refused: {others}"
+    raise DnsNameNotAllowed(f"spec.dnsNames: {shown}")
 
 
 def _duration(spec: Mapping[str, Any], key: str) -> timedelta | None:

@@ -45,7 +45,6 @@ class NamePattern:
     """One allowed-name pattern, parsed."""
 
     text: str
-    _regex_parts: tuple[str, ...] = field(repr=False, compare=False, default=())
 
     @classmethod
     def parse(cls, text: str) -> NamePattern:
@@ -54,29 +53,22 @@ class NamePattern:
             raise PatternError(f"{text!r}: an empty pattern")
         if len(raw) > 253:
             raise PatternError(f"{text!r}: longer than 253 characters")
-        labels = raw.split(".")
-        parts: list[str] = []
-        for index, label in enumerate(labels):
+        for index, label in enumerate(raw.split(".")):
             if label == WILDCARD:
                 if index != 0:
                     raise PatternError(f"{text!r}: '*' may only be the first label")
-                parts.append(_LABEL)
             elif NAMESPACE_PLACEHOLDER in label:
                 if not _PLACEHOLDER_LABEL_RE.match(label):
                     raise PatternError(
                         f"{text!r}: label {label!r} may hold only a-z, 0-9, '-' and {{namespace}}"
                     )
-                pieces = label.split(NAMESPACE_PLACEHOLDER)
-                parts.append("{namespace}".join(re.escape(piece) for piece in pieces))
             elif "{" in label or "}" in label:
                 raise PatternError(
                     f"{text!r}: the only placeholder is {{namespace}} (found {label!r})"
                 )
             elif not _LABEL_RE.match(label):
                 raise PatternError(f"{text!r}: {label!r} is not a DNS label")
-            else:
-                parts.append(re.escape(label))
-        pattern = cls(text=raw, _regex_parts=tuple(parts))
+        pattern = cls(text=raw)
         if not pattern.fixed_suffix:
             raise PatternError(
                 f"{text!r}: must end in at least one fixed label (no '*' or {{namespace}}), "
@@ -95,10 +87,15 @@ class NamePattern:
         return ".".join(reversed(suffix))
 
     def matches(self, namespace: str, name: str) -> bool:
-        regex = r"\.".join(
-            part.replace(NAMESPACE_PLACEHOLDER, re.escape(namespace)) for part in self._regex_parts
-        )
-        return re.fullmatch(regex, name) is not None
+        """Whether `name` (lower case, no trailing dot) is one this pattern allows in
+        `namespace`. With the placeholder filled in, only a leading `*` is left to match: it
+        stands for exactly one DNS label. Plain string comparison: no regular expression is
+        compiled per namespace."""
+        concrete = self.text.replace(NAMESPACE_PLACEHOLDER, namespace)
+        if concrete.startswith(WILDCARD + "."):
+            label, dot, rest = name.partition(".")
+            return bool(dot) and rest == concrete[2:] and _LABEL_RE.match(label) is not None
+        return name == concrete
 
     def describe(self, namespace: str) -> str:
         """The pattern as a person reads it for one namespace: `<label>.shop.svc`."""

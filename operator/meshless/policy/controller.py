@@ -43,6 +43,7 @@ from meshless.policy.provision import (
     identity_record,
     plan_identities,
     spec_is_current,
+    unusable_identities,
 )
 from meshless.policy.render import (
     foreign_open_ports,
@@ -331,7 +332,7 @@ class PolicyController:
             self._forget_identity(key)
             after = None
         else:
-            after = identity_record(body)
+            after = identity_record(body, self.settings)
             if after.provisioned:
                 self._identity_spec[key] = dict(body.get("spec") or {})
             if before == after:
@@ -520,7 +521,7 @@ class PolicyController:
                 continue
             written = await self.kube.apply(IDENTITIES, manifest)
             self._identity_spec[(namespace, name)] = dict(written.get("spec") or {})
-            self._remember_identity(identity_record(written))
+            self._remember_identity(identity_record(written, self.settings))
             log.info("%s/%s: WorkloadIdentity provisioned", namespace, name)
         for name in plan.delete:
             await self.kube.delete(IDENTITIES, namespace, name)
@@ -628,6 +629,13 @@ class PolicyController:
             if resolution.needs_identity():
                 identity = self.identity_ref_for(pod.namespace, pod.service_account)
                 tally.identities.add((identity.namespace, identity.name))
+                account = (pod.namespace, pod.service_account)
+                held = self._by_account.get(account, {}).values()
+                for record in unusable_identities(*account, held):
+                    tally.unusable[(record.namespace, record.name)] = (
+                        record.unusable,
+                        identity.name,
+                    )
         if spec is not None and scope_of(spec, self.root_namespace) is Scope.WORKLOAD:
             for key in self._pods_in(ref.namespace):
                 resolution = self.resolutions.get(key)

@@ -4,6 +4,13 @@ Every ServiceAccount with a pod whose effective mode is STRICT or PERMISSIVE on 
 an identity. A user-made WorkloadIdentity for that ServiceAccount is used as it is; otherwise
 the operator provisions `meshless-<serviceAccount>` (labelled as provisioned) with the
 governing policy's `identity` defaults, and deletes it when no policy needs it any more.
+
+A user-made identity that cannot be used is never chosen for a pod: one whose spec the
+operator refuses (InvalidSpec, DNSNameNotAllowed: decided from the spec with the operator's
+settings, so a pod created in the same second as the identity is not given a Secret that
+will never exist), or whose Secret name another object holds (SecretConflict, as its status
+reports). For the pods of its ServiceAccount the operator provisions an identity as if the
+user-made one did not exist, and the policies' status names the unusable one.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshless.api import API_VERSION, MANAGED_BY, PROVISIONED_LABEL, Kind
-from meshless.identity.spec import default_secret_name
+from meshless.api import API_VERSION, MANAGED_BY, PROVISIONED_LABEL, ConditionType, Kind, Reason
+from meshless.conditions import find_condition
+from meshless.identity.spec import SpecError, default_secret_name, parse_identity
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
+from meshless.settings import Settings
 
 PROVISIONED_PREFIX = "meshless-"
 MAX_NAME = 253 - len("-mtls")  # the Secret name adds "-mtls"
@@ -43,19 +52,57 @@ class IdentityRecord:
     secret_name: str
     provisioned: bool
     creation_timestamp: str = ""
+    unusable: str = ""  # why no pod is given it (a condition reason), "" when usable
+
+    @property
+    def usable(self) -> bool:
+        return not self.unusable
 
 
-def identity_record(body: Mapping[str, Any]) -> IdentityRecord:
+# Ready=False reasons that make a user-made identity unusable: no certificate will come
+# until a person acts (the others, CAUnavailable or IssuingFailed, pass by themselves).
+UNUSABLE_REASONS = (Reason.SECRET_CONFLICT, Reason.INVALID_SPEC, Reason.DNS_NAME_NOT_ALLOWED)
+_REASONS = {str(r): r for r in UNUSABLE_REASONS}  # one string object per reason, not per record
+
+
+def identity_record(body: Mapping[str, Any], settings: Settings | None = None) -> IdentityRecord:
+    """The record of one identity. With the operator's `settings`, a user-made identity's
+    spec is judged as the identity controller judges it (its status may not say so yet, or
+    may still say what an earlier setting decided) and only SecretConflict is taken from the
+    status; without them (the CLI, which does not know the operator's settings) the status
+    alone decides."""
     meta = body["metadata"]
     spec = body.get("spec") or {}
+    provisioned = (meta.get("labels") or {}).get(PROVISIONED_LABEL) == "true"
     return IdentityRecord(
         namespace=meta["namespace"],
         name=meta["name"],
         service_account=str(spec.get("serviceAccountName") or ""),
         secret_name=str(spec.get("secretName") or default_secret_name(meta["name"])),
-        provisioned=(meta.get("labels") or {}).get(PROVISIONED_LABEL) == "true",
+        provisioned=provisioned,
         creation_timestamp=str(meta.get("creationTimestamp") or ""),
+        unusable="" if provisioned else unusable_reason(body, settings),
     )
+
+
+def unusable_reason(body: Mapping[str, Any], settings: Settings | None) -> str:
+    """Why a user-made identity cannot serve pods, as a condition reason, or ""."""
+    meta = body["metadata"]
+    if settings is not None:
+        try:
+            parse_identity(meta["namespace"], meta["name"], body.get("spec") or {}, settings)
+        except SpecError as exc:
+            return _REASONS.get(exc.reason, Reason.INVALID_SPEC)
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return ""  # about an earlier spec
+    ready = find_condition(status.get("conditions") or [], ConditionType.READY) or {}
+    reason = _REASONS.get(str(ready.get("reason")))
+    if ready.get("status") != "False" or reason is None:
+        return ""
+    if settings is not None and reason is not Reason.SECRET_CONFLICT:
+        return ""  # the spec passes under the settings in force: the status is behind
+    return reason
 
 
 def provisioned_name(service_account: str) -> str:
@@ -72,9 +119,9 @@ def identity_for(
     identities: Iterable[IdentityRecord],
     trust_domain: str,
 ) -> IdentityRef:
-    """The user's identity for the ServiceAccount (the oldest, then by name) if there is one,
-    else the one the operator provisions (which may not exist yet: kubelet waits for the
-    Secret before it starts the pod)."""
+    """The user's usable identity for the ServiceAccount (the oldest, then by name) if there
+    is one, else the one the operator provisions (which may not exist yet: kubelet waits for
+    the Secret before it starts the pod). An unusable user-made identity is passed over."""
     sid = spiffe_id(trust_domain, namespace, service_account)
     users = sorted(
         (
@@ -83,6 +130,7 @@ def identity_for(
             if i.namespace == namespace
             and i.service_account == service_account
             and not i.provisioned
+            and i.usable
         ),
         key=lambda i: (i.creation_timestamp, i.name),
     )
@@ -90,6 +138,23 @@ def identity_for(
         return IdentityRef(namespace, users[0].name, users[0].secret_name, sid, False)
     name = provisioned_name(service_account)
     return IdentityRef(namespace, name, default_secret_name(name), sid, True)
+
+
+def unusable_identities(
+    namespace: str, service_account: str, identities: Iterable[IdentityRecord]
+) -> list[IdentityRecord]:
+    """The user-made identities of a ServiceAccount that are passed over, by name."""
+    return sorted(
+        (
+            i
+            for i in identities
+            if i.namespace == namespace
+            and i.service_account == service_account
+            and not i.provisioned
+            and not i.usable
+        ),
+        key=lambda i: i.name,
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +171,7 @@ def plan_identities(
 ) -> IdentityPlan:
     """The provisioned identities `namespace` should hold. Deleting pods count until gone."""
     records = [i for i in identities if i.namespace == namespace]
-    user_accounts = {i.service_account for i in records if not i.provisioned}
+    user_accounts = {i.service_account for i in records if not i.provisioned and i.usable}
     # For each ServiceAccount in need, the governing policy of its oldest-named pod decides
     # the identity defaults (deterministic whatever the event order).
     needed: dict[str, PolicyRef] = {}

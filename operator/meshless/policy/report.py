@@ -10,6 +10,7 @@ from meshless.conditions import ConditionChange
 from meshless.policy.model import PolicyRef, Scope
 
 MAX_LISTED = 5  # names listed in a condition message before "and N more"
+MAX_UNUSABLE = 20  # entries of status.unusableIdentities
 
 
 @dataclass
@@ -22,6 +23,9 @@ class PolicyTally:
     network_policies: int = 0
     beaten_by: set[PolicyRef] = field(default_factory=set)  # policies that win over it
     network_open: list[str] = field(default_factory=list)  # "np ns/name opens port P of pod"
+    # User-made identities of the governed pods' ServiceAccounts that are passed over:
+    # (namespace, name) -> (why, the identity the pods get instead).
+    unusable: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -83,9 +87,33 @@ def policy_conditions(
             ConditionType.READY,
             True,
             Reason.IN_EFFECT,
-            f"In effect for {tally.selected} pods",
+            f"In effect for {tally.selected} pods" + unusable_note(tally),
         )
     return [ready, conflicted]
+
+
+def unusable_note(tally: PolicyTally) -> str:
+    """What the Ready message says of passed-over user-made identities ("" when none)."""
+    if not tally.unusable:
+        return ""
+    named = [
+        f"{ns}/{name} ({why}; its pods get {instead})"
+        for (ns, name), (why, instead) in sorted(tally.unusable.items())
+    ]
+    return (
+        f"; WorkloadIdentities not used because they cannot be issued: {_listed(named)} "
+        "(see status.unusableIdentities)"
+    )
+
+
+def unusable_identities_field(tally: PolicyTally) -> list[dict[str, str]] | None:
+    """status.unusableIdentities, None (the field removed) when there are none."""
+    if not tally.unusable:
+        return None
+    return [
+        {"namespace": ns, "name": name, "reason": why, "usedInstead": instead}
+        for (ns, name), (why, instead) in sorted(tally.unusable.items())[:MAX_UNUSABLE]
+    ]
 
 
 def policy_status_fields(scope: Scope | None, tally: PolicyTally) -> dict[str, object]:
@@ -94,6 +122,7 @@ def policy_status_fields(scope: Scope | None, tally: PolicyTally) -> dict[str, o
         "injectedPods": tally.injected,
         "identities": len(tally.identities),
         "networkPolicies": tally.network_policies,
+        "unusableIdentities": unusable_identities_field(tally),
     }
     if scope is not None:
         fields["scope"] = scope.value
