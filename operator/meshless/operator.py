@@ -138,6 +138,7 @@ class Operator:
                 ),
             )
         ]
+        self._identity_scopes = set(scopes)
         self._tasks: list[asyncio.Task[None]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.leading = False
@@ -175,6 +176,10 @@ class Operator:
     def _identities_listed(self, namespace: str | None, listed: set[Key]) -> None:
         for body in self.identities.vanished(namespace, listed):
             self._identity_event("DELETED", body)
+        # Admission knows whose identity each Secret holds once every scope was listed.
+        self._identity_scopes.discard(namespace)
+        if not self._identity_scopes:
+            self.admission_state.identities_listed = True
 
     async def start_health(self) -> None:
         self.health = HealthServer(

@@ -10,12 +10,14 @@ also go out as an Event on the policy, so none is lost while it is not leading.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshless.admission.inject import IdentityRef
-from meshless.admission.validate import AdmissionRecord
+from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
 from meshless.api import API_VERSION, Kind, Reason
+from meshless.pki.names import DnsNamePolicy
+from meshless.pki.spiffe import spiffe_id
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.policy.model import PolicyRef
 from meshless.policy.resolve import PolicySet
@@ -29,6 +31,9 @@ class ControllerAdmissionState:
         self.controller = controller
         self.leading = leading
         self._pending: dict[PolicyRef, list[str]] = defaultdict(list)
+        # Set by the operator once every WorkloadIdentity has been listed (its watch of them
+        # runs on every replica, the leader's and the standbys').
+        self.identities_listed = False
         controller.admission_status = self.status_for
         controller.admission_written = self.written
 
@@ -39,6 +44,31 @@ class ControllerAdmissionState:
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
         ref = self.controller.identity_ref_for(namespace, service_account)
         return IdentityRef(secret_name=ref.secret_name, spiffe_id=ref.spiffe_id)
+
+    def identity_secrets(
+        self, namespace: str, secrets: Sequence[str]
+    ) -> Mapping[str, Sequence[IdentitySecret]] | None:
+        """From the controller's records of WorkloadIdentities, fed by the identity watch on
+        every replica; None until it has listed them all once."""
+        if not (self.identities_listed or self.controller.primed):
+            return None
+        trust_domain = self.controller.settings.trust_domain
+        claimed: dict[str, list[IdentitySecret]] = {}
+        for secret in secrets:
+            for record in self.controller.identities_with_secret(namespace, secret):
+                if not record.service_account:
+                    continue  # an invalid spec: nothing is ever issued for it
+                try:
+                    sid = spiffe_id(trust_domain, namespace, record.service_account)
+                except ValueError:
+                    sid = f"(ServiceAccount {record.service_account!r})"
+                claimed.setdefault(secret, []).append(
+                    IdentitySecret(secret, record.service_account, record.name, sid)
+                )
+        return identity_secrets_of(namespace, secrets, claimed, trust_domain)
+
+    def dns_name_policy(self) -> DnsNamePolicy:
+        return self.controller.settings.dns_name_policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self._pending[record.policy].append(record.pod)
