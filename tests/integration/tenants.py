@@ -1,10 +1,13 @@
 """Principals with a tenant's real RBAC, for tests that play an attacker: a ServiceAccount
 token (what a user of the namespace holds), used through kubectl and the Python client.
 
-A tenant holds the `admin` ClusterRole in its own namespace only (a RoleBinding). `admin`
-grants meshless.dev objects only through roles aggregated into it; the local control plane
-runs no controller-manager, which does the aggregating, so the tenant's WorkloadIdentity and
-MtlsPolicy rights are bound beside `admin` by a ClusterRole of the same rules.
+A tenant holds the `admin` ClusterRole in its own namespace only (a RoleBinding). `admin` is
+an aggregated role: its rules are the union of the roles labelled to aggregate into it, filled
+in by the controller-manager, which the local control plane does not run (there `admin` is
+empty). So the tenant is bound, in its namespace only, to `admin` and to each role that
+aggregates into it: the built-in `system:aggregate-to-{admin,edit,view}`, and the meshless.dev
+rights a cluster administrator aggregates into `admin` for WorkloadIdentities and
+MtlsPolicies (`tenant_role`).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def principal(
         rbac.create_namespaced_role_binding(
             namespace,
             {
-                "metadata": {"name": f"{account}-{ref['name']}"[:63]},
+                "metadata": {"name": f"{account}-{ref['name'].replace(':', '-')}"[:63]},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", **ref},
                 "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
             },
@@ -128,8 +131,14 @@ def tenant(
         namespace,
         "tenant",
         [
-            {"kind": "ClusterRole", "name": "admin"},
-            {"kind": "ClusterRole", "name": tenant_role(api)},
+            {"kind": "ClusterRole", "name": name}
+            for name in (
+                "admin",
+                "system:aggregate-to-admin",
+                "system:aggregate-to-edit",
+                "system:aggregate-to-view",
+                tenant_role(api),
+            )
         ],
         directory,
     )

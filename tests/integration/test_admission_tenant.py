@@ -399,13 +399,17 @@ def test_the_binding_fails_closed_under_a_policy_and_open_elsewhere(
 def status_writer(
     kubeconfig: str, api: client.ApiClient, namespace: str, directory: Path
 ) -> Principal:
-    """What some controllers hold: patch and update on pods/status, nothing else."""
+    """What some controllers hold: get, patch and update on pods/status, nothing else."""
     client.RbacAuthorizationV1Api(api).create_namespaced_role(
         namespace,
         {
             "metadata": {"name": "pod-status-writer"},
             "rules": [
-                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch", "update"]}
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods/status"],
+                    "verbs": ["get", "patch", "update"],
+                }
             ],
         },
     )
