@@ -99,13 +99,15 @@ def create_pod(
     return who.kubectl(*args, input=json.dumps(manifest), check=False)
 
 
-def wait_identities_label(api: client.ApiClient, namespace: str) -> None:
+def wait_identities_label(api: client.ApiClient, namespace: str, present: bool = True) -> None:
     watch_until(
         client.CoreV1Api(api).list_namespace,
         field_selector=f"metadata.name={namespace}",
-        predicate=lambda ns: (ns.metadata.labels or {}).get("meshless.dev/identities") == "true",
+        predicate=lambda ns: (
+            ((ns.metadata.labels or {}).get("meshless.dev/identities") == "true") == present
+        ),
         timeout=TIMEOUT,
-        what=f"the identities label on namespace {namespace}",
+        what=f"the identities label {'on' if present else 'off'} namespace {namespace}",
         resource_version=lambda listed: listed.metadata.resource_version,
         items=lambda listed: listed.items,
     )
@@ -356,6 +358,11 @@ def test_pods_use_only_their_own_identity_however_referenced(
     assert refused.value.status == 403
     assert "binding.meshless.dev" in str(refused.value.body)
     assert "ephemeral container 'debug'" in str(refused.value.body)
+
+    # The label goes with the namespace's last identity.
+    for account in ("frontend", "backend"):
+        user.kubectl("delete", "-n", namespace, "workloadidentity", account)
+    wait_identities_label(api_client, namespace, present=False)
 
 
 def test_the_binding_fails_closed_under_a_policy_and_open_elsewhere(
