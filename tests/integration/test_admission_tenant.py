@@ -12,8 +12,11 @@ operator.
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -400,6 +403,90 @@ def test_the_binding_fails_closed_under_a_policy_and_open_elsewhere(
     assert down.returncode != 0 and "failed calling webhook" in down.stderr, down.stderr
     admitted = create_pod(users[plain_ns], plain_ns, volume)
     assert admitted.returncode == 0, admitted.stderr
+
+
+def review(webhook_port: int, ca_bundle: bytes, path: str, request: dict[str, Any]) -> Any:
+    """POST an AdmissionReview to one replica, as the API server does through the Service."""
+    body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    post = urllib.request.Request(
+        f"https://127.0.0.1:{webhook_port}/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cadata=ca_bundle.decode())
+    with urllib.request.urlopen(post, context=context, timeout=10) as answer:
+        return json.loads(answer.read())["response"]
+
+
+def test_a_standby_replica_answers_from_its_own_watch(
+    operator_factory: OperatorFactory,
+    kubeconfig: str,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Every replica serves the webhooks: a standby knows whose identity a Secret holds (its
+    own watch of WorkloadIdentities) and the name policy, without leading."""
+    leader = operator_factory()
+    leader.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    standby = operator_factory(namespace=leader.namespace)
+    assert "reconciling as leader" not in standby.log()
+    user = tenant(kubeconfig, api_client, namespace, tmp_path)
+    make_identities(user, namespace)  # after the standby started: its watch brings them
+    hooks = client.AdmissionregistrationV1Api(api_client).read_validating_webhook_configuration(
+        "meshless"
+    )
+    ca_bundle = base64.b64decode(hooks.webhooks[0].client_config.ca_bundle)
+
+    def pod_review(manifest: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "uid": uuid.uuid4().hex,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": user.user},
+            "object": manifest,
+        }
+
+    cross = cross_account_pods()["envFrom"]
+
+    def cross_review() -> dict[str, Any]:
+        try:
+            return dict(
+                review(standby.webhook_port, ca_bundle, "meshless-binding", pod_review(cross))
+            )
+        except (OSError, ssl.SSLError) as exc:  # not listening yet (URLError is an OSError)
+            return {"allowed": None, "error": repr(exc)}
+
+    answer = until(
+        cross_review,
+        lambda answer: answer["allowed"] is False,
+        "the standby refusing a cross-account pod",
+    )
+    assert f"Secret {SECRET_OF_OTHER!r}" in answer["status"]["message"]
+    assert "ServiceAccount 'backend'" in answer["status"]["message"]
+    own = review(
+        standby.webhook_port, ca_bundle, "meshless-binding", pod_review(own_identity_pod())
+    )
+    assert own["allowed"] is True
+    identity = json.loads(identity_manifest(namespace, "forged", "api", ["example.com"]))
+    names = review(
+        standby.webhook_port,
+        ca_bundle,
+        "meshless-dns-names",
+        {
+            "uid": uuid.uuid4().hex,
+            "kind": {"group": GROUP, "version": VERSION, "kind": "WorkloadIdentity"},
+            "resource": {"group": GROUP, "version": VERSION, "resource": PLURAL},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": user.user},
+            "object": identity,
+        },
+    )
+    assert names["allowed"] is False
+    assert "DNS name 'example.com'" in names["status"]["message"]
 
 
 # --- (c) the identity label through pods/status ---------------------------------------------
