@@ -240,7 +240,11 @@ def _binding(
 ) -> Decision:
     """judge_binding with the identity Secrets the pod references. Before the identities
     are known: refused with 503 where admission fails closed, admitted elsewhere."""
-    secrets = sorted({ref.secret for ref in pods.secret_references(pod)})
+    references = pods.secret_references(pod)
+    if operation == UPDATE and old_pod is not None:  # only what the update adds is judged
+        before = set(pods.secret_references(old_pod))
+        references = [ref for ref in references if ref not in before]
+    secrets = sorted({ref.secret for ref in references})
     if not secrets:
         return ALLOW
     known = state.identity_secrets(namespace, secrets) if state is not None else None
