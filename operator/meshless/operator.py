@@ -155,6 +155,7 @@ class Operator:
         await self.ca.load()
         self._note_ca()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
+        self._tasks.append(asyncio.create_task(self._read_policies_for_admission()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
         if self.settings.leader_election:
             self.elector = LeaderElector(
@@ -168,6 +169,17 @@ class Operator:
         else:
             await self._start_leading()
         log.info("operator started")
+
+    async def _read_policies_for_admission(self) -> None:
+        """Every replica answers admission: a standby, which does not prime, reads the
+        policies once (until then it refuses pods in labelled namespaces with 503)."""
+        while True:
+            try:
+                await self.admission_state.read_policies()
+                return
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("reading the MtlsPolicies for admission failed (%s); retrying", exc)
+                await asyncio.sleep(2)
 
     def _identity_event(self, event_type: str | None, body: Json) -> None:
         self.identities.on_identity_event(event_type, body)

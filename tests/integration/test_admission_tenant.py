@@ -425,10 +425,12 @@ def test_a_standby_replica_answers_from_its_own_watch(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    """Every replica serves the webhooks: a standby knows whose identity a Secret holds (its
-    own watch of WorkloadIdentities) and the name policy, without leading."""
+    """Every replica serves the webhooks: a standby knows the policies (read once at its
+    start), whose identity a Secret holds (its own watch of WorkloadIdentities) and the name
+    policy, without leading."""
     leader = operator_factory()
     leader.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    create_policy(api_client, namespace, "strict", "STRICT")  # before the standby starts
     standby = operator_factory(namespace=leader.namespace)
     assert "reconciling as leader" not in standby.log()
     user = tenant(kubeconfig, api_client, namespace, tmp_path)
@@ -487,6 +489,17 @@ def test_a_standby_replica_answers_from_its_own_watch(
     )
     assert names["allowed"] is False
     assert "DNS name 'example.com'" in names["status"]["message"]
+    # STRICT is judged by the standby too (not refused as "starting", 503).
+    strict = until(
+        lambda: review(
+            standby.webhook_port, ca_bundle, "meshless-strict", pod_review(pod_manifest("p", "a"))
+        ),
+        lambda answer: answer["status"]["code"] != 503,
+        "the standby judging STRICT",
+        timeout=15,
+    )
+    assert strict["allowed"] is False and strict["status"]["code"] == 403
+    assert f"under STRICT mTLS by MtlsPolicy {namespace}/strict" in strict["status"]["message"]
 
 
 # --- (c) the identity label through pods/status ---------------------------------------------

@@ -1,6 +1,10 @@
 """The policy controller as the admission webhooks see it (meshless.admission.server's
 AdmissionState): answered from memory on every request, no API calls.
 
+Every replica answers, the leader and the standbys: the policies come from Kopf's watch on
+every replica, once `read_policies` has read them all (Kopf does not say when its first list
+is done); the identities from the identity watch every replica runs.
+
 Pods admitted under Warn or Audit that Enforce would have denied are counted into the policy's
 status (`status.admission`) as deltas on what the status already holds, so a restart loses no
 count. Every replica serves webhooks but only the leader writes status: a standby's records
@@ -16,6 +20,7 @@ from typing import Any
 from meshless.admission.inject import IdentityRef
 from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
 from meshless.api import API_VERSION, Kind, Reason
+from meshless.kube import POLICIES
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.controller import POLICY_WORK, PolicyController
@@ -34,12 +39,26 @@ class ControllerAdmissionState:
         # Set by the operator once every WorkloadIdentity has been listed (its watch of them
         # runs on every replica, the leader's and the standbys').
         self.identities_listed = False
+        self.policies_listed = False  # read_policies has read every MtlsPolicy once
         controller.admission_status = self.status_for
         controller.admission_written = self.written
 
     def policies(self) -> PolicySet | None:
-        """None until the caches are filled: pods in labelled namespaces are refused (503)."""
-        return self.controller.policy_set() if self.controller.primed else None
+        """None until every policy has been read once (by the leader's priming or by
+        `read_policies`): pods in labelled namespaces are refused (503) until then."""
+        ready = self.controller.primed or self.policies_listed
+        return self.controller.policy_set() if ready else None
+
+    async def read_policies(self) -> None:
+        """Read every MtlsPolicy once, so that a standby answers admission too (the leader's
+        priming does the same for the leader). Policies Kopf's watch has delivered already are
+        left as Kopf has them: its stream is the newer or the same, and goes on."""
+        async for page in self.controller.kube.pages(POLICIES):
+            for body in page:
+                meta = body["metadata"]
+                if (meta["namespace"], meta["name"]) not in self.controller.policies:
+                    self.controller.on_policy_event("ADDED", body, enqueue=False)
+        self.policies_listed = True
 
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
         ref = self.controller.identity_ref_for(namespace, service_account)
