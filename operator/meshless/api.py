@@ -64,6 +64,13 @@ WEBHOOK_CONFIGURATION = "meshless"
 INJECT_WEBHOOK = f"inject.{GROUP}"
 STRICT_WEBHOOK = f"strict.{GROUP}"
 IDENTITY_LABEL_WEBHOOK = f"identity-label.{GROUP}"
+# Pods bound to their own identity, in namespaces outside the STRICT webhook's scope that hold
+# a WorkloadIdentity: the leader labels those namespaces with this (fail open there).
+BINDING_WEBHOOK = f"binding.{GROUP}"
+IDENTITIES_NAMESPACE_LABEL = f"{GROUP}/identities"
+IDENTITIES_NAMESPACE_VALUE = "true"
+# A WorkloadIdentity's dnsNames refused at apply time (the name policy).
+DNS_NAMES_WEBHOOK = f"dns-names.{GROUP}"
 
 
 class Mode(StrEnum):

@@ -139,6 +139,7 @@ class Operator:
                 ),
             )
         ]
+        self._identity_scopes = set(scopes)
         self._tasks: list[asyncio.Task[None]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.leading = False
@@ -160,6 +161,7 @@ class Operator:
         await self._load_ca_until_it_answers()
         self._note_ca()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
+        self._tasks.append(asyncio.create_task(self._read_policies_for_admission()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
         if self.settings.leader_election:
             self.elector = LeaderElector(
@@ -192,6 +194,17 @@ class Operator:
             self.startup.succeeded()
             return
 
+    async def _read_policies_for_admission(self) -> None:
+        """Every replica answers admission: a standby, which does not prime, reads the
+        policies once (until then it refuses pods in labelled namespaces with 503)."""
+        while True:
+            try:
+                await self.admission_state.read_policies()
+                return
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("reading the MtlsPolicies for admission failed (%s); retrying", exc)
+                await asyncio.sleep(2)
+
     def _identity_event(self, event_type: str | None, body: Json) -> None:
         self.identities.on_identity_event(event_type, body)
         self.policies.on_identity_event(event_type, body)
@@ -199,6 +212,10 @@ class Operator:
     def _identities_listed(self, namespace: str | None, listed: set[Key]) -> None:
         for body in self.identities.vanished(namespace, listed):
             self._identity_event("DELETED", body)
+        # Admission knows whose identity each Secret holds once every scope was listed.
+        self._identity_scopes.discard(namespace)
+        if not self._identity_scopes:
+            self.admission_state.identities_listed = True
 
     async def start_health(self) -> None:
         """Once per process: a start-up that runs again finds the port already served."""

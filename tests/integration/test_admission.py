@@ -431,8 +431,9 @@ def test_bad_requests_get_clear_answers_and_the_server_keeps_serving(
     assert status == 200
     answer = json.loads(body)["response"]
     assert answer["uid"] == "u-2" and answer["allowed"] is False
-    assert (
-        answer["status"]["message"] == "meshless admission reviews v1 pods only, not v1 configmaps"
+    assert answer["status"]["message"] == (
+        "meshless admission at /meshless-strict reviews v1 pods, v1 pods/ephemeralcontainers, "
+        "v1 pods/status only, not v1 configmaps"
     )
     status, body = hooks.post("/nowhere", json.dumps(review).encode())
     assert json.loads(body)["response"]["status"]["code"] == 404

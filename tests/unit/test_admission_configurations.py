@@ -12,6 +12,7 @@ from meshless.admission.configurations import (
     Endpoint,
     ServiceRef,
     admission_namespaces,
+    identity_namespaces,
     mutating_configuration,
     validating_configuration,
 )
@@ -68,6 +69,10 @@ def test_validating_webhooks_strict_in_labelled_namespaces_identity_label_elsewh
         assert hook["failurePolicy"] == "Fail"
         assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
         assert hook["admissionReviewVersions"] == ["v1"]
+        # Labels can be changed through pods/status: the identity label is guarded there.
+        assert {"resources": ["pods/status"], "operations": ["UPDATE"]}.items() <= (
+            hook["rules"][1].items()
+        )
     assert strict["clientConfig"]["url"] == "https://127.0.0.1:9443/meshless-strict"
     assert strict["namespaceSelector"]["matchLabels"] == {"meshless.dev/mtls": "enabled"}
     assert strict["sideEffects"] == "NoneOnDryRun"  # Warn/Audit are counted, never on dry runs
@@ -140,3 +145,67 @@ def test_disable_only_policies_label_nothing() -> None:
 def test_kube_system_is_never_labelled_even_with_a_policy_of_its_own() -> None:
     policies = policy_set(policy("kube-system", "strict"))
     assert admission_namespaces(policies, NAMESPACES, ROOT_NS) == frozenset()
+
+
+def pod_rules(hook: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (r, op) for rule in hook["rules"] for r in rule["resources"] for op in rule["operations"]
+    }
+
+
+def test_the_strict_webhook_also_binds_pods_to_their_identity_and_sees_ephemeral_containers() -> (
+    None
+):
+    strict = webhooks(validating_configuration(LOOPBACK, CA, "ops"))["strict.meshless.dev"]
+    assert pod_rules(strict) == {
+        ("pods", "CREATE"),
+        ("pods", "UPDATE"),
+        ("pods/status", "UPDATE"),
+        ("pods/ephemeralcontainers", "UPDATE"),
+    }
+    [condition] = strict["matchConditions"]
+    for needle in ("secretKeyRef", "secretRef", "v.secret", "s.secret", "ephemeralContainers"):
+        assert needle in condition["expression"]
+
+
+def test_the_binding_webhook_selects_namespaces_holding_identities_and_fails_open() -> None:
+    hook = webhooks(validating_configuration(LOOPBACK, CA, "ops"))["binding.meshless.dev"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/meshless-binding"
+    assert pod_rules(hook) == {("pods", "CREATE"), ("pods/ephemeralcontainers", "UPDATE")}
+    # Namespaces labelled for policies are served by the STRICT webhook (fail closed).
+    assert hook["namespaceSelector"] == {
+        "matchLabels": {"meshless.dev/identities": "true"},
+        "matchExpressions": [
+            {**EXCLUDED, "values": ["kube-system", "ops"]},
+            {"key": "meshless.dev/mtls", "operator": "NotIn", "values": ["enabled"]},
+        ],
+    }
+    [condition] = hook["matchConditions"]
+    assert "request.operation == 'CREATE'" in condition["expression"]
+    assert "secretKeyRef" in condition["expression"]
+    assert hook["sideEffects"] == "None"
+
+
+def test_the_dns_names_webhook_reviews_workload_identities_and_fails_open() -> None:
+    hook = webhooks(validating_configuration(LOOPBACK, CA, "ops"))["dns-names.meshless.dev"]
+    assert hook["failurePolicy"] == "Ignore"  # the operator checks again before it signs
+    assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/meshless-dns-names"
+    assert hook["rules"] == [
+        {
+            "apiGroups": ["meshless.dev"],
+            "apiVersions": ["v1alpha1"],
+            "resources": ["workloadidentities"],
+            "operations": ["CREATE", "UPDATE"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert "namespaceSelector" not in hook  # every namespace
+    [condition] = hook["matchConditions"]
+    # Identities without dnsNames (the operator's provisioned ones) are never sent.
+    assert "size(object.spec.dnsNames) > 0" in condition["expression"]
+
+
+def test_namespaces_holding_identities_are_labelled_but_never_the_excluded() -> None:
+    holding = {"shop", "kube-system", ROOT_NS, "gone"}
+    assert identity_namespaces(holding, NAMESPACES, ROOT_NS) == {"shop"}

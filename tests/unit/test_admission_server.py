@@ -5,6 +5,7 @@ imports."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import copy
 import ipaddress
 import logging
@@ -22,6 +23,7 @@ from meshless.admission.server import (
     QuietAdmissionLogs,
     ServingCertificateKeeper,
     apply_add_ops,
+    guarded,
     refusal,
     review_problem,
     webhook_endpoint,
@@ -169,3 +171,46 @@ def test_kopfs_records_about_our_webhooks_are_dropped_and_others_kept() -> None:
     assert not quiet.filter(record("Webhook 'meshless-inject' succeeded."))
     assert quiet.filter(record("Webhook 'someone-else' failed permanently: y"))
     assert quiet.filter(record("Handler 'identity_event' succeeded."))
+
+
+def _review(group: str, version: str, resource: str, subresource: str = "") -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "uid": "u-1",
+        "resource": {"group": group, "version": version, "resource": resource},
+        "operation": "UPDATE",
+        "userInfo": {"username": "x"},
+        "object": {"metadata": {"name": "p"}},
+    }
+    if subresource:
+        request["subResource"] = subresource
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+SERVES = [
+    ("meshless-identity-label", ("", "v1", "pods", "status"), True),
+    ("meshless-strict", ("", "v1", "pods", "status"), True),
+    ("meshless-strict", ("", "v1", "pods", "ephemeralcontainers"), True),
+    ("meshless-binding", ("", "v1", "pods", "ephemeralcontainers"), True),
+    ("meshless-binding", ("", "v1", "pods", "status"), False),
+    ("meshless-inject", ("", "v1", "pods", "status"), False),
+    ("meshless-dns-names", ("meshless.dev", "v1alpha1", "workloadidentities", ""), True),
+    ("meshless-dns-names", ("", "v1", "pods", ""), False),
+    ("meshless-strict", ("meshless.dev", "v1alpha1", "workloadidentities", ""), False),
+]
+
+
+@pytest.mark.parametrize(("webhook", "resource", "passed"), SERVES)
+def test_each_webhook_reviews_only_what_it_serves(
+    webhook: str, resource: tuple[str, str, str, str], passed: bool
+) -> None:
+    async def handler(request: Any, **_: Any) -> Any:
+        return "handled"
+
+    answer = asyncio.run(guarded(handler)(_review(*resource), webhook=webhook))
+    if passed:
+        assert answer == "handled"
+    else:
+        assert answer["response"]["allowed"] is False
+        assert (
+            f"meshless admission at /{webhook} reviews" in answer["response"]["status"]["message"]
+        )

@@ -16,7 +16,7 @@ from meshless.identity.controller import HeldIdentity, IdentityController
 from meshless.kube import Kube
 from meshless.metrics import CertificateSeries
 from meshless.operator import EventOnlyMemories
-from meshless.policy.controller import NAMESPACE_WORK, PolicyController
+from meshless.policy.controller import LABELS_WORK, NAMESPACE_WORK, PolicyController
 from meshless.settings import Settings
 from meshless.status import EventRecorder
 
@@ -155,17 +155,44 @@ def _pod(name: str, account: str) -> dict:  # type: ignore[type-arg]
     }
 
 
+LABELS = (LABELS_WORK, "", "")
+
+
 def test_a_storm_of_identities_no_pod_uses_costs_no_namespace_reconcile() -> None:
     policies = _controller()
     for i in range(50):
         policies.on_identity_event("ADDED", _identity(f"id-{i}", f"sa-{i}", "2026-11-29T00:00:00Z"))
-    assert len(policies.queue) == 0
+    # Only the namespace's first identity asks for its label (meshless.dev/identities).
+    assert policies.queue._queued == {LABELS}
+    policies.queue._queued.clear()
     # A pod that runs as one of them makes that identity matter.
     policies.on_pod_event("ADDED", _pod("web-1", "sa-7"), enqueue=False)
     policies.on_identity_event("ADDED", _identity("other", "sa-8", "2026-11-29T00:00:00Z"))
-    assert len(policies.queue) == 0
+    assert len(policies.queue._queued) == 0
     policies.on_identity_event("ADDED", _identity("also-7", "sa-7", "2026-11-29T00:00:00Z"))
     assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}
+
+
+def test_the_first_and_the_last_identity_of_a_namespace_relabel_it() -> None:
+    policies = _controller()
+    policies.on_identity_event("ADDED", _identity("a", "web", "2026-11-29T00:00:00Z"))
+    assert LABELS in policies.queue._queued
+    policies.queue._queued.clear()
+    policies.on_identity_event("ADDED", _identity("b", "db", "2026-11-29T00:00:00Z"))
+    policies.on_identity_event("DELETED", _identity("a", "web", ""))
+    assert LABELS not in policies.queue._queued
+    policies.on_identity_event("DELETED", _identity("b", "db", ""))
+    assert LABELS in policies.queue._queued
+
+
+def test_admission_learns_whose_identity_a_secret_holds() -> None:
+    policies = _controller()
+    policies.on_identity_event("ADDED", _identity("web-id", "web", "2026-11-29T00:00:00Z"))
+    [record] = policies.identities_with_secret("shop", "web-id-mtls")
+    assert (record.name, record.service_account) == ("web-id", "web")
+    policies.on_identity_event("DELETED", _identity("web-id", "", ""))
+    assert policies.identities_with_secret("shop", "web-id-mtls") == []
+    assert policies._by_secret == {}
 
 
 def test_a_provisioned_identity_always_matters() -> None:
@@ -173,7 +200,7 @@ def test_a_provisioned_identity_always_matters() -> None:
     policies.on_identity_event(
         "ADDED", _identity("meshless-web", "web", "2026-11-29T00:00:00Z", provisioned=True)
     )
-    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}
+    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", ""), LABELS}
 
 
 def test_the_identity_for_a_service_account_comes_from_the_index() -> None:

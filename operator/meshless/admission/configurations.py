@@ -18,6 +18,16 @@ own namespace are never intercepted. So:
 - The injector is reinvoked (reinvocationPolicy IfNeeded) when a later mutating webhook
   changed the pod, e.g. added a sidecar container: injection is idempotent and mounts the
   identity into the new container too.
+- Pods bound to their own identity (`validate.judge_binding`): in labelled namespaces the
+  STRICT webhook judges it (fail closed). Every other namespace that holds a WorkloadIdentity
+  carries `meshless.dev/identities: "true"` (`identity_namespaces`), selected by the binding
+  webhook with failurePolicy Ignore (fail open). Only pods that reference some Secret are sent,
+  on create, and on pods/ephemeralcontainers when an added ephemeral container references one.
+- `pods/status` can change labels: the identity label is guarded there too.
+- The name policy at apply time: a webhook on WorkloadIdentity CREATE and UPDATE that changes
+  spec.dnsNames, failurePolicy Ignore: the operator checks again before it signs, so the
+  webhook is the early answer, not the boundary. The operator's own identities carry no
+  dnsNames and are never sent.
 
 Kopf's managed configurations cannot express namespaceSelector, matchConditions,
 reinvocationPolicy or a short timeout, hence this module (docs/decisions/admission.md).
@@ -33,14 +43,21 @@ from typing import Any
 from meshless.api import (
     ADMISSION_NAMESPACE_LABEL,
     ADMISSION_NAMESPACE_VALUE,
+    BINDING_WEBHOOK,
+    DNS_NAMES_WEBHOOK,
+    GROUP,
+    IDENTITIES_NAMESPACE_LABEL,
+    IDENTITIES_NAMESPACE_VALUE,
     IDENTITY_LABEL,
     IDENTITY_LABEL_WEBHOOK,
     INJECT_ANNOTATION,
     INJECT_WEBHOOK,
     MANAGED_BY,
     STRICT_WEBHOOK,
+    VERSION,
     WEBHOOK_CONFIGURATION,
     Mode,
+    Plural,
 )
 from meshless.policy.model import PolicySpec
 from meshless.policy.resolve import PolicySet
@@ -53,6 +70,10 @@ DEFAULT_TIMEOUT_SECONDS = 5
 INJECT_HANDLER = "meshless-inject"
 STRICT_HANDLER = "meshless-strict"
 IDENTITY_LABEL_HANDLER = "meshless-identity-label"
+BINDING_HANDLER = "meshless-binding"
+DNS_NAMES_HANDLER = "meshless-dns-names"
+STATUS = "status"
+EPHEMERAL_CONTAINERS = "ephemeralcontainers"
 
 
 @dataclass(frozen=True)
@@ -106,11 +127,11 @@ def _labelled_namespaces(excluded: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _pod_rule(*operations: str) -> dict[str, Any]:
+def _pod_rule(*operations: str, subresource: str | None = None) -> dict[str, Any]:
     return {
         "apiGroups": [""],
         "apiVersions": ["v1"],
-        "resources": ["pods"],
+        "resources": [f"pods/{subresource}" if subresource else "pods"],
         "operations": list(operations),
         "scope": "Namespaced",
     }
@@ -132,6 +153,46 @@ IDENTITY_LABEL_SET_OR_CHANGED = (
     "(request.operation == 'CREATE' || !has(oldObject.metadata.labels) || "
     f"!('{IDENTITY_LABEL}' in oldObject.metadata.labels) || "
     f"oldObject.metadata.labels['{IDENTITY_LABEL}'] != object.metadata.labels['{IDENTITY_LABEL}'])"
+)
+# The pod references some Secret: a secret volume, a projected secret source, env or envFrom.
+SECRET_VOLUME = (
+    "has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.secret) || "
+    "(has(v.projected) && has(v.projected.sources) && "
+    "v.projected.sources.exists(s, has(s.secret))))"
+)
+
+
+def _env_secret(containers: str) -> str:
+    return (
+        f"(has(object.spec.{containers}) && object.spec.{containers}.exists(c, "
+        "(has(c.env) && c.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef))) || "
+        "(has(c.envFrom) && c.envFrom.exists(r, has(r.secretRef)))))"
+    )
+
+
+REFERENCES_A_SECRET = " || ".join(
+    [f"({SECRET_VOLUME})"]
+    + [_env_secret(c) for c in ("initContainers", "containers", "ephemeralContainers")]
+)
+# Ephemeral containers are only ever added (pods/ephemeralcontainers), never changed.
+EPHEMERAL_SECRET_ADDED = (
+    "has(object.spec.ephemeralContainers) && size(object.spec.ephemeralContainers) > "
+    "(has(oldObject.spec.ephemeralContainers) ? size(oldObject.spec.ephemeralContainers) : 0)"
+    f" && {_env_secret('ephemeralContainers')}"
+)
+# What the binding check must see: a created pod that references a Secret, or an added
+# ephemeral container that does (other updates cannot add a reference: pod specs are
+# immutable).
+SECRET_REFERENCE_ADDED = (
+    f"(request.operation == 'CREATE' && ({REFERENCES_A_SECRET})) || "
+    f"(request.operation == 'UPDATE' && {EPHEMERAL_SECRET_ADDED})"
+)
+# A WorkloadIdentity with dnsNames, created or with its dnsNames changed. The operator's own
+# (provisioned) identities carry none, so its writes are never sent.
+DNS_NAMES_SET_OR_CHANGED = (
+    "has(object.spec) && has(object.spec.dnsNames) && size(object.spec.dnsNames) > 0 && "
+    "(request.operation == 'CREATE' || !has(oldObject.spec) || "
+    "!has(oldObject.spec.dnsNames) || object.spec.dnsNames != oldObject.spec.dnsNames)"
 )
 
 
@@ -189,16 +250,22 @@ def validating_configuration(
             {
                 "name": STRICT_WEBHOOK,
                 "clientConfig": client_config(endpoint, STRICT_HANDLER, ca_bundle),
-                "rules": [_pod_rule("CREATE", "UPDATE")],
+                "rules": [
+                    _pod_rule("CREATE", "UPDATE"),
+                    _pod_rule("UPDATE", subresource=STATUS),
+                    _pod_rule("UPDATE", subresource=EPHEMERAL_CONTAINERS),
+                ],
                 "namespaceSelector": _labelled_namespaces(excluded),
-                # In labelled namespaces this webhook also guards the identity label (one
-                # call per pod instead of two): STRICT on a create or a label change of a pod
-                # not being deleted, the label whenever it is set or changed.
+                # In labelled namespaces this webhook also guards the identity label and the
+                # binding of pods to their own identity (one call per pod instead of three):
+                # STRICT on a create or a label change of a pod not being deleted, the label
+                # whenever it is set or changed (pods/status too), the binding whenever a
+                # Secret reference may be added.
                 "matchConditions": [
                     {
-                        "name": "strict-or-identity-label",
+                        "name": "strict-identity-label-or-binding",
                         "expression": f"({NOT_DELETING} && ({LABELS_CHANGED_OR_CREATE})) || "
-                        f"({IDENTITY_LABEL_SET_OR_CHANGED})",
+                        f"({IDENTITY_LABEL_SET_OR_CHANGED}) || ({SECRET_REFERENCE_ADDED})",
                     }
                 ],
                 # Audit and Warn are counted in the policy's status; never for a dry run.
@@ -208,7 +275,8 @@ def validating_configuration(
             {
                 "name": IDENTITY_LABEL_WEBHOOK,
                 "clientConfig": client_config(endpoint, IDENTITY_LABEL_HANDLER, ca_bundle),
-                "rules": [_pod_rule("CREATE", "UPDATE")],
+                # pods/status can change labels as well as pods can.
+                "rules": [_pod_rule("CREATE", "UPDATE"), _pod_rule("UPDATE", subresource=STATUS)],
                 # Namespaces labelled for admission are served by the webhook above.
                 "namespaceSelector": {
                     "matchExpressions": [
@@ -230,7 +298,66 @@ def validating_configuration(
                 "sideEffects": "None",
                 **_common(timeout_seconds),
             },
+            binding_webhook(endpoint, ca_bundle, excluded, timeout_seconds),
+            dns_names_webhook(endpoint, ca_bundle, timeout_seconds),
         ],
+    }
+
+
+def binding_webhook(
+    endpoint: Endpoint, ca_bundle: bytes, excluded: Iterable[str], timeout_seconds: int
+) -> dict[str, Any]:
+    """Pods bound to their own identity where no policy reaches: the namespaces that hold a
+    WorkloadIdentity (labelled by the operator) minus those the STRICT webhook serves. Fails
+    open: with meshless down, pods there are admitted unchecked."""
+    return {
+        "name": BINDING_WEBHOOK,
+        "clientConfig": client_config(endpoint, BINDING_HANDLER, ca_bundle),
+        "rules": [
+            _pod_rule("CREATE"),
+            _pod_rule("UPDATE", subresource=EPHEMERAL_CONTAINERS),
+        ],
+        "namespaceSelector": {
+            "matchLabels": {IDENTITIES_NAMESPACE_LABEL: IDENTITIES_NAMESPACE_VALUE},
+            "matchExpressions": [
+                _not_excluded(excluded),
+                {
+                    "key": ADMISSION_NAMESPACE_LABEL,
+                    "operator": "NotIn",
+                    "values": [ADMISSION_NAMESPACE_VALUE],
+                },
+            ],
+        },
+        "matchConditions": [
+            {"name": "secret-reference-added", "expression": SECRET_REFERENCE_ADDED}
+        ],
+        "sideEffects": "None",
+        **_common(timeout_seconds),
+        "failurePolicy": "Ignore",
+    }
+
+
+def dns_names_webhook(endpoint: Endpoint, ca_bundle: bytes, timeout_seconds: int) -> dict[str, Any]:
+    """The name policy at `kubectl apply` (every namespace): fails open, because the operator
+    checks again before it signs (docs/decisions/admission.md)."""
+    return {
+        "name": DNS_NAMES_WEBHOOK,
+        "clientConfig": client_config(endpoint, DNS_NAMES_HANDLER, ca_bundle),
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "apiVersions": [VERSION],
+                "resources": [Plural.WORKLOAD_IDENTITIES.value],
+                "operations": ["CREATE", "UPDATE"],
+                "scope": "Namespaced",
+            }
+        ],
+        "matchConditions": [
+            {"name": "dns-names-set-or-changed", "expression": DNS_NAMES_SET_OR_CHANGED}
+        ],
+        "sideEffects": "None",
+        **_common(timeout_seconds),
+        "failurePolicy": "Ignore",
     }
 
 
@@ -259,3 +386,12 @@ def admission_namespaces(
             if _may_need_identity(p)
         }
     return frozenset((reached & all_namespaces) - excluded)
+
+
+def identity_namespaces(
+    holding: Iterable[str], namespaces: Iterable[str], operator_namespace: str
+) -> frozenset[str]:
+    """The namespaces to label meshless.dev/identities=true: those that hold at least one
+    WorkloadIdentity, minus the excluded ones (never intercepted)."""
+    excluded = set(excluded_namespaces(operator_namespace))
+    return frozenset((set(holding) & set(namespaces)) - excluded)

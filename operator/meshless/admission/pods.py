@@ -9,6 +9,7 @@ as an argument. `admission_pod_info` is a private stand-in for `meshless.policy.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from meshless.api import IDENTITY_MOUNT_PATH, IDENTITY_VOLUME, INJECT_ANNOTATION
@@ -18,6 +19,9 @@ Json = Mapping[str, Any]
 
 DEFAULT_SERVICE_ACCOUNT = "default"
 CONTAINER_LISTS = ("initContainers", "containers")
+# Every list of containers a pod spec holds; ephemeral containers are added through the
+# pods/ephemeralcontainers subresource and may read Secrets through env and envFrom too.
+ALL_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 
 def _mapping(value: Any) -> Json:
@@ -151,3 +155,81 @@ def admission_pod_info(pod: Json, namespace: str) -> PodInfo:
         identity_mounted=identity_mounted(pod),
         uid=str(meta.get("uid") or ""),
     )
+
+
+# --- which Secrets a pod uses ---------------------------------------------------------------
+@dataclass(frozen=True)
+class SecretReference:
+    """One place where a pod uses a Secret: a `secret` volume, a `projected` volume's
+    `secret` source, an `env[].valueFrom.secretKeyRef` or an `envFrom[].secretRef`."""
+
+    secret: str
+    where: str  # e.g. "volume 'certs'", "env 'KEY' of container 'app'"
+    optional: bool = False
+    items: bool = False  # the reference selects keys (volume items) instead of all of them
+
+
+def _container_kind(list_name: str) -> str:
+    return {
+        "initContainers": "init container",
+        "ephemeralContainers": "ephemeral container",
+    }.get(list_name, "container")
+
+
+def secret_references(pod: Json) -> list[SecretReference]:
+    """Every reference of the pod to a Secret, in every volume and every container (init,
+    regular and ephemeral). References without a Secret name are left out (the API server
+    refuses them)."""
+    found: list[SecretReference] = []
+    for volume in _list(spec(pod).get("volumes")):
+        volume = _mapping(volume)
+        label = f"volume {volume.get('name') or '<unnamed>'!r}"
+        secret = _mapping(volume.get("secret"))
+        if secret.get("secretName"):
+            found.append(
+                SecretReference(
+                    str(secret["secretName"]),
+                    label,
+                    optional=secret.get("optional") is True,
+                    items=bool(_list(secret.get("items"))),
+                )
+            )
+        sources = _list(_mapping(volume.get("projected")).get("sources"))
+        for index, source in enumerate(sources):
+            projected = _mapping(_mapping(source).get("secret"))
+            if projected.get("name"):
+                found.append(
+                    SecretReference(
+                        str(projected["name"]),
+                        f"projected {label} (source {index})",
+                        optional=projected.get("optional") is True,
+                        items=bool(_list(projected.get("items"))),
+                    )
+                )
+    s = spec(pod)
+    for list_name in ALL_CONTAINER_LISTS:
+        for container in _list(s.get(list_name)):
+            container = _mapping(container)
+            owner = f"{_container_kind(list_name)} {container.get('name') or '<unnamed>'!r}"
+            for env in _list(container.get("env")):
+                env = _mapping(env)
+                ref = _mapping(_mapping(env.get("valueFrom")).get("secretKeyRef"))
+                if ref.get("name"):
+                    found.append(
+                        SecretReference(
+                            str(ref["name"]),
+                            f"env {env.get('name') or '<unnamed>'!r} of {owner}",
+                            optional=ref.get("optional") is True,
+                        )
+                    )
+            for index, source in enumerate(_list(container.get("envFrom"))):
+                ref = _mapping(_mapping(source).get("secretRef"))
+                if ref.get("name"):
+                    found.append(
+                        SecretReference(
+                            str(ref["name"]),
+                            f"envFrom (entry {index}) of {owner}",
+                            optional=ref.get("optional") is True,
+                        )
+                    )
+    return found

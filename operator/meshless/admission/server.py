@@ -1,13 +1,16 @@
 """The admission webhooks in the operator (shell): Kopf's handlers and Kopf's webhook server
 around the pure decisions in inject.py and validate.py.
 
-- `register_admission_handlers(registry, state_of)` adds three handlers for v1 pods, routed by
-  Kopf by the last path segment of the webhook URL: `meshless-inject` (mutating),
-  `meshless-strict` and `meshless-identity-label` (validating).
+- `register_admission_handlers(registry, state_of)` adds the handlers, routed by Kopf by the
+  last path segment of the webhook URL: for v1 pods `meshless-inject` (mutating),
+  `meshless-strict`, `meshless-identity-label` and `meshless-binding` (validating; the last
+  three also see the pods/status or pods/ephemeralcontainers subresources), and for
+  WorkloadIdentities `meshless-dns-names` (validating).
 - `AdmissionWebhookServer` is a `kopf.WebhookServer` (set it as
   `settings.admission.server`) that serves with a certificate from our CA held in one live
   SSLContext: `load_certificate` swaps it for new handshakes without closing the socket.
-  Requests that are not a v1 AdmissionReview of a pod get a clear error answer.
+  Requests that are not a v1 AdmissionReview of what the webhook serves get a clear error
+  answer.
 - `apply_configurations` writes the webhook configurations (configurations.py) with
   server-side apply; Kopf's managed configurations are not used (see
   docs/decisions/admission.md).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -30,8 +33,12 @@ import kopf
 
 from meshless.admission import pods
 from meshless.admission.configurations import (
+    BINDING_HANDLER,
+    DNS_NAMES_HANDLER,
+    EPHEMERAL_CONTAINERS,
     IDENTITY_LABEL_HANDLER,
     INJECT_HANDLER,
+    STATUS,
     STRICT_HANDLER,
     Endpoint,
     ServiceRef,
@@ -51,17 +58,23 @@ from meshless.admission.serving import (
     service_dns_names,
 )
 from meshless.admission.validate import (
+    ALLOW,
     CREATE,
     UPDATE,
     AdmissionRecord,
     Decision,
+    IdentitySecret,
+    identity_secrets_of,
+    judge_binding,
+    judge_dns_names,
     judge_identity_label,
     judge_strict,
 )
-from meshless.api import MANAGED_BY_VALUE
+from meshless.api import GROUP, MANAGED_BY_VALUE, VERSION, Plural
 from meshless.kube import Kube
 from meshless.pki.bundle import bundle_pem, fingerprint
 from meshless.pki.ca import CertificateAuthority
+from meshless.pki.names import DnsNamePolicy
 from meshless.policy.model import PolicySpec
 from meshless.policy.resolve import PolicySet
 from meshless.tls import in_memory_files
@@ -69,7 +82,24 @@ from meshless.tls import in_memory_files
 log = logging.getLogger(__name__)
 
 ADMISSION_REVIEW_VERSION = "admission.k8s.io/v1"
-HANDLERS = (INJECT_HANDLER, STRICT_HANDLER, IDENTITY_LABEL_HANDLER)
+HANDLERS = (
+    INJECT_HANDLER,
+    STRICT_HANDLER,
+    IDENTITY_LABEL_HANDLER,
+    BINDING_HANDLER,
+    DNS_NAMES_HANDLER,
+)
+# What each webhook reviews: (group, version, resource, subresource).
+_POD, _POD_STATUS, _POD_EPHEMERAL = (
+    ("", "v1", "pods", sub) for sub in ("", STATUS, EPHEMERAL_CONTAINERS)
+)
+SERVED: dict[str, frozenset[tuple[str, str, str, str]]] = {
+    INJECT_HANDLER: frozenset({_POD}),
+    STRICT_HANDLER: frozenset({_POD, _POD_STATUS, _POD_EPHEMERAL}),
+    IDENTITY_LABEL_HANDLER: frozenset({_POD, _POD_STATUS}),
+    BINDING_HANDLER: frozenset({_POD, _POD_EPHEMERAL}),
+    DNS_NAMES_HANDLER: frozenset({(GROUP, VERSION, Plural.WORKLOAD_IDENTITIES.value, "")}),
+}
 NOT_READY_CODE = 503
 CONFLICT_CODE = 400
 
@@ -93,6 +123,17 @@ class AdmissionState(Protocol):
         """A pod admitted under Warn or Audit that Enforce would have denied (never called
         for a dry run): counted in the policy's status."""
 
+    def identity_secrets(
+        self, namespace: str, secrets: Sequence[str]
+    ) -> Mapping[str, Sequence[IdentitySecret]] | None:
+        """Of the Secrets `secrets` of `namespace`, those that hold a meshless identity, with
+        the identities they hold (`validate.identity_secrets_of`); None until every
+        WorkloadIdentity has been listed once. Every replica answers this from its own
+        watch of WorkloadIdentities."""
+
+    def dns_name_policy(self) -> DnsNamePolicy:
+        """The name policy of the operator's settings (--allowed-dns-names)."""
+
 
 @dataclass
 class StaticAdmissionState:
@@ -103,6 +144,10 @@ class StaticAdmissionState:
     trust_domain: str = "cluster.local"
     identities: Mapping[tuple[str, str], IdentityRef] = field(default_factory=dict)
     records: list[AdmissionRecord] = field(default_factory=list)
+    # (namespace, Secret name) -> the identities WorkloadIdentities give that Secret.
+    claimed: Mapping[tuple[str, str], Sequence[IdentitySecret]] = field(default_factory=dict)
+    names: DnsNamePolicy = field(default_factory=DnsNamePolicy)
+    identities_listed: bool = True
 
     def __post_init__(self) -> None:
         self._set = PolicySet.build(list(self.specs), self.root_namespace)
@@ -116,6 +161,17 @@ class StaticAdmissionState:
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self.records.append(record)
+
+    def identity_secrets(
+        self, namespace: str, secrets: Sequence[str]
+    ) -> Mapping[str, Sequence[IdentitySecret]] | None:
+        if not self.identities_listed:
+            return None
+        claimed = {s: self.claimed[namespace, s] for s in secrets if (namespace, s) in self.claimed}
+        return identity_secrets_of(namespace, secrets, claimed, self.trust_domain)
+
+    def dns_name_policy(self) -> DnsNamePolicy:
+        return self.names
 
 
 StateOf = Callable[[kopf.Memo], AdmissionState | None]
@@ -131,7 +187,7 @@ def state_from_memo(memo: kopf.Memo) -> AdmissionState | None:
 def _namespace(body: Mapping[str, Any]) -> str:
     namespace = pods.metadata(body).get("namespace")
     if not namespace:  # the guard copies request.namespace in; this is a last resort
-        raise kopf.AdmissionError("the pod has no namespace", code=400)
+        raise kopf.AdmissionError(f"the {body.get('kind') or 'object'} has no namespace", code=400)
     return str(namespace)
 
 
@@ -172,6 +228,38 @@ def _deny_or_allow(decision: Decision, warnings: list[str]) -> None:
         log.info("admission refused: %s", decision.message)
         raise kopf.AdmissionError(decision.message, code=decision.code)
     warnings.extend(decision.warnings)
+
+
+def _binding(
+    state: AdmissionState | None,
+    operation: str,
+    pod: Mapping[str, Any],
+    old_pod: Mapping[str, Any] | None,
+    namespace: str,
+    *,
+    fail_closed: bool,
+) -> Decision:
+    """judge_binding with the identity Secrets the pod references. Before the identities
+    are known: refused with 503 where admission fails closed, admitted elsewhere."""
+    references = pods.secret_references(pod)
+    if operation == UPDATE and old_pod is not None:  # only what the update adds is judged
+        before = set(pods.secret_references(old_pod))
+        references = [ref for ref in references if ref not in before]
+    secrets = sorted({ref.secret for ref in references})
+    if not secrets:
+        return ALLOW
+    known = state.identity_secrets(namespace, secrets) if state is not None else None
+    if known is None:
+        name = pods.display_name(pod, namespace)
+        if fail_closed:
+            raise kopf.AdmissionError(
+                f"meshless is starting and has not read the WorkloadIdentities yet; pod {name} "
+                "uses Secrets and is refused until it has (retry shortly)",
+                code=NOT_READY_CODE,
+            )
+        log.warning("pod %s admitted unchecked: the identities are not read yet", name)
+        return ALLOW
+    return judge_binding(operation, pod, old_pod, namespace, known)
 
 
 class QuietAdmissionLogs(logging.Filter):
@@ -220,13 +308,19 @@ def register_admission_handlers(
             patch.fns.append(lambda document: apply_add_ops(ops, document))
 
     @kopf.on.validate(
-        "v1", "pods", id=STRICT_HANDLER, operations=["CREATE", "UPDATE"], registry=registry
+        "v1",
+        "pods",
+        id=STRICT_HANDLER,
+        operations=["CREATE", "UPDATE"],
+        subresource="*",  # pods/status and pods/ephemeralcontainers too
+        registry=registry,
     )
     async def strict(
         body: kopf.Body, dryrun: bool, warnings: list[str], memo: kopf.Memo, **kwargs: Any
     ) -> None:
-        """STRICT enforcement, and in labelled namespaces the identity label too (the label
-        webhook skips those namespaces: one call per pod instead of two)."""
+        """STRICT enforcement, and in labelled namespaces the identity label and the binding
+        of pods to their own identity too (the label and binding webhooks skip those
+        namespaces: one call per pod instead of three). Fails closed."""
         operation, old = kwargs.get("operation"), kwargs.get("old")
         if operation not in (CREATE, UPDATE):
             return
@@ -235,6 +329,8 @@ def register_admission_handlers(
         namespace = _namespace(raw)
         state, policies = _policies(state_of(memo), pods.display_name(raw, namespace))
         identity = state.identity_for(namespace, pods.service_account(raw))
+        binding = _binding(state, operation, raw, old_raw, namespace, fail_closed=True)
+        _deny_or_allow(binding, warnings)
         _deny_or_allow(judge_identity_label(operation, raw, old_raw, namespace, identity), warnings)
         decision = judge_strict(operation, raw, old_raw, namespace, policies)
         _deny_or_allow(decision, warnings)
@@ -243,7 +339,12 @@ def register_admission_handlers(
                 state.record_admission(record)
 
     @kopf.on.validate(
-        "v1", "pods", id=IDENTITY_LABEL_HANDLER, operations=["CREATE", "UPDATE"], registry=registry
+        "v1",
+        "pods",
+        id=IDENTITY_LABEL_HANDLER,
+        operations=["CREATE", "UPDATE"],
+        subresource="*",  # pods/status can change labels
+        registry=registry,
     )
     async def identity_label(
         body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any
@@ -259,6 +360,51 @@ def register_admission_handlers(
         )
         decision = judge_identity_label(
             operation, raw, dict(old) if old is not None else None, namespace, identity
+        )
+        _deny_or_allow(decision, warnings)
+
+    @kopf.on.validate(
+        "v1",
+        "pods",
+        id=BINDING_HANDLER,
+        operations=["CREATE", "UPDATE"],
+        subresource="*",  # pods/ephemeralcontainers
+        registry=registry,
+    )
+    async def binding(body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any) -> None:
+        """Pods bound to their own identity in namespaces no policy reaches (fails open)."""
+        operation, old = kwargs.get("operation"), kwargs.get("old")
+        if operation not in (CREATE, UPDATE):
+            return
+        raw = dict(body)
+        old_raw = dict(old) if old is not None else None
+        namespace = _namespace(raw)
+        decision = _binding(state_of(memo), operation, raw, old_raw, namespace, fail_closed=False)
+        _deny_or_allow(decision, warnings)
+
+    @kopf.on.validate(
+        GROUP,
+        VERSION,
+        Plural.WORKLOAD_IDENTITIES.value,
+        id=DNS_NAMES_HANDLER,
+        operations=["CREATE", "UPDATE"],
+        registry=registry,
+    )
+    async def dns_names(
+        body: kopf.Body, warnings: list[str], memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        """The name policy at apply time; the operator checks again before it signs."""
+        operation, old = kwargs.get("operation"), kwargs.get("old")
+        state = state_of(memo)
+        if operation not in (CREATE, UPDATE) or state is None:
+            return
+        raw = dict(body)
+        decision = judge_dns_names(
+            operation,
+            raw,
+            dict(old) if old is not None else None,
+            _namespace(raw),
+            state.dns_name_policy(),
         )
         _deny_or_allow(decision, warnings)
 
@@ -302,10 +448,19 @@ def refusal(request: Mapping[str, Any], message: str, code: int = 400) -> dict[s
     }
 
 
+def _describe(group: str, version: str, resource: str, subresource: str) -> str:
+    return (
+        "/".join(p for p in (group, version) if p)
+        + f" {resource}"
+        + (f"/{subresource}" if subresource else "")
+    )
+
+
 def guarded(fn: kopf.WebhookFn) -> kopf.WebhookFn:
     """Kopf's request function behind checks: a body that is no v1 AdmissionReview gets
-    HTTP 400 with the reason; a review for a path we do not serve or for anything but a
-    v1 pod is refused in a proper answer. Never raises anything else."""
+    HTTP 400 with the reason; a review for a path we do not serve or for a resource the
+    webhook at that path does not review is refused in a proper answer. Never raises
+    anything else."""
 
     async def serve(
         request: Any,
@@ -322,18 +477,23 @@ def guarded(fn: kopf.WebhookFn) -> kopf.WebhookFn:
         resource = payload["resource"]
         if webhook not in HANDLERS:
             return refusal(request, f"meshless serves no webhook at /{webhook or ''}", 404)
-        if (resource.get("group"), resource.get("version"), resource.get("resource")) != (
-            "",
-            "v1",
-            "pods",
-        ) or payload.get("subResource"):
-            what = (
-                "/".join(str(p) for p in (resource.get("group"), resource.get("version")) if p)
-                + f" {resource.get('resource')}"
+        asked = tuple(
+            str(x or "")
+            for x in (
+                resource.get("group"),
+                resource.get("version"),
+                resource.get("resource"),
+                payload.get("subResource"),
             )
-            if payload.get("subResource"):
-                what += f"/{payload['subResource']}"
-            return refusal(request, f"meshless admission reviews v1 pods only, not {what}")
+        )
+        served = SERVED[webhook]
+        if asked not in served:
+            return refusal(
+                request,
+                f"meshless admission at /{webhook} reviews "
+                f"{', '.join(sorted(_describe(*s) for s in served))} only, "
+                f"not {_describe(*asked)}",
+            )
         for key in ("object", "oldObject"):
             obj = payload.get(key)
             meta = obj.setdefault("metadata", {}) if isinstance(obj, dict) else None

@@ -1,6 +1,6 @@
-"""Admission decisions (pure) for Pod CREATE and UPDATE.
+"""Admission decisions (pure) for Pod CREATE and UPDATE, and for WorkloadIdentity names.
 
-Two independent judgements, served by two webhooks with different scopes:
+Independent judgements, served by webhooks with different scopes:
 
 - `judge_identity_label`: the label meshless.dev/identity is trusted by NetworkPolicies, so a
   pod may carry it only with its identity mounted and with its own ServiceAccount's name; an
@@ -12,11 +12,19 @@ Two independent judgements, served by two webhooks with different scopes:
   STRICT is judged: pod specs are immutable, so a pod that was already outside the rule
   before the update (created before its policy) is reported by the policy's status, not
   blocked from metadata updates (finalizers, owner references) it needs to be deleted.
+- `judge_binding`: a pod may use only its own ServiceAccount's identity Secret, however it
+  references it (secret volume, projected source, env, envFrom; every container list), and
+  uses an identity Secret whole and required (no `optional: true`, no `items`). On UPDATE only
+  the references the update adds are judged (ephemeral containers are the only way to add
+  one): a pod admitted before an identity claimed its Secret is not blocked from updates.
+- `judge_dns_names`: a WorkloadIdentity's spec.dnsNames must pass the name policy
+  (`meshless.pki.names`), the same code the operator runs again before it signs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +37,11 @@ from meshless.api import (
     AdmissionAction,
     Mode,
 )
+from meshless.identity.spec import default_secret_name
+from meshless.pki.names import DnsNamePolicy
+from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodResolution, PolicyRef, PolicySpec
+from meshless.policy.provision import PROVISIONED_PREFIX, provisioned_name
 from meshless.policy.resolve import PolicySet
 
 CREATE, UPDATE = "CREATE", "UPDATE"
@@ -190,3 +202,138 @@ def judge_strict(
             warnings.append(f"{text}; admitted because the policy's admission is Warn")
         records.append(AdmissionRecord(ref, name, action, text))
     return Decision(allowed=True, warnings=tuple(warnings), records=tuple(records))
+
+
+# --- pods bound to their own identity -------------------------------------------------------
+RULE_OWN_IDENTITY = "a pod may use only its own ServiceAccount's identity"
+RULE_NOT_OPTIONAL = "an identity Secret is never optional: the pod must not start without it"
+RULE_NO_ITEMS = "an identity Secret is mounted whole: no items that leave files out"
+
+
+@dataclass(frozen=True)
+class IdentitySecret:
+    """A Secret that holds (or will hold) the identity of a ServiceAccount: the Secret of a
+    WorkloadIdentity, or the name the operator gives the one it provisions."""
+
+    secret_name: str
+    service_account: str
+    identity: str  # the WorkloadIdentity's name
+    spiffe_id: str
+
+
+# The Secret of the identity the operator provisions for ServiceAccount <sa>.
+_PROVISIONED_SECRET = re.compile(rf"{re.escape(PROVISIONED_PREFIX)}(.+)-mtls")
+
+
+def provisioned_secret(namespace: str, secret: str, trust_domain: str) -> IdentitySecret | None:
+    """The identity a Secret of this name will hold once the operator provisions it
+    (`meshless-<sa>-mtls` for ServiceAccount <sa>), claimed or not: a pod that mounts it
+    before it exists would start with that identity when it comes."""
+    match = _PROVISIONED_SECRET.fullmatch(secret)
+    if match is None:
+        return None
+    account = match.group(1)
+    identity = provisioned_name(account)
+    if default_secret_name(identity) != secret:
+        return None
+    try:
+        sid = spiffe_id(trust_domain, namespace, account)
+    except ValueError:
+        return None  # no ServiceAccount can have this name
+    return IdentitySecret(secret, account, identity, sid)
+
+
+def identity_secrets_of(
+    namespace: str,
+    secrets: Sequence[str],
+    claimed: Mapping[str, Sequence[IdentitySecret]],
+    trust_domain: str,
+) -> dict[str, tuple[IdentitySecret, ...]]:
+    """For each of `secrets`, the identities it holds: those of the WorkloadIdentities that
+    name it (`claimed`), else the provisioned identity its name is reserved for."""
+    out: dict[str, tuple[IdentitySecret, ...]] = {}
+    for secret in secrets:
+        holders = tuple(claimed.get(secret) or ())
+        if not holders:
+            reserved = provisioned_secret(namespace, secret, trust_domain)
+            holders = (reserved,) if reserved is not None else ()
+        if holders:
+            out[secret] = holders
+    return out
+
+
+def judge_binding(
+    operation: str,
+    pod: Mapping[str, Any],
+    old_pod: Mapping[str, Any] | None,
+    namespace: str,
+    identities: Mapping[str, Sequence[IdentitySecret]],
+) -> Decision:
+    """Refuse a pod that uses an identity Secret of another ServiceAccount, or uses one
+    optional or with items. `identities`: the identity Secrets among those the pod references
+    (see `identity_secrets_of`); a Secret several identities name counts for each of them."""
+    if pods.is_mirror(pod):
+        return ALLOW  # the kubelet may not reference Secrets in a mirror pod at all
+    references = pods.secret_references(pod)
+    if operation == UPDATE and old_pod is not None:
+        before = set(pods.secret_references(old_pod))
+        references = [r for r in references if r not in before]
+    account = pods.service_account(pod)
+    problems: list[str] = []
+    for ref in references:
+        holders = identities.get(ref.secret) or ()
+        if not holders:
+            continue
+        for other in sorted({h for h in holders if h.service_account != account}, key=str):
+            problems.append(
+                f"{ref.where} uses Secret {ref.secret!r}, which holds the identity "
+                f"{other.spiffe_id} of ServiceAccount {other.service_account!r} "
+                f"(WorkloadIdentity {other.identity!r}) (rule: {RULE_OWN_IDENTITY})"
+            )
+        if ref.optional:
+            problems.append(
+                f"{ref.where} uses identity Secret {ref.secret!r} with optional: true "
+                f"(rule: {RULE_NOT_OPTIONAL})"
+            )
+        if ref.items:
+            problems.append(
+                f"{ref.where} mounts only some items of identity Secret {ref.secret!r} "
+                f"(rule: {RULE_NO_ITEMS})"
+            )
+    if not problems:
+        return ALLOW
+    name = pods.display_name(pod, namespace)
+    unique = list(dict.fromkeys(problems))
+    return Decision.deny(f"pod {name} runs as ServiceAccount {account!r}: " + "; ".join(unique))
+
+
+# --- the names of a WorkloadIdentity --------------------------------------------------------
+def dns_names_of(identity: Mapping[str, Any]) -> list[str]:
+    names = pods.spec(identity).get("dnsNames")
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def judge_dns_names(
+    operation: str,
+    identity: Mapping[str, Any],
+    old_identity: Mapping[str, Any] | None,
+    namespace: str,
+    policy: DnsNamePolicy,
+) -> Decision:
+    """Refuse a WorkloadIdentity whose spec.dnsNames carries a name the policy refuses, each
+    named with its rule. An update is judged only when it changes dnsNames: an identity that
+    broke a narrowed policy can still have its labels or finalizers edited, and is reported
+    by the operator (Ready=False, DNSNameNotAllowed)."""
+    names = dns_names_of(identity)
+    if operation == UPDATE and old_identity is not None and dns_names_of(old_identity) == names:
+        return ALLOW
+    violations = policy.violations(namespace, names)
+    if not violations:
+        return ALLOW
+    meta = pods.metadata(identity)
+    name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else "")
+    return Decision.deny(
+        f"WorkloadIdentity {namespace}/{name or '<unnamed>'}: "
+        + "; ".join(v.message for v in violations)
+        + "; nothing is issued for it"
+    )

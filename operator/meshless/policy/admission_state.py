@@ -1,6 +1,10 @@
 """The policy controller as the admission webhooks see it (meshless.admission.server's
 AdmissionState): answered from memory on every request, no API calls.
 
+Every replica answers, the leader and the standbys: the policies come from Kopf's watch on
+every replica, once `read_policies` has read them all (Kopf does not say when its first list
+is done); the identities from the identity watch every replica runs.
+
 Pods admitted under Warn or Audit that Enforce would have denied are counted into the policy's
 status (`status.admission`) as deltas on what the status already holds, so a restart loses no
 count. Every replica serves webhooks but only the leader writes status: a standby's records
@@ -10,12 +14,15 @@ also go out as an Event on the policy, so none is lost while it is not leading.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshless.admission.inject import IdentityRef
-from meshless.admission.validate import AdmissionRecord
+from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
 from meshless.api import API_VERSION, Kind, Reason
+from meshless.kube import POLICIES
+from meshless.pki.names import DnsNamePolicy
+from meshless.pki.spiffe import spiffe_id
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.policy.model import PolicyRef
 from meshless.policy.resolve import PolicySet
@@ -29,16 +36,58 @@ class ControllerAdmissionState:
         self.controller = controller
         self.leading = leading
         self._pending: dict[PolicyRef, list[str]] = defaultdict(list)
+        # Set by the operator once every WorkloadIdentity has been listed (its watch of them
+        # runs on every replica, the leader's and the standbys').
+        self.identities_listed = False
+        self.policies_listed = False  # read_policies has read every MtlsPolicy once
         controller.admission_status = self.status_for
         controller.admission_written = self.written
 
     def policies(self) -> PolicySet | None:
-        """None until the caches are filled: pods in labelled namespaces are refused (503)."""
-        return self.controller.policy_set() if self.controller.primed else None
+        """None until every policy has been read once (by the leader's priming or by
+        `read_policies`): pods in labelled namespaces are refused (503) until then."""
+        ready = self.controller.primed or self.policies_listed
+        return self.controller.policy_set() if ready else None
+
+    async def read_policies(self) -> None:
+        """Read every MtlsPolicy once, so that a standby answers admission too (the leader's
+        priming does the same for the leader). Policies Kopf's watch has delivered already are
+        left as Kopf has them: its stream is the newer or the same, and goes on."""
+        async for page in self.controller.kube.pages(POLICIES):
+            for body in page:
+                meta = body["metadata"]
+                if (meta["namespace"], meta["name"]) not in self.controller.policies:
+                    self.controller.on_policy_event("ADDED", body, enqueue=False)
+        self.policies_listed = True
 
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
         ref = self.controller.identity_ref_for(namespace, service_account)
         return IdentityRef(secret_name=ref.secret_name, spiffe_id=ref.spiffe_id)
+
+    def identity_secrets(
+        self, namespace: str, secrets: Sequence[str]
+    ) -> Mapping[str, Sequence[IdentitySecret]] | None:
+        """From the controller's records of WorkloadIdentities, fed by the identity watch on
+        every replica; None until it has listed them all once."""
+        if not (self.identities_listed or self.controller.primed):
+            return None
+        trust_domain = self.controller.settings.trust_domain
+        claimed: dict[str, list[IdentitySecret]] = {}
+        for secret in secrets:
+            for record in self.controller.identities_with_secret(namespace, secret):
+                if not record.service_account:
+                    continue  # an invalid spec: nothing is ever issued for it
+                try:
+                    sid = spiffe_id(trust_domain, namespace, record.service_account)
+                except ValueError:
+                    sid = f"(ServiceAccount {record.service_account!r})"
+                claimed.setdefault(secret, []).append(
+                    IdentitySecret(secret, record.service_account, record.name, sid)
+                )
+        return identity_secrets_of(namespace, secrets, claimed, trust_domain)
+
+    def dns_name_policy(self) -> DnsNamePolicy:
+        return self.controller.settings.dns_name_policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self._pending[record.policy].append(record.pod)

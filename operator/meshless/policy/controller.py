@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from meshless import api, metrics
-from meshless.admission.configurations import admission_namespaces
+from meshless.admission.configurations import admission_namespaces, identity_namespaces
 from meshless.api import ConditionType, Kind
 from meshless.conditions import ConditionChange, find_condition
 from meshless.durations import format_duration, parse_duration
@@ -153,6 +153,8 @@ class PolicyController:
         # with tens of thousands of identities, nothing may scan them all per event.
         self._identities_by_ns: dict[str, dict[str, IdentityRecord]] = defaultdict(dict)
         self._by_account: dict[tuple[str, str], dict[str, IdentityRecord]] = defaultdict(dict)
+        # And by the Secret they name: admission asks whose identity a Secret holds.
+        self._by_secret: dict[tuple[str, str], dict[str, IdentityRecord]] = defaultdict(dict)
         self._pod_accounts: dict[str, Counter[str]] = defaultdict(Counter)
         self._identity_spec: dict[Key, Json] = {}  # spec of each provisioned identity
 
@@ -325,6 +327,7 @@ class PolicyController:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         before = self.identities.get(key)
+        held_any = key[0] in self._identities_by_ns
         if event_type == "DELETED":
             self._identity_spec.pop(key, None)
             if before is None:
@@ -338,6 +341,9 @@ class PolicyController:
             if before == after:
                 return
             self._remember_identity(after)
+        if enqueue and held_any != (key[0] in self._identities_by_ns):
+            # The namespace gained its first or lost its last identity: its label changes.
+            self.queue.add((LABELS_WORK, "", ""))
         if enqueue and any(self._identity_matters(r) for r in (before, after) if r is not None):
             self.queue.add((NAMESPACE_WORK, key[0], ""))
 
@@ -354,6 +360,7 @@ class PolicyController:
         self.identities[key] = record
         self._identities_by_ns[record.namespace][record.name] = record
         self._by_account[(record.namespace, record.service_account)][record.name] = record
+        self._by_secret[(record.namespace, record.secret_name)][record.name] = record
 
     def _forget_identity(self, key: Key) -> None:
         gone = self.identities.pop(key, None)
@@ -361,6 +368,7 @@ class PolicyController:
             return
         _drop(self._identities_by_ns, key[0], key[1])
         _drop(self._by_account, (key[0], gone.service_account), key[1])
+        _drop(self._by_secret, (key[0], gone.secret_name), key[1])
 
     def _count_account(self, namespace: str, account: str, delta: int) -> None:
         counts = self._pod_accounts[namespace]
@@ -389,6 +397,10 @@ class PolicyController:
 
     def policy_specs(self) -> dict[PolicyRef, PolicySpec]:
         return {spec.ref: spec for spec in self.specs.values()}
+
+    def identities_with_secret(self, namespace: str, secret: str) -> list[IdentityRecord]:
+        """The WorkloadIdentities of `namespace` that name the Secret `secret`."""
+        return list(self._by_secret.get((namespace, secret), {}).values())
 
     def identity_ref_for(self, namespace: str, service_account: str) -> IdentityRef:
         return identity_for(
@@ -532,28 +544,41 @@ class PolicyController:
     async def _reconcile_namespace_labels(self) -> None:
         """`meshless.dev/mtls=enabled` on exactly the namespaces some policy may ask an
         identity in: the webhooks (failurePolicy Fail) select them, so with the operator down
-        only pods there are refused."""
-        wanted = admission_namespaces(self.policy_set(), self.namespaces, self.settings.namespace)
+        only pods there are refused. `meshless.dev/identities=true` on exactly the namespaces
+        that hold a WorkloadIdentity: the binding webhook (failurePolicy Ignore) selects
+        them."""
+        labels = (
+            (
+                api.ADMISSION_NAMESPACE_LABEL,
+                api.ADMISSION_NAMESPACE_VALUE,
+                admission_namespaces(self.policy_set(), self.namespaces, self.settings.namespace),
+            ),
+            (
+                api.IDENTITIES_NAMESPACE_LABEL,
+                api.IDENTITIES_NAMESPACE_VALUE,
+                identity_namespaces(
+                    self._identities_by_ns, self.namespaces, self.settings.namespace
+                ),
+            ),
+        )
         for name, info in sorted(self.namespaces.items()):
             if info.terminating or not self._watched(name):
                 continue
-            has = info.labels.get(api.ADMISSION_NAMESPACE_LABEL) == api.ADMISSION_NAMESPACE_VALUE
-            if (name in wanted) == has:
+            changes: dict[str, str | None] = {}
+            for label, value, wanted in labels:
+                if (name in wanted) != (info.labels.get(label) == value):
+                    changes[label] = value if name in wanted else None
+            if not changes:
                 continue
-            value = api.ADMISSION_NAMESPACE_VALUE if name in wanted else None
-            patch = {"metadata": {"labels": {api.ADMISSION_NAMESPACE_LABEL: value}}}
+            patch = {"metadata": {"labels": changes}}
             try:
                 await self.kube.patch(NAMESPACES, None, name, patch)
             except ApiError as exc:
                 if exc.status == 404:
                     continue
                 raise
-            log.info(
-                "namespace %s: %s %s",
-                name,
-                "labelled" if value else "unlabelled",
-                api.ADMISSION_NAMESPACE_LABEL,
-            )
+            for label, change in changes.items():
+                log.info("namespace %s: %s %s", name, "labelled" if change else "unlabelled", label)
 
     async def _reconcile_policy(self, namespace: str, name: str) -> None:
         body = self.policies.get((namespace, name))
