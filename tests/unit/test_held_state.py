@@ -230,7 +230,8 @@ def test_an_identity_with_a_refused_name_is_passed_over_by_the_operators_own_ver
     bad["spec"]["dnsNames"] = ["payments.other.svc"]
     policies.on_identity_event("ADDED", bad)
     assert policies.identity_ref_for("shop", "web").name == "meshless-web"
-    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}  # provisions meshless-web
+    # provisions meshless-web; the namespace's first identity also brings the labels work
+    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", ""), (LABELS_WORK, "", "")}
     # Fixed by its owner: it serves its ServiceAccount again.
     bad["spec"]["dnsNames"] = ["web.shop.svc"]
     policies.on_identity_event("MODIFIED", bad)
