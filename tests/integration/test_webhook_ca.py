@@ -15,6 +15,8 @@ import http.server
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -50,6 +52,7 @@ from .policyhelpers import create_policy, wait_admission_label
 TIMEOUT = 60.0
 SETTLE = "3s"
 SETTLE_DELTA = timedelta(seconds=3)
+ROTATE = ("rotate", "--webhook")
 Roots = frozenset[bytes]
 
 
@@ -405,7 +408,7 @@ class PodStorm:
 
 
 def test_the_webhook_ca_rotates_with_overlap_and_no_pod_is_refused(
-    admitted: Admitted, api_client: client.ApiClient
+    admitted: Admitted, api_client: client.ApiClient, kubeconfig: str
 ) -> None:
     core = client.CoreV1Api(api_client)
     admission = client.AdmissionregistrationV1Api(api_client)
@@ -424,10 +427,17 @@ def test_the_webhook_ca_rotates_with_overlap_and_no_pod_is_refused(
     storm = PodStorm(api_client, admitted.namespace)
     storm.start()
     started = time.monotonic()
-    request = f"test-{uuid.uuid4().hex[:6]}"
-    core.patch_namespaced_secret(
-        WEBHOOK_CA_SECRET_NAME, ns, {"metadata": {"annotations": {"meshless.dev/rotate": request}}}
+    # As an administrator would: `meshless ca rotate --webhook` annotates the Secret.
+    asked = subprocess.run(
+        [sys.executable, "-m", "meshless", "ca", "-n", ns, "--kubeconfig", kubeconfig, *ROTATE],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert asked.returncode == 0, asked.stderr
+    assert "requested a webhook CA rotation" in asked.stdout
+    secret = core.read_namespaced_secret(WEBHOOK_CA_SECRET_NAME, ns)
+    request = secret.metadata.annotations["meshless.dev/rotate"]
     deadline = time.monotonic() + TIMEOUT
     while True:  # until the rotation is recorded as done (the Secret is read, not watched)
         data = secret_data(core, ns, WEBHOOK_CA_SECRET_NAME)
