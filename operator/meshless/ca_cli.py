@@ -115,6 +115,7 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     doc = status_document(ca, state, progress, annotations)
     doc["secret"] = f"{args.namespace}/{secret['metadata']['name']}"
+    doc["webhookCA"] = await _webhook_ca_status(kube, args.namespace, now)
     if args.output == "json":
         json.dump(doc, out, indent=2)
         out.write("\n")
@@ -156,7 +157,36 @@ def render_status(doc: dict[str, Any]) -> str:
         )
     lines.append(f"last root rotation:         {doc['lastRootRotation'] or 'never'}")
     lines.append(f"last intermediate rotation: {doc['lastIntermediateRotation'] or 'never'}")
+    webhook = doc.get("webhookCA")
+    if webhook:
+        lines.extend(_render_webhook_ca(webhook))
     return "\n".join(lines) + "\n"
+
+
+async def _webhook_ca_status(kube: Kube, namespace: str, now: datetime) -> dict[str, Any] | None:
+    from meshless.identity.render import decode_secret_data
+    from meshless.kube import SECRETS
+    from meshless.pki.webhook_ca import WEBHOOK_CA_SECRET_NAME, status_summary
+
+    secret = await kube.get(SECRETS, namespace, WEBHOOK_CA_SECRET_NAME)
+    if secret is None:
+        return None
+    summary = status_summary(decode_secret_data(secret.get("data")), now)
+    return {"secret": f"{namespace}/{WEBHOOK_CA_SECRET_NAME}", **summary}
+
+
+def _render_webhook_ca(webhook: dict[str, Any]) -> list[str]:
+    lines = [f"webhook CA: {webhook['secret']}"]
+    if webhook.get("error"):
+        return [*lines, f"  unusable: {webhook['error']}"]
+    lines.append(
+        f"  phase {webhook['phase']} since {webhook['phaseSince']}, rotates at "
+        f"{webhook['rotatesAt']}, last rotation {webhook['lastRotation'] or 'never'}"
+    )
+    for root in webhook["roots"]:
+        role = "signs" if root["signs"] else "trusted only"
+        lines.append(f"  root {root['sha256'][:16]} expires {root['notAfter']} ({role})")
+    return lines
 
 
 async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO) -> int:

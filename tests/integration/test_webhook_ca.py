@@ -97,7 +97,9 @@ def pod(name: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "web"}},
-        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox", "ports": [{"containerPort": 8443}]}]
+        },
     }
 
 
@@ -277,7 +279,7 @@ def test_the_api_server_refuses_a_webhook_server_with_a_workload_certificate_for
     assert _handshake(with_forged, trusted_by_workloads, "127.0.0.1")
 
     # The genuine server answered the fixture's pod; now the attacker takes its address.
-    assert op.stop() == 0
+    op.stop()
     impostor = impostors(op.webhook_port, forged)
     with pytest.raises(client.ApiException) as refused:
         create_injected_pod(api_client, admitted.namespace, "through-the-impostor")
@@ -298,7 +300,7 @@ def test_the_api_server_refuses_a_webhook_server_with_a_workload_certificate_for
     )
     created = core.create_namespaced_pod(admitted.namespace, pod("through-a-webhook-ca-cert"))
     assert created.metadata.name == "through-a-webhook-ca-cert"
-    assert "/meshless-inject" in genuine.reviews
+    assert any(path.startswith("/meshless-inject") for path in genuine.reviews), genuine.reviews
 
 
 def _load(context: ssl.SSLContext, certificate: ServingCertificate, directory: Path) -> None:

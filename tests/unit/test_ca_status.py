@@ -63,3 +63,25 @@ def test_switch_status_shows_roots_roles_and_counts() -> None:
     assert "bundles:    12/12 carry the new root, 12 still carry the old root" in text
     assert "leaves:     4 on the old chain, 6/10 reissued" in text
     assert "requested:  root:2 (not acted on yet)" in text
+
+
+def test_the_webhook_ca_shows_its_phase_and_roots_without_key_material() -> None:
+    from meshless.pki.webhook_ca import new_webhook_ca_data, status_summary
+
+    ca, _ = bootstrap_self_signed("cluster.local", NOW)
+    doc = status_document(ca, RotationState(), None, {})
+    doc["secret"] = "meshless-system/meshless-ca"
+    data = new_webhook_ca_data(NOW)
+    doc["webhookCA"] = {
+        "secret": "meshless-system/meshless-webhook-ca",
+        **status_summary(data, NOW),
+    }
+    text = render_status(doc)
+    assert "webhook CA: meshless-system/meshless-webhook-ca" in text
+    assert "  phase Idle since 2026-01-15T12:00:00+00:00" in text
+    assert text.count("(signs)") == 1
+    assert "PRIVATE" not in json.dumps(doc)
+    broken = status_summary({"tls.crt": b"junk", "tls.key": b"junk"}, NOW)
+    assert broken["error"].startswith("CAInvalidPEM")  # type: ignore[union-attr]
+    doc["webhookCA"] = {"secret": "s", **broken}
+    assert "  unusable: CAInvalidPEM" in render_status(doc)

@@ -230,6 +230,29 @@ def issued_by(chain_pem: bytes, root: x509.Certificate) -> bool:
     return True
 
 
+def status_summary(data: Mapping[str, bytes], now: datetime) -> dict[str, object]:
+    """What `meshless ca status` says about the webhook CA (no key material)."""
+    try:
+        ca = webhook_ca_from_secret_data(data, now)
+    except CAError as exc:
+        return {"error": f"{exc.reason}: {exc}"}
+    signing = fingerprint(ca.root).hex()
+    return {
+        "phase": ca.record.phase.value,
+        "phaseSince": ca.record.since.isoformat() if ca.record.since else None,
+        "rotatesAt": ca.renewal_time().isoformat(),
+        "lastRotation": ca.record.last_rotation.isoformat() if ca.record.last_rotation else None,
+        "roots": [
+            {
+                "sha256": fingerprint(root).hex(),
+                "notAfter": root.not_valid_after_utc.isoformat(),
+                "signs": fingerprint(root).hex() == signing,
+            }
+            for root in ca.authority.roots
+        ],
+    }
+
+
 # --- rotation: the decision -------------------------------------------------------------
 class Action(StrEnum):
     REPLACE = "Replace"  # unusable or expired: a new root alone, at once
