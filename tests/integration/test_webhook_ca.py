@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -479,6 +480,14 @@ def test_the_webhook_ca_rotates_with_overlap_and_no_pod_is_refused(
     print(f"webhook CA rotation: {duration:.1f}s, {storm.created} pods admitted, none refused")
 
 
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -543,3 +552,35 @@ def test_a_secret_of_that_name_meshless_does_not_manage_is_left_alone(
         assert secret_data(core, ns, WEBHOOK_CA_SECRET_NAME) == {"note": b"mine"}
     finally:
         core.delete_namespace(ns)
+
+
+def test_a_standby_replica_serves_from_the_same_root_and_changes_over_before_finish(
+    operator_factory: OperatorFactory, api_client: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(api_client)
+    leader = operator_factory(ca_settle_time=SETTLE)
+    leader.wait_for_log("reconciling as leader", timeout=30)
+    standby = operator_factory(namespace=leader.namespace, ca_settle_time=SETTLE)
+    ns = leader.namespace
+    old = webhook_ca_from_secret_data(
+        secret_data(core, ns, WEBHOOK_CA_SECRET_NAME), datetime.now(UTC)
+    )
+    for replica in (leader, standby):  # one root for every replica, the standby's from start
+        wait_until(partial(listening, replica.webhook_port))
+        served_certificate(replica.webhook_port).verify_directly_issued_by(old.root)
+    assert "reconciling as leader" not in standby.log()
+    core.patch_namespaced_secret(
+        WEBHOOK_CA_SECRET_NAME, ns, {"metadata": {"annotations": {"meshless.dev/rotate": "now"}}}
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        data = secret_data(core, ns, WEBHOOK_CA_SECRET_NAME)
+        record = record_from_json(data["rotation.json"])
+        if record.handled_request == "now" and record.phase.value == "Idle":
+            break
+        assert time.monotonic() < deadline, f"rotation not done: {record}"
+        time.sleep(0.1)
+    new = webhook_ca_from_secret_data(data, datetime.now(UTC))
+    assert fingerprint(new.root) != fingerprint(old.root)
+    # By the time the old root left caBundle, the standby served from the new one too.
+    served_certificate(standby.webhook_port).verify_directly_issued_by(new.root)
