@@ -26,6 +26,7 @@ from meshless.pki.webhook_ca import (
     WEBHOOK_CA_SECRET_NAME,
     Action,
     Observed,
+    Phase,
     WebhookCA,
     apply_step,
     common_fingerprints,
@@ -35,6 +36,8 @@ from meshless.pki.webhook_ca import (
 )
 
 log = logging.getLogger(__name__)
+
+NOT_OURS = "WebhookCASecretConflict"
 
 
 def configured_bundles(configurations: list[Json | None]) -> list[bytes]:
@@ -112,9 +115,10 @@ class WebhookCAStore:
             return False
         self._identity = identity
         log.info(
-            "webhook CA: %s signs, caBundle %d root(s), phase %s",
-            ca.root.subject.rfc4514_string(),
-            len(ca.authority.roots),
+            "webhook CA: root %s signs (expires %s), caBundle %s, phase %s",
+            fingerprint(ca.root).hex()[:16],
+            ca.root.not_valid_after_utc.isoformat(),
+            "+".join(fingerprint(r).hex()[:16] for r in ca.authority.roots),
             ca.record.phase.value,
         )
         return True
@@ -123,7 +127,7 @@ class WebhookCAStore:
         labels = (secret.get("metadata") or {}).get("labels") or {}
         if labels.get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
             raise CAError(
-                "WebhookCASecretConflict",
+                NOT_OURS,
                 f"Secret {self._namespace}/{WEBHOOK_CA_SECRET_NAME} exists but is not managed "
                 f"by meshless (no label {MANAGED_BY_KEY}={MANAGED_BY_VALUE}); it is left alone",
             )
@@ -168,12 +172,10 @@ class WebhookCAStore:
         """The leader's rotation step (one per poll). True when the Secret was written (the
         caller loads it again and updates the configurations)."""
         secret = self.secret
-        if secret is None or (
-            self.error is not None and self.error.reason == "WebhookCASecretConflict"
-        ):
+        if secret is None or (self.error is not None and self.error.reason == NOT_OURS):
             return False
         ca = self.current if self.error is None else None
-        if ca is not None and ca.record.phase.value != "Idle":
+        if ca is not None and ca.record.phase is not Phase.IDLE:
             await self.observe_configurations()
         annotations = (secret.get("metadata") or {}).get("annotations") or {}
         observed = Observed(
