@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from meshless.api import MANAGED_BY, MANAGED_BY_KEY, MANAGED_BY_VALUE, ROTATE_ANNOTATION
+from meshless.api import (
+    MANAGED_BY,
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    ROTATE_ANNOTATION,
+    Reason,
+)
 from meshless.identity.render import decode_secret_data
 from meshless.kube import MUTATING_WEBHOOKS, SECRETS, VALIDATING_WEBHOOKS, ApiError, Json, Kube
 from meshless.pki.bundle import fingerprint
@@ -27,6 +33,7 @@ from meshless.pki.webhook_ca import (
     Action,
     Observed,
     Phase,
+    Step,
     WebhookCA,
     apply_step,
     common_fingerprints,
@@ -38,6 +45,12 @@ from meshless.pki.webhook_ca import (
 log = logging.getLogger(__name__)
 
 NOT_OURS = "WebhookCASecretConflict"
+EVENT_REASONS = {
+    Action.PREPARE: Reason.WEBHOOK_CA_PREPARE,
+    Action.SWITCH: Reason.WEBHOOK_CA_SWITCH,
+    Action.FINISH: Reason.WEBHOOK_CA_FINISH,
+    Action.REPLACE: Reason.WEBHOOK_CA_REPLACED,
+}
 
 
 def configured_bundles(configurations: list[Json | None]) -> list[bytes]:
@@ -198,7 +211,28 @@ class WebhookCAStore:
         if not await self._write(secret, data):
             return False
         log.info("webhook CA rotation: %s: %s", step.action.value, step.message)
+        await self._event(secret, step)
         return True
+
+    async def _event(self, secret: Json, step: Step) -> None:
+        """An Event on the Secret for each step (`kubectl describe secret` tells the story)."""
+        meta = secret["metadata"]
+        involved = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        }
+        try:
+            await self._kube.post_event(
+                involved,
+                type="Warning" if step.action is Action.REPLACE else "Normal",
+                reason=EVENT_REASONS[step.action],
+                message=step.message,
+            )
+        except ApiError as exc:
+            log.warning("could not post an Event about the webhook CA Secret: %s", exc)
 
     async def _write(self, secret: Json, data: Mapping[str, bytes]) -> bool:
         meta = secret["metadata"]

@@ -47,7 +47,7 @@ from meshless.settings import CA_SECRET_NAME
 from meshless.webhook_ca_store import WebhookCAStore
 
 from .conftest import OperatorFactory, OperatorProcess
-from .kubehelpers import wait_secret
+from .kubehelpers import wait_event, wait_secret
 from .policyhelpers import create_policy, wait_admission_label
 
 TIMEOUT = 60.0
@@ -443,6 +443,12 @@ def test_the_webhook_ca_rotates_with_overlap_and_no_pod_is_refused(
         assert recorder.disagreements == []
     served = served_certificate(op.webhook_port)
     served.verify_directly_issued_by(new.root)
+    for reason in (
+        "WebhookCARotationPrepare",
+        "WebhookCARotationSwitch",
+        "WebhookCARotationFinish",
+    ):
+        wait_event(api_client, ns, WEBHOOK_CA_SECRET_NAME, reason)
     print(f"webhook CA rotation: {duration:.1f}s, {storm.created} pods admitted, none refused")
 
 
