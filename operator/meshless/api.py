@@ -127,6 +127,11 @@ class Reason(StrEnum):
     CA_ROTATION_REFUSED = "CARotationRefused"
     CA_INTERMEDIATE_ROTATED = "CAIntermediateRotated"
     CA_ROTATION_FAILED = "CARotationFailed"
+    # The webhook CA Secret (Events): one per rotation step
+    WEBHOOK_CA_PREPARE = "WebhookCARotationPrepare"
+    WEBHOOK_CA_SWITCH = "WebhookCARotationSwitch"
+    WEBHOOK_CA_FINISH = "WebhookCARotationFinish"
+    WEBHOOK_CA_REPLACED = "WebhookCAReplaced"
     # Enforced (probes)
     PROVEN = "Proven"
     PROBING = "Probing"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -57,6 +58,11 @@ def add_ca_command(commands: Any) -> None:
         action="store_true",
         help="only a new intermediate under the same root (no trust-bundle change)",
     )
+    rotate.add_argument(
+        "--webhook",
+        action="store_true",
+        help="rotate the admission webhooks' own CA (meshless-webhook-ca) instead",
+    )
 
 
 def run_ca_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -69,6 +75,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     secret_name = CA_SECRET_NAME if args.ca_source == CA_SELF_SIGNED else args.ca_source
     kube = Kube(load_configuration(args.kubeconfig), connections=4)
     try:
+        if args.ca_command == "rotate" and getattr(args, "webhook", False):
+            return await _rotate_webhook(kube, args, out)
         secret = await kube.get(SECRETS, args.namespace, secret_name)
         if secret is None:
             print(
@@ -107,6 +115,7 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     doc = status_document(ca, state, progress, annotations)
     doc["secret"] = f"{args.namespace}/{secret['metadata']['name']}"
+    doc["webhookCA"] = await _webhook_ca_status(kube, args.namespace, now)
     if args.output == "json":
         json.dump(doc, out, indent=2)
         out.write("\n")
@@ -148,7 +157,36 @@ def render_status(doc: dict[str, Any]) -> str:
         )
     lines.append(f"last root rotation:         {doc['lastRootRotation'] or 'never'}")
     lines.append(f"last intermediate rotation: {doc['lastIntermediateRotation'] or 'never'}")
+    webhook = doc.get("webhookCA")
+    if webhook:
+        lines.extend(_render_webhook_ca(webhook))
     return "\n".join(lines) + "\n"
+
+
+async def _webhook_ca_status(kube: Kube, namespace: str, now: datetime) -> dict[str, Any] | None:
+    from meshless.identity.render import decode_secret_data
+    from meshless.kube import SECRETS
+    from meshless.pki.webhook_ca import WEBHOOK_CA_SECRET_NAME, status_summary
+
+    secret = await kube.get(SECRETS, namespace, WEBHOOK_CA_SECRET_NAME)
+    if secret is None:
+        return None
+    summary = status_summary(decode_secret_data(secret.get("data")), now)
+    return {"secret": f"{namespace}/{WEBHOOK_CA_SECRET_NAME}", **summary}
+
+
+def _render_webhook_ca(webhook: dict[str, Any]) -> list[str]:
+    lines = [f"webhook CA: {webhook['secret']}"]
+    if webhook.get("error"):
+        return [*lines, f"  unusable: {webhook['error']}"]
+    lines.append(
+        f"  phase {webhook['phase']} since {webhook['phaseSince']}, rotates at "
+        f"{webhook['rotatesAt']}, last rotation {webhook['lastRotation'] or 'never'}"
+    )
+    for root in webhook["roots"]:
+        role = "signs" if root["signs"] else "trusted only"
+        lines.append(f"  root {root['sha256'][:16]} expires {root['notAfter']} ({role})")
+    return lines
 
 
 async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO) -> int:
@@ -207,5 +245,60 @@ async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     out.write(
         f"requested {what} ({request.value}); the operator acts on it within its CA poll "
         "interval. Follow it with `meshless ca status`.\n"
+    )
+    return 0
+
+
+async def _rotate_webhook(kube: Kube, args: argparse.Namespace, out: TextIO) -> int:
+    """Annotate the webhook CA Secret: the leader starts a rotation on its next poll."""
+    from meshless.kube import SECRETS, ApiError
+    from meshless.pki.webhook_ca import STATE_KEY, WEBHOOK_CA_SECRET_NAME, Phase, record_from_json
+
+    if args.intermediate:
+        print("meshless: the webhook CA has no intermediate (drop --intermediate)", file=sys.stderr)
+        return EXIT_ERROR
+    secret = await kube.get(SECRETS, args.namespace, WEBHOOK_CA_SECRET_NAME)
+    if secret is None:
+        print(
+            f"meshless: the webhook CA Secret {args.namespace}/{WEBHOOK_CA_SECRET_NAME} does "
+            "not exist (is the operator running in that namespace?)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    meta = secret["metadata"]
+    raw = (secret.get("data") or {}).get(STATE_KEY)
+    record = record_from_json(base64.b64decode(raw) if raw else None)
+    pending = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION) or ""
+    if record.phase is not Phase.IDLE:
+        print(
+            f"meshless: refused: a webhook CA rotation is in progress (phase "
+            f"{record.phase.value}); it ends within about twice the settle time",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    if pending and pending != record.handled_request:
+        print(
+            f"meshless: refused: the request {pending!r} has not been acted on yet (is the "
+            "operator running?)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    request = f"webhook:{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    patch = {
+        "metadata": {
+            "resourceVersion": meta["resourceVersion"],
+            "annotations": {ROTATE_ANNOTATION: request},
+        }
+    }
+    try:
+        await kube.patch(SECRETS, meta["namespace"], meta["name"], patch)
+    except ApiError as exc:
+        if exc.status == 409:
+            print("meshless: refused: the webhook CA Secret changed meanwhile", file=sys.stderr)
+            return EXIT_REFUSED
+        raise
+    out.write(
+        f"requested a webhook CA rotation ({request}); caBundle goes old -> old + new -> new "
+        "over about twice the settle time\n"
     )
     return 0

@@ -20,12 +20,13 @@ from prometheus_client import start_http_server
 
 from meshless import metrics
 from meshless.admission.server import (
+    AdmissionWebhookServer,
     apply_configurations,
     register_admission_handlers,
     serve_admission,
     webhook_endpoint,
 )
-from meshless.api import GROUP, IDENTITY_LABEL, VERSION, Plural
+from meshless.api import GROUP, IDENTITY_LABEL, VERSION, WEBHOOK_CONFIGURATION, Plural
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
@@ -41,6 +42,7 @@ from meshless.settings import Settings, SettingsError, check_listen_ports
 from meshless.startup import StartupState, next_delay
 from meshless.status import EventRecorder
 from meshless.watch import Key, Watch
+from meshless.webhook_ca_store import WebhookCAStore
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,11 @@ class Operator:
         self.kube = kube
         self.ca = CAStore(kube, settings, utcnow)
         self.rotation = CARotation(kube, settings, self.ca, utcnow)
+        # The webhooks' own CA: the configurations' caBundle, never a workload root.
+        self.webhook_ca = WebhookCAStore(
+            kube, settings.namespace, utcnow, settings.ca_settle_time, WEBHOOK_CONFIGURATION
+        )
+        self.webhook_server: AdmissionWebhookServer | None = None
         self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
         self.events = EventRecorder(kube)
         self.identities = IdentityController(
@@ -162,6 +169,11 @@ class Operator:
         self._note_ca()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
         self._tasks.append(asyncio.create_task(self._read_policies_for_admission()))
+        try:
+            await self.webhook_ca.load()
+        except Exception:  # the poll tries again; the webhooks wait for it
+            log.exception("loading the webhook CA failed")
+        self._tasks.append(asyncio.create_task(self._poll_webhook_ca()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
         if self.settings.leader_election:
             self.elector = LeaderElector(
@@ -240,34 +252,39 @@ class Operator:
         return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook_port)
 
     def serve_webhooks(self, kopf_settings: kopf.OperatorSettings) -> None:
-        """Every replica serves the admission webhooks, with a serving certificate from our
-        CA that is renewed at 2/3 of its life or when the CA changes. Without a usable CA
-        yet, Kopf gets a server that starts once one is loaded."""
+        """Every replica serves the admission webhooks, with a serving certificate from the
+        webhook CA that is renewed at 2/3 of its life or when that CA's signing root changes.
+        Without a usable webhook CA yet, Kopf gets a server that starts once one is loaded."""
         kopf_settings.admission.server = self._admission_server
 
     async def _admission_server(
         self, fn: kopf.WebhookFn
     ) -> AsyncIterator[kopf.WebhookClientConfig]:
-        while self.ca.current is None:
-            log.warning("admission webhooks wait for a usable CA (see the CA Secret's Events)")
+        while self.webhook_ca.authority is None:
+            log.warning("admission webhooks wait for a usable webhook CA (see the log)")
             await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
         holder = kopf.OperatorSettings()
         server, keeper = serve_admission(
             holder,
-            ca=lambda: self.ca.current,
+            ca=lambda: self.webhook_ca.authority,
             hosts=self.webhook_hosts,
             clock=utcnow,
             addr=self.settings.webhook_host,
             port=self.settings.webhook_port,
         )
-        self._tasks.append(asyncio.create_task(keeper.run(server)))
+        self._tasks.append(
+            asyncio.create_task(
+                keeper.run(server, check_every=self.settings.ca_poll_interval.total_seconds())
+            )
+        )
+        self.webhook_server = server
         self.webhooks_served = True
         async for client_config in server(fn):
             yield client_config
 
     async def _apply_webhook_configurations(self) -> None:
-        """The leader keeps the configurations and their caBundle in step with the CA."""
-        bundle = self.ca.bundle
+        """The leader keeps the configurations and their caBundle in step with the webhook CA."""
+        bundle = self.webhook_ca.bundle
         if bundle is None:
             return
         try:
@@ -380,6 +397,23 @@ class Operator:
                 except Exception:
                     log.exception("updating the trust bundles failed; the next change retries")
                 self.identities.enqueue_all()
+
+    async def _poll_webhook_ca(self) -> None:
+        """Every replica reads the webhook CA (its serving certificate follows the signing
+        root); the leader takes one rotation step per poll and writes caBundle on a change."""
+        while True:
+            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
+            try:
+                changed = await self.webhook_ca.load()
+                if self.leading:
+                    server = self.webhook_server
+                    chain = server.certificate.chain_pem if server is not None else None
+                    if await self.webhook_ca.step(chain):
+                        changed = await self.webhook_ca.load() or changed
+                if self.leading and changed:
+                    await self._apply_webhook_configurations()
+            except Exception:  # the API being away must not stop the poll
+                log.exception("the webhook CA poll failed; trying again")
 
     async def _resync(self) -> None:
         while True:

@@ -86,3 +86,25 @@ def test_leaves_of_refused_identities_do_not_hold_up_a_root_rotation() -> None:
     assert not refused_spec(_identity("CAUnavailable"))
     assert not refused_spec(_identity("Ready", status="True"))
     assert not refused_spec({"metadata": {"namespace": "shop", "name": "new"}})
+
+
+def test_the_webhook_ca_shows_its_phase_and_roots_without_key_material() -> None:
+    from meshless.pki.webhook_ca import new_webhook_ca_data, status_summary
+
+    ca, _ = bootstrap_self_signed("cluster.local", NOW)
+    doc = status_document(ca, RotationState(), None, {})
+    doc["secret"] = "meshless-system/meshless-ca"
+    data = new_webhook_ca_data(NOW)
+    doc["webhookCA"] = {
+        "secret": "meshless-system/meshless-webhook-ca",
+        **status_summary(data, NOW),
+    }
+    text = render_status(doc)
+    assert "webhook CA: meshless-system/meshless-webhook-ca" in text
+    assert "  phase Idle since 2026-01-15T12:00:00+00:00" in text
+    assert text.count("(signs)") == 1
+    assert "PRIVATE" not in json.dumps(doc)
+    broken = status_summary({"tls.crt": b"junk", "tls.key": b"junk"}, NOW)
+    assert broken["error"].startswith("CAInvalidPEM")  # type: ignore[union-attr]
+    doc["webhookCA"] = {"secret": "s", **broken}
+    assert "  unusable: CAInvalidPEM" in render_status(doc)

@@ -133,12 +133,12 @@ def _ca_builder(
     subject: x509.Name,
     issuer: x509.Name,
     key: PrivateKey,
-    td_uri: str,
+    td_uri: str | None,
     not_before: datetime,
     not_after: datetime,
     path_length: int | None,
 ) -> x509.CertificateBuilder:
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
@@ -162,9 +162,11 @@ def _ca_builder(
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(td_uri)]), critical=False
-        )
+    )
+    if td_uri is None:  # a CA outside the trust domain (the webhook CA)
+        return builder
+    return builder.add_extension(
+        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(td_uri)]), critical=False
     )
 
 
@@ -210,6 +212,25 @@ def bootstrap_self_signed(
         issuer_cert=issuer, issuer_key=issuer_key, intermediates=(issuer,), roots=(root,)
     )
     return ca, root_key
+
+
+def self_signed_root(
+    common_name: str,
+    now: datetime,
+    ttl: timedelta,
+    *,
+    algorithm: KeyAlgorithm = KeyAlgorithm.ECDSAP256,
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A self-signed root that signs leaves directly (pathlen 0) and names no trust domain:
+    for a CA of its own outside the workloads' trust (the admission webhooks')."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    key = generate_private_key(algorithm)
+    name = _ca_name(common_name)
+    cert = _ca_builder(name, name, key, None, now - CA_BACKDATE, now + ttl, 0).sign(
+        key, signature_hash_for(key)
+    )
+    return cert, key
 
 
 def _pem(certs: Sequence[x509.Certificate]) -> bytes:
