@@ -155,6 +155,8 @@ def test_the_configurations_carry_exactly_the_webhook_root_and_no_workload_root(
         "inject.meshless.dev",
         "strict.meshless.dev",
         "identity-label.meshless.dev",
+        "binding.meshless.dev",
+        "dns-names.meshless.dev",
     }
     for name, roots in configured.items():
         assert roots == webhook_roots, name
