@@ -10,14 +10,18 @@ import ssl
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from meshless.pki.ca import CertificateAuthority, authority_key_id_for
+from meshless.pki.keys import PrivateKey
 from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +56,47 @@ def write_identity(directory: Path, chain_pem: bytes, key_pem: bytes, roots_pem:
     (directory / "tls.key").write_bytes(key_pem)
     (directory / "ca.crt").write_bytes(roots_pem)
     return Identity(directory)
+
+
+# --- CA certificates built by hand (an attacker's, a user's, a control) --------------------
+def ca_cert(
+    subject: str,
+    key: PrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: PrivateKey,
+    path_length: int | None,
+    constraints: x509.NameConstraints | None = None,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer is not None else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.now(UTC) - timedelta(minutes=5))
+        .not_valid_after(datetime.now(UTC) + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(authority_key_id_for(issuer), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    return builder.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+def unconstrained_ca() -> CertificateAuthority:
+    """A root without a path length and an intermediate without NameConstraints: a user's CA
+    as many are, meshless's own before constraints, and the tests' control."""
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = ca_cert("control root", root_key, None, root_key, None)
+    issuer = ca_cert("control intermediate", key, root, root_key, 0)
+    return CertificateAuthority(issuer, key, (issuer,), (root,))
 
 
 # --- openssl verify ------------------------------------------------------------------------

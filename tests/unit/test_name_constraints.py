@@ -43,12 +43,14 @@ from meshless.pki.svid import SUBJECT, SvidRequest, issue_svid
 from tests.x509peers import (
     Identity,
     PythonTlsServer,
+    ca_cert,
     gospiffe_dial,
     gospiffe_verify,
     node_client,
     openssl_verify,
     pem,
     python_client,
+    unconstrained_ca,
     write_identity,
 )
 
@@ -69,46 +71,6 @@ def constrained() -> tuple[CertificateAuthority, PrivateKey]:
 
 
 # --- certificates built by hand: what an attacker with a CA key would sign -----------------
-def _ca_cert(
-    subject: str,
-    key: PrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: PrivateKey,
-    path_length: int | None,
-    constraints: x509.NameConstraints | None = None,
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer is not None else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now() - timedelta(minutes=5))
-        .not_valid_after(now() + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(authority_key_id_for(issuer), critical=False)
-    if constraints is not None:
-        builder = builder.add_extension(constraints, critical=True)
-    return builder.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
-
-
-def unconstrained_ca() -> CertificateAuthority:
-    """The control: a root (no path length) and an intermediate without NameConstraints, as
-    meshless made them before they existed."""
-    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    root = _ca_cert("control root", root_key, None, root_key, None)
-    issuer = _ca_cert("control intermediate", key, root, root_key, 0)
-    return CertificateAuthority(issuer, key, (issuer,), (root,))
-
-
 def forged_leaf(
     issuer: x509.Certificate,
     issuer_key: PrivateKey,
@@ -344,7 +306,7 @@ def test_a_second_intermediate_under_the_issuing_one_is_refused(
 ) -> None:
     ca = constrained[0]
     key = ec.generate_private_key(ec.SECP256R1())
-    second = _ca_cert("rogue intermediate", key, ca.issuer_cert, ca.issuer_key, None)
+    second = ca_cert("rogue intermediate", key, ca.issuer_cert, ca.issuer_key, None)
     leaf, key_pem = forged_leaf(second, key, [SPIFFE_URI, x509.DNSName("api.ns.svc")])
     identity = write_identity(
         tmp_path / "rogue", pem(leaf, second, ca.issuer_cert), key_pem, bundle_pem(ca.roots)
@@ -364,9 +326,9 @@ def test_the_root_admits_one_ca_below_it(root_path_length: int | None, tmp_path:
         ec.generate_private_key(ec.SECP256R1()),
         ec.generate_private_key(ec.SECP256R1()),
     )
-    root = _ca_cert("root", root_key, None, root_key, root_path_length)
-    upper = _ca_cert("upper", upper_key, root, root_key, None)
-    lower = _ca_cert("lower", lower_key, upper, upper_key, 0)
+    root = ca_cert("root", root_key, None, root_key, root_path_length)
+    upper = ca_cert("upper", upper_key, root, root_key, None)
+    lower = ca_cert("lower", lower_key, upper, upper_key, 0)
     leaf, key_pem = forged_leaf(lower, lower_key, [SPIFFE_URI])
     identity = write_identity(tmp_path / "chain", pem(leaf, lower, upper), key_pem, pem(root))
     proc = openssl_verify(identity)
