@@ -35,6 +35,7 @@ from meshless.pki.constraints import (
     constraints_of,
     intermediate_constraints_stale,
     name_constraints,
+    names_outside_constraints,
     report,
 )
 from meshless.pki.keys import KeyAlgorithm, PrivateKey, private_key_to_pem
@@ -184,6 +185,9 @@ def test_openssl_refuses_a_forged_leaf_outside_the_subtrees(
 ) -> None:
     names, cn, violation = FORGERIES[case]
     forged = forged_identity(tmp_path / "forged", constrained[0], names, cn)
+    # The pure check agrees with OpenSSL on the SANs (a CN is not a SAN: OpenSSL's own rule).
+    chain = x509.load_pem_x509_certificates(forged.cert.read_bytes())
+    assert bool(names_outside_constraints(chain)) is (cn is None)
     for purpose in ("sslserver", "sslclient"):
         proc = openssl_verify(forged, purpose=purpose)
         assert proc.returncode != 0, proc.stdout
@@ -448,3 +452,65 @@ def test_the_rotated_intermediate_carries_the_new_constraints_under_the_same_roo
     )
     proc = openssl_verify(stale)
     assert proc.returncode != 0 and "permitted subtree violation" in proc.stderr
+
+
+def test_names_outside_constraints_names_each_offending_san(
+    constrained: tuple[CertificateAuthority, PrivateKey], tmp_path: Path
+) -> None:
+    ca = constrained[0]
+
+    def outside(
+        names: list[x509.GeneralName], issuer: CertificateAuthority = ca
+    ) -> tuple[str, ...]:
+        leaf, _ = forged_leaf(issuer.issuer_cert, issuer.issuer_key, names)
+        return names_outside_constraints([leaf, *issuer.intermediates])
+
+    assert outside([SPIFFE_URI, *(x509.DNSName(d) for d in IN_POLICY_DNS)]) == ()
+    assert outside([SPIFFE_URI, x509.DNSName("API.NS.SVC.")]) == ()  # case, trailing dot
+    assert outside([SPIFFE_URI, x509.DNSName("example.com"), x509.DNSName("a.svc")]) == (
+        "DNS:example.com",
+    )
+    assert outside([SPIFFE_URI, x509.DNSName("notsvc")]) == ("DNS:notsvc",)
+    assert outside([URI("spiffe://cluster.local.evil/ns/a/sa/b")]) == (
+        "URI:spiffe://cluster.local.evil/ns/a/sa/b",
+    )
+    assert outside([SPIFFE_URI, x509.IPAddress(ipaddress.ip_address("::1"))]) == ("IP:::1",)
+    assert outside([SPIFFE_URI, x509.DNSName("example.com")], unconstrained_ca()) == ()
+
+
+def test_a_leaf_its_own_intermediate_does_not_permit_is_reissued_at_once(
+    tmp_path: Path,
+) -> None:
+    """After the intermediate rotated for a policy change, a leaf still under the old one is
+    normally kept until its place in the window; one whose names the old intermediate does not
+    permit (it fails every handshake) is reissued at once."""
+    ca, root_key = bootstrap_self_signed(TD, now())
+    wider = name_constraints(TD, DnsNamePolicy(allowed=(EXAMPLE_PATTERN,)).permitted_dns_subtrees())
+    new_ca = ca_from_secret_data(
+        r.rotate_intermediate(
+            ca_to_secret_data(ca, root_key),
+            ca,
+            root_key,
+            r.RotationState(),
+            request=None,
+            now=now(),
+            constraints=wider,
+        ),
+        now(),
+    )
+
+    def deadline(names: list[x509.GeneralName]) -> datetime | None:
+        leaf, _ = forged_leaf(ca.issuer_cert, ca.issuer_key, names)
+        return r.retired_issuer_deadline(
+            [leaf, ca.issuer_cert],
+            trusted_roots=new_ca.roots,
+            renewal_at=now() + timedelta(hours=20),
+            namespace="ns",
+            name="api",
+            state=r.RotationState(),
+            window=timedelta(hours=1),
+            now=now(),
+        )
+
+    assert deadline([SPIFFE_URI, x509.DNSName("api.ns.svc")]) is not None
+    assert deadline([SPIFFE_URI, x509.DNSName("api.ns.example.com")]) is None

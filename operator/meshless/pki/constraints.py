@@ -18,7 +18,7 @@ hostname-like CN against the DNS subtrees never applies to them.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -61,6 +61,73 @@ def intermediate_constraints_stale(issuer: x509.Certificate, desired: x509.NameC
     changed)."""
     current = constraints_of(issuer)
     return current is None or not current.critical or not same_constraints(current.value, desired)
+
+
+def _dns_within(name: str, base: str) -> bool:
+    """RFC 5280 4.2.1.10 for DNS names (as OpenSSL and Go match them): `base` itself or any
+    name below it; a base with a leading '.' only names below it."""
+    name, base = name.lower().rstrip("."), base.lower()
+    if not base:
+        return True
+    if base.startswith("."):
+        return name.endswith(base)
+    return name == base or name.endswith("." + base)
+
+
+def _uri_host(uri: str) -> str:
+    rest = uri.partition("://")[2]
+    return rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+
+
+def _within(name: x509.GeneralName, base: x509.GeneralName) -> bool | None:
+    """Whether `name` is inside the subtree `base`; None when the two are of other kinds."""
+    if isinstance(name, x509.DNSName) and isinstance(base, x509.DNSName):
+        return _dns_within(name.value, base.value)
+    if isinstance(name, x509.UniformResourceIdentifier) and isinstance(
+        base, x509.UniformResourceIdentifier
+    ):
+        host = _uri_host(name.value).split(":", 1)[0]
+        return (
+            _dns_within(host, base.value)
+            if base.value.startswith(".")
+            else (host.lower() == base.value.lower())
+        )
+    if isinstance(name, x509.IPAddress) and isinstance(base, x509.IPAddress):
+        address, network = name.value, base.value
+        if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network) and isinstance(
+            address, ipaddress.IPv4Address | ipaddress.IPv6Address
+        ):
+            return address.version == network.version and address in network
+        return False
+    return None
+
+
+def names_outside_constraints(chain: Sequence[x509.Certificate]) -> tuple[str, ...]:
+    """The leaf's (chain[0]) SANs that a CA certificate in chain[1:] does not permit: a
+    certificate no verifier accepts (a policy changed after it was issued, or the issuing key
+    was misused). Empty when every name is permitted."""
+    if not chain:
+        return ()
+    try:
+        san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    names = list(san)
+    bad: dict[str, None] = {}
+    for ca in chain[1:]:
+        ext = constraints_of(ca)
+        if ext is None:
+            continue
+        permitted = list(ext.value.permitted_subtrees or ())
+        excluded = list(ext.value.excluded_subtrees or ())
+        for name in names:
+            label = describe_subtrees([name])[0]
+            kinds = [_within(name, base) for base in permitted]
+            if any(k is not None for k in kinds) and not any(kinds):
+                bad[label] = None
+            if any(_within(name, base) for base in excluded):
+                bad[label] = None
+    return tuple(bad)
 
 
 class ConstraintsState(StrEnum):

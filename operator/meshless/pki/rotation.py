@@ -48,6 +48,7 @@ from meshless.pki.ca import (
     bootstrap_self_signed,
     subject_key_id,
 )
+from meshless.pki.constraints import names_outside_constraints
 from meshless.pki.keys import (
     KeyAlgorithm,
     PrivateKey,
@@ -696,8 +697,10 @@ def retired_issuer_deadline(
     now: datetime,
 ) -> datetime | None:
     """For a leaf whose issuer is no longer the active one: when to reissue it. None means at
-    once: the leaf has expired or no longer chains to a root in the current bundle (a CA that
-    was replaced outright), so waiting would only prolong broken handshakes.
+    once: the leaf has expired, no longer chains to a root in the current bundle (a CA that
+    was replaced outright), or carries a name its own intermediate's NameConstraints do not
+    permit (issued before a policy change reached the intermediate), so waiting would only
+    prolong broken handshakes.
 
     - Under a root that is leaving (Switch): at its place in the window that began with Switch.
     - Under a root that stays (an intermediate rotated): at its own renewal, or, when the old
@@ -708,6 +711,8 @@ def retired_issuer_deadline(
     leaf = chain[0]
     if now >= leaf.not_valid_after_utc:
         return None
+    if names_outside_constraints(chain):
+        return None  # its own intermediate does not permit its names: it fails every handshake
     root = anchor_of(chain, trusted_roots)
     if root is None:
         return None
