@@ -212,10 +212,12 @@ def test_python_ssl_refuses_a_forged_leaf_in_the_handshake(
         assert python_client(server.port, control.ca) == "hello\n"
 
 
-@pytest.mark.parametrize("case", ["dns-example.com", "ip-v4"])
+@pytest.mark.parametrize("case", ["dns-example.com", "ip-v4", "uri-other-trust-domain"])
 def test_node_and_go_spiffe_refuse_a_forged_leaf(
     case: str, constrained: tuple[CertificateAuthority, PrivateKey], tmp_path: Path
 ) -> None:
+    """For the other trust domain, go-spiffe is given our roots as that domain's bundle (a
+    peer federating with it): the URI constraint is what refuses, not a missing bundle."""
     names, cn, violation = FORGERIES[case]
     ca = constrained[0]
     forged = forged_identity(tmp_path / "forged", ca, names, cn)
@@ -223,11 +225,13 @@ def test_node_and_go_spiffe_refuse_a_forged_leaf(
         node = node_client(server.port, forged.ca)
     assert node.returncode == 1 and "tls-error" in node.stdout, node.stdout + node.stderr
     assert f"{violation} subtree violation" in node.stdout, node.stdout
-    go = gospiffe_verify(forged, TD)
+    spiffe_id = next(str(n.value) for n in names if isinstance(n, URI))
+    trust_domain = spiffe_id.split("/")[2]
+    go = gospiffe_verify(forged, trust_domain)
     assert go.returncode == 1, go.stdout
     assert "not authorized to sign for this name" in go.stderr, go.stderr
     control = forged_identity(tmp_path / "control", unconstrained_ca(), names, cn)
-    assert gospiffe_verify(control, TD).stdout.strip() == SERVER_ID
+    assert gospiffe_verify(control, trust_domain).stdout.strip() == spiffe_id
 
 
 # --- what meshless issues under the policy is accepted everywhere ---------------------------
