@@ -178,7 +178,7 @@ def test_two_identities_complete_mutual_tls_and_bad_clients_are_refused(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    ready_identity(api_client, namespace, "server", dnsNames=["server.local"])
+    ready_identity(api_client, namespace, "server", dnsNames=[f"server.{namespace}.svc"])
     ready_identity(api_client, namespace, "client", privateKey={"algorithm": "RSA2048"})
     server_files = write_identity(
         tmp_path / "server", secret_data(read_secret(api_client, namespace, "server-mtls"))
@@ -193,7 +193,7 @@ def test_two_identities_complete_mutual_tls_and_bad_clients_are_refused(
             client_files.ca,
             client_files.cert,
             client_files.key,
-            server_name="server.local",
+            server_name=f"server.{namespace}.svc",
         )
         client_id = f"spiffe://cluster.local/ns/{namespace}/sa/client"
         assert greeting == f"hello {client_id}"
