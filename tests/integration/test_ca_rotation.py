@@ -656,6 +656,6 @@ def test_a_user_ca_without_name_constraints_keeps_issuing_and_is_reported(
     table = meshless_cli(kubeconfig, "-n", ca_ns, "--ca-source", "user-ca", "status")
     assert "constraints: NONE (NotNameConstrained)" in table.stdout, table.stdout + table.stderr
     # Never rotated for it: a user's CA has no root key here.
-    assert parse_pem_certificates(secret_data(core, ca_ns, CA_SECRET)["tls.crt"])[0] == (  # type: ignore[index]
-        user.issuer_cert
-    )
+    in_use = secret_data(core, ca_ns, CA_SECRET)
+    assert in_use is not None
+    assert parse_pem_certificates(in_use["tls.crt"])[0] == user.issuer_cert
