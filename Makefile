@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install system-packages control-plane node-binaries helm chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages control-plane node-binaries helm gospiffe chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ HELM := $(CURDIR)/.cache/bin/helm-$(HELM_VERSION)/helm
 
 helm:
 	bash hack/build-helm.sh
+
+# The go-spiffe peer of the name-constraint tests (tests/gospiffe); the tests build it too.
+gospiffe:
+	bash hack/build-gospiffe.sh
 
 # The chart as Helm sees it: lint (strict, schema included) and a render with defaults and with
 # every optional object on.
@@ -82,7 +86,7 @@ lint: install chart-lint
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install helm
+unit: install helm gospiffe
 	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests/unit -q
 
 integration: install control-plane helm
@@ -90,7 +94,7 @@ integration: install control-plane helm
 
 # The whole suite: static checks, then unit and integration tests (the test session starts
 # the local control plane itself and stops it at the end).
-test: lint typecheck control-plane node-binaries helm system-packages
+test: lint typecheck control-plane node-binaries helm gospiffe system-packages
 	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests -q -ra
 
 bench: install control-plane

@@ -99,6 +99,7 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     from meshless.ca_rotation import observe_progress, status_document
     from meshless.identity.render import decode_secret_data
     from meshless.pki.ca import CAError, ca_from_secret_data
+    from meshless.pki.constraints import report as constraints_report
     from meshless.pki.rotation import Phase, state_from_secret_data
 
     now = datetime.now(UTC)
@@ -113,7 +114,11 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     if state.phase is not Phase.IDLE:
         progress = await observe_progress(kube, state, ca.roots, now)
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
-    doc = status_document(ca, state, progress, annotations)
+    # Whether the issuer is name-constrained, and to what. The operator compares the subtrees
+    # with its settings (a Warning Event NameConstraintsDiffer on a user's Secret).
+    doc = status_document(
+        ca, state, progress, annotations, constraints_report(ca.issuer_cert, None)
+    )
     doc["secret"] = f"{args.namespace}/{secret['metadata']['name']}"
     doc["webhookCA"] = await _webhook_ca_status(kube, args.namespace, now)
     if args.output == "json":
@@ -145,6 +150,13 @@ def render_status(doc: dict[str, Any]) -> str:
             f"root:       {root['sha256'][:16]} {root['subject']}, expires {root['notAfter']} "
             f"({root['role']})"
         )
+    constraints = doc.get("nameConstraints")
+    if constraints is not None:
+        if constraints["constrained"]:
+            lines.append(f"constraints: permitted {', '.join(constraints['permitted'])}")
+            lines.append(f"             excluded {', '.join(constraints['excluded']) or '-'}")
+        else:
+            lines.append(f"constraints: NONE ({constraints['reason']}): {constraints['message']}")
     progress = doc.get("progress")
     if progress:
         lines.append(

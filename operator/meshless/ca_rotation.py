@@ -41,6 +41,13 @@ from meshless.pki.ca import (
     ca_from_secret_data,
     root_key_from_secret_data,
 )
+from meshless.pki.constraints import (
+    ConstraintsReport,
+    ConstraintsState,
+    describe_subtrees,
+    intermediate_constraints_stale,
+    name_constraints,
+)
 from meshless.pki.rotation import Action, Phase, Progress, RotationPolicy, RotationState
 from meshless.settings import CA_SELF_SIGNED, Settings
 
@@ -52,6 +59,13 @@ def policy_of(settings: Settings) -> RotationPolicy:
         renewal_fraction=settings.ca_renewal_fraction,
         settle_time=settings.ca_settle_time,
         window=settings.ca_rotation_window,
+    )
+
+
+def desired_constraints(settings: Settings) -> x509.NameConstraints:
+    """The NameConstraints the issuing intermediate must carry under these settings."""
+    return name_constraints(
+        settings.trust_domain, settings.dns_name_policy.permitted_dns_subtrees()
     )
 
 
@@ -161,6 +175,7 @@ class CARotation:
         self.ca = ca
         self.clock = clock
         self.policy = policy_of(settings)
+        self.constraints = desired_constraints(settings)
         self.progress: Progress | None = None
         self._reported = ""  # the user CA Secret version and error last reported
         set_phase_metric(Phase.IDLE)
@@ -189,6 +204,7 @@ class CARotation:
         set_progress_metrics(progress)
         data = self.ca.data
         root_key = root_key_from_secret_data(data)
+        stale = root_key is not None and self.constraints_stale(ca)
         decision = core.decide(
             state,
             issuer=ca.issuer_cert,
@@ -198,6 +214,7 @@ class CARotation:
             progress=progress,
             now=now,
             policy=self.policy,
+            constraints_stale=stale,
         )
         if decision.action is Action.NONE:
             return False
@@ -210,6 +227,23 @@ class CARotation:
         self._event(secret, step)
         log.info("CA rotation: %s", step.message)
         return True
+
+    def constraints_stale(self, ca: CertificateAuthority) -> bool:
+        """The issuer does not carry the NameConstraints these settings ask for."""
+        return intermediate_constraints_stale(ca.issuer_cert, self.constraints)
+
+    async def align_name_constraints(self) -> bool:
+        """At the start of a term, before anything is issued: a self-signed intermediate whose
+        NameConstraints are stale (a restart with other --allowed-dns-names or trust domain)
+        is replaced at once, not at the first CA poll, so that no leaf with a newly allowed
+        name is signed under an intermediate that does not permit it. True when the CA Secret
+        was written (the caller reloads the CA)."""
+        ca = self.ca.current
+        if ca is None or self.ca.error is not None or self.settings.ca_source != CA_SELF_SIGNED:
+            return False
+        if not self.constraints_stale(ca):
+            return False
+        return await self.step()
 
     def _apply(
         self,
@@ -236,7 +270,12 @@ class CARotation:
                 core.refuse_request(data, state, request), R.CA_ROTATION_REFUSED, "Warning", why
             )
         if action is Action.START_ROOT_ROTATION:
-            new_ca, new_root_key = core.new_self_signed_like(ca, self.settings.trust_domain, now)
+            new_ca, new_root_key = core.new_self_signed_like(
+                ca,
+                self.settings.trust_domain,
+                now,
+                self.settings.dns_name_policy.permitted_dns_subtrees(),
+            )
             new = core.start_root_rotation(
                 data,
                 ca,
@@ -265,13 +304,16 @@ class CARotation:
                 state,
                 request=request if decision.reason == "Requested" else None,
                 now=now,
+                constraints=self.constraints,
             )
+            permitted = ", ".join(describe_subtrees(self.constraints.permitted_subtrees))
             return _Step(
                 new,
                 R.CA_INTERMEDIATE_ROTATED,
                 "Normal",
-                f"new intermediate under the same root ({decision.reason}); the trust bundle is "
-                "unchanged; certificates move to it at their own renewal",
+                f"new intermediate under the same root ({decision.reason}), name-constrained to "
+                f"{permitted}; the trust bundle is unchanged; certificates move to it at their "
+                "own renewal",
             )
         if action is Action.MARK_BUNDLES_COMPLETE:
             return _Step(
@@ -451,13 +493,29 @@ def _counts(progress: Progress | None) -> str:
     )
 
 
+def constraints_condition(report: ConstraintsReport) -> dict[str, str]:
+    """The CA status condition `NameConstrained`: True when the issuing intermediate carries
+    critical NameConstraints (as asked, when what is asked is known)."""
+    return {
+        "type": "NameConstrained",
+        "status": "True" if report.state is ConstraintsState.MATCHES else "False",
+        "reason": report.state.value,
+        "message": report.message,
+    }
+
+
 def status_document(
     ca: CertificateAuthority,
     state: RotationState,
     progress: Progress | None,
     annotations: Mapping[str, Any],
+    constraints: ConstraintsReport | None = None,
 ) -> dict[str, Any]:
     """What `meshless ca status -o json` prints (no key material)."""
+    extra: dict[str, Any] = {}
+    if constraints is not None:
+        extra["nameConstraints"] = constraints.as_dict()
+        extra["conditions"] = [constraints_condition(constraints)]
     return {
         "phase": state.phase.value,
         "reason": state.reason,
@@ -489,6 +547,7 @@ def status_document(
             for r in ca.roots
         ],
         "progress": progress.as_dict() if progress is not None else None,
+        **extra,
     }
 
 

@@ -4,6 +4,11 @@
 Secret `meshless-ca`. Otherwise the named Secret holds a user's intermediate, copied into
 `meshless-ca` when it first loads. A CA that fails to load never replaces the last good one;
 the failure is kept for status and Events.
+
+The issuing intermediate's NameConstraints are compared with the ones the settings ask for
+(meshless.pki.constraints) each time the CA changes: a self-signed one that differs is
+replaced by the rotation (meshless.ca_rotation); a user-provided one keeps issuing and is
+reported (`constraints`, a Warning Event on the user's Secret, `meshless ca status`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from meshless.pki.ca import (
     ca_from_secret_data,
     ca_to_secret_data,
 )
+from meshless.pki.constraints import ConstraintsReport, ConstraintsState, name_constraints
+from meshless.pki.constraints import report as constraints_report
 from meshless.pki.rotation import RotationState, state_from_secret_data
 from meshless.settings import CA_SECRET_NAME, CA_SELF_SIGNED, Settings
 
@@ -46,6 +53,8 @@ class CAStore:
         self.secret: Json | None = None
         self.data: dict[str, bytes] = {}
         self.rotation = RotationState()
+        # How the active issuer's NameConstraints compare with the settings' (None: no CA).
+        self.constraints: ConstraintsReport | None = None
 
     @property
     def bundle(self) -> bytes | None:
@@ -77,7 +86,36 @@ class CAStore:
             ca.issuer_cert.subject.rfc4514_string(),
             ca.issuer_cert.not_valid_after_utc.isoformat(),
         )
+        await self._note_constraints(ca)
         return True
+
+    async def _note_constraints(self, ca: CertificateAuthority) -> None:
+        """Compare the issuer's NameConstraints with the settings'. Never refuses the CA: a
+        user-provided one without (or with other) constraints keeps issuing and is reported
+        with a Warning Event on its Secret; a self-signed one is rotated by CARotation."""
+        desired = name_constraints(
+            self._settings.trust_domain,
+            self._settings.dns_name_policy.permitted_dns_subtrees(),
+        )
+        found = constraints_report(ca.issuer_cert, desired)
+        self.constraints = found
+        if found.state is ConstraintsState.MATCHES:
+            return
+        if self._settings.ca_source == CA_SELF_SIGNED:
+            log.info("%s; the operator replaces the intermediate", found.message)
+            return
+        log.warning("%s", found.message)
+        ns, name = self._settings.namespace, self._settings.ca_secret_name
+        involved = {"apiVersion": "v1", "kind": "Secret", "name": name, "namespace": ns}
+        uid = (self._secret_meta or {}).get("uid")
+        if uid:
+            involved["uid"] = uid
+        try:
+            await self._kube.post_event(
+                involved, type="Warning", reason=found.state.value, message=found.message
+            )
+        except ApiError as exc:
+            log.warning("could not post an Event about the CA Secret: %s", exc)
 
     async def _report(self, error: CAError) -> None:
         """Log the error and put a Warning Event on the CA Secret. While a last good CA is
@@ -129,7 +167,10 @@ class CAStore:
 
     async def _bootstrap(self, ns: str) -> Json | None:
         ca, root_key = await asyncio.to_thread(
-            bootstrap_self_signed, self._settings.trust_domain, self._clock()
+            bootstrap_self_signed,
+            self._settings.trust_domain,
+            self._clock(),
+            dns_subtrees=self._settings.dns_name_policy.permitted_dns_subtrees(),
         )
         created = await self._create(ns, ca_to_secret_data(ca, root_key))
         log.info(

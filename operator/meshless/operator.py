@@ -305,6 +305,7 @@ class Operator:
         self._leader_tasks.append(asyncio.create_task(self._lead()))
 
     async def _lead(self) -> None:
+        await self._align_name_constraints()  # before anything is issued in this term
         self.identities.queue.start()  # events queue from here; the sweep covers the rest
         # Identities a standby saw made (or failing) first: they wait for nothing else.
         urgent = self.identities.enqueue_not_ready()
@@ -315,6 +316,17 @@ class Operator:
         self._leader_tasks.append(asyncio.create_task(self._resync()))
         log.info("reconciling as leader (%d identities not Ready went first)", urgent)
         await self._sweep()
+
+    async def _align_name_constraints(self) -> None:
+        """A self-signed intermediate whose NameConstraints the settings no longer match (a
+        restart with other --allowed-dns-names) is replaced before the term issues anything;
+        if that fails, the CA poll tries again."""
+        try:
+            if await self.rotation.align_name_constraints():
+                await self.ca.load()
+                self._note_ca()
+        except Exception:
+            log.exception("replacing the intermediate for new name constraints failed")
 
     async def _sweep(self) -> None:
         """Every identity checked once at the start of a term; tried again if the API

@@ -22,7 +22,9 @@ from kubernetes import client
 
 from meshless.pki.bundle import fingerprint, parse_pem_certificates
 from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed, ca_to_secret_data
+from meshless.pki.constraints import report as constraints_report
 from meshless.pki.rotation import RotationState
+from tests.x509peers import unconstrained_ca
 
 from .conftest import OperatorFactory, OperatorProcess
 from .kubehelpers import condition, create_identity, is_ready, wait_event, wait_identity
@@ -563,3 +565,97 @@ def test_a_secret_the_api_refuses_to_update_is_reported_and_holds_prepare_back(
     assert bravo is not None
     assert fingerprints(bravo["ca.crt"]) == fingerprints(ca.data()["ca.crt"])
     assert len(fingerprints(bravo["ca.crt"])) == 1
+
+
+def test_new_allowed_dns_names_after_a_restart_rotate_the_intermediate_not_the_root(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    peers: Callable[[OperatorProcess], tuple[Kubelet, HandshakeLoop, CAWatcher]],
+) -> None:
+    """The operator restarts with MESHLESS_ALLOWED_DNS_NAMES=*.{namespace}.example.com: the
+    intermediate is replaced (same root, same bundle) by one whose NameConstraints permit
+    example.com, before the new term issues anything; a name of the new pattern is issued
+    under it, and every peer, old intermediate or new, keeps handshaking."""
+    core = client.CoreV1Api(api_client)
+    op = operator_factory(**rotation_settings())
+    kubelet, loop, ca = peers(op)
+    before = ca.data()
+    old_issuer = parse_pem_certificates(before["tls.crt"])[0]
+    assert "DNS:example.com" not in constraints_report(old_issuer, None).permitted
+    op.stop()
+
+    restarted = operator_factory(
+        namespace=op.namespace,
+        allowed_dns_names="*.{namespace}.example.com",
+        **rotation_settings(),
+    )
+    ca.wait(lambda s: s.last_intermediate_rotation is not None, 30, "intermediate rotation")
+    after = ca.data()
+    new_issuer = parse_pem_certificates(after["tls.crt"])[0]
+    assert new_issuer != old_issuer
+    assert after["ca.crt"] == before["ca.crt"] and after["root.key"] == before["root.key"]
+    assert constraints_report(new_issuer, None).permitted == (
+        "URI:cluster.local",
+        "DNS:example.com",
+        "DNS:svc",
+        "DNS:svc.cluster.local",
+    )
+    event = wait_event(api_client, op.namespace, CA_SECRET, "CAIntermediateRotated")
+    assert "NameConstraintsChanged" in event.message and "DNS:example.com" in event.message
+    restarted.wait_for_log("swept", 30)
+    log = restarted.log()
+    assert log.index("NameConstraintsChanged") < log.index("swept")  # before the term issued
+
+    name = f"api.{namespace}.example.com"
+    create_identity(api_client, namespace, "delta", dnsNames=[name, f"api.{namespace}.svc"])
+    wait_identity(api_client, namespace, "delta", is_ready)
+    delta = secret_data(core, namespace, "delta-mtls")
+    assert delta is not None
+    chain = parse_pem_certificates(delta["tls.crt"])
+    assert chain[1] == new_issuer
+    san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert name in san.get_values_for_type(x509.DNSName)
+    kubelet.add("delta", 0.1)
+    loop.add("delta")
+    loop.wait_rounds(3)
+    loop.stop()
+    kubelet.stop()
+    assert loop.attempts > 0 and loop.failures == [], describe(loop)
+
+
+def test_a_user_ca_without_name_constraints_keeps_issuing_and_is_reported(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+    unique: Callable[[str], str],
+) -> None:
+    core = client.CoreV1Api(api_client)
+    ca_ns = unique("meshless")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ca_ns)))
+    user = unconstrained_ca()
+    put_user_ca(core, ca_ns, user_ca_data(user))
+    operator_factory(namespace=ca_ns, ca_source="user-ca", **rotation_settings())
+
+    create_identity(api_client, namespace, "echo")
+    wait_identity(api_client, namespace, "echo", is_ready)
+    echo = secret_data(core, namespace, "echo-mtls")
+    assert echo is not None
+    assert parse_pem_certificates(echo["tls.crt"])[1] == user.issuer_cert
+    event = wait_event(api_client, ca_ns, "user-ca", "NotNameConstrained")
+    assert "carries no NameConstraints" in event.message and "keeps issuing" in event.message
+
+    status = meshless_cli(kubeconfig, "-n", ca_ns, "--ca-source", "user-ca", "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["nameConstraints"]["constrained"] is False
+    assert [(c["type"], c["status"], c["reason"]) for c in doc["conditions"]] == [
+        ("NameConstrained", "False", "NotNameConstrained")
+    ]
+    table = meshless_cli(kubeconfig, "-n", ca_ns, "--ca-source", "user-ca", "status")
+    assert "constraints: NONE (NotNameConstrained)" in table.stdout, table.stdout + table.stderr
+    # Never rotated for it: a user's CA has no root key here.
+    in_use = secret_data(core, ca_ns, CA_SECRET)
+    assert in_use is not None
+    assert parse_pem_certificates(in_use["tls.crt"])[0] == user.issuer_cert

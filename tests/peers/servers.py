@@ -40,7 +40,7 @@ def write_identity(
     """tls.crt, tls.key and ca.crt as kubelet mounts an identity Secret."""
     svid = issue_svid(
         ca,
-        SvidRequest(spiffe_id, ("localhost",), timedelta(hours=1), algorithm),
+        SvidRequest(spiffe_id, ("payments.shop.svc",), timedelta(hours=1), algorithm),
         datetime.now(UTC),
     )
     directory.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
 from meshless.ca_cli import render_status
 from meshless.ca_rotation import status_document
 from meshless.pki import rotation as r
 from meshless.pki.ca import bootstrap_self_signed, ca_from_secret_data, ca_to_secret_data
+from meshless.pki.constraints import report
+from meshless.pki.keys import KeyAlgorithm, generate_private_key, private_key_to_pem
 from meshless.pki.rotation import Progress, RotationState
+from meshless.pki.svid import SvidRequest, issue_svid
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -108,3 +115,72 @@ def test_the_webhook_ca_shows_its_phase_and_roots_without_key_material() -> None
     assert broken["error"].startswith("CAInvalidPEM")  # type: ignore[union-attr]
     doc["webhookCA"] = {"secret": "s", **broken}
     assert "  unusable: CAInvalidPEM" in render_status(doc)
+
+
+def test_status_shows_the_issuers_name_constraints() -> None:
+    ca, _ = bootstrap_self_signed("cluster.local", NOW)
+    doc = status_document(ca, RotationState(), None, {}, report(ca.issuer_cert, None))
+    doc["secret"] = "meshless-system/meshless-ca"
+    assert doc["nameConstraints"]["constrained"] is True
+    assert doc["nameConstraints"]["permitted"] == [
+        "URI:cluster.local",
+        "DNS:svc",
+        "DNS:svc.cluster.local",
+    ]
+    assert doc["conditions"] == [
+        {
+            "type": "NameConstrained",
+            "status": "True",
+            "reason": "NameConstrained",
+            "message": "the issuing intermediate 'CN=meshless intermediate CA,O=meshless' is "
+            "name-constrained",
+        }
+    ]
+    text = render_status(doc)
+    assert "constraints: permitted URI:cluster.local, DNS:svc, DNS:svc.cluster.local\n" in text
+    assert "             excluded IP:0.0.0.0/0, IP:::/0\n" in text
+    json.dumps(doc)
+
+
+def test_a_user_ca_without_constraints_is_reported_not_refused() -> None:
+    """A user's intermediate with no NameConstraints loads and issues; its status says so."""
+    key = generate_private_key(KeyAlgorithm.ECDSAP256)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp issuing CA")])
+    issuer = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    data = {
+        "tls.crt": issuer.public_bytes(serialization.Encoding.PEM),
+        "tls.key": private_key_to_pem(key),
+    }
+    ca = ca_from_secret_data(data, NOW)  # loads: never refused for lack of constraints
+    issue_svid(
+        ca,
+        SvidRequest(
+            "spiffe://cluster.local/ns/a/sa/b", (), timedelta(hours=1), KeyAlgorithm.ECDSAP256
+        ),
+        NOW,
+    )
+    doc = status_document(ca, RotationState(), None, {}, report(ca.issuer_cert, None))
+    doc["secret"] = "meshless-system/corp-ca"
+    assert doc["nameConstraints"]["constrained"] is False
+    (condition,) = doc["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "NameConstrained",
+        "False",
+        "NotNameConstrained",
+    )
+    assert "'CN=corp issuing CA' carries no NameConstraints" in condition["message"]
+    text = render_status(doc)
+    assert (
+        "constraints: NONE (NotNameConstrained): the issuing intermediate 'CN=corp issuing CA'"
+        in text
+    )

@@ -65,7 +65,9 @@ def test_bootstrap_root(bootstrapped: tuple[CertificateAuthority, PrivateKey]) -
     assert root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "meshless root CA"
     bc = ext(root, x509.BasicConstraints)
     assert bc.critical
-    assert bc.value == x509.BasicConstraints(ca=True, path_length=None)
+    assert bc.value == x509.BasicConstraints(
+        ca=True, path_length=1
+    )  # one CA (the intermediate) below it
     ku = ext(root, x509.KeyUsage)
     assert ku.critical
     assert isinstance(ku.value, x509.KeyUsage)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from meshless.pki import rotation as r
 from meshless.pki.bundle import bundle_pem, fingerprint, parse_pem_certificates
@@ -20,6 +21,7 @@ from meshless.pki.ca import (
 from meshless.pki.keys import KeyAlgorithm
 from meshless.pki.rotation import Action, Phase, Progress, RotationPolicy, RotationState
 from meshless.pki.svid import SvidRequest, issue_svid
+from tests.x509peers import openssl_verify, write_identity
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 TD = "cluster.local"
@@ -46,15 +48,12 @@ def fp(cert: x509.Certificate) -> str:
 
 
 def verifies(chain_pem: bytes, bundle: bytes, now: datetime = NOW) -> bool:
-    """A real path validation (cryptography's verifier) of a client leaf against a bundle."""
-    chain = parse_pem_certificates(chain_pem)
-    store = Store(parse_pem_certificates(bundle))
-    verifier = PolicyBuilder().store(store).time(now).build_client_verifier()
-    try:
-        verifier.verify(chain[0], chain[1:])
-    except VerificationError:
-        return False
-    return True
+    """A real path validation (`openssl verify` at `now`) of a client leaf against a bundle.
+    (Not cryptography's verifier: it refuses the URI name constraints our intermediates carry,
+    docs/decisions/name-constraints.md.)"""
+    with tempfile.TemporaryDirectory() as directory:
+        identity = write_identity(Path(directory), chain_pem, b"", bundle)
+        return openssl_verify(identity, purpose="sslclient", at=now).returncode == 0
 
 
 # --- phases -----------------------------------------------------------------------------

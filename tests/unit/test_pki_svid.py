@@ -15,7 +15,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from meshless.pki.bundle import bundle_pem
-from meshless.pki.ca import CAError, CertificateAuthority, bootstrap_self_signed
+from meshless.pki.ca import (
+    CAError,
+    CertificateAuthority,
+    bootstrap_self_signed,
+    ca_from_secret_data,
+    ca_to_secret_data,
+)
+from meshless.pki.constraints import name_constraints
 from meshless.pki.keys import (
     KeyAlgorithm,
     algorithm_of_public_key,
@@ -23,6 +30,8 @@ from meshless.pki.keys import (
     key_matches_certificate,
     load_private_key,
 )
+from meshless.pki.names import DnsNamePolicy
+from meshless.pki.rotation import RotationState, rotate_intermediate
 from meshless.pki.spiffe import spiffe_id, validate_trust_domain
 from meshless.pki.svid import (
     CLOCK_SKEW,
@@ -73,7 +82,7 @@ def ca() -> CertificateAuthority:
 
 @pytest.fixture(scope="module")
 def svids(ca: CertificateAuthority) -> dict[KeyAlgorithm, IssuedSvid]:
-    # One SVID per algorithm; the only RSA-4096 key generated in this module.
+    # One SVID per algorithm (test_chain_verifies_with_cryptography makes one more each).
     return {alg: issue_svid(ca, request(alg), NOW) for alg in KeyAlgorithm}
 
 
@@ -131,11 +140,51 @@ def test_extensions(
     assert aki.key_identifier == issuer_ski.digest
 
 
+@pytest.fixture(scope="module")
+def dns_only_ca() -> CertificateAuthority:
+    """Our CA with an intermediate constrained to DNS and IP names only: what cryptography's
+    verifier implements (it refuses a URI name constraint, see the test below)."""
+    ca, root_key = bootstrap_self_signed(TD, NOW)
+    full = name_constraints(TD, DnsNamePolicy().permitted_dns_subtrees())
+    dns_only = x509.NameConstraints(
+        permitted_subtrees=[
+            n for n in full.permitted_subtrees or () if isinstance(n, x509.DNSName)
+        ],
+        excluded_subtrees=full.excluded_subtrees,
+    )
+    data = rotate_intermediate(
+        ca_to_secret_data(ca, root_key),
+        ca,
+        root_key,
+        RotationState(),
+        request=None,
+        now=NOW,
+        constraints=dns_only,
+    )
+    return ca_from_secret_data(data, NOW)
+
+
+def test_cryptography_refuses_a_uri_name_constraint(
+    svids: dict[KeyAlgorithm, IssuedSvid], ca: CertificateAuthority
+) -> None:
+    """pyca/cryptography's verifier (a Web PKI profile) does not implement URI name
+    constraints and refuses every chain through an intermediate that has one: a known limit
+    for peers that verify with it (docs/decisions/name-constraints.md). OpenSSL, Go and
+    go-spiffe verify these chains (tests/unit/test_name_constraints.py)."""
+    chain = parse_certificate_chain(svids[KeyAlgorithm.ECDSAP256].chain_pem)
+    verifier = PolicyBuilder().store(Store(list(ca.roots))).time(NOW).build_client_verifier()
+    with pytest.raises(VerificationError, match="unsupported name constraint"):
+        verifier.verify(chain[0], chain[1:])
+
+
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_chain_verifies_with_cryptography(
-    svids: dict[KeyAlgorithm, IssuedSvid], ca: CertificateAuthority, alg: KeyAlgorithm
+    dns_only_ca: CertificateAuthority, alg: KeyAlgorithm
 ) -> None:
-    chain = parse_certificate_chain(svids[alg].chain_pem)
+    """The leaf profile passes cryptography's verifier, as client and server, under an
+    intermediate whose constraints it implements (DNS subtrees, excluded IP ranges)."""
+    ca = dns_only_ca
+    chain = parse_certificate_chain(issue_svid(ca, request(alg), NOW).chain_pem)
     builder = PolicyBuilder().store(Store(list(ca.roots))).time(NOW)
     client = builder.build_client_verifier().verify(chain[0], chain[1:])
     assert client.subjects is not None

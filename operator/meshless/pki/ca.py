@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from meshless.pki.bundle import bundle_pem, fingerprint, parse_pem_certificates
+from meshless.pki.constraints import name_constraints
 from meshless.pki.keys import (
     KeyAlgorithm,
     PrivateKey,
@@ -23,6 +24,7 @@ from meshless.pki.keys import (
     private_key_to_pem,
     signature_hash_for,
 )
+from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import trust_domain_id
 
 TLS_CRT = "tls.crt"
@@ -36,6 +38,12 @@ INTERMEDIATE_CN = "meshless intermediate CA"
 # CA certificates are back-dated like leaves so that a leaf's notBefore is never before its
 # issuer's.
 CA_BACKDATE = timedelta(minutes=1)
+# A root signs one CA below it, the issuing intermediate, which signs only leaves: a chain
+# with a second intermediate is refused by verifiers even if a CA key is misused.
+ROOT_PATH_LENGTH = 1
+INTERMEDIATE_PATH_LENGTH = 0
+# The DNS subtrees of the default name policy (Service names of the cluster domain).
+DEFAULT_DNS_SUBTREES = DnsNamePolicy().permitted_dns_subtrees()
 
 
 class CAError(Exception):
@@ -177,8 +185,11 @@ def bootstrap_self_signed(
     root_ttl: timedelta = timedelta(days=3650),
     intermediate_ttl: timedelta = timedelta(days=365),
     algorithm: KeyAlgorithm = KeyAlgorithm.ECDSAP256,
+    dns_subtrees: Sequence[str] = DEFAULT_DNS_SUBTREES,
 ) -> tuple[CertificateAuthority, PrivateKey]:
-    """A new self-signed root and an intermediate issuing CA under it (pathlen 0).
+    """A new self-signed root (pathlen 1) and an intermediate issuing CA under it (pathlen 0)
+    that carries critical NameConstraints: URIs of the trust domain, DNS names under
+    `dns_subtrees` (the name policy's), no IP address (meshless.pki.constraints).
 
     Returns the CA (issuer = the intermediate) and the root's private key.
     """
@@ -191,7 +202,7 @@ def bootstrap_self_signed(
     root_name = _ca_name(ROOT_CN)
     root_not_after = now + root_ttl
     root = _ca_builder(
-        root_name, root_name, root_key, td_uri, not_before, root_not_after, None
+        root_name, root_name, root_key, td_uri, not_before, root_not_after, ROOT_PATH_LENGTH
     ).sign(root_key, signature_hash_for(root_key))
 
     issuer_key = generate_private_key(algorithm)
@@ -203,9 +214,10 @@ def bootstrap_self_signed(
             td_uri,
             not_before,
             min(now + intermediate_ttl, root_not_after),
-            0,
+            INTERMEDIATE_PATH_LENGTH,
         )
         .add_extension(authority_key_id_for(root), critical=False)
+        .add_extension(name_constraints(trust_domain, dns_subtrees), critical=True)
         .sign(root_key, signature_hash_for(root_key))
     )
     ca = CertificateAuthority(

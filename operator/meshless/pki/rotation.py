@@ -12,7 +12,10 @@ A root rotates in phases, Idle -> Prepare -> Switch -> Finish -> Idle:
 - Finish: `ca.crt` is the new root only; bundles drop the old root. Ends when none carries it.
 
 An intermediate rotates under the same root in one step (no bundle change); its leaves move at
-their own renewal, or spread over the window before the old intermediate expires.
+their own renewal, or spread over the window before the old intermediate expires. It rotates
+when due, when requested, and when its NameConstraints are not the ones the name policy and
+trust domain ask for (a pattern added or removed: reason NameConstraintsChanged). Every new
+intermediate, rotated or made with a new root, carries the constraints asked for then.
 
 Everything here takes `now` and the Secret data and returns decisions or new Secret data; the
 shell (meshless.ca_rotation) reads, writes, counts and reports.
@@ -36,6 +39,7 @@ from meshless.pki.bundle import bundle_pem, fingerprint, parse_pem_certificates
 from meshless.pki.ca import (
     CA_BACKDATE,
     CA_CRT,
+    DEFAULT_DNS_SUBTREES,
     ROOT_KEY,
     TLS_CRT,
     TLS_KEY,
@@ -44,6 +48,7 @@ from meshless.pki.ca import (
     bootstrap_self_signed,
     subject_key_id,
 )
+from meshless.pki.constraints import names_outside_constraints
 from meshless.pki.keys import (
     KeyAlgorithm,
     PrivateKey,
@@ -405,8 +410,12 @@ def decide(
     progress: Progress | None,
     now: datetime,
     policy: RotationPolicy,
+    constraints_stale: bool = False,
 ) -> Decision:
-    """The one next step. `progress` is needed only outside Idle (None: not counted yet)."""
+    """The one next step. `progress` is needed only outside Idle (None: not counted yet).
+    `constraints_stale`: the issuer's NameConstraints are not the ones asked for
+    (meshless.pki.constraints.intermediate_constraints_stale); acted on when Idle, before a
+    due root (one quick step, and the root rotation starts on the next poll)."""
     new_request = request is not None and request.value != state.handled_request
     if state.phase is Phase.IDLE:
         if not can_sign_roots:
@@ -419,6 +428,8 @@ def decide(
             if request.kind is RequestKind.ROOT:
                 return Decision(Action.START_ROOT_ROTATION, "Requested")
             return Decision(Action.ROTATE_INTERMEDIATE, "Requested")
+        if constraints_stale:
+            return Decision(Action.ROTATE_INTERMEDIATE, "NameConstraintsChanged")
         if any(root_due(root, now, policy.renewal_fraction) for root in roots):
             return Decision(Action.START_ROOT_ROTATION, "RootDue")
         if intermediate_due(issuer, now, policy.renewal_fraction):
@@ -469,15 +480,20 @@ def _with_state(data: Mapping[str, bytes], state: RotationState) -> dict[str, by
 
 
 def new_self_signed_like(
-    ca: CertificateAuthority, trust_domain: str, now: datetime
+    ca: CertificateAuthority,
+    trust_domain: str,
+    now: datetime,
+    dns_subtrees: Sequence[str] = DEFAULT_DNS_SUBTREES,
 ) -> tuple[CertificateAuthority, PrivateKey]:
-    """A new root and intermediate with the lifetimes and key algorithm of the current ones."""
+    """A new root and intermediate with the lifetimes and key algorithm of the current ones;
+    the intermediate constrained to the trust domain and `dns_subtrees`."""
     return bootstrap_self_signed(
         trust_domain,
         now,
         root_ttl=_lifetime(next(iter(ca.roots))) - CA_BACKDATE,
         intermediate_ttl=_lifetime(ca.issuer_cert) - CA_BACKDATE,
         algorithm=_algorithm(ca.issuer_cert),
+        dns_subtrees=dns_subtrees,
     )
 
 
@@ -589,12 +605,14 @@ def rotate_intermediate(
     *,
     request: RotationRequest | None,
     now: datetime,
+    constraints: x509.NameConstraints | None = None,
 ) -> dict[str, bytes]:
     """A new intermediate under the same root, same lifetime and algorithm (clipped to the
-    root's notAfter). ca.crt is untouched."""
+    root's notAfter), carrying `constraints` (critical) in place of the old one's (None: the
+    old one's extensions as they are). ca.crt is untouched."""
     root = next(r for r in ca.roots if directly_issued(ca.intermediates[-1], r))
     key = generate_private_key(_algorithm(ca.issuer_cert))
-    issuer = _reissue_intermediate(ca.issuer_cert, key, root, root_key, now)
+    issuer = _reissue_intermediate(ca.issuer_cert, key, root, root_key, now, constraints)
     updated = replace(
         state,
         last_intermediate_rotation=now,
@@ -625,6 +643,7 @@ def _reissue_intermediate(
     root: x509.Certificate,
     root_key: PrivateKey,
     now: datetime,
+    constraints: x509.NameConstraints | None = None,
 ) -> x509.Certificate:
     not_after = min(now + _lifetime(template) - CA_BACKDATE, root.not_valid_after_utc)
     builder = (
@@ -636,8 +655,15 @@ def _reissue_intermediate(
         .not_valid_before(now - CA_BACKDATE)
         .not_valid_after(not_after)
     )
+    replaced: tuple[type[x509.ExtensionType], ...] = (
+        x509.SubjectKeyIdentifier,
+        x509.AuthorityKeyIdentifier,
+    )
+    if constraints is not None:
+        replaced += (x509.NameConstraints,)
+        builder = builder.add_extension(constraints, critical=True)
     for ext in template.extensions:
-        if isinstance(ext.value, x509.SubjectKeyIdentifier | x509.AuthorityKeyIdentifier):
+        if isinstance(ext.value, replaced):
             continue
         builder = builder.add_extension(ext.value, critical=ext.critical)
     builder = builder.add_extension(
@@ -671,8 +697,10 @@ def retired_issuer_deadline(
     now: datetime,
 ) -> datetime | None:
     """For a leaf whose issuer is no longer the active one: when to reissue it. None means at
-    once: the leaf has expired or no longer chains to a root in the current bundle (a CA that
-    was replaced outright), so waiting would only prolong broken handshakes.
+    once: the leaf has expired, no longer chains to a root in the current bundle (a CA that
+    was replaced outright), or carries a name its own intermediate's NameConstraints do not
+    permit (issued before a policy change reached the intermediate), so waiting would only
+    prolong broken handshakes.
 
     - Under a root that is leaving (Switch): at its place in the window that began with Switch.
     - Under a root that stays (an intermediate rotated): at its own renewal, or, when the old
@@ -683,6 +711,8 @@ def retired_issuer_deadline(
     leaf = chain[0]
     if now >= leaf.not_valid_after_utc:
         return None
+    if names_outside_constraints(chain):
+        return None  # its own intermediate does not permit its names: it fails every handshake
     root = anchor_of(chain, trusted_roots)
     if root is None:
         return None
