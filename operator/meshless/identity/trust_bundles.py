@@ -69,8 +69,9 @@ class TrustBundles:
                 assert current is not None
                 self._versions[namespace] = current["metadata"]["resourceVersion"]
             else:
+                tampered = self._tampered(namespace, current, drift)  # before our write
                 written = await self._write(namespace, bundle, drift)
-                if self._tampered(namespace, current, drift):
+                if tampered:
                     self._report(written, drift)
             self._bundles[namespace] = bundle
 
