@@ -428,3 +428,39 @@ def test_an_edited_trust_bundle_is_put_back_and_the_edit_reported(
         timeout=10,
         what="the stranger removed during the rotation",
     )
+
+
+def test_an_identity_secret_edited_while_no_operator_ran_is_read_and_repaired(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    tenant: client.ApiClient,
+    namespace: str,
+) -> None:
+    """The sweep vouches for a Secret by its metadata only when our field manager alone wrote
+    its data: an edit by anyone else (here the tenant's patch) makes the new leader read it."""
+    first = operator_factory()
+    for name in ("kept", "edited"):
+        create_identity(api_client, namespace, name, serviceAccountName="default")
+    serials = {
+        name: wait_identity(api_client, namespace, name, is_ready)["status"]["serialNumber"]
+        for name in ("kept", "edited")
+    }
+    assert first.stop() == 0
+    garbage = base64.b64encode(b"not a certificate").decode()
+    client.CoreV1Api(tenant).patch_namespaced_secret(
+        "edited-mtls", namespace, {"data": {"tls.crt": garbage}}
+    )
+    op = operator_factory(namespace=first.namespace)
+    repaired = wait_identity(
+        api_client,
+        namespace,
+        "edited",
+        lambda wid: is_ready(wid) and wid["status"]["serialNumber"] != serials["edited"],
+    )
+    event = wait_event(api_client, namespace, "edited", "Reissued")
+    assert "InvalidCertificate" in event.message
+    data = client.CoreV1Api(api_client).read_namespaced_secret("edited-mtls", namespace).data
+    leaf = x509.load_pem_x509_certificates(base64.b64decode(data["tls.crt"]))[0]
+    assert format(leaf.serial_number, "x") == repaired["status"]["serialNumber"]
+    op.wait_for_log("swept ", timeout=30)
+    assert get_identity(api_client, namespace, "kept")["status"]["serialNumber"] == serials["kept"]

@@ -1,10 +1,11 @@
 """The WorkloadIdentity controller (shell): watch events in, level-based reconciles out.
 
-Every reconcile reads the identity's Secret by name, runs the pure reissue chain, and writes
-only what differs: a Secret (through the write budget), one status patch, an Event when a
-running workload's certificate changes or a failure's reason does (a first certificate is
-recorded by the status alone). Our own writes come back as watch events; they are recognised
-by resourceVersion and not reconciled again.
+A reconcile reads the identity's own Secret by name (unless a new term's sweep vouched for it
+by its metadata: identity.checked; no other Secret's data is ever read), runs the pure
+reissue chain, and writes only what differs: a Secret (through the write budget), one status
+patch, an Event when a running workload's certificate changes or a failure's reason does (a
+first certificate is recorded by the status alone). Our own writes come back as watch
+events; they are recognised by resourceVersion and not reconciled again.
 """
 
 from __future__ import annotations

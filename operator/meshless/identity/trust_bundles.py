@@ -52,6 +52,7 @@ class TrustBundles:
         self._versions: dict[str, str] = {}  # namespace -> resourceVersion we wrote or read
         self._locks: dict[str, asyncio.Lock] = {}
         self._repairs: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()  # namespaces changed since their repair last read them
         self.repaired = 0
 
     async def ensure(self, namespace: str, bundle: bytes) -> None:
@@ -125,31 +126,41 @@ class TrustBundles:
             return  # not one this term wrote or checked: a sweep checks it when needed
         self._bundles.pop(namespace, None)  # to be read again, by this term or the next
         if self.leading() and (event_type != "DELETED" or self.holds_identities(namespace)):
+            self._dirty.add(namespace)
             self._schedule(namespace)
 
     def _schedule(self, namespace: str) -> None:
         running = self._repairs.get(namespace)
         if running is not None and not running.done():
-            return
+            return  # it reads the ConfigMap again before it ends (_dirty)
         task = asyncio.get_running_loop().create_task(self._repair(namespace))
         self._repairs[namespace] = task
         task.add_done_callback(lambda _: self._repairs.pop(namespace, None))
 
     async def _repair(self, namespace: str) -> None:
-        for attempt in range(REPAIR_TRIES):
+        """Reads and repairs the ConfigMap until no change came in meanwhile (an edit while
+        a write was under way is not lost to that write's idea of what is in place)."""
+        failures = 0
+        while namespace in self._dirty:
+            self._dirty.discard(namespace)
             bundle = self.desired()
             if bundle is None or not self.leading():
                 return
+            self._bundles.pop(namespace, None)
             try:
                 await self.ensure(namespace, bundle)
-                return
+                continue
             except ApiError as exc:
                 if exc.status == 403 and "being terminated" in exc.message:
                     return
                 log.warning("repairing trust bundle in %s failed: %s", namespace, exc)
             except Exception as exc:  # the API away: try again shortly
                 log.warning("repairing trust bundle in %s failed: %s", namespace, exc)
-            await asyncio.sleep(REPAIR_RETRY_S * (attempt + 1))
+            failures += 1
+            if failures >= REPAIR_TRIES:
+                return  # the next reconcile of an identity there checks it again
+            self._dirty.add(namespace)
+            await asyncio.sleep(REPAIR_RETRY_S * failures)
 
     async def stop(self) -> None:
         tasks = list(self._repairs.values())
