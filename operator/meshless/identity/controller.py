@@ -385,15 +385,12 @@ class IdentityController:
             leaf = parse_certificate_chain(data["tls.crt"])[0]
             bundle_behind = data.get("ca.crt") != bundle
             summary = summarize(leaf, spec.desired)
-            # Verified against the current CA and spec: checkmarked for the next sweep (not a
-            # leaf kept through a CA rotation: that one the next sweep reads).
+            # Verified against the current CA and spec: a write checkmarks it for the next
+            # sweep (not a leaf kept through a CA rotation: that one the next sweep reads). A
+            # stale or missing checkmark alone is no reason to write: the next sweep reads
+            # that Secret, and its next write (renewal at the latest) checkmarks it.
             mark = None if keep_until is not None else self._checkmark(spec, ca, bundle, summary)
-            mark_behind = mark is not None and mark != _annotation(secret, CHECKED_ANNOTATION)
-            if (
-                bundle_behind
-                or mark_behind
-                or metadata_drift(spec, secret["metadata"], body["metadata"]["uid"])
-            ):
+            if bundle_behind or metadata_drift(spec, secret["metadata"], body["metadata"]["uid"]):
                 await self._write_secret(
                     spec, body, secret, data["tls.crt"], data["tls.key"], bundle, mark
                 )
@@ -731,11 +728,6 @@ class HeldIdentity:
         if self.resource_version is not None:
             meta["resourceVersion"] = self.resource_version
         return {"metadata": meta, "spec": json.loads(self.spec), "status": json.loads(self.status)}
-
-
-def _annotation(body: Mapping[str, Any], key: str) -> str | None:
-    value = (body["metadata"].get("annotations") or {}).get(key)
-    return value if isinstance(value, str) else None
 
 
 def _compact(value: Any) -> bytes:
