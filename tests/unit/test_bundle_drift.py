@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from meshless.api import MANAGED_BY, TRUST_BUNDLE_KEY, TRUST_BUNDLE_NAME
-from meshless.identity.bundle_drift import bundle_drift
+from meshless.identity.bundle_drift import Root, bundle_drift
 from meshless.identity.render import trust_bundle_configmap
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import bootstrap_self_signed
@@ -116,3 +116,14 @@ def test_the_configmap_we_render(roots: Any) -> None:
     assert body["metadata"]["name"] == TRUST_BUNDLE_NAME
     assert body["metadata"]["labels"] == MANAGED_BY
     assert list(body["data"]) == [TRUST_BUNDLE_KEY]
+
+
+def test_a_long_subject_and_many_keys_keep_the_message_short(roots: Any) -> None:
+    old, _, _ = roots
+    desired = bundle_pem([old])
+    keys = {f"key-{i}-" + "x" * 200: "y" for i in range(20)}
+    drift = bundle_drift(configmap(desired.decode() + "garbage", **keys), desired)
+    assert drift is not None
+    assert len(drift.describe()) <= 1000
+    long = str(Root("sha256:ab", "CN=" + "a" * 500))
+    assert long.startswith("sha256:ab (CN=aaa") and len(long) < 100

@@ -18,6 +18,8 @@ from meshless.api import MANAGED_BY, TRUST_BUNDLE_KEY
 from meshless.pki.bundle import fingerprint
 
 MAX_LISTED = 5  # roots named in one Event message; the rest are counted
+MAX_SUBJECT = 80  # a root's subject is whatever its maker wrote: shortened in messages
+MAX_MESSAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,10 @@ class Root:
         return cls("sha256:" + fingerprint(cert).hex(), cert.subject.rfc4514_string())
 
     def __str__(self) -> str:
-        return f"{self.fingerprint} ({self.subject or 'empty subject'})"
+        subject = self.subject or "empty subject"
+        if len(subject) > MAX_SUBJECT:
+            subject = subject[: MAX_SUBJECT - 3] + "..."
+        return f"{self.fingerprint} ({subject})"
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ class BundleDrift:
             parts.append("removed keys " + ", ".join(self.extra_keys[:MAX_LISTED]))
         if self.missing:
             parts.append(f"missing roots restored ({len(self.missing)})")
-        return "; ".join(parts) or "labels restored"
+        message = "; ".join(parts) or "labels restored"
+        return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
 def bundle_drift(configmap: Mapping[str, Any] | None, desired_pem: bytes) -> BundleDrift | None:
