@@ -316,6 +316,15 @@ def bundle_events(api: client.ApiClient, namespace: str) -> list[client.CoreV1Ev
     )
 
 
+def wait_repairs(api: client.ApiClient, namespace: str, count: int, timeout: float = 10) -> int:
+    """Until `count` BundleRepaired Events are there (each is posted after its write)."""
+    deadline = time.monotonic() + timeout
+    while len(bundle_events(api, namespace)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} BundleRepaired Events"
+        time.sleep(0.2)
+    return count
+
+
 def ca_cli(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meshless", "ca", *args],
@@ -366,7 +375,18 @@ def test_an_edited_trust_bundle_is_put_back_and_the_edit_reported(
     assert ours not in event.message  # only what was removed is named
     assert "BEGIN" not in event.message
 
-    # A key added next to the bundle (a directory mount would expose it) is removed too.
+    # Deleted: recreated.
+    tenant_core.delete_namespaced_config_map(BUNDLE, namespace)
+    wait_bundle(
+        api_client,
+        namespace,
+        lambda cm: (cm.data or {}).get("ca.crt") == original,
+        timeout=10,
+        what="the deleted bundle recreated",
+    )
+
+    # A key added next to the bundle (a directory mount would expose it) is removed too
+    # (and what that removal leaves in managedFields makes no later update a "repair").
     tenant_core.patch_namespaced_config_map(
         BUNDLE, namespace, {"data": {"extra.crt": bundle_pem([stranger]).decode()}}
     )
@@ -378,19 +398,10 @@ def test_an_edited_trust_bundle_is_put_back_and_the_edit_reported(
         what="the extra key removed",
     )
 
-    # Deleted: recreated.
-    tenant_core.delete_namespaced_config_map(BUNDLE, namespace)
-    wait_bundle(
-        api_client,
-        namespace,
-        lambda cm: (cm.data or {}).get("ca.crt") == original,
-        timeout=10,
-        what="the deleted bundle recreated",
-    )
-
     # A root rotation: the CA trusts the old and the new root through Prepare (the settle
     # time is 2 minutes by default). The tenant removes the new root, then puts a stranger
     # in: each time the bundle returns to the set the CA trusts now, both roots.
+    repairs = wait_repairs(api_client, namespace, 3)  # appended root, deletion, extra key
     rotate = ca_cli(kubeconfig, "--namespace", op.namespace, "rotate")
     assert rotate.returncode == 0, rotate.stderr
     both = wait_bundle(
@@ -401,6 +412,8 @@ def test_an_edited_trust_bundle_is_put_back_and_the_edit_reported(
         what="the new root added by the rotation",
     ).data["ca.crt"]
     [new] = roots_of(both) - {ours}
+    time.sleep(1)  # an Event follows its write: the rotation's own update is no repair
+    assert len(bundle_events(api_client, namespace)) == repairs
     only_old = original  # the old root alone: what the bundle held before the rotation
     events_before = len(bundle_events(api_client, namespace))
     tenant_core.patch_namespaced_config_map(BUNDLE, namespace, {"data": {"ca.crt": only_old}})

@@ -22,7 +22,7 @@ from meshless.budget import WriteBudget
 from meshless.identity.bundle_drift import BundleDrift, bundle_drift
 from meshless.identity.checked import data_written_only_by
 from meshless.identity.render import trust_bundle_configmap
-from meshless.kube import CONFIGMAPS, FIELD_MANAGER, ApiError, Json, Kube
+from meshless.kube import CONFIGMAPS, FIELD_MANAGER, MERGE_PATCH, ApiError, Json, Kube
 from meshless.status import EventRecorder, involved_object
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,13 @@ class TrustBundles:
                 "data": {k: None for k in drift.extra_keys},
                 "binaryData": {k: None for k in drift.extra_keys},
             }
-            written = await self.kube.patch(CONFIGMAPS, namespace, TRUST_BUNDLE_NAME, removal)
+            written = await self.kube.request(  # as our field manager, like the apply
+                "PATCH",
+                CONFIGMAPS.path(namespace, TRUST_BUNDLE_NAME),
+                removal,
+                content_type=MERGE_PATCH,
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
         self._versions[namespace] = written["metadata"]["resourceVersion"]
         metrics.BUNDLE_UPDATES.labels("ConfigMap").inc()
         return written
