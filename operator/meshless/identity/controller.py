@@ -215,6 +215,7 @@ class IdentityController:
         """The end of a term: no more reconciles; the next term sweeps again."""
         await self.queue.stop()
         await self.bundles.stop()
+        self._vouched.clear()  # what this term's sweep saw; the next one looks again
         self.swept = False
 
     def enqueue_not_ready(self) -> int:
@@ -258,6 +259,8 @@ class IdentityController:
                     if mark is not None:
                         self._vouched[(meta["namespace"], meta["name"])] = mark
                         vouched += 1
+                    else:
+                        self._vouched.pop((meta["namespace"], meta["name"]), None)
                     self.queue.add(key, background=True)
                     covered.add(key)
                 del page
