@@ -108,6 +108,7 @@ class Reason(StrEnum):
     CA_UNAVAILABLE = "CAUnavailable"
     RENEWED = "Renewed"
     REISSUED = "Reissued"
+    BUNDLE_REPAIRED = "BundleRepaired"  # on a trust-bundle ConfigMap someone else changed
     # MtlsPolicy
     IN_EFFECT = "InEffect"
     NETWORK_OPEN = "NetworkOpen"

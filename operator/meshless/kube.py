@@ -30,6 +30,7 @@ Page = list[Json]  # one page of a list call
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "meshless"
+_AS_US = [("fieldManager", FIELD_MANAGER)]
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -362,9 +363,10 @@ class Kube:
         label_selector: str | None = None,
         field_selector: str | None = None,
         page_size: int = 500,
+        accept: str = "application/json",
     ) -> AsyncIterator[Page]:
         """Every object, a page at a time: what is kept of 50,000 objects need not be held
-        whole at once."""
+        whole at once. `accept`: a PartialObjectMetadataList type lists metadata only."""
         token = ""
         while True:
             query = [("limit", str(page_size))]
@@ -374,19 +376,24 @@ class Kube:
                 query.append(("fieldSelector", field_selector))
             if token:
                 query.append(("continue", token))
-            page = await self.request("GET", resource.path(namespace), query=query)
+            page = await self.request("GET", resource.path(namespace), query=query, accept=accept)
             yield list(page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return
 
     async def create(self, resource: Resource, body: Json) -> Json:
-        return await self.request("POST", resource.path(_namespace_of(resource, body)), body)
+        """POST, as our field manager (managedFields then says who wrote what)."""
+        return await self.request(
+            "POST", resource.path(_namespace_of(resource, body)), body, query=_AS_US
+        )
 
     async def replace(self, resource: Resource, body: Json) -> Json:
         """PUT: with metadata.resourceVersion set, fails with 409 when the object changed."""
         name = body["metadata"]["name"]
-        return await self.request("PUT", resource.path(_namespace_of(resource, body), name), body)
+        return await self.request(
+            "PUT", resource.path(_namespace_of(resource, body), name), body, query=_AS_US
+        )
 
     async def patch(
         self,

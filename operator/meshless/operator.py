@@ -26,13 +26,20 @@ from meshless.admission.server import (
     serve_admission,
     webhook_endpoint,
 )
-from meshless.api import GROUP, IDENTITY_LABEL, VERSION, WEBHOOK_CONFIGURATION, Plural
+from meshless.api import (
+    GROUP,
+    IDENTITY_LABEL,
+    TRUST_BUNDLE_NAME,
+    VERSION,
+    WEBHOOK_CONFIGURATION,
+    Plural,
+)
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
-from meshless.kube import IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
+from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.loopwatch import LoopWatch
 from meshless.policy.admission_state import ControllerAdmissionState
@@ -142,6 +149,14 @@ class Operator:
                     namespace,
                     self.identities.on_secret_event,
                     label_selector=IDENTITY_LABEL,  # only our Secrets, never all of them
+                    metadata_only=True,
+                ),
+                Watch(  # the trust bundles, by name (a label could be taken off), repaired
+                    kube,
+                    CONFIGMAPS,
+                    namespace,
+                    self.identities.bundles.on_event,
+                    field_selector=f"metadata.name={TRUST_BUNDLE_NAME}",
                     metadata_only=True,
                 ),
             )
@@ -346,7 +361,7 @@ class Operator:
         # the cyclic collector's full passes, as what start-up allocated is.
         gc.freeze()
         log.info(
-            "swept %d identities (%d Secrets read in pages) in %.1fs",
+            "swept %d identities (%d Secrets vouched for by their metadata) in %.1fs",
             len(self.identities.store),
             handed,
             time.monotonic() - started,

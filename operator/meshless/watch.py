@@ -55,6 +55,7 @@ class Watch:
         *,
         on_listed: ListedHandler | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         metadata_only: bool = False,
         page_size: int = 500,
         server_timeout_s: int = 270,
@@ -66,6 +67,7 @@ class Watch:
         self.on_event = on_event
         self.on_listed = on_listed
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.metadata_only = metadata_only
         self.page_size = page_size
         self.server_timeout_s = server_timeout_s
@@ -107,7 +109,10 @@ class Watch:
                 await asyncio.sleep(delay)
 
     def _query(self) -> list[tuple[str, str]]:
-        return [("labelSelector", self.label_selector)] if self.label_selector else []
+        query = [("labelSelector", self.label_selector)] if self.label_selector else []
+        if self.field_selector:
+            query.append(("fieldSelector", self.field_selector))
+        return query
 
     async def _list(self) -> None:
         """Every object, a page at a time, handed over as type None (Kopf's convention for

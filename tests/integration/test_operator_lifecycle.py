@@ -97,9 +97,12 @@ def test_a_restart_with_valid_identities_reissues_nothing(
     assert {n: o["status"]["serialNumber"] for n, o in after.items()} == serials
     # Not even a status write: the identities are exactly as the first operator left them.
     assert {n: o["metadata"]["resourceVersion"] for n, o in after.items()} == identity_versions
-    # The Secrets were read in pages by the new term's sweep, not one GET per identity (the
-    # remaining GETs: the CA Secret, the Lease, a trust bundle, the priming lists).
-    handed = re.search(r"swept \d+ identities \((\d+) Secrets read in pages\)", second.log())
+    # The Secrets were vouched for by their metadata (listed in pages), not read one GET per
+    # identity (the remaining GETs: the CA Secret, the Lease, a trust bundle, the priming
+    # lists).
+    handed = re.search(
+        r"swept \d+ identities \((\d+) Secrets vouched for by their metadata\)", second.log()
+    )
     assert handed is not None and int(handed.group(1)) >= len(names)
     assert second.counter('meshless_api_requests_total{verb="GET"}') < len(names)
 

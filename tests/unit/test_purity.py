@@ -25,6 +25,8 @@ PURE_CANDIDATES = (
     "meshless.durations",
     "meshless.identity.spec",
     "meshless.identity.render",
+    "meshless.identity.checked",
+    "meshless.identity.bundle_drift",
     "meshless.policy.model",
     "meshless.policy.resolve",
     "meshless.policy.spec",

@@ -1,10 +1,11 @@
 """The WorkloadIdentity controller (shell): watch events in, level-based reconciles out.
 
-Every reconcile reads the identity's Secret by name, runs the pure reissue chain, and writes
-only what differs: a Secret (through the write budget), one status patch, an Event when a
-running workload's certificate changes or a failure's reason does (a first certificate is
-recorded by the status alone). Our own writes come back as watch events; they are recognised
-by resourceVersion and not reconciled again.
+A reconcile reads the identity's own Secret by name (unless a new term's sweep vouched for it
+by its metadata: identity.checked; no other Secret's data is ever read), runs the pure
+reissue chain, and writes only what differs: a Secret (through the write budget), one status
+patch, an Event when a running workload's certificate changes or a failure's reason does (a
+first certificate is recorded by the status alone). Our own writes come back as watch
+events; they are recognised by resourceVersion and not reconciled again.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from meshless import metrics
 from meshless.api import (
     API_VERSION,
     IDENTITY_LABEL,
-    TRUST_BUNDLE_KEY,
-    TRUST_BUNDLE_NAME,
     ConditionType,
     Kind,
 )
@@ -31,16 +30,23 @@ from meshless.api import Reason as R
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.conditions import find_condition, rfc3339
+from meshless.identity.checked import (
+    CHECKED_ANNOTATION,
+    checkmark,
+    data_written_only_by,
+    is_own_secret,
+    summary_from_status,
+)
 from meshless.identity.render import (
     certificate_status,
     decode_secret_data,
     identity_secret,
     is_owned_by,
     metadata_drift,
-    trust_bundle_configmap,
 )
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
-from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
+from meshless.identity.trust_bundles import TrustBundles
+from meshless.kube import FIELD_MANAGER, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
     BUNDLE_STALE,
@@ -68,6 +74,7 @@ from meshless.status import (
     conditions_with,
     involved_object,
 )
+from meshless.watch import METADATA_ONLY_LIST
 from meshless.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -77,7 +84,7 @@ CA_RETRY_S = 15.0
 CONFLICT_RETRY_S = 30.0
 ISSUING_NOTICE_S = 1.0
 UNWRITTEN_MAX_AGE = timedelta(minutes=5)
-SWEEP_BACKLOG = 1000  # identities a sweep keeps queued (with their Secrets held) at most
+SWEEP_BACKLOG = 1000  # identities a sweep keeps queued (with what it vouched for) at most
 # report Issuing=True only when the write budget makes us wait
 FIRST_ISSUE = Reason("SecretMissing", "the Secret does not exist")
 READY = ConditionType.READY.value
@@ -110,9 +117,17 @@ class IdentityController:
         self._known_secret_rv: dict[Key, str] = {}
         self.swept = False  # this term's sweep has queued every identity it holds
         self._secret_writes: dict[Key, list[str | None]] = {}  # in flight: events meanwhile
-        self._seen_secrets: dict[Key, Json] = {}  # Secret bodies the sweep listed, read once
-        self._bundles: dict[str, bytes] = {}
-        self._bundle_locks: dict[str, asyncio.Lock] = {}
+        # (Secret resourceVersion, checkmark) of the identity Secrets whose metadata the
+        # sweep vouched for (identity.checked): their reconcile trusts the status, read once.
+        self._vouched: dict[Key, tuple[str, str]] = {}
+        self.bundles = TrustBundles(
+            kube,
+            budget,
+            events,
+            desired=lambda: self.ca.bundle,
+            leading=lambda: self.queue.running,
+            holds_identities=lambda ns: any(key[0] == ns for key in self.store),
+        )
         # Identities not issued (a refused spec) whose Secret holds this trust bundle.
         self._bundle_only: dict[Key, bytes] = {}
         # Signed but not yet stored (the API refused the write): reused on the retry.
@@ -131,7 +146,7 @@ class IdentityController:
             self.store.pop(key, None)
             spec = body.get("spec") or {}
             secret_name = spec.get("secretName") or default_secret_name(meta["name"])
-            self._seen_secrets.pop((meta["namespace"], secret_name), None)
+            self._vouched.pop((meta["namespace"], secret_name), None)
             self._known_secret_rv.pop((meta["namespace"], secret_name), None)
             self.status.forget(key)
             self.queue.forget(key)
@@ -178,7 +193,9 @@ class IdentityController:
 
     def on_secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Secrets are watched through the label selector on our identity label, as metadata
-        only: an event says which identity to look at; the reconcile reads the Secret."""
+        only: an event says which identity to look at; the reconcile reads the Secret. A
+        labelled Secret not named as the identity's secretName is not the identity's: it
+        queues nothing (anyone who may write Secrets in the namespace can label one)."""
         meta = body["metadata"]
         secret_key = (meta["namespace"], meta["name"])
         during = self._secret_writes.get(secret_key)
@@ -193,14 +210,17 @@ class IdentityController:
         listed = event_type is None
         if not self.queue.running or (listed and not self.swept):
             return  # the sweep of a new term reads every Secret itself, a page at a time
-        if identity and (meta["namespace"], identity) in self.store:
-            self._seen_secrets.pop(secret_key, None)  # a body the sweep held is stale now
-            self._bundle_only.pop((meta["namespace"], identity), None)
-            self.queue.add((meta["namespace"], identity), background=listed)
+        held = self.store.get((meta["namespace"], identity or ""))
+        if held is not None and held.secret_name(identity or "") == meta["name"]:
+            self._vouched.pop(secret_key, None)  # what the sweep vouched for is stale now
+            self._bundle_only.pop((meta["namespace"], identity or ""), None)
+            self.queue.add((meta["namespace"], identity or ""), background=listed)
 
     async def stop(self) -> None:
         """The end of a term: no more reconciles; the next term sweeps again."""
         await self.queue.stop()
+        await self.bundles.stop()
+        self._vouched.clear()  # what this term's sweep saw; the next one looks again
         self.swept = False
 
     def enqueue_not_ready(self) -> int:
@@ -218,29 +238,62 @@ class IdentityController:
 
     async def sweep(self, namespaces: tuple[str, ...] | None = None) -> int:
         """A new term's check of every identity. The labelled Secrets are listed a page at a
-        time and each handed to the reconcile it causes (no read per identity: after a
-        restart with 50,000 identities that was 50,000 GETs); the next page is read only once
-        the queue has room, so at most a few pages of Secrets are held. Then every identity
-        whose Secret was not among them. `namespaces` None: cluster-wide. Returns how many
-        Secrets were handed over."""
+        time as metadata only (a tenant's Secret carrying an identity's label costs its
+        metadata, never its data); an identity's own Secret whose metadata vouches for it
+        (identity.checked) is checked from the identity's status, with no read: after a
+        restart with 50,000 identities a read each was 50,000 GETs. The rest read their own
+        Secret by name when reconciled. The next page is listed only once the queue has
+        room. Then every identity whose Secret was not among them. `namespaces` None:
+        cluster-wide. Returns how many Secrets were vouched for."""
         covered: set[Key] = set()
+        vouched = 0
         scopes: tuple[str | None, ...] = (None,) if namespaces is None else namespaces
         for namespace in scopes:
-            async for page in self.kube.pages(SECRETS, namespace, label_selector=IDENTITY_LABEL):
+            async for page in self.kube.pages(
+                SECRETS, namespace, label_selector=IDENTITY_LABEL, accept=METADATA_ONLY_LIST
+            ):
                 for secret in page:
                     meta = secret["metadata"]
                     key = (meta["namespace"], (meta.get("labels") or {}).get(IDENTITY_LABEL, ""))
-                    if key in self.store:
-                        self._seen_secrets[(meta["namespace"], meta["name"])] = slim_secret(secret)
-                        self.queue.add(key, background=True)
-                        covered.add(key)
+                    held = self.store.get(key)
+                    if held is None or not is_own_secret(
+                        meta, key[1], held.uid, held.secret_name(key[1])
+                    ):
+                        continue  # not the identity's own Secret: ignored
+                    mark = self._vouched_mark(key, meta)
+                    if mark is not None:
+                        self._vouched[(meta["namespace"], meta["name"])] = mark
+                        vouched += 1
+                    else:
+                        self._vouched.pop((meta["namespace"], meta["name"]), None)
+                    self.queue.add(key, background=True)
+                    covered.add(key)
                 del page
                 await self.queue.wait_below(SWEEP_BACKLOG)
         for key in list(self.store):
             if key not in covered:
                 self.queue.add(key, background=True)
         self.swept = True  # no await since the pass above: nothing listed slipped between
-        return len(covered)
+        return vouched
+
+    def _vouched_mark(self, key: Key, meta: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(resourceVersion, checkmark) when the metadata of the identity's own Secret says
+        its data is as we wrote it (only our field manager touched it) with the labels,
+        annotations and owner we set; None: the reconcile reads the Secret."""
+        mark = (meta.get("annotations") or {}).get(CHECKED_ANNOTATION)
+        version = meta.get("resourceVersion")
+        body = self.body(key)
+        if not mark or not version or body is None:
+            return None
+        if not data_written_only_by(meta, FIELD_MANAGER):
+            return None
+        try:
+            spec = parse_identity(key[0], key[1], body.get("spec") or {}, self.settings)
+        except SpecError:
+            return None
+        if metadata_drift(spec, meta, body["metadata"]["uid"]):
+            return None
+        return (version, mark)
 
     # --- reconcile --------------------------------------------------------------------------
     async def reconcile(self, key: Key) -> float | None:
@@ -302,9 +355,12 @@ class IdentityController:
             issued = await self._issue(body, spec, None, FIRST_ISSUE, bundle)
             if issued is not None:
                 return issued
-        secret = self._seen_secrets.pop((namespace, spec.secret_name), None)
-        if secret is None:
-            secret = await self.kube.get(SECRETS, namespace, spec.secret_name)
+        vouched = self._vouched.pop((namespace, spec.secret_name), None)
+        if vouched is not None:
+            next_check = await self._check_vouched(body, spec, vouched, bundle)
+            if next_check is not None:
+                return next_check
+        secret = await self.kube.get(SECRETS, namespace, spec.secret_name)
         if secret is not None and "resourceVersion" in secret["metadata"]:
             self._known_secret_rv[(namespace, spec.secret_name)] = secret["metadata"][
                 "resourceVersion"
@@ -342,13 +398,18 @@ class IdentityController:
             # rewritten with the current bundle (a new key buys nothing here).
             leaf = parse_certificate_chain(data["tls.crt"])[0]
             bundle_behind = data.get("ca.crt") != bundle
+            summary = summarize(leaf, spec.desired)
+            # Verified against the current CA and spec: a write checkmarks it for the next
+            # sweep (not a leaf kept through a CA rotation: that one the next sweep reads). A
+            # stale or missing checkmark alone is no reason to write: the next sweep reads
+            # that Secret, and its next write (renewal at the latest) checkmarks it.
+            mark = None if keep_until is not None else self._checkmark(spec, ca, bundle, summary)
             if bundle_behind or metadata_drift(spec, secret["metadata"], body["metadata"]["uid"]):
                 await self._write_secret(
-                    spec, body, secret, data["tls.crt"], data["tls.key"], bundle
+                    spec, body, secret, data["tls.crt"], data["tls.key"], bundle, mark
                 )
                 if bundle_behind:
                     metrics.BUNDLE_UPDATES.labels("Secret").inc()
-            summary = summarize(leaf, spec.desired)
             await self._ready(body, spec, summary)
             next_check = self._next_check(summary, now)
             if keep_until is not None:
@@ -367,11 +428,10 @@ class IdentityController:
         namespace, name = key
         raw = body.get("spec") or {}
         secret_name = str(raw.get("secretName") or default_secret_name(name))
-        seen = self._seen_secrets.pop((namespace, secret_name), None)
         bundle = self.ca.bundle
         if self.ca.current is None or not bundle or self._bundle_only.get(key) == bundle:
             return None
-        secret = seen or await self.kube.get(SECRETS, namespace, secret_name)
+        secret = await self.kube.get(SECRETS, namespace, secret_name)
         if secret is None or not is_owned_by(secret["metadata"], name):
             return None
         if decode_secret_data(secret.get("data")).get("ca.crt") != bundle:
@@ -412,6 +472,38 @@ class IdentityController:
             log.info("%s/%s: not issued; the trust bundle in its Secret updated", *key)
         self._bundle_only[key] = bundle
         return None
+
+    async def _check_vouched(
+        self, body: Json, spec: IdentitySpec, vouched: tuple[str, str], bundle: bytes
+    ) -> float | None:
+        """The sweep vouched for the Secret's metadata: when its checkmark matches the CA,
+        spec and status as they are now, the status describes the Secret's certificate, so a
+        Ready identity not yet due for renewal is checked without reading the Secret. None:
+        read it."""
+        version, mark = vouched
+        ca = self.ca.current
+        status = body.get("status") or {}
+        ready = find_condition(status.get("conditions") or [], READY) or {}
+        if ca is None or ready.get("status") != "True":
+            return None
+        if mark != checkmark(spec.desired, ca, bundle, status):
+            return None
+        summary = summary_from_status(status, spec.desired)
+        now = self.clock()
+        if summary is None or now >= summary.renewal_time:
+            return None
+        self._known_secret_rv[(spec.namespace, spec.secret_name)] = version
+        await self._ready(body, spec, summary)
+        return self._next_check(summary, now)
+
+    def _checkmark(
+        self,
+        spec: IdentitySpec,
+        ca: CertificateAuthority,
+        bundle: bytes,
+        summary: CertificateSummary,
+    ) -> str:
+        return checkmark(spec.desired, ca, bundle, certificate_status(summary, spec.secret_name))
 
     def _retired_issuer_deadline(
         self, spec: IdentitySpec, data: Mapping[str, bytes], now: datetime
@@ -462,9 +554,16 @@ class IdentityController:
                 svid = issue_svid(ca, request, self.clock())
             metrics.CERTIFICATES_SIGNED.inc()
             self._unwritten[key] = (spec.desired.request, ca, svid)
+        summary = summarize(svid.certificate, spec.desired)
         try:
             await self._write_secret(
-                spec, body, secret, svid.chain_pem, svid.private_key_pem, bundle
+                spec,
+                body,
+                secret,
+                svid.chain_pem,
+                svid.private_key_pem,
+                bundle,
+                self._checkmark(spec, ca, bundle, summary),
             )
             self._unwritten.pop(key, None)
         except ApiError as exc:
@@ -477,7 +576,6 @@ class IdentityController:
         if self.on_issued is not None:
             self.on_issued(spec.namespace, spec.desired.request.spiffe_id)
         metrics.CERTIFICATES_ISSUED.labels(reason.code).inc()
-        summary = summarize(svid.certificate, spec.desired)
         first = not (body.get("status") or {}).get("serialNumber")
         await self._ready(body, spec, summary)
         if not first:
@@ -522,6 +620,7 @@ class IdentityController:
         chain_pem: bytes,
         key_pem: bytes,
         bundle: bytes,
+        checked: str | None,
     ) -> None:
         manifest = identity_secret(
             spec,
@@ -530,6 +629,7 @@ class IdentityController:
             private_key_pem=key_pem,
             bundle_pem=bundle,
             resource_version=existing["metadata"]["resourceVersion"] if existing else None,
+            checked=checked,
         )
         waited = await self.budget.acquire()
         metrics.WRITE_BUDGET_WAIT.observe(waited)
@@ -573,27 +673,14 @@ class IdentityController:
 
     # --- trust bundle -----------------------------------------------------------------------
     async def _ensure_trust_bundle(self, namespace: str, bundle: bytes) -> None:
-        if self._bundles.get(namespace) == bundle:
-            return
-        lock = self._bundle_locks.setdefault(namespace, asyncio.Lock())
-        async with lock:
-            if self._bundles.get(namespace) == bundle:
-                return
-            current = await self.kube.get(CONFIGMAPS, namespace, TRUST_BUNDLE_NAME)
-            if (current or {}).get("data", {}).get(TRUST_BUNDLE_KEY) != bundle.decode():
-                # Through the write budget too: a root rotation rewrites every bundle at once.
-                waited = await self.budget.acquire()
-                metrics.WRITE_BUDGET_WAIT.observe(waited)
-                await self.kube.apply(CONFIGMAPS, trust_bundle_configmap(namespace, bundle))
-                metrics.BUNDLE_UPDATES.labels("ConfigMap").inc()
-            self._bundles[namespace] = bundle
+        await self.bundles.ensure(namespace, bundle)
 
     async def refresh_trust_bundles(self) -> None:
         bundle = self.ca.bundle
         if bundle is None:
             return
         for namespace in sorted({ns for ns, _ in self.store}):
-            await self._ensure_trust_bundle(namespace, bundle)
+            await self.bundles.ensure(namespace, bundle)
 
     # --- status -----------------------------------------------------------------------------
     async def _ready(self, body: Json, spec: IdentitySpec, summary: CertificateSummary) -> None:
@@ -698,6 +785,11 @@ class HeldIdentity:
             ready=condition.get("status") == "True",
         )
 
+    def secret_name(self, name: str) -> str:
+        """The name of the identity's own Secret (spec.secretName or the default)."""
+        secret_name = json.loads(self.spec).get("secretName")
+        return secret_name if isinstance(secret_name, str) else default_secret_name(name)
+
     def body(self, namespace: str, name: str) -> Json:
         meta: Json = {"name": name, "namespace": namespace, "uid": self.uid}
         if self.generation is not None:
@@ -722,28 +814,6 @@ def unusable_message(body: Mapping[str, Any], error: SpecError) -> str:
             f"{status['notAfter']}, then the workload has none"
         )
     return message
-
-
-def slim_secret(body: Mapping[str, Any]) -> Json:
-    """What a reconcile reads of its Secret: the data and the metadata it checks or writes
-    back (managedFields and the rest are most of a Secret's metadata)."""
-    meta = body["metadata"]
-    return {
-        "metadata": {
-            k: meta[k]
-            for k in (
-                "name",
-                "namespace",
-                "uid",
-                "resourceVersion",
-                "labels",
-                "annotations",
-                "ownerReferences",
-            )
-            if k in meta
-        },
-        "data": body.get("data") or {},
-    }
 
 
 def _compact(value: Any) -> bytes:

@@ -17,6 +17,7 @@ from meshless.api import (
     Kind,
 )
 from meshless.conditions import rfc3339
+from meshless.identity.checked import CHECKED_ANNOTATION
 from meshless.identity.spec import IdentitySpec
 from meshless.pki.reissue import CertificateSummary
 
@@ -64,12 +65,18 @@ def identity_secret(
     private_key_pem: bytes,
     bundle_pem: bytes,
     resource_version: str | None = None,
+    checked: str | None = None,
 ) -> Manifest:
+    """`checked`: the checkmark (identity.checked) when the data is verified against the
+    current CA and spec; None leaves it out (the next sweep reads the Secret)."""
+    annotations = secret_annotations(spec)
+    if checked is not None:
+        annotations[CHECKED_ANNOTATION] = checked
     metadata: dict[str, Any] = {
         "name": spec.secret_name,
         "namespace": spec.namespace,
         "labels": secret_labels(spec),
-        "annotations": secret_annotations(spec),
+        "annotations": annotations,
         "ownerReferences": [owner_reference(spec.name, identity_uid)],
     }
     if resource_version is not None:
