@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 
 from meshless import metrics
 from meshless.admission.server import (
+    ConfigurationMissing,
     apply_configurations,
     register_admission_handlers,
     serve_admission,
@@ -143,6 +144,7 @@ class Operator:
         self.leading = False
         self.elector: LeaderElector | None = None
         self._configurations_stale = False
+        self._configurations_missing = ""
         self.webhooks_served = False
         self.health: HealthServer | None = None
         self.loopwatch = LoopWatch()
@@ -229,11 +231,18 @@ class Operator:
             await apply_configurations(
                 self.kube, self.webhook_endpoint, bundle, self.settings.namespace
             )
+        except ConfigurationMissing as exc:
+            # One line while it stays missing (the next CA polls retry quietly).
+            if str(exc) != self._configurations_missing:
+                log.error("%s", exc)
+            self._configurations_missing = str(exc)
+            self._configurations_stale = True
         except Exception:
             log.exception("writing the webhook configurations failed; the next CA poll retries")
             self._configurations_stale = True
         else:
             self._configurations_stale = False
+            self._configurations_missing = ""
 
     async def _start_leading(self) -> None:
         """Called by the elector, which must get back to renewing the Lease: the work of a new
