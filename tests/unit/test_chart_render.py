@@ -120,9 +120,17 @@ def test_without_rbac_and_with_an_existing_service_account() -> None:
         "--set", "rbac.create=false,serviceAccount.create=false,serviceAccount.name=existing",
         "--set", "podDisruptionBudget.enabled=false",
     )  # fmt: skip
-    assert kinds(objects) == ["Deployment", "Service", "Service"]
+    # The webhook configurations and the namespace policy stay: the operator creates neither,
+    # and the policy binds the ServiceAccount given.
+    assert kinds(objects) == [
+        "Deployment", "MutatingWebhookConfiguration", "Service", "Service",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        "ValidatingWebhookConfiguration",
+    ]  # fmt: skip
     pod = find(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "existing"
+    (condition,) = find(objects, "ValidatingAdmissionPolicy")["spec"]["matchConditions"]
+    assert condition["expression"].endswith(":meshless-system:existing'")
     proc = helm("template", "m", str(CHART), "--set", "serviceAccount.create=false", check=False)
     assert "serviceAccount.name is required" in proc.stderr
 
