@@ -11,6 +11,7 @@ TokenRequest for the chart's ServiceAccount, which is exactly what the pods woul
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -26,7 +27,10 @@ import pytest
 import yaml
 from kubernetes import client
 
+from meshless.admission.configurations import Endpoint
+from meshless.admission.server import apply_configurations
 from meshless.api import IDENTITY_LABEL, WEBHOOK_CONFIGURATION
+from meshless.kube import Kube, load_configuration
 from meshless.leader import LEASE_NAME
 from meshless.pki.bundle import parse_pem_certificates
 from tests.conftest import ROOT
@@ -79,6 +83,9 @@ class Release:
 def release(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Release]:
     suffix = uuid.uuid4().hex[:6]
     name, namespace = f"ml-{suffix}", f"meshless-chart-{suffix}"
+    # The chart creates the configurations named meshless: an operator of an earlier module
+    # (admin credentials) may have left its own, which Helm would refuse to adopt.
+    remove_webhook_configurations(api_client)
     installed = helm(
         "install", name, str(CHART), "--kubeconfig", kubeconfig,
         "--namespace", namespace, "--create-namespace",
@@ -829,3 +836,65 @@ def test_uninstall_removes_the_charts_objects_and_the_webhook_configurations(
         with pytest.raises(client.ApiException) as gone:
             read()
         assert gone.value.status == 404
+
+
+def test_outside_the_chart_the_operator_creates_them_and_the_chart_can_adopt_them(
+    release: Release, api_client: client.ApiClient
+) -> None:
+    """After the uninstall above. With an admin's credentials (`make run`) a missing
+    configuration is created by the operator's apply, labelled as the operator's. Upgrading
+    to a chart that creates them: the README's label-and-annotate step lets Helm adopt them,
+    and their webhooks stay in place throughout."""
+    endpoint = Endpoint(url="https://127.0.0.1:9443")
+
+    async def apply() -> None:
+        kube = Kube(load_configuration(release.kubeconfig))
+        try:
+            await apply_configurations(kube, endpoint, b"bundle", release.namespace)
+        finally:
+            await kube.close()
+
+    try:
+        asyncio.run(apply())
+        made = webhooks_of(api_client)
+        registration = client.AdmissionregistrationV1Api(api_client)
+        for read in (
+            registration.read_mutating_webhook_configuration,
+            registration.read_validating_webhook_configuration,
+        ):
+            configuration = read(WEBHOOK_CONFIGURATION)
+            assert configuration.metadata.labels == {"app.kubernetes.io/managed-by": "meshless"}
+        assert all(
+            w["clientConfig"]["url"].startswith("https://127.0.0.1:9443/")
+            for w in made["mutating"] + made["validating"]
+        )
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            kubectl = ["kubectl", f"--kubeconfig={release.kubeconfig}"]
+            subprocess.run(
+                [*kubectl, "label", kind, WEBHOOK_CONFIGURATION,
+                 "app.kubernetes.io/managed-by=Helm", "--overwrite"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            subprocess.run(
+                [*kubectl, "annotate", kind, WEBHOOK_CONFIGURATION,
+                 f"meta.helm.sh/release-name={release.name}",
+                 f"meta.helm.sh/release-namespace={release.namespace}", "--overwrite"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        helm(
+            "install", release.name, str(CHART), "--kubeconfig", release.kubeconfig,
+            "--namespace", release.namespace,
+            "--set", "image.repository=registry.invalid/meshless",
+        )  # fmt: skip
+        assert webhooks_of(api_client) == made
+        # The operator's next apply leaves Helm's labels alone.
+        asyncio.run(apply())
+        configuration = registration.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+        assert configuration.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert webhooks_of(api_client) == made
+    finally:
+        helm(
+            "uninstall", release.name, "--kubeconfig", release.kubeconfig,
+            "--namespace", release.namespace, check=False,
+        )  # fmt: skip
+        remove_webhook_configurations(api_client)
