@@ -432,19 +432,13 @@ def test_a_refusal_is_found_in_a_log_line_and_a_timestamp_is_not() -> None:
     assert refusals("12:00:01,000 ERROR ApiError: 403 Forbidden: cannot list configmaps")
 
 
-def refused_requests(op: OperatorProcess) -> float:
-    """The operator's own API requests answered 403 (Kopf's are in the log: `refusals`)."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in op.metrics().splitlines()
-        if line.startswith("meshless_api_responses_total{") and 'code="403"' in line
-    )
-
-
 def assert_never_refused(op: OperatorProcess) -> None:
-    log = op.log()
-    assert refusals(log) == []
-    assert refused_requests(op) == 0, log[-6000:]
+    """No request of the operator's was refused. Every refusal reaches its log: Kopf logs its
+    own, and the operator's client raises `ApiError("403 Forbidden: ...")`, which is logged
+    wherever it is caught. (Not the API response metric: it also counts the 403s for writes
+    into namespaces being terminated, which this control plane, without a namespace
+    controller, keeps forever after a test, and which the operator skips on purpose.)"""
+    assert refusals(op.log()) == []
 
 
 def test_identity_flow_with_the_charts_rbac(
