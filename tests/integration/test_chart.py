@@ -778,6 +778,67 @@ def test_helm_upgrade_keeps_the_operators_webhooks(
     assert_never_refused(chart_operator)
 
 
+# The API server audits ServiceAccounts' requests (hack/localcluster.py, metadata only).
+AUDIT_LOG = ROOT / ".cache" / "cluster" / "logs" / "audit.log"
+# The tests' own requests with the operator's token (can-i, the refusal checks).
+TEST_TOOLS = ("kubectl/", "OpenAPI-Generator/")
+# Objects created through server-side apply: the request is a patch, authorized as create too.
+CREATED_BY_APPLY = {
+    ("configmaps", "create"),
+    ("networkpolicies", "create"),
+    ("workloadidentities", "create"),
+}
+
+
+def operator_requests(username: str) -> list[Json]:
+    events = []
+    for line in AUDIT_LOG.read_text().splitlines():
+        event = json.loads(line)
+        if (
+            event["user"]["username"] == username
+            and not event.get("userAgent", "").startswith(TEST_TOOLS)
+            and event.get("objectRef")
+        ):
+            events.append(event)
+    return events
+
+
+def test_the_operator_used_every_permission_the_chart_grants_and_no_other(
+    chart_operator: OperatorProcess, release: Release, api_client: client.ApiClient
+) -> None:
+    """After every flow above, from the API server's audit log: each (resource, verb) the
+    ClusterRole and Role grant was used by the operator (nothing unused), and RBAC refused it
+    nothing (nothing missing)."""
+    username = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    requests = operator_requests(username)
+    assert requests, f"no audited request by {username} in {AUDIT_LOG}"
+    decisions = {
+        (e["verb"], e["requestURI"]): (e.get("annotations") or {}).get(
+            "authorization.k8s.io/decision"
+        )
+        for e in requests
+    }
+    assert [r for r, d in decisions.items() if d != "allow"] == []
+    used = set()
+    for event in requests:
+        ref = event["objectRef"]
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((resource, event["verb"]))
+        if "webhookconfigurations" in resource:
+            assert ref.get("name") == WEBHOOK_CONFIGURATION, event["requestURI"]
+        if resource == "leases" and event["verb"] != "create":
+            assert ref.get("name") == LEASE_NAME, event["requestURI"]
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    rules = rbac.read_cluster_role(release.fullname).rules + (
+        rbac.read_namespaced_role(f"{release.fullname}-leader-election", release.namespace).rules
+    )
+    granted = {(r, v) for rule in rules for r in rule.resources for v in rule.verbs}
+    assert used - granted == set()
+    assert granted - used == CREATED_BY_APPLY
+    for resource, _ in CREATED_BY_APPLY:
+        assert (resource, "patch") in used
+
+
 def test_a_deleted_configuration_is_reported_once_and_helm_upgrade_puts_it_back(
     chart_operator: OperatorProcess, release: Release, api_client: client.ApiClient
 ) -> None:
