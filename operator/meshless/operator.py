@@ -350,6 +350,9 @@ class Operator:
             await asyncio.sleep(self.settings.resync_interval.total_seconds())
             self.identities.enqueue_all()
             self.policies.enqueue_all()
+            # Applied again at the next CA poll: webhooks wiped by hand (or by `helm upgrade
+            # --force`) come back within a resync interval.
+            self._configurations_stale = True
 
 
 def configure(settings: Settings) -> kopf.OperatorRegistry:

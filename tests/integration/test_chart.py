@@ -403,6 +403,8 @@ def chart_operator(
         "MESHLESS_PROBE_TIMEOUT": "2s",
         "MESHLESS_CA_SETTLE_TIME": "3s",
         "MESHLESS_CA_ROTATION_WINDOW": "4s",
+        # Webhooks wiped or configurations deleted by hand are seen at a resync.
+        "MESHLESS_RESYNC_INTERVAL": "3s",
     }
     # Outside a cluster the API server cannot reach the Service: OperatorProcess sets
     # MESHLESS_WEBHOOK_URL (loopback), and the operator points the configurations at it.
@@ -839,6 +841,23 @@ def test_the_operator_used_every_permission_the_chart_grants_and_no_other(
         assert (resource, "patch") in used
 
 
+def test_wiped_webhooks_come_back_at_a_resync(
+    chart_operator: OperatorProcess, api_client: client.ApiClient
+) -> None:
+    chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
+    before = webhooks_of(api_client)
+    registration = client.AdmissionregistrationV1Api(api_client)
+    configuration = registration.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    configuration.webhooks = None  # what `helm upgrade --force` or a hand edit leaves
+    registration.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, configuration)
+    assert not registration.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION).webhooks
+    deadline = time.monotonic() + TIMEOUT
+    while webhooks_of(api_client) != before:
+        assert time.monotonic() < deadline, "the webhooks did not come back"
+        time.sleep(0.2)
+    assert_never_refused(chart_operator)
+
+
 def test_a_deleted_configuration_is_reported_once_and_helm_upgrade_puts_it_back(
     chart_operator: OperatorProcess, release: Release, api_client: client.ApiClient
 ) -> None:
@@ -846,11 +865,9 @@ def test_a_deleted_configuration_is_reported_once_and_helm_upgrade_puts_it_back(
     which and that the chart creates it; `helm upgrade` does, and the operator fills it in."""
     chart_operator.wait_for_log("reconciling as leader", timeout=TIMEOUT)
     registration = client.AdmissionregistrationV1Api(api_client)
-    registration.delete_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
-    # A new leader term applies the configurations (so does every CA change).
-    chart_operator.stop()
     offset = len(chart_operator.log())
-    chart_operator.start()
+    registration.delete_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    # Seen at the leader's next resync (so at a new term or a CA change).
     missing = f"ValidatingWebhookConfiguration/{WEBHOOK_CONFIGURATION} does not exist"
     wait_for_log_after(chart_operator, offset, missing, TIMEOUT)
     with pytest.raises(client.ApiException) as gone:
