@@ -40,6 +40,17 @@ import localnode  # hack/ is not a package
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".cache" / "cluster"
+# Requests by ServiceAccounts (an operator run with a ServiceAccount token, as the chart's is)
+# are audited, metadata only, to .cache/cluster/logs/audit.log: the chart test reads which
+# verbs the operator used. Admin requests (tests, `make run`) are not audited.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 READY_TIMEOUT_S = 120.0
 COMPONENTS = ("etcd", "kube-apiserver")  # in start order
 
@@ -241,6 +252,8 @@ def up(node: bool = False) -> None:
     make_pki(pki)
     logs = STATE / "logs"
     logs.mkdir(exist_ok=True)
+    audit_policy = STATE / "audit-policy.yaml"
+    audit_policy.write_text(AUDIT_POLICY)
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
@@ -287,6 +300,10 @@ def up(node: bool = False) -> None:
         # These two limits sum to the server's concurrency limit, shared by priority level.
         "--max-requests-inflight=1000",
         "--max-mutating-requests-inflight=500",
+        f"--audit-policy-file={audit_policy}",
+        f"--audit-log-path={logs / 'audit.log'}",
+        "--audit-log-maxsize=200",
+        "--audit-log-maxbackup=1",
         "--v=0",
     ]
     commands = {"etcd": etcd_cmd, "kube-apiserver": api_cmd}

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from meshless import metrics
 from meshless.admission.server import (
     AdmissionWebhookServer,
+    ConfigurationMissing,
     apply_configurations,
     register_admission_handlers,
     serve_admission,
@@ -167,6 +168,7 @@ class Operator:
         self.leading = False
         self.elector: LeaderElector | None = None
         self._configurations_stale = False
+        self._configurations_missing = ""
         self.webhooks_served = False
         self.health: HealthServer | None = None
         self.loopwatch = LoopWatch()
@@ -306,11 +308,18 @@ class Operator:
             await apply_configurations(
                 self.kube, self.webhook_endpoint, bundle, self.settings.namespace
             )
+        except ConfigurationMissing as exc:
+            # One line while it stays missing (the next CA polls retry quietly).
+            if str(exc) != self._configurations_missing:
+                log.error("%s", exc)
+            self._configurations_missing = str(exc)
+            self._configurations_stale = True
         except Exception:
             log.exception("writing the webhook configurations failed; the next CA poll retries")
             self._configurations_stale = True
         else:
             self._configurations_stale = False
+            self._configurations_missing = ""
 
     async def _start_leading(self) -> None:
         """Called by the elector, which must get back to renewing the Lease: the work of a new
@@ -447,6 +456,9 @@ class Operator:
             await asyncio.sleep(self.settings.resync_interval.total_seconds())
             self.identities.enqueue_all()
             self.policies.enqueue_all()
+            # Applied again at the next CA poll: webhooks wiped by hand (or by `helm upgrade
+            # --force`) come back within a resync interval.
+            self._configurations_stale = True
 
 
 def configure(settings: Settings) -> kopf.OperatorRegistry:

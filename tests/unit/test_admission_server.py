@@ -18,10 +18,16 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshless.admission import pods
+from meshless.admission.configurations import (
+    Endpoint,
+    mutating_configuration,
+    validating_configuration,
+)
 from meshless.admission.inject import IdentityRef, injection_patch
 from meshless.admission.server import (
     QuietAdmissionLogs,
     ServingCertificateKeeper,
+    applied_configuration,
     apply_add_ops,
     guarded,
     refusal,
@@ -160,6 +166,29 @@ def test_webhook_endpoint_by_url_or_service() -> None:
     assert hosts == ("meshless-webhook", "meshless-webhook.ops", "meshless-webhook.ops.svc")
     with pytest.raises(ValueError, match="must be https"):
         webhook_endpoint("http://127.0.0.1:9443", "x", "ops")
+
+
+@pytest.mark.parametrize("build", [mutating_configuration, validating_configuration])
+def test_the_applied_configuration_is_the_webhooks_and_labels_only_on_our_own_object(
+    build: Any,
+) -> None:
+    """On the chart's object (Helm's release annotation) only `webhooks` is applied, whatever
+    it holds; on an object the operator creates or created, its labels too."""
+    configuration = build(Endpoint(url="https://127.0.0.1:9443"), b"bundle", "ops")
+    helm_owned = {"metadata": {"annotations": {"meta.helm.sh/release-name": "meshless"}}}
+    applied = applied_configuration(configuration, helm_owned)
+    assert applied == {
+        "apiVersion": configuration["apiVersion"],
+        "kind": configuration["kind"],
+        "metadata": {"name": "meshless"},
+        "webhooks": configuration["webhooks"],
+    }
+    for existing in (None, {"metadata": {"labels": {"app.kubernetes.io/managed-by": "meshless"}}}):
+        applied = applied_configuration(configuration, existing)
+        assert applied["metadata"] == configuration["metadata"]
+        assert applied["webhooks"] == configuration["webhooks"]
+    more = {**configuration, "webhooks": [*configuration["webhooks"], {"name": "x.meshless.dev"}]}
+    assert applied_configuration(more, helm_owned)["webhooks"] == more["webhooks"]
 
 
 def test_kopfs_records_about_our_webhooks_are_dropped_and_others_kept() -> None:

@@ -11,10 +11,22 @@ import pytest
 from prometheus_client import REGISTRY
 
 import meshless.metrics  # noqa: F401  (registers the operator's metrics)
+from meshless.api import WEBHOOK_CONFIGURATION
 from tests.helmtool import CHART, ROOT, find, helm, render
 
 # Alerts on metrics another part of the operator is adding (the probe's enforcement results).
 PENDING_METRICS = {"meshless_enforcement_ports"}
+
+
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
 
 
 def kinds(objects: list[dict[str, Any]]) -> list[str]:
@@ -25,14 +37,16 @@ def test_defaults_render_the_expected_objects() -> None:
     objects = render()
     assert kinds(objects) == sorted(
         [
-            "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
-            "RoleBinding", "Service", "Service", "ServiceAccount",
+            "ClusterRole", "ClusterRoleBinding", "Deployment", "MutatingWebhookConfiguration",
+            "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+            "ValidatingWebhookConfiguration",
         ]
     )  # fmt: skip
     crds = [o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"]
     assert sorted(crds) == ["mtlspolicies.meshless.dev", "workloadidentities.meshless.dev"]
     for obj in objects:
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+        if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"] == "meshless-system", obj["kind"]
 
 
@@ -117,9 +131,17 @@ def test_without_rbac_and_with_an_existing_service_account() -> None:
         "--set", "rbac.create=false,serviceAccount.create=false,serviceAccount.name=existing",
         "--set", "podDisruptionBudget.enabled=false",
     )  # fmt: skip
-    assert kinds(objects) == ["Deployment", "Service", "Service"]
+    # The webhook configurations and the namespace policy stay: the operator creates neither,
+    # and the policy binds the ServiceAccount given.
+    assert kinds(objects) == [
+        "Deployment", "MutatingWebhookConfiguration", "Service", "Service",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        "ValidatingWebhookConfiguration",
+    ]  # fmt: skip
     pod = find(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "existing"
+    (condition,) = find(objects, "ValidatingAdmissionPolicy")["spec"]["matchConditions"]
+    assert condition["expression"].endswith(":meshless-system:existing'")
     proc = helm("template", "m", str(CHART), "--set", "serviceAccount.create=false", check=False)
     assert "serviceAccount.name is required" in proc.stderr
 
@@ -160,8 +182,62 @@ def test_rbac_has_no_wildcards_and_names_what_it_can() -> None:
         for verb in rule["verbs"]
     }
     for resource in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-        assert named[(resource, "patch")] == ("meshless",)
-        assert named[(resource, "create")] == ()  # RBAC cannot name what create makes
+        assert named[(resource, "get")] == (WEBHOOK_CONFIGURATION,)
+        assert named[(resource, "patch")] == (WEBHOOK_CONFIGURATION,)
+        # The chart creates them: RBAC cannot name what create makes, so it is not granted.
+        assert (resource, "create") not in named
         assert (resource, "delete") not in named
     assert named[("leases", "update")] == ("meshless-operator-leader",)
     assert ("secrets", "delete") not in named and ("secrets", "patch") not in named
+
+
+def test_the_chart_creates_the_webhook_configurations_empty_under_the_operators_name() -> None:
+    """Their content is the operator's (admission/configurations.py), written once there."""
+    objects = render()
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        configuration = find(objects, kind)
+        assert configuration["metadata"]["name"] == WEBHOOK_CONFIGURATION
+        assert "webhooks" not in configuration  # Helm's upgrades then never touch them
+
+
+def test_the_namespace_policy_binds_the_charts_service_account() -> None:
+    objects = render("--set", "serviceAccount.name=op")
+    policy = find(objects, "ValidatingAdmissionPolicy")
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        "request.userInfo.username == 'system:serviceaccount:meshless-system:op'"
+    )
+    binding = find(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def _readme_permissions() -> set[tuple[str, str, tuple[str, ...]]]:
+    """(resource, verb, resourceNames) for every row of the chart README's Permissions table."""
+    text = (CHART / "README.md").read_text()
+    table = text.split("## Permissions", 1)[1].split("\n\n", 2)[2]
+    rows = set()
+    for line in table.splitlines():
+        if not line.startswith("|"):
+            break
+        if not line.startswith("| `"):
+            continue  # the header
+        resources, verbs = line.split("|")[1:3]
+        names = re.search(r"resourceNames `([^`]+)`", resources)
+        for resource in re.findall(r"`([a-z/]+)`", resources.split("(")[0]):
+            for verb in verbs.split():
+                rows.add((resource, verb, (names.group(1),) if names else ()))
+    return rows
+
+
+def test_the_readme_permissions_table_is_the_rbac_the_chart_grants() -> None:
+    objects = render()
+    granted = {
+        (resource, verb, tuple(rule.get("resourceNames", ())))
+        for rule in find(objects, "ClusterRole")["rules"] + find(objects, "Role")["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert _readme_permissions() == granted

@@ -68,3 +68,18 @@ The Service the API server calls the admission webhooks through.
 {{- define "meshless.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "meshless.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+The webhook configurations' name: fixed, the operator's meshless.api.WEBHOOK_CONFIGURATION
+(tests/integration/test_chart.py checks they agree).
+*/}}
+{{- define "meshless.webhookConfigurationName" -}}
+meshless
+{{- end }}
+
+{{/*
+The username the API server gives the operator's ServiceAccount.
+*/}}
+{{- define "meshless.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "meshless.serviceAccountName" .) }}
+{{- end }}

@@ -11,9 +11,9 @@ around the pure decisions in inject.py and validate.py.
   SSLContext: `load_certificate` swaps it for new handshakes without closing the socket.
   Requests that are not a v1 AdmissionReview of what the webhook serves get a clear error
   answer.
-- `apply_configurations` writes the webhook configurations (configurations.py) with
-  server-side apply; Kopf's managed configurations are not used (see
-  docs/decisions/admission.md).
+- `apply_configurations` fills in the webhook configurations (configurations.py) with
+  server-side apply, by name: the chart creates them (docs/decisions/chart.md); Kopf's
+  managed configurations are not used (see docs/decisions/admission.md).
 - The policy controller provides an `AdmissionState`.
 """
 
@@ -70,8 +70,8 @@ from meshless.admission.validate import (
     judge_identity_label,
     judge_strict,
 )
-from meshless.api import GROUP, MANAGED_BY_VALUE, VERSION, Plural
-from meshless.kube import Kube
+from meshless.api import GROUP, VERSION, Plural
+from meshless.kube import MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS, ApiError, Json, Kube
 from meshless.pki.bundle import bundle_pem, fingerprint
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.names import DnsNamePolicy
@@ -596,6 +596,30 @@ class ServingCertificateKeeper:
 
 
 # --- configurations -------------------------------------------------------------------------
+HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"
+
+
+class ConfigurationMissing(Exception):
+    """A webhook configuration does not exist and these credentials may not create it (the
+    chart's RBAC grants get and patch by name, not create): the chart creates it."""
+
+
+def applied_configuration(configuration: Json, existing: Json | None) -> Json:
+    """What the operator applies: the webhooks (everything configurations.py says about them)
+    and, on an object it creates or created, its labels. On the chart's object the metadata
+    is Helm's: applying our labels there would fight `helm upgrade` over them."""
+    metadata: Json = {"name": configuration["metadata"]["name"]}
+    annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
+    if HELM_RELEASE_ANNOTATION not in annotations:
+        metadata["labels"] = configuration["metadata"]["labels"]
+    return {
+        "apiVersion": configuration["apiVersion"],
+        "kind": configuration["kind"],
+        "metadata": metadata,
+        "webhooks": configuration["webhooks"],
+    }
+
+
 async def apply_configurations(
     kube: Kube,
     endpoint: Endpoint,
@@ -603,25 +627,33 @@ async def apply_configurations(
     operator_namespace: str,
     timeout_seconds: int = 5,
 ) -> None:
-    """Create or update both webhook configurations (server-side apply, field manager
-    meshless); call again whenever the CA bundle changes."""
-    for plural, body in (
+    """Fill in both webhook configurations (server-side apply, field manager meshless: the
+    webhooks list, whatever it holds, pointing at `endpoint`); call again whenever the CA
+    bundle changes. Each is read by name first. The chart creates them; with credentials that
+    may create them (`make run`, an admin's kubeconfig) a missing one is created by the same
+    apply, and without (the chart's RBAC) that is a `ConfigurationMissing` naming it."""
+    for resource, configuration in (
         (
-            "mutatingwebhookconfigurations",
+            MUTATING_WEBHOOKS,
             mutating_configuration(endpoint, ca_bundle, operator_namespace, timeout_seconds),
         ),
         (
-            "validatingwebhookconfigurations",
+            VALIDATING_WEBHOOKS,
             validating_configuration(endpoint, ca_bundle, operator_namespace, timeout_seconds),
         ),
     ):
-        await kube.request(
-            "PATCH",
-            f"/apis/admissionregistration.k8s.io/v1/{plural}/{body['metadata']['name']}",
-            body,
-            content_type="application/apply-patch+yaml",
-            query=[("fieldManager", MANAGED_BY_VALUE), ("force", "true")],
-        )
+        name = configuration["metadata"]["name"]
+        existing = await kube.get(resource, None, name)
+        try:
+            await kube.apply(resource, applied_configuration(configuration, existing))
+        except ApiError as exc:
+            if existing is None and exc.status == 403:
+                raise ConfigurationMissing(
+                    f"{configuration['kind']}/{name} does not exist and the operator may not "
+                    "create it (its RBAC grants get and patch by name): the Helm chart creates "
+                    "it, `helm upgrade` puts back a deleted one"
+                ) from None
+            raise
 
 
 # --- wiring for the operator ----------------------------------------------------------------
