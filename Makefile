@@ -1,4 +1,4 @@
-# meshless — the commands other tools call (see ../shared/DESIGN.md, "Interfaces").
+# meshless — the commands other tools call (docs/architecture.md, "The contract in short").
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

@@ -18,7 +18,7 @@ import pytest
 
 FORBIDDEN = ("kopf", "aiohttp", "kubernetes", "meshless.kube")
 
-# DESIGN.md's pure modules ("Shape of the code"); meshless.pki.* is discovered below.
+# The pure core (docs/architecture.md, "Layers"); meshless.pki.* is discovered below.
 PURE_CANDIDATES = (
     "meshless.api",
     "meshless.selectors",

@@ -1,7 +1,7 @@
 """The admission webhook configurations (pure): what the API server sends to meshless, and
 what it does when no replica answers.
 
-Availability (DESIGN.md): with every webhook replica down, pods in namespaces where no policy
+Availability (docs/admission.md): with every webhook replica down, pods in namespaces where no policy
 applies are still created, pods under STRICT are refused, and kube-system and the operator's
 own namespace are never intercepted. So:
 
