@@ -1,9 +1,9 @@
 """The admission webhook configurations (pure): what the API server sends to meshless, and
 what it does when no replica answers.
 
-Availability (docs/admission.md): with every webhook replica down, pods in namespaces where no policy
-applies are still created, pods under STRICT are refused, and kube-system and the operator's
-own namespace are never intercepted. So:
+Availability (docs/admission.md): with every webhook replica down, pods in namespaces where
+no policy applies are still created, pods under STRICT are refused, and kube-system and the
+operator's own namespace are never intercepted. So:
 
 - The operator labels every namespace some policy reaches `meshless.dev/mtls: enabled`
   (`admission_namespaces` says which). The injecting webhook and the STRICT webhook select
