@@ -348,6 +348,45 @@ def test_labelled_tenant_secrets_cost_a_root_rotation_no_memory_and_do_not_hold_
             )
 
 
+def test_a_tenant_edit_of_the_rotation_annotations_is_not_believed(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    tenant: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+) -> None:
+    """During Switch (a window of an hour: both leaves stay on the old root), the tenant
+    rewrites `meshless.dev/leaf-roots` on its identity's Secret to claim that the leaf is on
+    no leaving root: were it believed, the Switch could end while that leaf is in use. The
+    count reads that Secret by name instead (another field manager owns the annotation) and
+    still finds both leaves on the old root."""
+    op = operator_factory(ca_settle_time="1s", ca_rotation_window="1h")
+    for name in ("alpha", "bravo"):
+        create_identity(api_client, namespace, name, serviceAccountName="default")
+    for name in ("alpha", "bravo"):
+        wait_identity(api_client, namespace, name, is_ready)
+    rotate = ca_cli(kubeconfig, "--namespace", op.namespace, "rotate")
+    assert rotate.returncode == 0, rotate.stderr
+    wait_event(api_client, op.namespace, "meshless-ca", "CARotationSwitch", 30)
+
+    def progress() -> dict[str, int]:
+        status = ca_cli(kubeconfig, "--namespace", op.namespace, "status", "-o", "json")
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert doc["phase"] == "Switch", doc["phase"]
+        return doc["progress"]  # type: ignore[no-any-return]
+
+    honest = progress()
+    assert honest["leavesTotal"] == 2 and honest["leavesOnOldRoot"] == 2, honest
+    own = client.CoreV1Api(api_client).read_namespaced_secret("alpha-mtls", namespace)
+    assert own.metadata.annotations["meshless.dev/leaf-roots"]  # the old root, as written
+    edited = client.CoreV1Api(tenant).patch_namespaced_secret(
+        "alpha-mtls", namespace, {"metadata": {"annotations": {"meshless.dev/leaf-roots": ""}}}
+    )
+    assert edited.metadata.annotations["meshless.dev/leaf-roots"] == ""
+    assert progress() == honest
+
+
 def labelled_versions(api: client.ApiClient, namespace: str) -> dict[str, str]:
     """name -> resourceVersion of the Secrets labelled with an identity's name, read as
     metadata only (the test need not hold 300 MiB either)."""
