@@ -160,29 +160,30 @@ async def _count_read(
     now: datetime,
 ) -> Progress:
     """Own Secrets whose metadata does not vouch for their annotations (written before them,
-    or edited by someone else): each read by name, a few at a time, and counted from its
-    data as read (checked again to be the identity's own)."""
-    bundles: list[bytes | None] = []
-    chains: list[bytes | None] = []
+    or edited by someone else): each read by name and counted from its data as read (checked
+    again to be the identity's own), a few at a time; no more than those few are held."""
+    counts: list[Progress] = []
     limit = asyncio.Semaphore(READS_AT_ONCE)
 
     async def read(namespace: str, name: str, refused: bool) -> None:
         async with limit:
             secret = await kube.get(SECRETS, namespace, name)
-        if secret is None:
-            return  # deleted since listed
-        meta = secret["metadata"]
-        owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
-        if secret_names.get((namespace, owner)) != name or not is_owned_by(meta, owner):
-            return  # changed since listed: no longer the identity's own
-        data = decode_secret_data(secret.get("data"))
-        bundles.append(data.get(CA_CRT))
-        chains.append(None if refused else data.get(TLS_CRT))
+            if secret is None:
+                return  # deleted since listed
+            meta = secret["metadata"]
+            owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
+            if secret_names.get((namespace, owner)) != name or not is_owned_by(meta, owner):
+                return  # changed since listed: no longer the identity's own
+            data = decode_secret_data(secret.pop("data", None))
+            del secret
+            bundle, chain = data.get(CA_CRT), None if refused else data.get(TLS_CRT)
+            del data
+            counts.append(
+                await asyncio.to_thread(core.count_progress, [bundle], [chain], state, leaving, now)
+            )
 
     await asyncio.gather(*(read(*each) for each in secrets))
-    if not bundles:
-        return core.Progress()
-    return await asyncio.to_thread(core.count_progress, bundles, chains, state, leaving, now)
+    return sum(counts, core.Progress())
 
 
 def identity_secret_name(identity: Mapping[str, Any]) -> str:
