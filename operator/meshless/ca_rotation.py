@@ -30,7 +30,14 @@ from meshless.api import Reason as R
 from meshless.ca_store import CAStore
 from meshless.conditions import find_condition
 from meshless.identity.render import decode_secret_data, is_owned_by
-from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube
+from meshless.identity.rotation_marks import (
+    RotationMarks,
+    count_marked,
+    marks_answer,
+    vouched_marks,
+)
+from meshless.identity.spec import default_secret_name
+from meshless.kube import CONFIGMAPS, FIELD_MANAGER, IDENTITIES, SECRETS, ApiError, Json, Kube
 from meshless.pki import rotation as core
 from meshless.pki.bundle import fingerprint
 from meshless.pki.ca import (
@@ -50,8 +57,10 @@ from meshless.pki.constraints import (
 )
 from meshless.pki.rotation import Action, Phase, Progress, RotationPolicy, RotationState
 from meshless.settings import CA_SELF_SIGNED, Settings
+from meshless.watch import METADATA_ONLY_LIST
 
 log = logging.getLogger(__name__)
+READS_AT_ONCE = 8  # own Secrets read by name at once (those the metadata does not vouch for)
 
 
 def policy_of(settings: Settings) -> RotationPolicy:
@@ -83,19 +92,26 @@ async def observe_progress(
     now: datetime,
     namespaces: tuple[str, ...] = (),
 ) -> Progress:
-    """Counts over every WorkloadIdentity's Secret and every trust-bundle ConfigMap in the
+    """Counts over every WorkloadIdentity's own Secret and every trust-bundle ConfigMap in the
     namespaces that hold identities (a ConfigMap that does not exist yet counts as a bundle
-    without the new root). Three list calls; used by the operator and `meshless ca status`."""
+    without the new root). Used by the operator and `meshless ca status`.
+
+    The labelled Secrets are listed as metadata only: a Secret that is not an identity's own
+    (its `secretName`, owned by it) is ignored, whatever it holds. An own Secret is counted
+    from its rotation annotations when its metadata vouches for them
+    (identity.rotation_marks); any other own Secret is read by name and counted from its
+    data."""
     scopes: tuple[str | None, ...] = namespaces or (None,)
-    identities: set[tuple[str, str]] = set()
+    secret_names: dict[tuple[str, str], str] = {}  # identity -> the name of its own Secret
     not_issued: set[tuple[str, str]] = set()  # refused specs: their leaves are never reissued
     configmaps: dict[str, Json] = {}
     for ns in scopes:
         async for page in kube.pages(IDENTITIES, ns):
-            identities.update((i["metadata"]["namespace"], i["metadata"]["name"]) for i in page)
-            not_issued.update(
-                (i["metadata"]["namespace"], i["metadata"]["name"]) for i in page if refused_spec(i)
-            )
+            for i in page:
+                key = (i["metadata"]["namespace"], i["metadata"]["name"])
+                secret_names[key] = identity_secret_name(i)
+                if refused_spec(i):
+                    not_issued.add(key)
         configmaps.update(
             (cm["metadata"]["namespace"], cm)
             for cm in await kube.list(
@@ -106,29 +122,76 @@ async def observe_progress(
     # Secrets a page at a time, counted as they come: 50,000 of them are not held at once.
     progress = core.Progress()
     for ns in scopes:
-        async for page in kube.pages(SECRETS, ns, label_selector=IDENTITY_LABEL):
-            bundles: list[bytes | None] = []
-            chains: list[bytes | None] = []
+        async for page in kube.pages(
+            SECRETS, ns, label_selector=IDENTITY_LABEL, accept=METADATA_ONLY_LIST
+        ):
+            marked: list[tuple[RotationMarks, bool]] = []
+            unmarked: list[tuple[str, str, bool]] = []  # namespace, name, refused
             for secret in page:
                 meta = secret["metadata"]
                 owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
-                if (meta["namespace"], owner) not in identities or not is_owned_by(meta, owner):
-                    continue  # left behind by a deleted identity (or not ours)
-                data = decode_secret_data(secret.get("data"))
-                bundles.append(data.get(CA_CRT))
+                key = (meta["namespace"], owner)
+                if secret_names.get(key) != meta["name"] or not is_owned_by(meta, owner):
+                    continue  # left behind by a deleted identity, or not the identity's own
                 # A leaf the operator will not reissue (its identity's spec is refused) does
                 # not hold up the Switch: it would wait until that leaf's notAfter.
-                refused = (meta["namespace"], owner) in not_issued
-                chains.append(None if refused else data.get(TLS_CRT))
+                refused = key in not_issued
+                marks = vouched_marks(meta, FIELD_MANAGER)
+                if marks is not None and (refused or marks_answer(marks, leaving)):
+                    marked.append((marks, refused))
+                else:
+                    unmarked.append((meta["namespace"], meta["name"], refused))
             del page
-            progress += await asyncio.to_thread(
-                core.count_progress, bundles, chains, state, leaving, now
-            )
+            progress += count_marked(marked, state, leaving, now)
+            progress += await _count_read(kube, unmarked, secret_names, state, leaving, now)
     bundles = []
-    for ns in sorted({ns for ns, _ in identities}):
+    for ns in sorted({ns for ns, _ in secret_names}):
         text = ((configmaps.get(ns) or {}).get("data") or {}).get(TRUST_BUNDLE_KEY)
         bundles.append(text.encode() if text else None)
     return progress + core.count_progress(bundles, [], state, leaving, now)
+
+
+async def _count_read(
+    kube: Kube,
+    secrets: list[tuple[str, str, bool]],
+    secret_names: Mapping[tuple[str, str], str],
+    state: RotationState,
+    leaving: list[x509.Certificate],
+    now: datetime,
+) -> Progress:
+    """Own Secrets whose metadata does not vouch for their annotations (written before them,
+    or edited by someone else): each read by name and counted from its data as read (checked
+    again to be the identity's own), a few at a time; no more than those few are held."""
+    counts: list[Progress] = []
+    limit = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def read(namespace: str, name: str, refused: bool) -> None:
+        async with limit:
+            secret = await kube.get(SECRETS, namespace, name)
+            if secret is None:
+                return  # deleted since listed
+            meta = secret["metadata"]
+            owner = (meta.get("labels") or {}).get(IDENTITY_LABEL, "")
+            if secret_names.get((namespace, owner)) != name or not is_owned_by(meta, owner):
+                return  # changed since listed: no longer the identity's own
+            data = decode_secret_data(secret.pop("data", None))
+            del secret
+            bundle, chain = data.get(CA_CRT), None if refused else data.get(TLS_CRT)
+            del data
+            counts.append(
+                await asyncio.to_thread(core.count_progress, [bundle], [chain], state, leaving, now)
+            )
+
+    await asyncio.gather(*(read(*each) for each in secrets))
+    return sum(counts, core.Progress())
+
+
+def identity_secret_name(identity: Mapping[str, Any]) -> str:
+    """The name of the identity's own Secret (spec.secretName or the default)."""
+    name = (identity.get("spec") or {}).get("secretName")
+    if isinstance(name, str) and name:
+        return name
+    return default_secret_name(identity["metadata"]["name"])
 
 
 def refused_spec(identity: Mapping[str, Any]) -> bool:

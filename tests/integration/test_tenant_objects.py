@@ -52,6 +52,7 @@ LABEL = "meshless.dev/identity"
 FOREIGN_SECRETS = 300
 SECRET_BYTES = 1024 * 1024 - 1024  # a Secret's data may hold 1 MiB in all
 RSS_MARGIN_KB = 50 * 1024
+ROTATION_FOREIGN_SECRETS = 50
 METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
@@ -250,6 +251,140 @@ def test_labelled_tenant_secrets_cost_a_new_leader_no_memory(
                     lambda i: delete_secret(core, namespace, f"blob-{i}"), range(FOREIGN_SECRETS)
                 )
             )
+
+
+def test_labelled_tenant_secrets_cost_a_root_rotation_no_memory_and_do_not_hold_it_back(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    tenant: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+) -> None:
+    """Every CA poll of a root rotation (and `meshless ca status`) counts the identities'
+    Secrets. 50 Secrets of 1 MiB that the tenant labels with an identity's name, each even
+    claiming the identity as its owner, are listed as metadata and ignored: the rotation goes
+    Prepare -> Switch -> Finish -> Idle, the count names only the identities' own Secrets,
+    the operator's peak RSS stays within 50 MB of its figure before the rotation, and the
+    tenant's Secrets are never written."""
+    core = client.CoreV1Api(api_client)
+    op = operator_factory(ca_settle_time="1s", ca_rotation_window="6s")
+    for name in ("alpha", "bravo"):
+        create_identity(api_client, namespace, name, serviceAccountName="default")
+    alpha = wait_identity(api_client, namespace, "alpha", is_ready)
+    wait_identity(api_client, namespace, "bravo", is_ready)
+    payload = {"blob": base64.b64encode(os.urandom(SECRET_BYTES)).decode()}
+    claimed_owner = {
+        "apiVersion": "meshless.dev/v1alpha1",
+        "kind": "WorkloadIdentity",
+        "name": "alpha",
+        "uid": alpha["metadata"]["uid"],
+    }
+    tenant_core = client.CoreV1Api(tenant)
+
+    def make(i: int) -> None:
+        tenant_core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {
+                    "name": f"rotation-blob-{i}",
+                    "labels": {LABEL: "alpha"},
+                    "ownerReferences": [claimed_owner],
+                },
+                "data": payload,
+            },
+        )
+
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(make, range(ROTATION_FOREIGN_SECRETS)))
+        versions = labelled_versions(api_client, namespace)
+        assert len(versions) == ROTATION_FOREIGN_SECRETS + 2
+        time.sleep(2)  # settled: the tenant's writes came as metadata-only watch events
+        before = memory_kb(op)
+        started = time.monotonic()
+        rotate = ca_cli(kubeconfig, "--namespace", op.namespace, "rotate")
+        assert rotate.returncode == 0, rotate.stderr
+        events = {}
+        for reason in ("CARotationPrepare", "CARotationBundlesComplete", "CARotationSwitch"):
+            events[reason] = wait_event(api_client, op.namespace, "meshless-ca", reason, 30)
+            print(f"{reason} after {time.monotonic() - started:.1f}s; RSS {memory_kb(op)} kB")
+        # `meshless ca status` counts the same way (the Switch lasts the 6 s window at least).
+        status = ca_cli(kubeconfig, "--namespace", op.namespace, "status", "-o", "json")
+        assert status.returncode == 0, status.stderr
+        progress = json.loads(status.stdout)["progress"]
+        for reason in ("CARotationFinish", "CARotationComplete"):
+            events[reason] = wait_event(api_client, op.namespace, "meshless-ca", reason, 30)
+        elapsed = time.monotonic() - started
+        after = memory_kb(op)
+        print(
+            f"root rotation with {ROTATION_FOREIGN_SECRETS} MiB labelled: {elapsed:.1f}s; RSS "
+            f"{before[0]} -> {after[0]} kB, peak {before[1]} -> {after[1]} kB"
+        )
+        # Counted: the two identities' Secrets and the namespace's ConfigMap, nothing else.
+        assert "bundles with the new root 3/3" in events["CARotationBundlesComplete"].message
+        assert "reissued 2" in events["CARotationFinish"].message
+        assert progress is not None and progress["bundlesTotal"] == 3, progress
+        assert progress["leavesTotal"] == 2, progress
+        assert after[1] - before[1] < RSS_MARGIN_KB, f"peak RSS grew by {after[1] - before[1]} kB"
+        assert after[0] - before[0] < RSS_MARGIN_KB, f"RSS grew by {after[0] - before[0]} kB"
+        # The tenant's Secrets untouched; the identities' own carry what the count reads.
+        after_versions = labelled_versions(api_client, namespace)
+        assert {k: v for k, v in after_versions.items() if k.startswith("rotation-blob-")} == {
+            k: v for k, v in versions.items() if k.startswith("rotation-blob-")
+        }
+        for name in ("alpha", "bravo"):
+            secret = core.read_namespaced_secret(f"{name}-mtls", namespace)
+            annotations = secret.metadata.annotations
+            [new_root] = roots_of(base64.b64decode(secret.data["ca.crt"]).decode())
+            assert annotations["meshless.dev/bundle-roots"] == new_root
+            assert annotations["meshless.dev/leaf-roots"] == new_root  # reissued under it
+    finally:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(
+                pool.map(
+                    lambda i: delete_secret(core, namespace, f"rotation-blob-{i}"),
+                    range(ROTATION_FOREIGN_SECRETS),
+                )
+            )
+
+
+def test_a_tenant_edit_of_the_rotation_annotations_is_not_believed(
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    tenant: client.ApiClient,
+    namespace: str,
+    kubeconfig: str,
+) -> None:
+    """During Switch (a window of an hour: both leaves stay on the old root), the tenant
+    rewrites `meshless.dev/leaf-roots` on its identity's Secret to claim that the leaf is on
+    no leaving root: were it believed, the Switch could end while that leaf is in use. The
+    count reads that Secret by name instead (another field manager owns the annotation) and
+    still finds both leaves on the old root."""
+    op = operator_factory(ca_settle_time="1s", ca_rotation_window="1h")
+    for name in ("alpha", "bravo"):
+        create_identity(api_client, namespace, name, serviceAccountName="default")
+    for name in ("alpha", "bravo"):
+        wait_identity(api_client, namespace, name, is_ready)
+    rotate = ca_cli(kubeconfig, "--namespace", op.namespace, "rotate")
+    assert rotate.returncode == 0, rotate.stderr
+    wait_event(api_client, op.namespace, "meshless-ca", "CARotationSwitch", 30)
+
+    def progress() -> dict[str, int]:
+        status = ca_cli(kubeconfig, "--namespace", op.namespace, "status", "-o", "json")
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert doc["phase"] == "Switch", doc["phase"]
+        return doc["progress"]  # type: ignore[no-any-return]
+
+    honest = progress()
+    assert honest["leavesTotal"] == 2 and honest["leavesOnOldRoot"] == 2, honest
+    own = client.CoreV1Api(api_client).read_namespaced_secret("alpha-mtls", namespace)
+    assert own.metadata.annotations["meshless.dev/leaf-roots"]  # the old root, as written
+    edited = client.CoreV1Api(tenant).patch_namespaced_secret(
+        "alpha-mtls", namespace, {"metadata": {"annotations": {"meshless.dev/leaf-roots": ""}}}
+    )
+    assert edited.metadata.annotations["meshless.dev/leaf-roots"] == ""
+    assert progress() == honest
 
 
 def labelled_versions(api: client.ApiClient, namespace: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ from meshless.identity.render import (
     metadata_drift,
     trust_bundle_configmap,
 )
+from meshless.identity.rotation_marks import BUNDLE_ROOTS_ANNOTATION, rotation_annotations
 from meshless.identity.spec import IdentitySpec, parse_identity
 from meshless.pki.reissue import CertificateSummary
 from meshless.settings import Settings
@@ -69,7 +70,11 @@ def test_identity_secret_shape() -> None:
     assert meta["namespace"] == "shop"
     assert meta["labels"][IDENTITY_LABEL] == "payments"
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "meshless"
-    assert meta["annotations"] == {SPIFFE_ID_ANNOTATION: SPIFFE}
+    # With what a root rotation's count needs of the chain and bundle written.
+    assert meta["annotations"] == {
+        SPIFFE_ID_ANNOTATION: SPIFFE,
+        **rotation_annotations(CHAIN, BUNDLE),
+    }
     assert "resourceVersion" not in meta
 
 
@@ -96,7 +101,11 @@ def test_identity_secret_resource_version_only_when_given() -> None:
 def test_template_labels_and_annotations_are_merged_but_ours_win() -> None:
     spec = make_spec(
         labels={"team": "payments", IDENTITY_LABEL: "someone-else"},
-        annotations={"note": "hi", SPIFFE_ID_ANNOTATION: "spiffe://evil/ns/x/sa/y"},
+        annotations={
+            "note": "hi",
+            SPIFFE_ID_ANNOTATION: "spiffe://evil/ns/x/sa/y",
+            BUNDLE_ROOTS_ANNOTATION: "a" * 64,
+        },
     )
     meta = render(spec)["metadata"]
     assert meta["labels"] == {
@@ -104,7 +113,11 @@ def test_template_labels_and_annotations_are_merged_but_ours_win() -> None:
         IDENTITY_LABEL: "payments",
         "app.kubernetes.io/managed-by": "meshless",
     }
-    assert meta["annotations"] == {"note": "hi", SPIFFE_ID_ANNOTATION: SPIFFE}
+    assert meta["annotations"] == {
+        "note": "hi",
+        SPIFFE_ID_ANNOTATION: SPIFFE,
+        **rotation_annotations(CHAIN, BUNDLE),
+    }
 
 
 @pytest.mark.parametrize(

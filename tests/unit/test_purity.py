@@ -26,6 +26,7 @@ PURE_CANDIDATES = (
     "meshless.identity.spec",
     "meshless.identity.render",
     "meshless.identity.checked",
+    "meshless.identity.rotation_marks",
     "meshless.identity.bundle_drift",
     "meshless.policy.model",
     "meshless.policy.resolve",

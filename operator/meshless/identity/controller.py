@@ -44,6 +44,7 @@ from meshless.identity.render import (
     is_owned_by,
     metadata_drift,
 )
+from meshless.identity.rotation_marks import rotation_annotations
 from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name, parse_identity
 from meshless.identity.trust_bundles import TrustBundles
 from meshless.kube import FIELD_MANAGER, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
@@ -434,12 +435,20 @@ class IdentityController:
         secret = await self.kube.get(SECRETS, namespace, secret_name)
         if secret is None or not is_owned_by(secret["metadata"], name):
             return None
-        if decode_secret_data(secret.get("data")).get("ca.crt") != bundle:
+        data = decode_secret_data(secret.get("data"))
+        if data.get("ca.crt") != bundle:
             waited = await self.budget.acquire()
             metrics.WRITE_BUDGET_WAIT.observe(waited)
             # A replace, as every Secret write here (the chart grants update, not patch),
             # carrying the resourceVersion read: certificate and key are the bytes read.
-            meta = secret["metadata"]
+            meta = {
+                **secret["metadata"],
+                # What a rotation's count reads of it: the chain kept, the bundle written.
+                "annotations": {
+                    **(secret["metadata"].get("annotations") or {}),
+                    **rotation_annotations(data.get("tls.crt"), bundle),
+                },
+            }
             manifest = {
                 "apiVersion": "v1",
                 "kind": "Secret",

@@ -18,6 +18,7 @@ from meshless.api import (
 )
 from meshless.conditions import rfc3339
 from meshless.identity.checked import CHECKED_ANNOTATION
+from meshless.identity.rotation_marks import rotation_annotations
 from meshless.identity.spec import IdentitySpec
 from meshless.pki.reissue import CertificateSummary
 
@@ -68,8 +69,9 @@ def identity_secret(
     checked: str | None = None,
 ) -> Manifest:
     """`checked`: the checkmark (identity.checked) when the data is verified against the
-    current CA and spec; None leaves it out (the next sweep reads the Secret)."""
-    annotations = secret_annotations(spec)
+    current CA and spec; None leaves it out (the next sweep reads the Secret). The rotation
+    annotations (identity.rotation_marks) describe the chain and bundle written."""
+    annotations = {**secret_annotations(spec), **rotation_annotations(chain_pem, bundle_pem)}
     if checked is not None:
         annotations[CHECKED_ANNOTATION] = checked
     metadata: dict[str, Any] = {
