@@ -84,9 +84,11 @@ def pod(
     secrets: dict[str, str] | None = None,
     config_maps: dict[str, str] | None = None,
     ready_port: int | None = None,
+    service_account: str = "default",
 ) -> dict[str, Any]:
     """A pod running `command` in `image` (never pulled), each Secret and ConfigMap mounted at
-    its path (names must differ), Ready once something listens on `ready_port`."""
+    its path (names must differ), Ready once something listens on `ready_port`. A pod may
+    mount only its own ServiceAccount's meshless identity (docs/security.md)."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image,
@@ -104,6 +106,7 @@ def pod(
         "kind": "Pod",
         "metadata": {"name": name, "labels": labels or {}},
         "spec": {
+            "serviceAccountName": service_account,
             "terminationGracePeriodSeconds": 1,
             "containers": [container],
             "volumes": [

@@ -183,6 +183,9 @@ def test_a_renewal_by_the_operator_reaches_the_server_process(
     first = wait_wid(api_client, namespace, "server", is_ready)
     wait_wid(api_client, namespace, "client", is_ready)
     python = node.images["python"]
+    core = client.CoreV1Api(api_client)
+    for account in ("server", "client"):  # each pod runs as its identity's ServiceAccount
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     node.apply(
         namespace,
         pod(
@@ -191,8 +194,15 @@ def test_a_renewal_by_the_operator_reaches_the_server_process(
             ["python3", "-u", "-c", SERVER],
             secrets={"server-mtls": "/identity"},
             ready_port=8443,
+            service_account="server",
         ),
-        pod("client", python, ["sleep", "3600"], secrets={"client-mtls": "/identity"}),
+        pod(
+            "client",
+            python,
+            ["sleep", "3600"],
+            secrets={"client-mtls": "/identity"},
+            service_account="client",
+        ),
     )
     node.wait_ready(namespace, "server", "client")
     ip = node.pod_ip(namespace, "server")
