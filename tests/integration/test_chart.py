@@ -103,6 +103,11 @@ def release(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Release]:
             check=False,
         )  # fmt: skip
         remove_webhook_configurations(api_client)
+        # The prober's identity: without a garbage collector it would outlive the namespace,
+        # and every later test's operator (another CA) would reissue it.
+        client.CustomObjectsApi(api_client).delete_collection_namespaced_custom_object(
+            "meshless.dev", "v1alpha1", rel.namespace, "workloadidentities"
+        )
         client.CoreV1Api(api_client).delete_namespace(rel.namespace)
 
 
