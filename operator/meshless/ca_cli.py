@@ -26,23 +26,37 @@ EXIT_REFUSED = 1
 EXIT_ERROR = 2
 
 
+def _connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """-n, --ca-source and --kubeconfig: accepted before the subcommand (`meshless ca -n X
+    status`) and after it (`meshless ca status -n X`), as every other command takes them.
+    The subcommand's copies default to SUPPRESS, so they only override what was given."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=default(os.environ.get("MESHLESS_NAMESPACE", "meshless-system")),
+        help="the operator's namespace [MESHLESS_NAMESPACE]",
+    )
+    parser.add_argument(
+        "--ca-source",
+        default=default(os.environ.get("MESHLESS_CA_SOURCE", CA_SELF_SIGNED)),
+        help="'self-signed' or the name of the user's CA Secret [MESHLESS_CA_SOURCE]",
+    )
+    parser.add_argument(
+        "--kubeconfig", default=default(None), help="default: $KUBECONFIG or ~/.kube/config"
+    )
+
+
 def add_ca_command(commands: Any) -> None:
     """Register `ca status` and `ca rotate` on the top-level subparsers."""
     ca = commands.add_parser("ca", help="the issuing CA: status and rotation")
-    ca.add_argument(
-        "-n",
-        "--namespace",
-        default=os.environ.get("MESHLESS_NAMESPACE", "meshless-system"),
-        help="the operator's namespace [MESHLESS_NAMESPACE]",
-    )
-    ca.add_argument(
-        "--ca-source",
-        default=os.environ.get("MESHLESS_CA_SOURCE", CA_SELF_SIGNED),
-        help="'self-signed' or the name of the user's CA Secret [MESHLESS_CA_SOURCE]",
-    )
-    ca.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
+    _connection_options(ca, defaults=True)
     sub = ca.add_subparsers(dest="ca_command", required=True)
     status = sub.add_parser("status", help="rotation phase, progress counts, CA expiry")
+    _connection_options(status, defaults=False)
     status.add_argument(
         "-o",
         "--output",
@@ -53,6 +67,7 @@ def add_ca_command(commands: Any) -> None:
     rotate = sub.add_parser(
         "rotate", help="request a root rotation (Prepare, Switch, Finish) from the operator"
     )
+    _connection_options(rotate, defaults=False)
     rotate.add_argument(
         "--intermediate",
         action="store_true",
