@@ -140,3 +140,14 @@ class Reason(StrEnum):
     NOTHING_TO_PROVE = "NothingToProve"
     # Warning Events on pods whose STRICT port lets a client in without a certificate
     STRICT_NOT_ENFORCED = "StrictNotEnforced"
+
+
+# Namespaces never enforced: the control plane's, and (see exempt_namespaces) the operator's
+# own. Admission never intercepts them, the policy controller renders nothing there, so a
+# cluster-wide STRICT policy cannot cut off CoreDNS or the operator.
+SYSTEM_NAMESPACES = ("kube-node-lease", "kube-public", "kube-system")
+
+
+def exempt_namespaces(operator_namespace: str) -> tuple[str, ...]:
+    """The one definition of the namespaces exempt from enforcement, sorted."""
+    return tuple(sorted({*SYSTEM_NAMESPACES, operator_namespace}))

@@ -52,7 +52,7 @@ def test_mutating_webhook_selects_labelled_namespaces_fails_closed_and_is_reinvo
     ]
     assert hook["namespaceSelector"] == {
         "matchLabels": {"meshless.dev/mtls": "enabled"},
-        "matchExpressions": [{**EXCLUDED, "values": ["kube-system", ROOT_NS]}],
+        "matchExpressions": [{**EXCLUDED, "values": ["kube-node-lease", "kube-public", "kube-system", ROOT_NS]}],
     }
     assert hook["failurePolicy"] == "Fail"
     assert hook["reinvocationPolicy"] == "IfNeeded"
@@ -82,7 +82,7 @@ def test_validating_webhooks_strict_in_labelled_namespaces_identity_label_elsewh
     assert "meshless.dev/identity" in strict["matchConditions"][0]["expression"]
     assert label["namespaceSelector"] == {
         "matchExpressions": [
-            {**EXCLUDED, "values": ["kube-system", "ops"]},
+            {**EXCLUDED, "values": ["kube-node-lease", "kube-public", "kube-system", "ops"]},
             {"key": "meshless.dev/mtls", "operator": "NotIn", "values": ["enabled"]},
         ]
     }
@@ -177,7 +177,7 @@ def test_the_binding_webhook_selects_namespaces_holding_identities_and_fails_ope
     assert hook["namespaceSelector"] == {
         "matchLabels": {"meshless.dev/identities": "true"},
         "matchExpressions": [
-            {**EXCLUDED, "values": ["kube-system", "ops"]},
+            {**EXCLUDED, "values": ["kube-node-lease", "kube-public", "kube-system", "ops"]},
             {"key": "meshless.dev/mtls", "operator": "NotIn", "values": ["enabled"]},
         ],
     }

@@ -2,8 +2,8 @@
 what it does when no replica answers.
 
 Availability (docs/admission.md): with every webhook replica down, pods in namespaces where
-no policy applies are still created, pods under STRICT are refused, and kube-system and the
-operator's own namespace are never intercepted. So:
+no policy applies are still created, pods under STRICT are refused, and the exempt namespaces
+(api.exempt_namespaces: the system ones and the operator's own) are never intercepted. So:
 
 - The operator labels every namespace some policy reaches `meshless.dev/mtls: enabled`
   (`admission_namespaces` says which). The injecting webhook and the STRICT webhook select
@@ -58,6 +58,7 @@ from meshless.api import (
     WEBHOOK_CONFIGURATION,
     Mode,
     Plural,
+    exempt_namespaces,
 )
 from meshless.policy.model import PolicySpec
 from meshless.policy.resolve import PolicySet
@@ -97,8 +98,8 @@ class Endpoint:
 
 
 def excluded_namespaces(operator_namespace: str) -> tuple[str, ...]:
-    """Never intercepted: the control plane's namespace and the operator's own."""
-    return tuple(sorted({"kube-system", operator_namespace}))
+    """Never intercepted: the namespaces exempt from enforcement (api.exempt_namespaces)."""
+    return exempt_namespaces(operator_namespace)
 
 
 def client_config(endpoint: Endpoint, handler: str, ca_bundle: bytes) -> dict[str, Any]:

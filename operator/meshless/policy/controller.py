@@ -22,7 +22,7 @@ import aiohttp
 
 from meshless import api, metrics
 from meshless.admission.configurations import admission_namespaces, identity_namespaces
-from meshless.api import ConditionType, Kind
+from meshless.api import ConditionType, Kind, exempt_namespaces
 from meshless.conditions import ConditionChange, find_condition
 from meshless.durations import format_duration, parse_duration
 from meshless.kube import (
@@ -74,7 +74,6 @@ NAMESPACE_WORK = "ns"
 POD_EVENT_DELAY_S = 0.3
 YIELD_EVERY_PODS = 200
 LABELS_WORK = "labels"  # ("labels", "", ""): the admission label on every namespace
-SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 POLICY_WORK = "policy"
 
 
@@ -432,7 +431,7 @@ class PolicyController:
     def enforced(self, namespace: str) -> bool:
         """System namespaces and the operator's own are never enforced (admission does not
         intercept them either): a cluster-wide STRICT policy must not cut off CoreDNS."""
-        return namespace not in SYSTEM_NAMESPACES and namespace != self.settings.namespace
+        return namespace not in exempt_namespaces(self.settings.namespace)
 
     async def _reconcile_namespace(self, namespace: str) -> None:
         policies = self.policy_set()
