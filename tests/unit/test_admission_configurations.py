@@ -52,7 +52,9 @@ def test_mutating_webhook_selects_labelled_namespaces_fails_closed_and_is_reinvo
     ]
     assert hook["namespaceSelector"] == {
         "matchLabels": {"meshless.dev/mtls": "enabled"},
-        "matchExpressions": [{**EXCLUDED, "values": ["kube-node-lease", "kube-public", "kube-system", ROOT_NS]}],
+        "matchExpressions": [
+            {**EXCLUDED, "values": ["kube-node-lease", "kube-public", "kube-system", ROOT_NS]}
+        ],
     }
     assert hook["failurePolicy"] == "Fail"
     assert hook["reinvocationPolicy"] == "IfNeeded"
