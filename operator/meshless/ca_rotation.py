@@ -9,7 +9,6 @@ between makes it fail and the next poll decides again.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -495,26 +494,10 @@ class CARotation:
             log.warning("could not post an Event about the CA Secret: %s", exc)
 
     async def _write(self, secret: Json, data: Mapping[str, bytes]) -> bool:
-        meta = secret["metadata"]
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                k: meta[k]
-                for k in ("name", "namespace", "labels", "annotations", "resourceVersion", "uid")
-                if k in meta
-            },
-            "type": secret.get("type", "Opaque"),
-            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-        }
-        try:
-            await self.kube.replace(SECRETS, body)
-        except ApiError as exc:
-            if exc.status == 409:  # changed since read: decide again on the next poll
-                log.info("CA Secret changed while rotating; deciding again")
-                return False
-            raise
-        return True
+        if await self.kube.replace_secret_data(secret, data):
+            return True
+        log.info("CA Secret changed while rotating; deciding again")  # decided again next poll
+        return False
 
     def _event(self, secret: Json, step: _Step) -> None:
         meta = secret["metadata"]

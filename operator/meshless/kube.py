@@ -9,12 +9,13 @@ API server's own work.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
 import ssl
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -394,6 +395,26 @@ class Kube:
         return await self.request(
             "PUT", resource.path(_namespace_of(resource, body), name), body, query=_AS_US
         )
+
+    async def replace_secret_data(self, secret: Json, data: Mapping[str, bytes]) -> bool:
+        """Replace a Secret's data, keeping its identity, labels and annotations, at the
+        resourceVersion it was read with: False when somebody changed it since (409)."""
+        meta = secret["metadata"]
+        keep = ("name", "namespace", "labels", "annotations", "resourceVersion", "uid")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {k: meta[k] for k in keep if k in meta},
+            "type": secret.get("type", "Opaque"),
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+        try:
+            await self.replace(SECRETS, body)
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     async def patch(
         self,

@@ -15,7 +15,6 @@ import base64
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
 from meshless.api import (
     MANAGED_BY,
@@ -235,20 +234,7 @@ class WebhookCAStore:
             log.warning("could not post an Event about the webhook CA Secret: %s", exc)
 
     async def _write(self, secret: Json, data: Mapping[str, bytes]) -> bool:
-        meta = secret["metadata"]
-        keep = ("name", "namespace", "labels", "annotations", "resourceVersion", "uid")
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {k: meta[k] for k in keep if k in meta},
-            "type": secret.get("type", "Opaque"),
-            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-        }
-        try:
-            await self._kube.replace(SECRETS, body)
-        except ApiError as exc:
-            if exc.status == 409:  # changed since read: decide again on the next poll
-                log.info("webhook CA Secret changed while rotating; deciding again")
-                return False
-            raise
-        return True
+        if await self._kube.replace_secret_data(secret, data):
+            return True
+        log.info("webhook CA Secret changed while rotating; deciding again")
+        return False
