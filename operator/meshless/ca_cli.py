@@ -218,14 +218,12 @@ def _render_webhook_ca(webhook: dict[str, Any]) -> list[str]:
 
 async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO) -> int:
     from meshless.identity.render import decode_secret_data
-    from meshless.kube import SECRETS, ApiError
     from meshless.pki.ca import root_key_from_secret_data
     from meshless.pki.rotation import Phase, RequestKind, RotationRequest, state_from_secret_data
 
     data = decode_secret_data(secret.get("data"))
     state = state_from_secret_data(data)
     meta = secret["metadata"]
-    pending = ((meta.get("annotations") or {}).get(ROTATE_ANNOTATION)) or ""
     kind = RequestKind.INTERMEDIATE if args.intermediate else RequestKind.ROOT
     if args.ca_source != CA_SELF_SIGNED or root_key_from_secret_data(data) is None:
         print(
@@ -243,31 +241,9 @@ async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    if pending and pending != state.handled_request:
-        print(
-            f"meshless: refused: the request {pending!r} has not been acted on yet (is the "
-            "operator running?)",
-            file=sys.stderr,
-        )
-        return EXIT_REFUSED
     request = RotationRequest(kind, datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
-    patch = {
-        "metadata": {
-            "resourceVersion": meta["resourceVersion"],  # refused if it changed meanwhile
-            "annotations": {ROTATE_ANNOTATION: request.value},
-        }
-    }
-    try:
-        await kube.patch(SECRETS, meta["namespace"], meta["name"], patch)
-    except ApiError as exc:
-        if exc.status == 409:
-            print(
-                "meshless: refused: the CA Secret changed meanwhile; run `meshless ca status` "
-                "and try again",
-                file=sys.stderr,
-            )
-            return EXIT_REFUSED
-        raise
+    if not await _annotate_request(kube, meta, request.value, state.handled_request):
+        return EXIT_REFUSED
     what = "a new intermediate" if args.intermediate else "a root rotation"
     out.write(
         f"requested {what} ({request.value}); the operator acts on it within its CA poll "
@@ -278,7 +254,7 @@ async def _rotate(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
 
 async def _rotate_webhook(kube: Kube, args: argparse.Namespace, out: TextIO) -> int:
     """Annotate the webhook CA Secret: the leader starts a rotation on its next poll."""
-    from meshless.kube import SECRETS, ApiError
+    from meshless.kube import SECRETS
     from meshless.pki.webhook_ca import STATE_KEY, WEBHOOK_CA_SECRET_NAME, Phase, record_from_json
 
     if args.intermediate:
@@ -295,7 +271,6 @@ async def _rotate_webhook(kube: Kube, args: argparse.Namespace, out: TextIO) -> 
     meta = secret["metadata"]
     raw = (secret.get("data") or {}).get(STATE_KEY)
     record = record_from_json(base64.b64decode(raw) if raw else None)
-    pending = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION) or ""
     if record.phase is not Phase.IDLE:
         print(
             f"meshless: refused: a webhook CA rotation is in progress (phase "
@@ -303,17 +278,33 @@ async def _rotate_webhook(kube: Kube, args: argparse.Namespace, out: TextIO) -> 
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    if pending and pending != record.handled_request:
+    request = f"webhook:{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    if not await _annotate_request(kube, meta, request, record.handled_request):
+        return EXIT_REFUSED
+    out.write(
+        f"requested a webhook CA rotation ({request}); caBundle goes old -> old + new -> new "
+        "over about twice the settle time\n"
+    )
+    return 0
+
+
+async def _annotate_request(kube: Kube, meta: dict[str, Any], request: str, handled: str) -> bool:
+    """Put a rotation request on a CA Secret (root CA or webhook CA) at the resourceVersion
+    read; False, with the reason on stderr, when an earlier request is still pending or the
+    Secret changed meanwhile."""
+    from meshless.kube import SECRETS, ApiError
+
+    pending = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION) or ""
+    if pending and pending != handled:
         print(
             f"meshless: refused: the request {pending!r} has not been acted on yet (is the "
             "operator running?)",
             file=sys.stderr,
         )
-        return EXIT_REFUSED
-    request = f"webhook:{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+        return False
     patch = {
         "metadata": {
-            "resourceVersion": meta["resourceVersion"],
+            "resourceVersion": meta["resourceVersion"],  # refused if it changed meanwhile
             "annotations": {ROTATE_ANNOTATION: request},
         }
     }
@@ -321,11 +312,11 @@ async def _rotate_webhook(kube: Kube, args: argparse.Namespace, out: TextIO) -> 
         await kube.patch(SECRETS, meta["namespace"], meta["name"], patch)
     except ApiError as exc:
         if exc.status == 409:
-            print("meshless: refused: the webhook CA Secret changed meanwhile", file=sys.stderr)
-            return EXIT_REFUSED
+            print(
+                f"meshless: refused: the Secret {meta['namespace']}/{meta['name']} changed "
+                "meanwhile; run `meshless ca status` and try again",
+                file=sys.stderr,
+            )
+            return False
         raise
-    out.write(
-        f"requested a webhook CA rotation ({request}); caBundle goes old -> old + new -> new "
-        "over about twice the settle time\n"
-    )
-    return 0
+    return True
