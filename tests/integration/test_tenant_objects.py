@@ -454,10 +454,10 @@ def bundle_events(api: client.ApiClient, namespace: str) -> list[client.CoreV1Ev
 def wait_repairs(api: client.ApiClient, namespace: str, count: int, timeout: float = 10) -> int:
     """Until `count` BundleRepaired Events are there (each is posted after its write)."""
     deadline = time.monotonic() + timeout
-    while len(bundle_events(api, namespace)) < count:
+    while len(seen := bundle_events(api, namespace)) < count:
         assert time.monotonic() < deadline, f"fewer than {count} BundleRepaired Events"
         time.sleep(0.2)
-    return count
+    return len(seen)
 
 
 def ca_cli(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:

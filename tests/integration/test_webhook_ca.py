@@ -429,7 +429,8 @@ def test_the_webhook_ca_rotates_with_overlap_and_no_pod_is_refused(
     # The configurations drop the old root only after the write above; keep creating pods
     # until both recorders have seen it, and a little after.
     wait_until(lambda: all(r.states and r.states[-1] == {new_root} for r in recorders))
-    time.sleep(1)  # pods keep coming for a second with only the new root in caBundle
+    after = storm.created  # and pods keep being admitted with only the new root in caBundle
+    wait_until(lambda: storm.created >= after + 5)
     storm.stop()
     for recorder in recorders:
         recorder.stop()

@@ -18,6 +18,7 @@ from meshless.admission.validate import (
     judge_binding,
     provisioned_secret,
 )
+from meshless.identity.spec import provisioned_name
 from tests.unit.admission_helpers import pod
 
 NS = "shop"
@@ -245,10 +246,19 @@ def test_whose_identity_a_secret_name_is_reserved_for() -> None:
     )
     assert provisioned_secret(NS, "web-mtls", TD) is None
     assert provisioned_secret(NS, "meshless-web", TD) is None
-    # A claimed Secret is whatever its WorkloadIdentities say, not what its name suggests.
+    # A reserved name stays web's even when another ServiceAccount's identity claimed it
+    # first: neither batch's pods nor web's get it while both claims stand.
     claimed = {"meshless-web-mtls": [held("meshless-web-mtls", "batch")]}
-    [holder] = identity_secrets_of(NS, ["meshless-web-mtls"], claimed, TD)["meshless-web-mtls"]
+    holders = identity_secrets_of(NS, ["meshless-web-mtls"], claimed, TD)["meshless-web-mtls"]
+    assert [h.service_account for h in holders] == ["batch", "web"]
+    # An unreserved name is whatever its WorkloadIdentities say.
+    claimed = {"certs": [held("certs", "batch")]}
+    [holder] = identity_secrets_of(NS, ["certs"], claimed, TD)["certs"]
     assert holder.service_account == "batch"
+    # At the length limit a name may be a long ServiceAccount's shortened one: not guessed.
+    long_account = "a" * 250
+    secret = f"{provisioned_name(long_account)}-mtls"
+    assert provisioned_secret(NS, secret, TD) is None
 
 
 def test_secret_references_cover_every_kind_and_container_list() -> None:

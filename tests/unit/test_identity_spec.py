@@ -276,3 +276,28 @@ def test_the_cluster_domain_is_a_setting() -> None:
     with pytest.raises(DnsNameNotAllowed):
         parse(spec)
     assert parse(spec, replace(SETTINGS, cluster_domain="corp.example"))
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "refused"),
+    [
+        ("mine", {"serviceAccountName": "atk", "secretName": "meshless-victim-mtls"}, True),
+        ("meshless-victim", {"serviceAccountName": "atk"}, True),  # the default name
+        ("meshless-atk", {"serviceAccountName": "atk"}, False),  # its own reserved Secret
+        ("mine", {"serviceAccountName": "atk", "secretName": "meshless-atk-mtls"}, False),
+        ("mine", {"serviceAccountName": "atk", "secretName": "victim-mtls"}, False),
+    ],
+)
+def test_a_secret_name_reserved_for_another_service_account_is_refused(
+    name: str, spec: dict[str, Any], refused: bool
+) -> None:
+    """A provisioned identity's Secret, meshless-<sa>-mtls, is <sa>'s: an identity of another
+    ServiceAccount naming it first could hold it before the operator provisions <sa>'s."""
+    if not refused:
+        assert parse(spec, name=name).secret_name
+        return
+    with pytest.raises(SpecError) as info:
+        parse(spec, name=name)
+    assert info.value.reason == Reason.INVALID_SPEC
+    assert "spec.secretName 'meshless-victim-mtls'" in str(info.value)
+    assert "'meshless-atk-mtls'" in str(info.value)

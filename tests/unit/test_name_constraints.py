@@ -40,7 +40,7 @@ from meshless.pki.constraints import (
 )
 from meshless.pki.keys import KeyAlgorithm, PrivateKey, private_key_to_pem
 from meshless.pki.names import DnsNamePolicy
-from meshless.pki.svid import SUBJECT, SvidRequest, issue_svid
+from meshless.pki.svid import SvidRequest, issue_svid
 from tests.x509peers import (
     Identity,
     PythonTlsServer,
@@ -172,10 +172,15 @@ def test_an_allowed_pattern_adds_its_fixed_suffix_as_a_subtree() -> None:
     ]
 
 
-def test_leaves_carry_no_subject_common_name_for_openssl_to_check() -> None:
+def test_leaves_carry_no_subject_common_name_for_openssl_to_check(
+    constrained: tuple[CertificateAuthority, PrivateKey],
+) -> None:
     """OpenSSL checks a hostname-like subject CN against DNS constraints when a leaf has no DNS
     SAN (the forged `cn-example.com` case shows it); meshless's leaves have no CN at all."""
-    assert SUBJECT.get_attributes_for_oid(NameOID.COMMON_NAME) == []
+    ca, _ = constrained
+    request = SvidRequest(SERVER_ID, ("api.ns.svc",), timedelta(hours=1), KeyAlgorithm.ECDSAP256)
+    leaf = issue_svid(ca, request, now()).certificate
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
 
 
 # --- a stolen issuing key cannot mint names outside the subtrees ---------------------------

@@ -29,10 +29,9 @@ from meshless.api import (
     IDENTITY_MOUNT_PATH,
     IDENTITY_VOLUME,
 )
-from meshless.identity.spec import default_secret_name
+from meshless.identity.spec import default_secret_name, provisioned_name
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodResolution
-from meshless.policy.provision import provisioned_name
 
 JSONPatchOp = dict[str, Any]
 

@@ -37,11 +37,15 @@ from meshless.api import (
     AdmissionAction,
     Mode,
 )
-from meshless.identity.spec import default_secret_name
+from meshless.identity.spec import (
+    MAX_NAME,
+    PROVISIONED_PREFIX,
+    default_secret_name,
+    provisioned_name,
+)
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodResolution, PolicyRef, PolicySpec
-from meshless.policy.provision import PROVISIONED_PREFIX, provisioned_name
 from meshless.policy.resolve import PolicySet
 
 CREATE, UPDATE = "CREATE", "UPDATE"
@@ -234,7 +238,9 @@ def provisioned_secret(namespace: str, secret: str, trust_domain: str) -> Identi
         return None
     account = match.group(1)
     identity = provisioned_name(account)
-    if default_secret_name(identity) != secret:
+    if default_secret_name(identity) != secret or len(identity) >= MAX_NAME:
+        # At the length limit the name may be a long ServiceAccount's, shortened with a
+        # digest: it cannot be read back, and the WorkloadIdentity claiming it says whose it is.
         return None
     try:
         sid = spiffe_id(trust_domain, namespace, account)
@@ -250,13 +256,15 @@ def identity_secrets_of(
     trust_domain: str,
 ) -> dict[str, tuple[IdentitySecret, ...]]:
     """For each of `secrets`, the identities it holds: those of the WorkloadIdentities that
-    name it (`claimed`), else the provisioned identity its name is reserved for."""
+    name it (`claimed`) and, always, the provisioned identity its name is reserved for: an
+    identity of another ServiceAccount that claimed a reserved name first must not make the
+    Secret its own before the operator provisions the one it is reserved for."""
     out: dict[str, tuple[IdentitySecret, ...]] = {}
     for secret in secrets:
         holders = tuple(claimed.get(secret) or ())
-        if not holders:
-            reserved = provisioned_secret(namespace, secret, trust_domain)
-            holders = (reserved,) if reserved is not None else ()
+        reserved = provisioned_secret(namespace, secret, trust_domain)
+        if reserved is not None and reserved not in holders:
+            holders = (*holders, reserved)
         if holders:
             out[secret] = holders
     return out

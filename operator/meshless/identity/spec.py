@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,6 +52,30 @@ def default_secret_name(identity_name: str) -> str:
     return f"{identity_name}-mtls"
 
 
+# The identities the operator provisions for a ServiceAccount are named meshless-<sa>; their
+# Secrets, meshless-<sa>-mtls, are reserved for that ServiceAccount.
+PROVISIONED_PREFIX = "meshless-"
+MAX_NAME = 253 - len("-mtls")  # the Secret name adds "-mtls"
+
+
+def provisioned_name(service_account: str) -> str:
+    name = PROVISIONED_PREFIX + service_account
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(service_account.encode()).hexdigest()[:10]
+    return f"{name[: MAX_NAME - 11]}-{digest}"
+
+
+def reserved_secret_name(secret_name: str, service_account: str) -> bool:
+    """Whether `secret_name` has the shape of a provisioned identity's Secret
+    (meshless-...-mtls) without being the one of `service_account`: such a Secret is reserved
+    for another ServiceAccount, and an identity naming it could hold it before the operator
+    provisions that one."""
+    if not (secret_name.startswith(PROVISIONED_PREFIX) and secret_name.endswith("-mtls")):
+        return False
+    return secret_name != default_secret_name(provisioned_name(service_account))
+
+
 def parse_identity(
     namespace: str, name: str, spec: Mapping[str, Any], settings: Settings
 ) -> IdentitySpec:
@@ -85,6 +110,12 @@ def parse_identity(
     except ValueError:
         raise SpecError(f"spec.privateKey.algorithm {algorithm_name!r} is not supported") from None
     secret_name = spec.get("secretName") or default_secret_name(name)
+    if reserved_secret_name(secret_name, sa):
+        raise SpecError(
+            f"spec.secretName {secret_name!r}: Secrets named meshless-<ServiceAccount>-mtls are "
+            f"reserved for the identities meshless provisions; the one for ServiceAccount "
+            f"{sa!r} is {default_secret_name(provisioned_name(sa))!r}; choose another name"
+        )
     if len(secret_name) > 253:
         raise SpecError(
             f"the Secret name {secret_name[:40]}... is longer than 253 characters; "

@@ -77,6 +77,8 @@ class ControllerAdmissionState:
             for record in self.controller.identities_with_secret(namespace, secret):
                 if not record.service_account:
                     continue  # an invalid spec: nothing is ever issued for it
+                if record.unusable == Reason.SECRET_CONFLICT:
+                    continue  # the Secret is not its: it never holds that identity
                 try:
                     sid = spiffe_id(trust_domain, namespace, record.service_account)
                 except ValueError:

@@ -15,20 +15,21 @@ user-made one did not exist, and the policies' status names the unusable one.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from meshless.api import API_VERSION, MANAGED_BY, PROVISIONED_LABEL, ConditionType, Kind, Reason
 from meshless.conditions import find_condition
-from meshless.identity.spec import SpecError, default_secret_name, parse_identity
+from meshless.identity.spec import (
+    SpecError,
+    default_secret_name,
+    parse_identity,
+    provisioned_name,
+)
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.settings import Settings
-
-PROVISIONED_PREFIX = "meshless-"
-MAX_NAME = 253 - len("-mtls")  # the Secret name adds "-mtls"
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,6 @@ def unusable_reason(body: Mapping[str, Any], settings: Settings | None) -> str:
     if settings is not None and reason is not Reason.SECRET_CONFLICT:
         return ""  # the spec passes under the settings in force: the status is behind
     return reason
-
-
-def provisioned_name(service_account: str) -> str:
-    name = PROVISIONED_PREFIX + service_account
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(service_account.encode()).hexdigest()[:10]
-    return f"{name[: MAX_NAME - 11]}-{digest}"
 
 
 def identity_for(
