@@ -591,3 +591,46 @@ def test_pods_status_cannot_add_or_change_the_identity_label(
     assert refused_by(changed, "strict.meshless.dev"), changed.stderr
     assert "from 'payments' to 'admin'" in changed.stderr
     assert labels_of(api_client, strict_ns, "web")["meshless.dev/identity"] == "payments"
+
+
+def test_a_reserved_secret_name_cannot_be_claimed_for_another_service_account(
+    operator_factory: OperatorFactory,
+    kubeconfig: str,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The Secret meshless provisions for ServiceAccount victim is meshless-victim-mtls. A
+    tenant's identity for its own ServiceAccount naming that Secret first is never issued
+    (InvalidSpec), and a pod of the tenant's ServiceAccount mounting it is refused: it would
+    hold victim's key once the operator provisions victim's identity."""
+    operator_factory()
+    user = tenant(kubeconfig, api_client, namespace, tmp_path)
+    claim = json.loads(identity_manifest(namespace, "mine", "atk", []))
+    claim["spec"]["secretName"] = "meshless-victim-mtls"
+    user.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(claim))
+
+    def refused_spec(body: dict[str, Any]) -> bool:
+        ready = [
+            c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"
+        ]
+        return bool(ready) and ready[0]["status"] == "False" and ready[0]["reason"] == "InvalidSpec"
+
+    refused = wait_identity(api_client, namespace, "mine", refused_spec, timeout=TIMEOUT)
+    [ready] = [c for c in refused["status"]["conditions"] if c["type"] == "Ready"]
+    assert "reserved for the identities meshless provisions" in ready["message"]
+    secrets = client.CoreV1Api(api_client).list_namespaced_secret(namespace).items
+    assert "meshless-victim-mtls" not in {s.metadata.name for s in secrets}
+
+    wait_identities_label(api_client, namespace)
+    mount = pod_manifest(
+        "grab",
+        "atk",
+        volumes=[{"name": "id", "secret": {"secretName": "meshless-victim-mtls"}}],
+    )
+    out = until(
+        lambda: create_pod(user, namespace, mount, dry_run=True),
+        lambda answer: refused_by(answer, "binding.meshless.dev"),
+        "the binding webhook refusing the reserved Secret",
+    )
+    assert "ServiceAccount 'victim'" in out.stderr, out.stderr
