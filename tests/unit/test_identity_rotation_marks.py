@@ -227,3 +227,16 @@ def test_annotations_vouched_for_only_when_we_alone_wrote_them_and_the_data() ->
         assert m.vouched_marks(meta_for({**good, key: garbled}, OURS), MANAGER) is None, key
     # No data written by us at all.
     assert m.vouched_marks(meta_for(good), MANAGER) is None
+
+
+def test_a_chain_longer_than_ours_is_not_verified_and_anchors_nowhere() -> None:
+    now = datetime.now(UTC)
+    ca, _ = bootstrap_self_signed("cluster.local", now)
+    request = SvidRequest(
+        "spiffe://cluster.local/ns/a/sa/b", (), timedelta(hours=1), KeyAlgorithm.ECDSAP256
+    )
+    svid = issue_svid(ca, request, now)
+    bundle = bundle_pem(ca.roots)
+    assert m.rotation_annotations(svid.chain_pem, bundle)[m.LEAF_ROOTS_ANNOTATION]
+    padded = svid.chain_pem + ca.intermediates_pem * m.MAX_CHAIN
+    assert m.rotation_annotations(padded, bundle)[m.LEAF_ROOTS_ANNOTATION] == ""

@@ -40,6 +40,9 @@ from meshless.pki.rotation import Progress, RotationState, anchor_of, directly_i
 BUNDLE_ROOTS_ANNOTATION = f"{GROUP}/bundle-roots"
 LEAF_NOT_AFTER_ANNOTATION = f"{GROUP}/leaf-not-after"
 LEAF_ROOTS_ANNOTATION = f"{GROUP}/leaf-roots"
+# Ours are a leaf and one or two intermediates. A longer chain (a tenant's edit of a refused
+# identity's Secret) is not verified link by link on the operator's event loop.
+MAX_CHAIN = 8
 ROTATION_ANNOTATIONS = (BUNDLE_ROOTS_ANNOTATION, LEAF_NOT_AFTER_ANNOTATION, LEAF_ROOTS_ANNOTATION)
 _HEX = frozenset("0123456789abcdef")
 
@@ -62,7 +65,7 @@ def rotation_annotations(chain_pem: bytes | None, bundle_pem: bytes | None) -> d
     chain = _chain(chain_pem or b"")
     if chain:
         not_after = chain[0].not_valid_after_utc.isoformat()
-        if _chain_links(chain):
+        if len(chain) <= MAX_CHAIN and _chain_links(chain):
             anchors = {fingerprint(r).hex() for r in roots if _anchored(chain, r)}
     return {
         BUNDLE_ROOTS_ANNOTATION: ",".join(prints),
