@@ -163,6 +163,4 @@ def test_the_operator_starts_within_seconds_of_the_api_server_answering(
         if op.proc is not None and op.proc.poll() is None:
             op.stop()
         remove_webhook_configurations(api_client)
-        client.CustomObjectsApi(api_client).delete_collection_namespaced_custom_object(
-            "meshless.dev", "v1alpha1", op_ns, "workloadidentities"
-        )
+        client.CoreV1Api(api_client).delete_namespace(op_ns)  # its CA Secret and Lease

@@ -9,31 +9,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass
-class IdentityFiles:
-    """tls.crt / tls.key / ca.crt written to a directory, as a pod would mount them."""
-
-    directory: Path
-
-    @property
-    def cert(self) -> Path:
-        return self.directory / "tls.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.directory / "tls.key"
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.crt"
+from tests.x509peers import Identity
+from tests.x509peers import write_identity as write_files
 
 
-def write_identity(directory: Path, data: dict[str, bytes]) -> IdentityFiles:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("tls.crt", "tls.key", "ca.crt"):
-        (directory / name).write_bytes(data[name])
-    return IdentityFiles(directory)
+def write_identity(directory: Path, data: dict[str, bytes]) -> Identity:
+    """An identity Secret's data as a pod mounts it (tests/x509peers.py's files)."""
+    return write_files(directory, data["tls.crt"], data["tls.key"], data["ca.crt"])
 
 
 @dataclass
@@ -41,7 +23,7 @@ class MtlsServer:
     """Accepts connections on loopback, requiring a client certificate that chains to the
     bundle (STRICT). Records the peer's URI SAN or the handshake error of each connection."""
 
-    files: IdentityFiles
+    files: Identity
     port: int = 0
     peers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
