@@ -26,7 +26,7 @@ from meshless.api import (
     ConditionType,
 )
 from meshless.api import Reason as R
-from meshless.ca_store import CAStore
+from meshless.ca_store import CAStore, desired_constraints
 from meshless.conditions import find_condition
 from meshless.identity.render import decode_secret_data, is_owned_by
 from meshless.identity.rotation_marks import (
@@ -52,7 +52,6 @@ from meshless.pki.constraints import (
     ConstraintsState,
     describe_subtrees,
     intermediate_constraints_stale,
-    name_constraints,
 )
 from meshless.pki.rotation import Action, Phase, Progress, RotationPolicy, RotationState
 from meshless.settings import CA_SELF_SIGNED, Settings
@@ -67,13 +66,6 @@ def policy_of(settings: Settings) -> RotationPolicy:
         renewal_fraction=settings.ca_renewal_fraction,
         settle_time=settings.ca_settle_time,
         window=settings.ca_rotation_window,
-    )
-
-
-def desired_constraints(settings: Settings) -> x509.NameConstraints:
-    """The NameConstraints the issuing intermediate must carry under these settings."""
-    return name_constraints(
-        settings.trust_domain, settings.dns_name_policy.permitted_dns_subtrees()
     )
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from cryptography import x509
+
 from meshless.api import MANAGED_BY
 from meshless.identity.render import decode_secret_data
 from meshless.kube import SECRETS, ApiError, Json, Kube
@@ -31,12 +33,19 @@ from meshless.pki.ca import (
     ca_from_secret_data,
     ca_to_secret_data,
 )
-from meshless.pki.constraints import ConstraintsReport, ConstraintsState, name_constraints
+from meshless.pki.constraints import ConstraintsState, name_constraints
 from meshless.pki.constraints import report as constraints_report
 from meshless.pki.rotation import RotationState, state_from_secret_data
 from meshless.settings import CA_SECRET_NAME, CA_SELF_SIGNED, Settings
 
 log = logging.getLogger(__name__)
+
+
+def desired_constraints(settings: Settings) -> x509.NameConstraints:
+    """The NameConstraints the issuing intermediate must carry under these settings."""
+    return name_constraints(
+        settings.trust_domain, settings.dns_name_policy.permitted_dns_subtrees()
+    )
 
 
 class CAStore:
@@ -54,7 +63,6 @@ class CAStore:
         self.data: dict[str, bytes] = {}
         self.rotation = RotationState()
         # How the active issuer's NameConstraints compare with the settings' (None: no CA).
-        self.constraints: ConstraintsReport | None = None
 
     @property
     def bundle(self) -> bytes | None:
@@ -93,12 +101,7 @@ class CAStore:
         """Compare the issuer's NameConstraints with the settings'. Never refuses the CA: a
         user-provided one without (or with other) constraints keeps issuing and is reported
         with a Warning Event on its Secret; a self-signed one is rotated by CARotation."""
-        desired = name_constraints(
-            self._settings.trust_domain,
-            self._settings.dns_name_policy.permitted_dns_subtrees(),
-        )
-        found = constraints_report(ca.issuer_cert, desired)
-        self.constraints = found
+        found = constraints_report(ca.issuer_cert, desired_constraints(self._settings))
         if found.state is ConstraintsState.MATCHES:
             return
         if self._settings.ca_source == CA_SELF_SIGNED:

@@ -97,11 +97,6 @@ class Endpoint:
             raise ValueError("an Endpoint needs exactly one of url and service")
 
 
-def excluded_namespaces(operator_namespace: str) -> tuple[str, ...]:
-    """Never intercepted: the namespaces exempt from enforcement (api.exempt_namespaces)."""
-    return exempt_namespaces(operator_namespace)
-
-
 def client_config(endpoint: Endpoint, handler: str, ca_bundle: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
     if endpoint.url is not None:
@@ -216,7 +211,7 @@ def mutating_configuration(
     operator_namespace: str,
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
-    excluded = excluded_namespaces(operator_namespace)
+    excluded = exempt_namespaces(operator_namespace)
     return {
         "apiVersion": ADMISSIONREGISTRATION,
         "kind": "MutatingWebhookConfiguration",
@@ -242,7 +237,7 @@ def validating_configuration(
     operator_namespace: str,
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
-    excluded = excluded_namespaces(operator_namespace)
+    excluded = exempt_namespaces(operator_namespace)
     return {
         "apiVersion": ADMISSIONREGISTRATION,
         "kind": "ValidatingWebhookConfiguration",
@@ -375,7 +370,7 @@ def admission_namespaces(
     an identity reaches (a cluster-wide one reaches them all), minus the excluded ones. Errs
     towards labelling: a labelled namespace only costs availability while meshless is down,
     a missing label lets pods under STRICT in without their identity."""
-    excluded = set(excluded_namespaces(operator_namespace))
+    excluded = set(exempt_namespaces(operator_namespace))
     all_namespaces = set(namespaces)
     if any(_may_need_identity(p) for p in policies.root):
         reached = all_namespaces
@@ -394,5 +389,5 @@ def identity_namespaces(
 ) -> frozenset[str]:
     """The namespaces to label meshless.dev/identities=true: those that hold at least one
     WorkloadIdentity, minus the excluded ones (never intercepted)."""
-    excluded = set(excluded_namespaces(operator_namespace))
+    excluded = set(exempt_namespaces(operator_namespace))
     return frozenset((set(holding) & set(namespaces)) - excluded)

@@ -82,13 +82,6 @@ from meshless.tls import in_memory_files
 log = logging.getLogger(__name__)
 
 ADMISSION_REVIEW_VERSION = "admission.k8s.io/v1"
-HANDLERS = (
-    INJECT_HANDLER,
-    STRICT_HANDLER,
-    IDENTITY_LABEL_HANDLER,
-    BINDING_HANDLER,
-    DNS_NAMES_HANDLER,
-)
 # What each webhook reviews: (group, version, resource, subresource).
 _POD, _POD_STATUS, _POD_EPHEMERAL = (
     ("", "v1", "pods", sub) for sub in ("", STATUS, EPHEMERAL_CONTAINERS)
@@ -100,6 +93,7 @@ SERVED: dict[str, frozenset[tuple[str, str, str, str]]] = {
     BINDING_HANDLER: frozenset({_POD, _POD_EPHEMERAL}),
     DNS_NAMES_HANDLER: frozenset({(GROUP, VERSION, Plural.WORKLOAD_IDENTITIES.value, "")}),
 }
+HANDLERS = tuple(SERVED)
 NOT_READY_CODE = 503
 CONFLICT_CODE = 400
 

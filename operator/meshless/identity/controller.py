@@ -348,7 +348,7 @@ class IdentityController:
         if ca is None:
             return await self._without_ca(body)
         bundle = self.ca.bundle or b""
-        await self._ensure_trust_bundle(namespace, bundle)
+        await self.bundles.ensure(namespace, bundle)
 
         if self._never_issued(body, spec):
             # Never issued: try to create the Secret straight away, saving a read per new
@@ -681,9 +681,6 @@ class IdentityController:
         return CA_RETRY_S
 
     # --- trust bundle -----------------------------------------------------------------------
-    async def _ensure_trust_bundle(self, namespace: str, bundle: bytes) -> None:
-        await self.bundles.ensure(namespace, bundle)
-
     async def refresh_trust_bundles(self) -> None:
         bundle = self.ca.bundle
         if bundle is None:

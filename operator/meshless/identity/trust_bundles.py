@@ -53,7 +53,6 @@ class TrustBundles:
         self._locks: dict[str, asyncio.Lock] = {}
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()  # namespaces changed since their repair last read them
-        self.repaired = 0
 
     async def ensure(self, namespace: str, bundle: bytes) -> None:
         """The namespace's ConfigMap holds `bundle` (read once per bundle and namespace,
@@ -109,7 +108,6 @@ class TrustBundles:
         return written
 
     def _report(self, written: Json, drift: BundleDrift) -> None:
-        self.repaired += 1
         message = drift.describe()
         meta = written["metadata"]
         log.warning("trust bundle %s/%s repaired: %s", meta["namespace"], meta["name"], message)
