@@ -301,3 +301,13 @@ def test_a_secret_name_reserved_for_another_service_account_is_refused(
     assert info.value.reason == Reason.INVALID_SPEC
     assert "spec.secretName 'meshless-victim-mtls'" in str(info.value)
     assert "'meshless-atk-mtls'" in str(info.value)
+
+
+def test_the_operators_own_namespace_keeps_its_prober_identity() -> None:
+    """The prober's identity, meshless-prober in the operator's namespace (no tenant writes
+    there), keeps its Secret meshless-prober-mtls."""
+    spec = {"serviceAccountName": "meshless"}
+    parsed = parse_identity(SETTINGS.namespace, "meshless-prober", spec, SETTINGS)
+    assert parsed.secret_name == "meshless-prober-mtls"
+    with pytest.raises(SpecError):
+        parse_identity("shop", "meshless-prober", spec, SETTINGS)

@@ -110,7 +110,8 @@ def parse_identity(
     except ValueError:
         raise SpecError(f"spec.privateKey.algorithm {algorithm_name!r} is not supported") from None
     secret_name = spec.get("secretName") or default_secret_name(name)
-    if reserved_secret_name(secret_name, sa):
+    # The operator's own namespace (the prober's identity, meshless-prober) is not a tenant's.
+    if namespace != settings.namespace and reserved_secret_name(secret_name, sa):
         raise SpecError(
             f"spec.secretName {secret_name!r}: Secrets named meshless-<ServiceAccount>-mtls are "
             f"reserved for the identities meshless provisions; the one for ServiceAccount "
