@@ -1,0 +1,141 @@
+"""A store per kind: what the operator holds of one kind of object, by key, with the indexes
+its controllers ask for.
+
+A store is fed by a watch (ours, meshless.watch, or Kopf's event handlers) and read by the
+controllers; it never calls the API. Each index maps an index value (a namespace, a
+ServiceAccount, a Secret name, a governing policy) to the keys whose values produce it, kept
+up to date on every put and pop, so that no reader scans every object: with tens of
+thousands of identities, nothing may cost a scan per event. Where a reader only asks how
+many objects there are under a value (does a namespace hold any identity, does a pod there
+run as this ServiceAccount), a counting index holds just the count, not a reference per
+object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# An index function: the index values a (key, value) is found under (none, one or several).
+IndexFn = Callable[[K, V], Iterable[Hashable]]
+
+
+def by_namespace(key: tuple[str, str], _: object) -> tuple[str]:
+    """The usual index of a namespaced kind: its (namespace, name) key's namespace."""
+    return (key[0],)
+
+
+class Store(Generic[K, V]):
+    """Values by key, plus named indexes (`indexes`: name -> index function) and counting
+    indexes (`counts`: name -> index function)."""
+
+    def __init__(
+        self,
+        indexes: Mapping[str, IndexFn[K, V]] | None = None,
+        counts: Mapping[str, IndexFn[K, V]] | None = None,
+    ) -> None:
+        self._items: dict[K, V] = {}
+        self._index_fns: dict[str, IndexFn[K, V]] = dict(indexes or {})
+        self._indexes: dict[str, dict[Hashable, dict[K, V]]] = {n: {} for n in self._index_fns}
+        self._count_fns: dict[str, IndexFn[K, V]] = dict(counts or {})
+        self._counts: dict[str, dict[Hashable, int]] = {n: {} for n in self._count_fns}
+
+    # --- reading ------------------------------------------------------------------------
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def keys(self) -> Iterable[K]:
+        return self._items.keys()
+
+    def items(self) -> Iterable[tuple[K, V]]:
+        return self._items.items()
+
+    def values(self) -> Iterable[V]:
+        return self._items.values()
+
+    def indexed(self, index: str, value: Hashable) -> Mapping[K, V]:
+        """The objects found under `value` in the index `index` (empty if none); a live
+        view: copy it before changing the store while iterating."""
+        return self._indexes[index].get(value) or {}
+
+    def index_values(self, index: str) -> Iterable[Hashable]:
+        """Every value the index `index` holds objects under (each with at least one)."""
+        return self._indexes[index].keys()
+
+    def has(self, index: str, value: Hashable) -> bool:
+        return value in self._indexes[index]
+
+    def count(self, index: str, value: Hashable) -> int:
+        """How many objects the counting index `index` holds under `value`."""
+        return self._counts[index].get(value, 0)
+
+    def counted(self, index: str) -> Iterable[Hashable]:
+        """Every value the counting index `index` holds at least one object under."""
+        return self._counts[index].keys()
+
+    # --- writing ------------------------------------------------------------------------
+    def put(self, key: K, value: V) -> V | None:
+        """Hold `value` for `key`; returns what it replaced."""
+        before = self._items.get(key)
+        if before is not None:
+            self._unindex(key, before)
+        self._items[key] = value
+        for name, fn in self._index_fns.items():
+            index = self._indexes[name]
+            for found in fn(key, value):
+                index.setdefault(found, {})[key] = value
+        for name, fn in self._count_fns.items():
+            counts = self._counts[name]
+            for found in fn(key, value):
+                counts[found] = counts.get(found, 0) + 1
+        return before
+
+    def pop(self, key: K) -> V | None:
+        """Forget `key`; returns what was held."""
+        before = self._items.pop(key, None)
+        if before is not None:
+            self._unindex(key, before)
+        return before
+
+    def clear(self) -> None:
+        self._items.clear()
+        for index in self._indexes.values():
+            index.clear()
+        for counts in self._counts.values():
+            counts.clear()
+
+    def _unindex(self, key: K, value: V) -> None:
+        for name, fn in self._index_fns.items():
+            index = self._indexes[name]
+            for found in fn(key, value):
+                held = index.get(found)
+                if held is not None:
+                    held.pop(key, None)
+                    if not held:
+                        del index[found]
+        for name, fn in self._count_fns.items():
+            counts = self._counts[name]
+            for found in fn(key, value):
+                left = counts.get(found, 0) - 1
+                if left > 0:
+                    counts[found] = left
+                else:
+                    counts.pop(found, None)
+
+
+__all__ = ["IndexFn", "Store", "by_namespace"]
