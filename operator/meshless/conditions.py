@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,3 +68,23 @@ def _condition(
 
 def find_condition(conditions: Sequence[Mapping[str, Any]], type: str) -> Mapping[str, Any] | None:
     return next((c for c in conditions if c.get("type") == type), None)
+
+
+def conditions_with(
+    body: Mapping[str, Any], changes: Iterable[ConditionChange], now: datetime
+) -> list[dict[str, Any]]:
+    """The object's conditions with each change applied (lastTransitionTime kept when the
+    status holds), observedGeneration from the object's generation."""
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    generation = body["metadata"].get("generation")
+    for change in changes:
+        conditions = set_condition(
+            conditions,
+            type=change.type,
+            status=change.status,
+            reason=change.reason,
+            message=change.message,
+            generation=generation,
+            now=now,
+        )
+    return conditions

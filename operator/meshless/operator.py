@@ -46,6 +46,7 @@ from meshless.loopwatch import LoopWatch
 from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
+from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings, SettingsError, check_listen_ports
 from meshless.startup import StartupState, next_delay
 from meshless.status import EventRecorder
@@ -111,11 +112,7 @@ class Operator:
         self.webhook_server: AdmissionWebhookServer | None = None
         self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
         self.events = EventRecorder(kube)
-        self.identities = IdentityController(
-            kube, settings, self.ca, self.budget, utcnow, self.events
-        )
-        self.policies = PolicyController(kube, settings, utcnow, self.events)
-        self.admission_state = ControllerAdmissionState(self.policies, leading=False)
+        self.writes = OwnWrites()  # our own writes, for every controller's watch echoes
         self.prober = EnforcementProber(
             kube,
             settings,
@@ -126,9 +123,20 @@ class Operator:
                 (POLICY_WORK, ref.namespace, ref.name)
             ),
         )
+        self.identities = IdentityController(
+            kube,
+            settings,
+            self.ca,
+            self.budget,
+            utcnow,
+            self.events,
+            self.writes,
+            on_issued=self.prober.certificate_rotated,
+        )
+        self.policies = PolicyController(kube, settings, utcnow, self.events, self.writes)
+        self.admission_state = ControllerAdmissionState(self.policies, leading=False)
         self.policies.on_resolved = self.prober.update_namespace
         self.policies.enforcement = self.prober.status_for
-        self.identities.on_issued = self.prober.certificate_rotated
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
             settings.webhook_url or None, settings.webhook_service, settings.namespace
         )

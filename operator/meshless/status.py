@@ -6,38 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from meshless.conditions import ConditionChange, set_condition
+from meshless.conditions import ConditionChange, conditions_with
 from meshless.kube import ApiError, Json, Kube, Resource, event_name, transient
+from meshless.runtime.writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # namespace, name
 
-__all__ = ["ConditionChange", "EventRecorder", "StatusWriter", "conditions_with"]
-
-
-def conditions_with(
-    body: Mapping[str, Any], changes: Iterable[ConditionChange], now: datetime
-) -> list[dict[str, Any]]:
-    """The object's conditions with each change applied (lastTransitionTime kept when the
-    status holds), observedGeneration from the object's generation."""
-    conditions = list((body.get("status") or {}).get("conditions") or [])
-    generation = body["metadata"].get("generation")
-    for change in changes:
-        conditions = set_condition(
-            conditions,
-            type=change.type,
-            status=change.status,
-            reason=change.reason,
-            message=change.message,
-            generation=generation,
-            now=now,
-        )
-    return conditions
+__all__ = ["ConditionChange", "EventRecorder", "Patched", "StatusWriter", "conditions_with"]
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -45,75 +27,78 @@ def key_of(body: Mapping[str, Any]) -> Key:
     return (meta["namespace"], meta["name"])
 
 
-class StatusWriter:
-    """Merge-patches the status subresource when it differs from what the object holds, and
-    recognises its own writes' watch echoes so they are not reconciled again.
+@dataclass(frozen=True, slots=True)
+class Patched:
+    """A status write's answer: the updated object, and whether somebody else's change came
+    in while it was in flight (then the caller's copy is the event's, newer than this)."""
 
-    The echo may arrive before the write's answer (the API server sends both after the same
-    commit). With `on_raced` given, events for an object whose write is in flight count as
-    echoes until the answer comes; one with another resourceVersion was somebody else's
-    change, and `on_raced` gets the key to reconcile it. (The caller must keep what such an
-    event brings before asking `is_echo`, as the identity controller does.)"""
+    body: Json
+    raced: bool = False
+
+
+class StatusWriter:
+    """Merge-patches the status subresource when it differs from what the object holds; its
+    writes' watch echoes are recognised through the operator's one tracker of its own writes
+    (runtime/writes.py), so they are not reconciled again.
+
+    With `on_raced` given, events for an object whose write is in flight count as echoes until
+    the answer comes; one with another resourceVersion was somebody else's change, and
+    `on_raced` gets the key to reconcile it. (The caller must keep what such an event brings
+    before asking `is_echo`, as the identity controller does.)"""
 
     def __init__(
-        self, kube: Kube, resource: Resource, on_raced: Callable[[Key], None] | None = None
+        self,
+        kube: Kube,
+        resource: Resource,
+        writes: OwnWrites,
+        on_raced: Callable[[Key], None] | None = None,
     ) -> None:
         self.kube = kube
         self.resource = resource
+        self.kind = f"{resource.plural}/status"
+        self.writes = writes
         self.on_raced = on_raced
-        self._own_rv: dict[Key, str] = {}
-        self._in_flight: dict[Key, list[str | None]] = {}
-        self._raced: set[Key] = set()
 
     def is_echo(self, body: Mapping[str, Any]) -> bool:
         """True for the watch event our own last status write caused (and, until its answer
         decides, for any event during that write)."""
-        key = key_of(body)
-        rv = body["metadata"].get("resourceVersion")
-        during = self._in_flight.get(key)
-        if during is not None:
-            during.append(rv)
-            return True
-        return rv is not None and rv == self._own_rv.get(key)
+        return self.writes.is_own(self.kind, key_of(body), body["metadata"].get("resourceVersion"))
 
     def forget(self, key: Key) -> None:
-        self._own_rv.pop(key, None)
-        self._raced.discard(key)
+        self.writes.forget(self.kind, key)
 
-    def take_raced(self, key: Key) -> bool:
-        """Whether somebody else's change came in during our last write of `key` (then the
-        caller's copy of the object is the event's, newer than our write's answer)."""
-        if key in self._raced:
-            self._raced.discard(key)
-            return True
-        return False
-
-    async def patch(self, body: Json, wanted: Mapping[str, Any]) -> Json | None:
+    async def patch(self, body: Json, wanted: Mapping[str, Any]) -> Patched | None:
         """Write the fields of `wanted` that differ; returns the updated object, or None when
         nothing differed or the object is gone. `body["status"]` is updated in place."""
         current = body.get("status") or {}
         if all(current.get(k) == v for k, v in wanted.items()):
             return None
-        namespace, name = key = key_of(body)
-        own: str | None = None
-        if self.on_raced is not None:
-            self._in_flight[key] = []
+        key = key_of(body)
+        if self.on_raced is None:
+            updated = await self._patch(key, wanted)
+            if updated is None:
+                return None
+            self.writes.saw(self.kind, key, updated["metadata"]["resourceVersion"])
+            raced = False
+        else:
+            on_raced = self.on_raced
+            with self.writes.writing(self.kind, key, lambda: on_raced(key)) as write:
+                updated = await self._patch(key, wanted)
+                if updated is not None:
+                    write.version = updated["metadata"]["resourceVersion"]
+            if updated is None:
+                return None
+            raced = write.raced
+        body["status"] = updated.get("status") or {}
+        return Patched(updated, raced)
+
+    async def _patch(self, key: Key, wanted: Mapping[str, Any]) -> Json | None:
         try:
-            updated = await self.kube.patch_status(self.resource, namespace, name, dict(wanted))
-            own = updated["metadata"]["resourceVersion"]
+            return await self.kube.patch_status(self.resource, *key, dict(wanted))
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        finally:
-            during = self._in_flight.pop(key, [])
-            if self.on_raced is not None and any(rv != own for rv in during):
-                self._raced.add(key)
-                self.on_raced(key)
-        assert own is not None
-        self._own_rv[key] = own
-        body["status"] = updated.get("status") or {}
-        return updated
 
 
 def involved_object(body: Mapping[str, Any], api_version: str, kind: str) -> Json:

@@ -12,11 +12,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
-from meshless.identity.controller import HeldIdentity, IdentityController
+from meshless.identity.controller import IdentityController
+from meshless.identity.held import HeldIdentity
 from meshless.kube import Kube
 from meshless.metrics import CertificateSeries
 from meshless.operator import EventOnlyMemories
 from meshless.policy.controller import LABELS_WORK, NAMESPACE_WORK, PolicyController
+from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
 from meshless.status import EventRecorder
 
@@ -132,7 +134,9 @@ def _controller() -> PolicyController:
     configuration = client.Configuration()
     configuration.host = "https://127.0.0.1:9"  # never called: only watch events are fed
     kube = Kube(configuration)
-    return PolicyController(kube, Settings(), lambda: datetime.now(UTC), EventRecorder(kube))
+    return PolicyController(
+        kube, Settings(), lambda: datetime.now(UTC), EventRecorder(kube), OwnWrites()
+    )
 
 
 def _identity(name: str, account: str, created: str, provisioned: bool = False) -> dict:  # type: ignore[type-arg]
@@ -253,6 +257,7 @@ def test_identities_a_list_did_not_return_are_handed_back_as_deleted() -> None:
         WriteBudget(10, 10),
         clock,
         EventRecorder(kube),
+        OwnWrites(),
     )
     for namespace, name in (("shop", "kept"), ("shop", "gone"), ("other", "elsewhere")):
         body = _identity(name, "sa", "2026-11-29T00:00:00Z")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshless.identity.controller import unusable_message
+from meshless.identity.plan import unusable_message
 from meshless.identity.spec import SpecError, parse_identity
 from meshless.settings import Settings
 

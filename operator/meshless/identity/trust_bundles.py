@@ -23,10 +23,12 @@ from meshless.identity.bundle_drift import BundleDrift, bundle_drift
 from meshless.identity.checked import data_written_only_by
 from meshless.identity.render import trust_bundle_configmap
 from meshless.kube import CONFIGMAPS, FIELD_MANAGER, MERGE_PATCH, ApiError, Json, Kube
+from meshless.runtime.writes import OwnWrites
 from meshless.status import EventRecorder, involved_object
 
 log = logging.getLogger(__name__)
 
+KIND = CONFIGMAPS.plural
 REPAIR_RETRY_S = 5.0
 REPAIR_TRIES = 6
 
@@ -37,6 +39,7 @@ class TrustBundles:
         kube: Kube,
         budget: WriteBudget,
         events: EventRecorder,
+        writes: OwnWrites,
         *,
         desired: Callable[[], bytes | None],
         leading: Callable[[], bool],
@@ -45,11 +48,11 @@ class TrustBundles:
         self.kube = kube
         self.budget = budget
         self.events = events
+        self.writes = writes  # the resourceVersion we wrote or read, per namespace's ConfigMap
         self.desired = desired  # the CA's bundle now
         self.leading = leading
         self.holds_identities = holds_identities
         self._bundles: dict[str, bytes] = {}  # namespace -> bundle known to be in place
-        self._versions: dict[str, str] = {}  # namespace -> resourceVersion we wrote or read
         self._locks: dict[str, asyncio.Lock] = {}
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()  # namespaces changed since their repair last read them
@@ -67,7 +70,9 @@ class TrustBundles:
             drift = bundle_drift(current, bundle)
             if drift is None:
                 assert current is not None
-                self._versions[namespace] = current["metadata"]["resourceVersion"]
+                self.writes.saw(
+                    KIND, (namespace, TRUST_BUNDLE_NAME), current["metadata"]["resourceVersion"]
+                )
             else:
                 tampered = self._tampered(namespace, current, drift)  # before our write
                 written = await self._write(namespace, bundle, drift)
@@ -81,7 +86,7 @@ class TrustBundles:
         if not drift.content_changed:
             return False
         if current is None:
-            return namespace in self._versions
+            return self.writes.knows(KIND, (namespace, TRUST_BUNDLE_NAME))
         return bool(drift.extra_keys) or not data_written_only_by(
             current["metadata"], FIELD_MANAGER
         )
@@ -103,7 +108,9 @@ class TrustBundles:
                 content_type=MERGE_PATCH,
                 query=[("fieldManager", FIELD_MANAGER)],
             )
-        self._versions[namespace] = written["metadata"]["resourceVersion"]
+        self.writes.saw(
+            KIND, (namespace, TRUST_BUNDLE_NAME), written["metadata"]["resourceVersion"]
+        )
         metrics.BUNDLE_UPDATES.labels("ConfigMap").inc()
         return written
 
@@ -124,9 +131,12 @@ class TrustBundles:
         namespace = meta.get("namespace") or ""
         if meta.get("name") != TRUST_BUNDLE_NAME:
             return
-        if event_type != "DELETED" and meta.get("resourceVersion") == self._versions.get(namespace):
+        key = (namespace, TRUST_BUNDLE_NAME)
+        if self.writes.is_own(
+            KIND, key, meta.get("resourceVersion"), deleted=event_type == "DELETED"
+        ):
             return  # our own write's echo, or a re-list of what we wrote
-        if namespace not in self._bundles and namespace not in self._versions:
+        if namespace not in self._bundles and not self.writes.knows(KIND, key):
             return  # not one this term wrote or checked: a sweep checks it when needed
         self._bundles.pop(namespace, None)  # to be read again, by this term or the next
         if self.leading() and (event_type != "DELETED" or self.holds_identities(namespace)):

@@ -59,6 +59,7 @@ from meshless.policy.report import (
 )
 from meshless.policy.resolve import PolicySet, scope_of
 from meshless.policy.spec import PolicySpecError, parse_policy, pod_info
+from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
 from meshless.status import EventRecorder, StatusWriter, conditions_with, involved_object
 from meshless.workqueue import WorkQueue
@@ -130,12 +131,13 @@ class PolicyController:
         settings: Settings,
         clock: Callable[[], datetime],
         events: EventRecorder,
+        writes: OwnWrites,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.clock = clock
         self.events = events
-        self.status = StatusWriter(kube, POLICIES)
+        self.status = StatusWriter(kube, POLICIES, writes)
         self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.workers)
         self.root_namespace = settings.effective_root_namespace
 
@@ -615,10 +617,10 @@ class PolicyController:
             admission, included = self.admission_status(ref, stored)
             if admission is not None:
                 wanted["admission"] = admission
-        written = await self.status.patch(body, wanted)
+        patched = await self.status.patch(body, wanted)
         if included and self.admission_written is not None:
             self.admission_written(ref, included)
-        if written is None:
+        if patched is None:
             return
         for change in changes:
             old = before.get(change.type) or {}
