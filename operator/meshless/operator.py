@@ -44,7 +44,7 @@ from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube,
 from meshless.leader import LeaderElector, default_identity
 from meshless.loopwatch import LoopWatch
 from meshless.policy.admission_state import ControllerAdmissionState
-from meshless.policy.controller import POLICY_WORK, PolicyController
+from meshless.policy.controller import PolicyController
 from meshless.probe.runner import EnforcementProber
 from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings, SettingsError, check_listen_ports
@@ -119,9 +119,7 @@ class Operator:
             self.events,
             utcnow,
             time.monotonic,
-            on_policy_changed=lambda ref: self.policies.queue.add(
-                (POLICY_WORK, ref.namespace, ref.name)
-            ),
+            on_policy_changed=lambda ref: self.policies.request_status(ref),
         )
         self.identities = IdentityController(
             kube,
@@ -133,10 +131,16 @@ class Operator:
             self.writes,
             on_issued=self.prober.certificate_rotated,
         )
-        self.policies = PolicyController(kube, settings, utcnow, self.events, self.writes)
+        self.policies = PolicyController(
+            kube,
+            settings,
+            utcnow,
+            self.events,
+            self.writes,
+            on_resolved=self.prober.update_namespace,
+            enforcement=self.prober.status_for,
+        )
         self.admission_state = ControllerAdmissionState(self.policies, leading=False)
-        self.policies.on_resolved = self.prober.update_namespace
-        self.policies.enforcement = self.prober.status_for
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
             settings.webhook_url or None, settings.webhook_service, settings.namespace
         )

@@ -17,7 +17,8 @@ from meshless.identity.held import HeldIdentity
 from meshless.kube import Kube
 from meshless.metrics import CertificateSeries
 from meshless.operator import EventOnlyMemories
-from meshless.policy.controller import LABELS_WORK, NAMESPACE_WORK, PolicyController
+from meshless.policy.controller import PolicyController
+from meshless.policy.held import LabelsWork, NamespaceWork
 from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
 from meshless.status import EventRecorder
@@ -159,7 +160,7 @@ def _pod(name: str, account: str) -> dict:  # type: ignore[type-arg]
     }
 
 
-LABELS = (LABELS_WORK, "", "")
+LABELS = LabelsWork()
 
 
 def test_a_storm_of_identities_no_pod_uses_costs_no_namespace_reconcile() -> None:
@@ -174,7 +175,7 @@ def test_a_storm_of_identities_no_pod_uses_costs_no_namespace_reconcile() -> Non
     policies.on_identity_event("ADDED", _identity("other", "sa-8", "2026-11-29T00:00:00Z"))
     assert len(policies.queue._queued) == 0
     policies.on_identity_event("ADDED", _identity("also-7", "sa-7", "2026-11-29T00:00:00Z"))
-    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", "")}
+    assert policies.queue._queued == {NamespaceWork("shop")}
 
 
 def test_the_first_and_the_last_identity_of_a_namespace_relabel_it() -> None:
@@ -196,7 +197,7 @@ def test_admission_learns_whose_identity_a_secret_holds() -> None:
     assert (record.name, record.service_account) == ("web-id", "web")
     policies.on_identity_event("DELETED", _identity("web-id", "", ""))
     assert policies.identities_with_secret("shop", "web-id-mtls") == []
-    assert policies._by_secret == {}
+    assert list(policies.stores.identities.index_values("secret")) == []
 
 
 def test_a_provisioned_identity_always_matters() -> None:
@@ -204,7 +205,7 @@ def test_a_provisioned_identity_always_matters() -> None:
     policies.on_identity_event(
         "ADDED", _identity("meshless-web", "web", "2026-11-29T00:00:00Z", provisioned=True)
     )
-    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", ""), LABELS}
+    assert policies.queue._queued == {NamespaceWork("shop"), LABELS}
 
 
 def test_the_identity_for_a_service_account_comes_from_the_index() -> None:
@@ -221,8 +222,8 @@ def test_the_identity_for_a_service_account_comes_from_the_index() -> None:
         policies.on_identity_event("DELETED", _identity(name, "", ""))
     # Nothing left: the provisioned name, and no empty index entries kept around.
     assert policies.identity_ref_for("shop", "web").name == "meshless-web"
-    assert policies._identities_by_ns == {}
-    assert policies._by_account == {}
+    assert list(policies.stores.identities.index_values("namespace")) == []
+    assert list(policies.stores.identities.index_values("account")) == []
 
 
 def test_an_identity_with_a_refused_name_is_passed_over_by_the_operators_own_verdict() -> None:
@@ -235,7 +236,7 @@ def test_an_identity_with_a_refused_name_is_passed_over_by_the_operators_own_ver
     policies.on_identity_event("ADDED", bad)
     assert policies.identity_ref_for("shop", "web").name == "meshless-web"
     # provisions meshless-web; the namespace's first identity also brings the labels work
-    assert policies.queue._queued == {(NAMESPACE_WORK, "shop", ""), (LABELS_WORK, "", "")}
+    assert policies.queue._queued == {NamespaceWork("shop"), LabelsWork()}
     # Fixed by its owner: it serves its ServiceAccount again.
     bad["spec"]["dnsNames"] = ["web.shop.svc"]
     policies.on_identity_event("MODIFIED", bad)

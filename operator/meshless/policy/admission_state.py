@@ -6,16 +6,14 @@ every replica, once `read_policies` has read them all (Kopf does not say when it
 is done); the identities from the identity watch every replica runs.
 
 Pods admitted under Warn or Audit that Enforce would have denied are counted into the policy's
-status (`status.admission`) as deltas on what the status already holds, so a restart loses no
-count. Every replica serves webhooks but only the leader writes status: a standby's records
-also go out as an Event on the policy, so none is lost while it is not leading.
+status (`status.admission`, policy/audit.py). Every replica serves webhooks but only the
+leader writes status: a standby's records also go out as an Event on the policy, so none is
+lost while it is not leading.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from meshless.admission.inject import IdentityRef
 from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
@@ -23,25 +21,19 @@ from meshless.api import API_VERSION, Kind, Reason
 from meshless.kube import POLICIES
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
-from meshless.policy.controller import POLICY_WORK, PolicyController
-from meshless.policy.model import PolicyRef
+from meshless.policy.controller import PolicyController
 from meshless.policy.resolve import PolicySet
 from meshless.status import involved_object
-
-MAX_RECORDED = 20  # pod names kept per policy (status lists are bounded)
 
 
 class ControllerAdmissionState:
     def __init__(self, controller: PolicyController, *, leading: bool = True) -> None:
         self.controller = controller
         self.leading = leading
-        self._pending: dict[PolicyRef, list[str]] = defaultdict(list)
         # Set by the operator once every WorkloadIdentity has been listed (its watch of them
         # runs on every replica, the leader's and the standbys').
         self.identities_listed = False
         self.policies_listed = False  # read_policies has read every MtlsPolicy once
-        controller.admission_status = self.status_for
-        controller.admission_written = self.written
 
     def policies(self) -> PolicySet | None:
         """None until every policy has been read once (by the leader's priming or by
@@ -56,7 +48,7 @@ class ControllerAdmissionState:
         async for page in self.controller.kube.pages(POLICIES):
             for body in page:
                 meta = body["metadata"]
-                if (meta["namespace"], meta["name"]) not in self.controller.policies:
+                if (meta["namespace"], meta["name"]) not in self.controller.stores.policies:
                     self.controller.on_policy_event("ADDED", body, enqueue=False)
         self.policies_listed = True
 
@@ -92,36 +84,16 @@ class ControllerAdmissionState:
         return self.controller.settings.dns_name_policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
-        self._pending[record.policy].append(record.pod)
-        self.controller.queue.add((POLICY_WORK, record.policy.namespace, record.policy.name))
+        self.controller.audit.record(record.policy, record.pod)
+        self.controller.request_status(record.policy)
         if not self.leading:
-            body = self.controller.policies.get((record.policy.namespace, record.policy.name))
-            if body is not None:
+            held = self.controller.stores.policies.get(
+                (record.policy.namespace, record.policy.name)
+            )
+            if held is not None:
                 self.controller.events.post(
-                    involved_object(body, API_VERSION, Kind.MTLS_POLICY),
+                    involved_object(held.body, API_VERSION, Kind.MTLS_POLICY),
                     "Warning",
                     Reason.ADMISSION_AUDITED,
                     f"{record.action}: admitted {record.pod}: {record.message}",
                 )
-
-    def status_for(
-        self, policy: PolicyRef, stored: Mapping[str, Any] | None
-    ) -> tuple[dict[str, Any] | None, int]:
-        """The status.admission to write (stored counts plus what is pending), and how many
-        pending records it includes (to drop once written)."""
-        pending = self._pending.get(policy) or []
-        if not pending and not stored:
-            return None, 0
-        stored = stored or {}
-        pods = [p for p in stored.get("pods") or [] if p not in pending] + pending
-        return {
-            "wouldDeny": int(stored.get("wouldDeny") or 0) + len(pending),
-            "pods": pods[-MAX_RECORDED:],
-        }, len(pending)
-
-    def written(self, policy: PolicyRef, count: int) -> None:
-        pending = self._pending.get(policy)
-        if pending:
-            del pending[:count]
-            if not pending:
-                del self._pending[policy]
