@@ -21,8 +21,7 @@ from typing import Any
 import uvloop
 from kubernetes import client, config
 
-from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
-from run import (
+from harness import (
     KUBECONFIG,
     ROOT,
     SCALE,
@@ -35,6 +34,7 @@ from run import (
     run_then_stop_cluster,
     write_results,
 )
+from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
 
 RESULTS = ROOT / "bench" / "results" / "admission.json"
 PODS_EACH = max(50, int(500 * SCALE))

@@ -22,8 +22,7 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-from meshless.kube import PODS, POLICIES, Kube
-from run import (
+from harness import (
     CONCURRENCY,
     KUBECONFIG,
     ROOT,
@@ -37,6 +36,7 @@ from run import (
     run_then_stop_cluster,
     write_results,
 )
+from meshless.kube import PODS, POLICIES, Kube
 
 RESULTS = ROOT / "bench" / "results" / "policy.json"
 NAMESPACES = max(2, int(50 * SCALE))

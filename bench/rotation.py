@@ -22,10 +22,9 @@ from typing import Any
 
 from kubernetes import client, config
 
-from meshless.pki.rotation import RotationState
-from run import (
+from harness import (
     KUBECONFIG,
-    RESULTS,
+    RESULTS_DIR,
     ROOT,
     SCALE,
     Operator,
@@ -36,8 +35,9 @@ from run import (
     run_then_stop_cluster,
     write_results,
 )
+from meshless.pki.rotation import RotationState
 
-OUT = RESULTS.parent / "rotation.json"
+OUT = RESULTS_DIR / "rotation.json"
 COUNT = max(20, int(5000 * SCALE))
 NAMESPACES = 10
 SETTLE = os.environ.get("BENCH_SETTLE", "10s")

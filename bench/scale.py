@@ -36,11 +36,9 @@ from typing import Any
 from cryptography import x509
 from kubernetes import client, config
 
-from meshless.pki.bundle import bundle_pem
-from meshless.pki.ca import ca_from_secret_data
-from run import (
+from harness import (
     KUBECONFIG,
-    RESULTS,
+    RESULTS_DIR,
     ROOT,
     SCALE,
     Operator,
@@ -54,10 +52,12 @@ from run import (
     verify_secrets,
     write_results,
 )
+from meshless.pki.bundle import bundle_pem
+from meshless.pki.ca import ca_from_secret_data
 
 COUNT = max(100, int(50_000 * SCALE))
 # The full run is scale.json; a scaled one is named after its count (scale-5000.json).
-OUT = RESULTS.parent / ("scale.json" if COUNT == 50_000 else f"scale-{COUNT}.json")
+OUT = RESULTS_DIR / ("scale.json" if COUNT == 50_000 else f"scale-{COUNT}.json")
 NAMESPACES = 10
 STORM_QPS = int(os.environ.get("BENCH_STORM_QPS", "200"))
 LOGS = ROOT / ".cache" / "bench"
