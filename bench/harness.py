@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from cryptography import x509
 from kubernetes import client
 
 from meshless.kube import IDENTITIES, Kube, load_configuration
 from meshless.pki.keys import key_matches_certificate, load_private_key
 from meshless.pki.spiffe import spiffe_id
 from meshless.pki.svid import parse_certificate_chain
+from meshless.pki.x509 import uri_sans
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -239,10 +239,8 @@ def verify_secrets(core: client.CoreV1Api, namespace: str, names: list[str], bun
             continue
         data = {k: base64.b64decode(v) for k, v in secret.data.items()}
         leaf = parse_certificate_chain(data["tls.crt"])[0]
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         if (
-            uris == [spiffe_id("cluster.local", namespace, name)]
+            uri_sans(leaf) == [spiffe_id("cluster.local", namespace, name)]
             and key_matches_certificate(load_private_key(data["tls.key"]), leaf)
             and data["ca.crt"] == bundle
         ):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CA_CRT, TLS_CRT, TLS_KEY, CertificateAuthority
@@ -20,6 +20,7 @@ from meshless.pki.keys import (
 )
 from meshless.pki.renewal import jitter_unit, renewal_time
 from meshless.pki.svid import CLOCK_SKEW, SvidRequest, parse_certificate_chain
+from meshless.pki.x509 import authority_key_id, dns_sans, issued_by, uri_sans
 
 TTL_TOLERANCE = timedelta(minutes=1)
 ISSUER_RETIRED = "IssuerRetired"
@@ -113,21 +114,9 @@ def key_mismatch(c: CheckInput) -> Reason | None:
     return None
 
 
-def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
-    """(URI SANs, DNS SANs) of a certificate."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return [], []
-    return (
-        san.get_values_for_type(x509.UniformResourceIdentifier),
-        san.get_values_for_type(x509.DNSName),
-    )
-
-
 def _spec_differences(c: CheckInput, leaf: x509.Certificate) -> list[str]:
     request = c.desired.request
-    uris, dns = _sans(leaf)
+    uris, dns = uri_sans(leaf), dns_sans(leaf)
     diffs: list[str] = []
     if uris != [request.spiffe_id]:
         diffs.append(f"URI SANs {uris} != [{request.spiffe_id!r}]")
@@ -157,22 +146,12 @@ def spec_mismatch(c: CheckInput) -> Reason | None:
     return None
 
 
-def _authority_key_id(cert: x509.Certificate) -> bytes | None:
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return None
-    return aki.key_identifier
-
-
 def issuer_retired(c: CheckInput) -> Reason | None:
     if c.leaf is None or c.chain is None:
         return None
-    if _authority_key_id(c.leaf) != c.ca.issuer_key_id:
+    if authority_key_id(c.leaf) != c.ca.issuer_key_id:
         return Reason(ISSUER_RETIRED, "certificate was issued by a CA that is no longer active")
-    try:
-        c.leaf.verify_directly_issued_by(c.ca.issuer_cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+    if not issued_by(c.leaf, c.ca.issuer_cert):
         return Reason(ISSUER_RETIRED, "certificate signature does not verify with the active CA")
     if tuple(c.chain[1:]) != c.ca.intermediates:
         return Reason(ISSUER_RETIRED, f"the chain in {TLS_CRT} differs from the active CA's")
@@ -251,7 +230,7 @@ class CertificateSummary:
 
 def summarize(cert: x509.Certificate, desired: DesiredIdentity) -> CertificateSummary:
     """What status reports about the certificate in the Secret."""
-    uris, dns = _sans(cert)
+    uris, dns = uri_sans(cert), dns_sans(cert)
     spiffe = next((u for u in uris if u.startswith("spiffe://")), desired.request.spiffe_id)
     return CertificateSummary(
         spiffe_id=spiffe,

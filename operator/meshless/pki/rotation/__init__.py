@@ -48,10 +48,8 @@ from meshless.pki.rotation.leaves import (
 )
 from meshless.pki.rotation.progress import (
     Progress,
-    anchor_of,
     bundle_contains,
     count_progress,
-    directly_issued,
 )
 from meshless.pki.rotation.replacement import (
     Replacement,
@@ -106,14 +104,12 @@ __all__ = [
     "RotationRequest",
     "RotationState",
     "adopt_intermediate",
-    "anchor_of",
     "bundle_contains",
     "ca_key_algorithm",
     "classify_replacement",
     "complete",
     "count_progress",
     "decide",
-    "directly_issued",
     "due_time",
     "finish",
     "finish_may_end",

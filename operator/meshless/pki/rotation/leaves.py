@@ -11,8 +11,8 @@ from cryptography import x509
 
 from meshless.pki.bundle import fingerprint
 from meshless.pki.constraints import names_outside_constraints
-from meshless.pki.rotation.progress import anchor_of
 from meshless.pki.rotation.state import RotationState
+from meshless.pki.x509 import anchor_of
 
 
 def spread_unit(namespace: str, name: str) -> float:

@@ -3,17 +3,14 @@ in the cluster say."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from meshless.pki.bundle import fingerprint, parse_pem_certificates
-from meshless.pki.ca import subject_key_id
 from meshless.pki.rotation.state import RotationState
+from meshless.pki.x509 import anchor_of, certificates_in, fingerprint, parse_pem_certificates
 
 
 @dataclass(frozen=True)
@@ -50,49 +47,7 @@ class Progress:
 
 
 def _fingerprints(pem: bytes | None) -> set[str]:
-    if not pem:
-        return set()
-    try:
-        return {fingerprint(c).hex() for c in parse_pem_certificates(pem)}
-    except ValueError:
-        return set()
-
-
-def directly_issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def anchor_of(
-    chain: Sequence[x509.Certificate], roots: Iterable[x509.Certificate]
-) -> x509.Certificate | None:
-    """The root in `roots` that the chain (leaf, intermediates...) ends at, or None. Each
-    certificate must be signed by the next; the last one by the root."""
-    if not chain:
-        return None
-    for child, parent in itertools.pairwise(chain):
-        if not directly_issued(child, parent):
-            return None
-    top = chain[-1]
-    top_aki = _aki(top)
-    for root in roots:
-        if top_aki is not None and top_aki != subject_key_id(root):
-            continue
-        if directly_issued(top, root):
-            return root
-    return None
-
-
-def _aki(cert: x509.Certificate) -> bytes | None:
-    try:
-        return cert.extensions.get_extension_for_class(
-            x509.AuthorityKeyIdentifier
-        ).value.key_identifier
-    except x509.ExtensionNotFound:
-        return None
+    return {fingerprint(c).hex() for c in certificates_in(pem)}
 
 
 def count_progress(

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from meshless.pki.bundle import fingerprint
 from meshless.pki.ca import CertificateAuthority
-from meshless.pki.rotation.progress import anchor_of
+from meshless.pki.x509 import anchor_of
 
 
 class Replacement(StrEnum):

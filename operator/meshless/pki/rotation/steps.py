@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from meshless.pki.bundle import bundle_pem, fingerprint, parse_pem_certificates
 from meshless.pki.ca import (
@@ -20,7 +19,6 @@ from meshless.pki.ca import (
     TLS_CRT,
     TLS_KEY,
     CertificateAuthority,
-    authority_key_id_for,
     bootstrap_self_signed,
 )
 from meshless.pki.keys import (
@@ -33,7 +31,6 @@ from meshless.pki.keys import (
     signature_hash_for,
 )
 from meshless.pki.rotation.decide import published_roots
-from meshless.pki.rotation.progress import anchor_of, directly_issued
 from meshless.pki.rotation.state import (
     NEXT_CRT,
     NEXT_KEY,
@@ -44,10 +41,7 @@ from meshless.pki.rotation.state import (
     RotationRequest,
     RotationState,
 )
-
-
-def _pem(*certs: x509.Certificate) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+from meshless.pki.x509 import anchor_of, authority_key_id_for, certificates_pem, issued_by
 
 
 def _lifetime(cert: x509.Certificate) -> timedelta:
@@ -118,7 +112,7 @@ def start_root_rotation(
     ).entering(Phase.PREPARE, now)
     out = _with_state(data, started)
     out[CA_CRT] = bundle_pem(published_roots(Phase.PREPARE, ca.roots, new_ca.roots))
-    out[NEXT_CRT] = _pem(new_ca.issuer_cert, *new_ca.intermediates[1:])
+    out[NEXT_CRT] = certificates_pem([new_ca.issuer_cert, *new_ca.intermediates[1:]])
     out[NEXT_KEY] = private_key_to_pem(new_ca.issuer_key)
     if new_root_key is not None:
         out[NEXT_ROOT_KEY] = private_key_to_pem(new_root_key)
@@ -197,7 +191,7 @@ def rotate_intermediate(
     """A new intermediate under the same root, same lifetime and algorithm (clipped to the
     root's notAfter), carrying `constraints` (critical) in place of the old one's (None: the
     old one's extensions as they are). ca.crt is untouched."""
-    root = next(r for r in ca.roots if directly_issued(ca.intermediates[-1], r))
+    root = next(r for r in ca.roots if issued_by(ca.intermediates[-1], r))
     key = generate_private_key(ca_key_algorithm(ca.issuer_cert))
     issuer = _reissue_intermediate(ca.issuer_cert, key, root, root_key, now, constraints)
     updated = replace(
@@ -206,7 +200,7 @@ def rotate_intermediate(
         handled_request=request.value if request is not None else state.handled_request,
     )
     out = _with_state(data, updated)
-    out[TLS_CRT] = _pem(issuer)
+    out[TLS_CRT] = certificates_pem([issuer])
     out[TLS_KEY] = private_key_to_pem(key)
     return out
 
@@ -218,7 +212,7 @@ def adopt_intermediate(
     ca.crt keeps the current roots plus any the user added."""
     out = dict(data)
     current = parse_pem_certificates(data[CA_CRT], CA_CRT)
-    out[TLS_CRT] = _pem(candidate.issuer_cert, *candidate.intermediates[1:])
+    out[TLS_CRT] = certificates_pem([candidate.issuer_cert, *candidate.intermediates[1:]])
     out[TLS_KEY] = private_key_to_pem(candidate.issuer_key)
     out[CA_CRT] = bundle_pem([*current, *candidate.roots])
     return out
