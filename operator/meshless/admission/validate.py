@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshless.admission import pods
-from meshless.admission.inject import IdentityRef
 from meshless.api import (
     IDENTITY_LABEL,
     IDENTITY_MOUNT_PATH,
@@ -40,6 +39,7 @@ from meshless.api import (
 from meshless.identity.spec import (
     MAX_NAME,
     PROVISIONED_PREFIX,
+    IdentityRef,
     default_secret_name,
     provisioned_name,
 )

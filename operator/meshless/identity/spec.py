@@ -52,6 +52,30 @@ def default_secret_name(identity_name: str) -> str:
     return f"{identity_name}-mtls"
 
 
+@dataclass(frozen=True)
+class IdentityRef:
+    """The identity that serves a ServiceAccount: its WorkloadIdentity, its Secret and the
+    SPIFFE ID its certificate carries (policy/provision.py `identity_for` picks it; admission
+    mounts its Secret)."""
+
+    namespace: str
+    name: str  # the WorkloadIdentity
+    secret_name: str
+    spiffe_id: str
+    provisioned: bool  # the operator's meshless-<sa>, not a user's
+
+
+def provisioned_identity_ref(
+    trust_domain: str, namespace: str, service_account: str
+) -> IdentityRef:
+    """The identity the operator provisions for a ServiceAccount: the WorkloadIdentity
+    `meshless-<sa>` with the Secret `meshless-<sa>-mtls` (which may not exist yet: the kubelet
+    waits for the Secret before it starts the pod)."""
+    name = provisioned_name(service_account)
+    sid = spiffe_id(trust_domain, namespace, service_account)
+    return IdentityRef(namespace, name, default_secret_name(name), sid, True)
+
+
 # The identities the operator provisions for a ServiceAccount are named meshless-<sa>; their
 # Secrets, meshless-<sa>-mtls, are reserved for that ServiceAccount.
 PROVISIONED_PREFIX = "meshless-"

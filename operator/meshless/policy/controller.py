@@ -25,6 +25,7 @@ from meshless.admission.configurations import admission_namespaces, identity_nam
 from meshless.api import ConditionType, Kind, exempt_namespaces
 from meshless.conditions import ConditionChange, find_condition
 from meshless.durations import format_duration, parse_duration
+from meshless.identity.spec import IdentityRef
 from meshless.kube import (
     IDENTITIES,
     NAMESPACES,
@@ -38,7 +39,6 @@ from meshless.kube import (
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec, Scope
 from meshless.policy.provision import (
     IdentityRecord,
-    IdentityRef,
     identity_for,
     identity_record,
     plan_identities,
