@@ -24,7 +24,7 @@ MOUNT = {"name": "meshless-identity", "mountPath": "/var/run/secrets/meshless/",
 
 
 def resolve(body: dict[str, Any], policies: PolicySet = STRICT_SHOP) -> PodResolution | None:
-    return policies.resolve(pods.admission_pod_info(body, body["metadata"]["namespace"]))
+    return policies.resolve(pods.pod_info(body, body["metadata"]["namespace"]))
 
 
 def inject(body: dict[str, Any], policies: PolicySet = STRICT_SHOP) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ def test_apply_add_ops_matches_an_independent_json_patch_applier() -> None:
     body = pod(labels={"app": "web"})
     body["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
     policies = policy_set(policy("shop", "strict"))
-    resolution = policies.resolve(pods.admission_pod_info(body, "shop"))
+    resolution = policies.resolve(pods.pod_info(body, "shop"))
     ops = injection_patch(
         body,
         resolution,

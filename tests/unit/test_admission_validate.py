@@ -26,7 +26,7 @@ IDENTITY = provisioned_identity_ref("cluster.local", "shop", "payments")
 
 def injected(body: dict[str, Any], policies: PolicySet | None = None) -> dict[str, Any]:
     policies = policies or policy_set(policy("shop", "strict"))
-    resolution = policies.resolve(pods.admission_pod_info(body, "shop"))
+    resolution = policies.resolve(pods.pod_info(body, "shop"))
     return apply_patch(body, injection_patch(body, resolution, IDENTITY))
 
 

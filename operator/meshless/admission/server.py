@@ -287,7 +287,7 @@ def register_admission_handlers(
         if pods.opted_out(raw):
             return
         state, policies = _policies(state_of(memo), name)
-        resolution = policies.resolve(pods.admission_pod_info(raw, namespace))
+        resolution = policies.resolve(pods.pod_info(raw, namespace))
         if resolution is None or not resolution.needs_identity():
             return
         identity = state.identity_for(namespace, pods.service_account(raw))

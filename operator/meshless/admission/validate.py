@@ -161,14 +161,14 @@ def judge_strict(
     """Enforce / Warn / Audit for a pod under STRICT that would run without its identity."""
     if pods.metadata(pod).get("deletionTimestamp") or pods.is_mirror(pod):
         return ALLOW
-    info = pods.admission_pod_info(pod, namespace)
+    info = pods.pod_info(pod, namespace)
     if info.identity_mounted:
         return ALLOW
     deciders = strict_deciders(policies.resolve(info))
     if not deciders:
         return ALLOW
     if operation == UPDATE and old_pod is not None:
-        before = strict_deciders(policies.resolve(pods.admission_pod_info(old_pod, namespace)))
+        before = strict_deciders(policies.resolve(pods.pod_info(old_pod, namespace)))
         if before:
             return ALLOW  # already under STRICT before this update: not this update's doing
     specs = _policies_by_ref(policies)
