@@ -23,6 +23,7 @@ PURE_CANDIDATES = (
     "meshless.api",
     "meshless.selectors",
     "meshless.durations",
+    "meshless.timestamps",
     "meshless.identity.spec",
     "meshless.identity.render",
     "meshless.identity.checked",

@@ -21,7 +21,6 @@ from meshless.commands.output import (
     condition,
     human_duration,
     parse_time,
-    rfc3339,
 )
 from meshless.identity.spec import default_secret_name
 from meshless.pki.bundle import parse_bundle
@@ -29,6 +28,7 @@ from meshless.pki.ca import CA_CRT, TLS_CRT, TLS_KEY
 from meshless.pki.keys import algorithm_of_public_key
 from meshless.pki.svid import parse_certificate_chain
 from meshless.pki.x509 import dns_sans, issued_by, uri_sans
+from meshless.timestamps import rfc3339
 
 
 @dataclass(frozen=True)

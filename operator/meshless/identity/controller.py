@@ -29,7 +29,7 @@ from meshless.api import (
 from meshless.api import Reason as R
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
-from meshless.conditions import find_condition, rfc3339
+from meshless.conditions import find_condition
 from meshless.identity.checked import (
     CHECKED_ANNOTATION,
     checkmark,
@@ -73,6 +73,7 @@ from meshless.status import (
     conditions_with,
     involved_object,
 )
+from meshless.timestamps import rfc3339
 from meshless.watch import METADATA_ONLY_LIST
 from meshless.workqueue import WorkQueue
 
