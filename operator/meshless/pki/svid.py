@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshless.pki.bundle import parse_pem_certificates
 from meshless.pki.ca import CAError, CertificateAuthority
 from meshless.pki.keys import (
     KeyAlgorithm,
@@ -21,6 +19,7 @@ from meshless.pki.keys import (
     private_key_to_pem,
     signature_hash_for,
 )
+from meshless.pki.x509 import certificates_pem, parse_pem_certificates
 
 CLOCK_SKEW = timedelta(minutes=1)
 """How far notBefore is back-dated, so peers with slightly slow clocks accept a fresh SVID."""
@@ -60,7 +59,9 @@ def random_serial_number() -> int:
     return secrets.randbits(127) | (1 << 126)
 
 
-def _key_usage(key: PrivateKey) -> x509.KeyUsage:
+def leaf_key_usage(key: PrivateKey) -> x509.KeyUsage:
+    """The KeyUsage of a leaf (an SVID, a serving certificate): digitalSignature, and
+    keyEncipherment for an RSA key (TLS 1.2 RSA key exchange)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -116,7 +117,7 @@ def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) ->
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(key), critical=True)
+        .add_extension(leaf_key_usage(key), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -128,7 +129,7 @@ def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) ->
         .add_extension(ca.authority_key_identifier, critical=False)
         .sign(ca.issuer_key, signature_hash_for(ca.issuer_key))
     )
-    chain_pem = cert.public_bytes(serialization.Encoding.PEM) + ca.intermediates_pem
+    chain_pem = certificates_pem([cert]) + ca.intermediates_pem
     return IssuedSvid(
         certificate=cert, chain_pem=chain_pem, private_key_pem=private_key_to_pem(key)
     )
