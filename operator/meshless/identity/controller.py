@@ -107,7 +107,7 @@ class IdentityController:
         self.budget = budget
         self.clock = clock
         self.store: dict[Key, HeldIdentity] = {}
-        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
         self.issued = 0
         self.events = events
         self.on_issued: Callable[[str, str], None] | None = None  # (namespace, SPIFFE ID)
@@ -529,7 +529,7 @@ class IdentityController:
             namespace=spec.namespace,
             name=spec.name,
             state=self.ca.rotation,
-            window=self.settings.ca_rotation_window,
+            window=self.settings.ca.rotation_window,
             now=now,
         )
 
@@ -663,7 +663,7 @@ class IdentityController:
 
     def _next_check(self, summary: CertificateSummary, now: datetime) -> float:
         until_renewal = (summary.renewal_time - now).total_seconds()
-        return max(1.0, min(until_renewal, self.settings.resync_interval.total_seconds()))
+        return max(1.0, min(until_renewal, self.settings.identity.resync_interval.total_seconds()))
 
     async def _without_ca(self, body: Json) -> float:
         """No usable CA: identities with a valid certificate keep it and stay Ready; the rest

@@ -70,7 +70,7 @@ class ControllerAdmissionState:
         every replica; None until it has listed them all once."""
         if not (self.identities_listed or self.controller.primed):
             return None
-        trust_domain = self.controller.settings.trust_domain
+        trust_domain = self.controller.settings.identity.trust_domain
         claimed: dict[str, list[IdentitySecret]] = {}
         for secret in secrets:
             for record in self.controller.identities_with_secret(namespace, secret):
@@ -88,7 +88,7 @@ class ControllerAdmissionState:
         return identity_secrets_of(namespace, secrets, claimed, trust_domain)
 
     def dns_name_policy(self) -> DnsNamePolicy:
-        return self.controller.settings.dns_name_policy
+        return self.controller.settings.names.policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self._pending[record.policy].append(record.pod)

@@ -85,9 +85,9 @@ class EnforcementProber:
         self.clock = clock
         self.monotonic = monotonic
         self.on_policy_changed = on_policy_changed
-        self.interval = settings.probe_interval.total_seconds()
+        self.interval = settings.probe.interval.total_seconds()
         self.window = timedelta(seconds=self.interval * (1 + WINDOW_SLACK))
-        self.budget = WriteBudget(settings.probe_qps, max(1, int(settings.probe_qps)))
+        self.budget = WriteBudget(settings.probe.qps, max(1, int(settings.probe.qps)))
         self.targets: dict[TargetKey, TargetState] = {}
         self.by_namespace: dict[str, set[TargetKey]] = defaultdict(set)
         # The probe schedule: one probe of a port at a time, due times kept by the queue.
@@ -111,7 +111,7 @@ class EnforcementProber:
         for pod, resolution in pods:
             if resolution is None or not pod.running or not pod.ip or pod.deleting:
                 continue
-            sid = spiffe_id(self.settings.trust_domain, pod.namespace, pod.service_account)
+            sid = spiffe_id(self.settings.identity.trust_domain, pod.namespace, pod.service_account)
             for port, port_mode in resolution.ports.items():
                 if port_mode.mode not in (Mode.STRICT, Mode.PERMISSIVE):
                     continue
@@ -247,7 +247,7 @@ class EnforcementProber:
             Expectation(target.mode.value, target.spiffe_id),
             self._identity,
             self._bundle,
-            self.settings.probe_timeout.total_seconds(),
+            self.settings.probe.timeout.total_seconds(),
             contexts=contexts,
             acquire=self.budget.acquire,
         )
@@ -292,10 +292,10 @@ class EnforcementProber:
             "kind": Kind.WORKLOAD_IDENTITY.value,
             "metadata": {
                 "name": PROBER_IDENTITY,
-                "namespace": self.settings.namespace,
+                "namespace": self.settings.runtime.namespace,
                 "labels": dict(MANAGED_BY),
             },
-            "spec": {"serviceAccountName": self.settings.service_account},
+            "spec": {"serviceAccountName": self.settings.runtime.service_account},
         }
         try:
             await self.kube.apply(IDENTITIES, body)
@@ -308,7 +308,9 @@ class EnforcementProber:
         if self._contexts is not None and now - self._identity_read_at < IDENTITY_REREAD_S:
             return self._contexts
         self._identity_read_at = now
-        secret = await self.kube.get(SECRETS, self.settings.namespace, f"{PROBER_IDENTITY}-mtls")
+        secret = await self.kube.get(
+            SECRETS, self.settings.runtime.namespace, f"{PROBER_IDENTITY}-mtls"
+        )
         if secret is None:
             return None
         version = secret["metadata"].get("resourceVersion", "")
