@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from kubernetes import client
+from kubernetes import client, config
 
 from meshless.kube import IDENTITIES, Kube, load_configuration
 from meshless.pki.keys import key_matches_certificate, load_private_key
@@ -36,6 +36,7 @@ from meshless.pki.x509 import uri_sans
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
+LOG_DIR = ROOT / ".cache" / "bench"  # the operators' logs
 GROUP, VERSION, PLURAL = "meshless.dev", "v1alpha1", "workloadidentities"
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
@@ -138,6 +139,25 @@ class Operator:
             if line.startswith(name + "{") or line.startswith(name + " "):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+def start_cluster(pool: int | None = None) -> tuple[client.ApiClient, client.CoreV1Api]:
+    """A fresh cluster (`fresh_cluster`) and a client of it (`pool` connections at most);
+    LOG_DIR exists."""
+    fresh_cluster()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    api = config.new_client_from_config(config_file=str(KUBECONFIG))
+    if pool is not None:
+        api.configuration.connection_pool_maxsize = pool
+    return api, client.CoreV1Api(api)
+
+
+def run_header(**machine: object) -> dict[str, Any]:
+    """What every result file starts with: when, and on what machine."""
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), **machine},
+    }
 
 
 def fresh_cluster() -> None:

@@ -37,24 +37,26 @@ import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
 from harness import (
     CONCURRENCY,
     GROUP,
     KUBECONFIG,
+    LOG_DIR,
     PLURAL,
     RESULTS_DIR,
     ROOT,
     SCALE,
     VERSION,
     Operator,
-    fresh_cluster,
     identity,
     log,
     new_namespace,
+    run_header,
     run_requests,
     run_then_stop_cluster,
+    start_cluster,
     verify_secrets,
     write_results,
 )
@@ -419,15 +421,9 @@ def bench_scale(api: client.ApiClient, op: Operator, count: int, log_dir: Path) 
 
 
 def main() -> None:
-    fresh_cluster()
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    api.configuration.connection_pool_maxsize = CONCURRENCY * 2
-    core = client.CoreV1Api(api)
-    log_dir = ROOT / ".cache" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    api, core = start_cluster(pool=CONCURRENCY * 2)
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **run_header(python=platform.python_version()),
         "scale": SCALE,
         "concurrency": CONCURRENCY,
     }
@@ -452,7 +448,7 @@ def main() -> None:
         measured = bench_ideal(api, count)
         # The operator runs only for its own half (it would issue the ideal's identities),
         # and starts clean each round: its start (lists, the sweep) is not measured.
-        op = Operator(op_ns, log_dir / "operator.log", **operator_env)
+        op = Operator(op_ns, LOG_DIR / "operator.log", **operator_env)
         op.start()
         op.wait_steady()
         log(f"round {number}/{ROUNDS} e2e: the same {count} identities through the operator")
@@ -493,7 +489,7 @@ def main() -> None:
         )
         for r in rounds
     ]
-    op = Operator(op_ns, log_dir / "operator.log", **operator_env)
+    op = Operator(op_ns, LOG_DIR / "operator.log", **operator_env)
     op.start()
     op.wait_steady()
     if os.environ.get("BENCH_ONLY") == "throughput":  # quick runs while tuning
@@ -510,7 +506,7 @@ def main() -> None:
         client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
     )
     log(f"scale: topping up to {target} identities (holding {held})")
-    results.update(bench_scale(api, op, max(10, target - held), log_dir))
+    results.update(bench_scale(api, op, max(10, target - held), LOG_DIR))
     held_now = results["identities_held"]
     log(
         f"rss {results[f'rss_mb_{held_now}']} MB holding {held_now}; restart reissued "

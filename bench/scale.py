@@ -34,21 +34,22 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from kubernetes import client, config
+from kubernetes import client
 
 from harness import (
     KUBECONFIG,
+    LOG_DIR,
     RESULTS_DIR,
-    ROOT,
     SCALE,
     Operator,
     create_identities,
     free_port,
-    fresh_cluster,
     identity,
     log,
     new_namespace,
+    run_header,
     run_then_stop_cluster,
+    start_cluster,
     verify_secrets,
     write_results,
 )
@@ -60,7 +61,6 @@ COUNT = max(100, int(50_000 * SCALE))
 OUT = RESULTS_DIR / ("scale.json" if COUNT == 50_000 else f"scale-{COUNT}.json")
 NAMESPACES = 10
 STORM_QPS = int(os.environ.get("BENCH_STORM_QPS", "200"))
-LOGS = ROOT / ".cache" / "bench"
 
 
 def ready(op: Operator) -> int:
@@ -99,7 +99,7 @@ def operator(namespace: str, name: str, **env: str) -> Operator:
     webhook_port = free_port()  # two operators on one machine: each its own port
     op = Operator(
         namespace,
-        LOGS / f"scale-{name}.log",
+        LOG_DIR / f"scale-{name}.log",
         MESHLESS_WEBHOOK_HOST="127.0.0.1",
         MESHLESS_WEBHOOK_PORT=str(webhook_port),
         MESHLESS_WEBHOOK_URL=f"https://127.0.0.1:{webhook_port}",
@@ -258,13 +258,9 @@ def measure_storm(
 
 
 def main() -> None:
-    fresh_cluster()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    core = client.CoreV1Api(api)
+    api, core = start_cluster()
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count()},
+        **run_header(),
         "scale": SCALE,
         "identities": COUNT,
         "namespaces": NAMESPACES,
