@@ -8,7 +8,7 @@ as the Go checksum database records it, computed the way the go command computes
 zip's hash) before anything in it is unpacked; a mismatch unpacks nothing and exits 1. It lands
 in ~/.cache/meshless/go/<go version>/ (MESHLESS_GO_CACHE overrides the parent), and the path of
 its bin/go is printed on stdout. The proxy is the first of GOPROXY's entries that is a URL
-(default https://proxy.golang.org), so a mirror or a file:// directory works as it does for go.
+(default: Go's own default proxy), so a mirror or a file:// directory works as it does for go.
 """
 
 from __future__ import annotations

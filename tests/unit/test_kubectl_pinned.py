@@ -92,6 +92,19 @@ def test_no_target_or_script_runs_kubectl_from_path() -> None:
     assert found == {}, f"bare kubectl (use $(KUBECTL) / hack/build-kubectl.sh): {found}"
 
 
+def test_the_docs_name_the_pinned_kubectl() -> None:
+    """README, docs/node.md and examples/README.md say where the built kubectl lands: the
+    path with the version hack/versions.env pins."""
+    pins = (ROOT / "hack" / "versions.env").read_text()
+    version = re.search(r"^KUBERNETES_VERSION=(\S+)$", pins, re.MULTILINE)
+    assert version is not None
+    path = f".cache/bin/kubectl-{version.group(1)}"
+    for doc in ("README.md", "docs/node.md", "examples/README.md"):
+        text = (ROOT / doc).read_text()
+        named = set(re.findall(r"\.cache/bin/kubectl-v[0-9.]+", text))
+        assert named == {path}, f"{doc} names {named or 'no kubectl path'}, not {path}"
+
+
 def test_the_scan_covers_the_files_that_use_kubectl() -> None:
     scanned = {str(p.relative_to(ROOT)) for p in _python_files() + _shell_files()}
     assert {"tests/conftest.py", "tests/integration/tenants.py", "bench/run.py"} <= scanned
