@@ -49,7 +49,7 @@ node-binaries:
 NODE ?=
 NODE_FLAG := $(if $(filter 1 yes true,$(NODE)),--node,)
 
-cluster: install control-plane $(if $(NODE_FLAG),node-binaries system-packages,)
+cluster: install control-plane kubectl $(if $(NODE_FLAG),node-binaries system-packages,)
 	$(PY) hack/localcluster.py up $(NODE_FLAG)
 
 # Builds (or reuses) helm from its Go module, pinned in hack/versions.env (HELM_VERSION); the
@@ -78,7 +78,7 @@ chart-lint: helm
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else echo "nothing to stop"; fi
 
-crds: cluster kubectl
+crds: kubectl cluster
 	hack/sync-chart-crds.sh
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) apply --server-side -f crds/
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) wait --for=condition=Established --timeout=60s crd --all
