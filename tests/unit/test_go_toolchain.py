@@ -8,6 +8,7 @@ that reports the version under test). The fetch test downloads the real toolchai
 
 from __future__ import annotations
 
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -92,3 +93,13 @@ def test_a_toolchain_that_does_not_match_the_pinned_hash_is_refused(tmp_path: Pa
     assert pinned("GO_TOOLCHAIN_H1_LINUX_AMD64") in proc.stderr
     cache = home / ".cache" / "meshless" / "go"
     assert list(cache.iterdir()) == []  # neither the toolchain nor the download is left
+
+
+def test_every_build_script_takes_its_go_from_go_sh() -> None:
+    """A script that runs `go` asks hack/go.sh for it first (a fresh machine has no go)."""
+    runs_go = re.compile(r"(?:^|[;&|(]|\$\()\s*(?:[A-Z_][A-Z0-9_]*=\S*\s+)*go\s", re.MULTILINE)
+    scripts = [p for p in sorted((ROOT / "hack").glob("*.sh")) if p.name != "go.sh"]
+    users = [p for p in scripts if runs_go.search(p.read_text()) or '"$go" ' in p.read_text()]
+    assert {p.name for p in users} >= {"build-control-plane.sh", "build-kubectl.sh"}
+    missing = [p.name for p in users if '"$here/go.sh"' not in p.read_text()]
+    assert missing == []
