@@ -8,7 +8,8 @@ as the Go checksum database records it, computed the way the go command computes
 zip's hash) before anything in it is unpacked; a mismatch unpacks nothing and exits 1. It lands
 in ~/.cache/meshless/go/<go version>/ (MESHLESS_GO_CACHE overrides the parent), and the path of
 its bin/go is printed on stdout. The proxy is the first of GOPROXY's entries that is a URL
-(default: Go's own default proxy), so a mirror or a file:// directory works as it does for go.
+(else the default of a go on the machine, even one too old to build with; with neither, it
+asks for GOPROXY), so a mirror or a file:// directory works as it does for go.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -27,7 +29,6 @@ from pathlib import Path
 
 HACK = Path(__file__).resolve().parent
 MODULE = "golang.org/toolchain"
-DEFAULT_PROXY = "https://proxy.golang.org"
 MARKER = ".meshless-h1"  # the verified hash, written last: a half-unpacked tree has none
 
 
@@ -44,11 +45,33 @@ def pinned() -> dict[str, str]:
     return pairs
 
 
+def configured_proxies() -> str:
+    """GOPROXY from the environment, else what a Go on the machine (even one too old to build
+    with, such as Debian 12's) says its default is, else nothing."""
+    if os.environ.get("GOPROXY"):
+        return os.environ["GOPROXY"]
+    named = os.environ.get("MESHLESS_GO")  # as in go.sh: the only go to consider
+    for go in [named] if named else [shutil.which("go"), "/usr/local/go/bin/go"]:
+        if go and os.access(go, os.X_OK):
+            try:
+                answer = subprocess.run(
+                    [go, "env", "GOPROXY"], capture_output=True, text=True, timeout=30
+                )
+            except OSError:
+                continue
+            if answer.returncode == 0 and answer.stdout.strip():
+                return answer.stdout.strip()
+    return ""
+
+
 def proxy_url() -> str:
-    for entry in re.split(r"[,|]", os.environ.get("GOPROXY", "")):
-        if entry.strip() not in ("", "direct", "off"):
+    for entry in re.split(r"[,|]", configured_proxies()):
+        if "://" in entry:
             return entry.strip().rstrip("/")
-    return DEFAULT_PROXY
+    raise ToolchainError(
+        "no Go module proxy known: set GOPROXY to the proxy's URL (there is no go on this"
+        " machine to ask for its default)"
+    )
 
 
 def target() -> str:

@@ -33,6 +33,12 @@ def stand_in_go(directory: Path, version: str) -> Path:
     return go
 
 
+def machine_goproxy() -> str:
+    """The proxy this machine's go uses (the test environment names no proxy host itself)."""
+    answer = subprocess.run(["go", "env", "GOPROXY"], capture_output=True, text=True, check=True)
+    return answer.stdout.strip()
+
+
 def go_sh(home: Path, machine_go: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(GO_SH)],
@@ -54,7 +60,7 @@ def test_a_go_new_enough_is_used_as_it_is(tmp_path: Path) -> None:
 def test_without_go_the_pinned_toolchain_is_fetched_and_verified(tmp_path: Path) -> None:
     home = tmp_path / "home"
     old = stand_in_go(tmp_path / "machine", "1.19.8")  # Debian 12's
-    proc = go_sh(home, old)
+    proc = go_sh(home, old, GOPROXY=machine_goproxy())
     assert proc.returncode == 0, proc.stderr
     toolchain = pinned("GO_TOOLCHAIN_VERSION")
     go = home / ".cache" / "meshless" / "go" / toolchain / "bin" / "go"
@@ -103,3 +109,10 @@ def test_every_build_script_takes_its_go_from_go_sh() -> None:
     assert {p.name for p in users} >= {"build-control-plane.sh", "build-kubectl.sh"}
     missing = [p.name for p in users if '"$here/go.sh"' not in p.read_text()]
     assert missing == []
+
+
+def test_with_no_go_and_no_goproxy_it_asks_for_goproxy(tmp_path: Path) -> None:
+    proc = go_sh(tmp_path / "home", tmp_path / "no-such-go")
+    assert proc.returncode != 0
+    assert "set GOPROXY" in proc.stderr
+    assert not (tmp_path / "home" / ".cache" / "meshless" / "go").exists()
