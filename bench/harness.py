@@ -64,6 +64,7 @@ class Operator:
             "MESHLESS_NAMESPACE": namespace,
             "MESHLESS_METRICS_PORT": str(self.metrics_port),
             "MESHLESS_HEALTH_PORT": str(free_port()),
+            "MESHLESS_WEBHOOK_PORT": str(free_port()),  # 9443 may be taken on a shared machine
             "MESHLESS_LOG_FORMAT": "json",
             **env,
         }
