@@ -149,6 +149,9 @@ class PodCertificateSigner:
         ca = self.ca.current
         if ca is None:
             return CA_WAIT_S
+        # The token first: a certificate is dated when it is signed, and the API server wants
+        # its notBefore within 5 minutes of the write, however long the budget made us wait.
+        await self.budget.acquire()
         now = self.clock()
         pod: PodView | None = None
         try:
@@ -175,7 +178,8 @@ class PodCertificateSigner:
         else:
             status = refused_status(decision, now)
         written = await self._write(body, status)
-        self.pending.pop(key, None)
+        if self.pending.get(key, (None, 0.0))[0] is body:  # not a newer version meanwhile
+            del self.pending[key]
         if not written:
             return None
         result = {Issue: "issued", Deny: "denied", Fail: "failed"}[type(decision)]
@@ -218,7 +222,6 @@ class PodCertificateSigner:
         meta = body["metadata"]
         update = {**body, "status": status}
         path = self.resource.path(meta["namespace"], meta["name"], "status")
-        await self.budget.acquire()
         try:
             await self.kube.request("PUT", path, update, query=[("fieldManager", FIELD_MANAGER)])
         except ApiError as exc:
@@ -228,7 +231,7 @@ class PodCertificateSigner:
                 # Changed since we read it (answered by a former leader?): the watch brings
                 # the newer version, which is queued again unless it is answered.
                 return False
-            if exc.status == 422 and "Issued" in str(status.get("conditions")):
+            if exc.status == 422 and status.get("certificateChain"):
                 # The API refused what we signed: say so on the request, never retry forever.
                 log.error(
                     "the API refused the certificate for %s/%s: %s",
@@ -236,6 +239,7 @@ class PodCertificateSigner:
                     meta["name"],
                     exc,
                 )
+                await self.budget.acquire()
                 return await self._write(
                     body, refused_status(Fail("SignerError", str(exc)[:1000]), self.clock())
                 )
