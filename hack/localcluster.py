@@ -72,6 +72,7 @@ def pod_certificates_requested() -> bool:
     """MESHLESS_POD_CERTIFICATES=1 (or true/yes): `up` turns the API on, as --pod-certificates."""
     return os.environ.get("MESHLESS_POD_CERTIFICATES", "").lower() in ("1", "true", "yes")
 
+
 # Requests by ServiceAccounts (an operator run with a ServiceAccount token, as the chart's is)
 # are audited, metadata only, to .cache/cluster/logs/audit.log: the chart test reads which
 # verbs the operator used. Admin requests (tests, `make run`) are not audited.
