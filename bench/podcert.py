@@ -49,7 +49,17 @@ from meshless.pki.svid import sign_leaf
 from meshless.podcert.answer import issued_status
 from meshless.podcert.decide import Issue, PodView, SignerSettings, decide
 from meshless.podcert.request import SIGNER_NAME, parse_request
-from run import ROOT, SCALE, Operator, cpu_seconds, free_port, log, percentile, write_results
+from run import (
+    ROOT,
+    SCALE,
+    Operator,
+    cpu_seconds,
+    free_port,
+    kubectl_path,
+    log,
+    percentile,
+    write_results,
+)
 
 RESULTS = ROOT / "bench" / "results" / "podcert.json"
 STATE = ROOT / ".cache" / "cluster-podcert-bench"
@@ -72,7 +82,7 @@ def cluster(*args: str) -> None:
 
 def kubectl(*args: str) -> None:
     subprocess.run(
-        ["kubectl", f"--kubeconfig={KUBECONFIG}", *args], check=True, capture_output=True
+        [kubectl_path(), f"--kubeconfig={KUBECONFIG}", *args], check=True, capture_output=True
     )
 
 

@@ -23,6 +23,7 @@ from kubernetes import client, config
 from meshless.podcert.trust_bundle import TRUST_BUNDLE_NAME
 from tests.helmtool import render
 from tests.pcrs import kubelet_key, pcr_body
+from tests.tools import kubectl_path
 
 from .conftest import PODCERT_STATE, OperatorProcess, remove_webhook_configurations
 from .podcerts import (
@@ -57,7 +58,7 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     import subprocess
 
     done = subprocess.run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+        [kubectl_path(), f"--kubeconfig={kubeconfig}", *args],
         input=input,
         capture_output=True,
         text=True,
