@@ -106,6 +106,8 @@ class PodCertificateSigner:
         self.pending: dict[Key, tuple[Json, float]] = {}  # unanswered: body, first seen
         self.signed: OrderedDict[Key, Signed] = OrderedDict()  # (namespace, pod) -> last
         self._anchors: dict[str, str] = {}  # intermediate fingerprint -> its root's
+        self._issuing_anchor: tuple[CertificateAuthority | None, str] = (None, "")
+        self._writing: set[Key] = set()  # answers being written: their events are ours
         self.queue: WorkQueue[Key] = WorkQueue(self._handle, workers=workers)
         self.watches = [
             Watch(
@@ -185,7 +187,11 @@ class PodCertificateSigner:
             status = issued_status(decision, leaf, ca.intermediates_pem, now)
         else:
             status = refused_status(decision, now)
-        written = await self._write(body, status)
+        self._writing.add(key)
+        try:
+            written = await self._write(body, status)
+        finally:
+            self._writing.discard(key)
         if self.pending.get(key, (None, 0.0))[0] is body:  # not a newer version meanwhile
             del self.pending[key]
         if not written:
@@ -194,7 +200,7 @@ class PodCertificateSigner:
         metrics.POD_CERTIFICATES_SIGNED.labels(result).inc()
         metrics.POD_CERTIFICATE_SIGNING_SECONDS.observe(time.monotonic() - first_seen)
         if isinstance(decision, Issue) and leaf is not None:
-            self._remember(body, leaf, self._anchor_of(ca.intermediates or (ca.issuer_cert,)))
+            self._remember(body, leaf, self._anchor_of_issuer(ca))
         elif not isinstance(decision, Issue):
             self._report(body, pod, decision)
         return None
@@ -275,14 +281,23 @@ class PodCertificateSigner:
     def _learn(self, body: Json) -> None:
         """An Issued request seen on the watch (ours just written, or listed after a
         restart): remembered as the pod's certificate unless a newer one is known."""
-        known = self.signed.get((body["metadata"]["namespace"], body["spec"].get("podName", "")))
-        if known is not None and known.request == body["metadata"]["name"]:
-            return  # what we just signed
+        meta = body["metadata"]
+        if (meta["namespace"], meta["name"]) in self._writing:
+            return  # our own answer: remembered once its write returns
+        known = self.signed.get((meta["namespace"], body["spec"].get("podName", "")))
+        if known is not None and known.request == meta["name"]:
+            return  # what we signed
         try:
             chain = parse_pem_certificates(body["status"]["certificateChain"].encode())
         except (KeyError, ValueError):
             return
         self._remember(body, chain[0], self._anchor_of(tuple(chain[1:]) or (chain[0],)))
+
+    def _anchor_of_issuer(self, ca: CertificateAuthority) -> str:
+        """The root the CA's issuing chain ends at, computed once per CA."""
+        if self._issuing_anchor[0] is not ca:
+            self._issuing_anchor = (ca, self._anchor_of(ca.intermediates or (ca.issuer_cert,)))
+        return self._issuing_anchor[1]
 
     def _anchor_of(self, intermediates: tuple[x509.Certificate, ...]) -> str:
         """The root (of the CA's trusted ones) an issuing chain ends at, computed once per
