@@ -232,6 +232,13 @@ def test_a_root_rotation_waits_for_the_pods_certificates(
         chart_signer.op.wait_for_metrics(
             lambda text: 'meshless_ca_rotation_leaves{state="old_chain"} 1.0' in text, TIMEOUT
         )
+        # `meshless ca status` counts it too (from the requests in the API).
+        status_run = meshless_cli(
+            podcert_kubeconfig, "--namespace", chart_signer.namespace, "status", "-o", "json"
+        )
+        assert status_run.returncode == 0, status_run.stderr
+        counted = json.loads(status_run.stdout)["progress"]
+        assert counted["leavesOnOldRoot"] >= 1 and counted["bundlesWithNewRoot"] >= 1, counted
         deadline = time.monotonic() + 8  # > the rotation window (4 s) and settle time (3 s)
         while time.monotonic() < deadline:
             assert ca.state().phase.value == "Switch", ca.state()

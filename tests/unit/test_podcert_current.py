@@ -7,7 +7,11 @@ from typing import Any
 
 from meshless.pki.ca import bootstrap_self_signed
 from meshless.pki.svid import sign_leaf
-from meshless.podcert.current import certificate_line, current_certificate
+from meshless.podcert.current import (
+    certificate_line,
+    current_certificate,
+    newest_issued_chains,
+)
 from tests.pcrs import kubelet_key
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -65,3 +69,18 @@ def test_pending_denied_and_none() -> None:
     }
     denied = current_certificate([request("r", "2026-03-01T10:00:00Z", status=denied_status)], "u1")
     assert certificate_line(denied) == "Denied PodUIDMismatch: gone (request r)"
+
+
+def test_newest_issued_chain_per_pod() -> None:
+    issued = {"conditions": [{"type": "Issued", "status": "True"}], "certificateChain": "A"}
+    newer = {**issued, "certificateChain": "B"}
+    requests = [
+        request("a1", "2026-03-01T10:00:00Z", status=issued),
+        request("a2", "2026-03-01T11:00:00Z", status=newer),
+        request("a3", "2026-03-01T12:00:00Z"),  # pending: not mounted yet
+        request("b1", "2026-03-01T09:00:00Z", uid="u2", status=issued),
+        request("x", "2026-03-01T13:00:00Z", signer="example.com/x", status=newer),
+    ]
+    for r in requests:
+        r["metadata"]["namespace"] = "shop"
+    assert sorted(newest_issued_chains(requests)) == [b"A", b"B"]

@@ -55,6 +55,23 @@ def current_certificate(
     return found
 
 
+def newest_issued_chains(requests: Iterable[Mapping[str, Any]]) -> list[bytes]:
+    """The certificate chain of each pod's newest Issued request for our signer (a pod: its
+    namespace and UID): what its kubelet mounted last, as far as the requests that still
+    exist tell."""
+    newest: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+    for r in requests:
+        spec, meta = r.get("spec") or {}, r.get("metadata") or {}
+        chain = (r.get("status") or {}).get("certificateChain")
+        if spec.get("signerName") != SIGNER_NAME or not chain or terminal_condition(r) != "Issued":
+            continue
+        pod = (str(meta.get("namespace") or ""), str(spec.get("podUID") or ""))
+        order = (str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""))
+        if pod not in newest or newest[pod][:2] < order:
+            newest[pod] = (*order, chain.encode())
+    return [chain for _, _, chain in newest.values()]
+
+
 def certificate_line(found: Mapping[str, Any] | None) -> str:
     if found is None:
         return "no PodCertificateRequest for meshless.dev/spiffe"
