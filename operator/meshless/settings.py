@@ -99,6 +99,20 @@ class NameSettings:
 
 
 @dataclass(frozen=True)
+class PodCertificateSettings:
+    """Pod certificates (podcert/): what the signer meshless.dev/spiffe signs."""
+
+    max_ttl: timedelta = setting(
+        timedelta(hours=24),
+        "longest pod certificate signed (1h..91d): a request's maxExpirationSeconds is capped",
+    )
+    refresh_after: timedelta = setting(
+        timedelta(0),
+        "for tests: beginRefreshAt this long after notBefore (>= 10m; 0: at 2/3 of the life)",
+    )
+
+
+@dataclass(frozen=True)
 class CASettings:
     """The issuing CA and its rotation (docs/decisions/ca-rotation.md)."""
 
@@ -187,6 +201,7 @@ class Settings:
     runtime: RuntimeSettings = group(RuntimeSettings)
     identity: IdentitySettings = group(IdentitySettings)
     names: NameSettings = group(NameSettings)
+    pod_certificates: PodCertificateSettings = group(PodCertificateSettings, "pod-certificate-")
     ca: CASettings = group(CASettings, "ca-")
     writes: WriteSettings = group(WriteSettings, "write-")
     policy: PolicySettings = group(PolicySettings)
@@ -345,6 +360,11 @@ def validate(s: Settings) -> None:
         fail("--probe-qps", "must be positive")
     if not timedelta(seconds=1) <= s.probe.timeout <= timedelta(seconds=60):
         fail("--probe-timeout", "must be between 1s and 60s")
+    if not timedelta(hours=1) <= s.pod_certificates.max_ttl <= timedelta(days=91):
+        fail("--pod-certificate-max-ttl", "must be between 1h (the API's minimum) and 91d")
+    refresh = s.pod_certificates.refresh_after
+    if refresh and not timedelta(minutes=10) <= refresh <= s.pod_certificates.max_ttl:
+        fail("--pod-certificate-refresh-after", "must be 0 or between 10m and the max ttl")
     if not s.runtime.service_account:
         fail("--service-account", "must not be empty")
     if s.runtime.workers < 1:

@@ -48,6 +48,10 @@ PURE_CANDIDATES = (
     "meshless.commands.output",
     "meshless.commands.certificate",
     "meshless.commands.views",
+    "meshless.podcert.request",
+    "meshless.podcert.decide",
+    "meshless.podcert.answer",
+    "meshless.podcert.current",
 )
 MUST_EXIST = (
     "meshless.api",
