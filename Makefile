@@ -40,12 +40,13 @@ go:
 control-plane:
 	bash hack/build-control-plane.sh
 
-# The node's binaries (kubelet, kube-controller-manager, kube-scheduler, kube-network-policies,
-# pause) for `make cluster NODE=1`; built once per machine, like the control plane.
+# The node's binaries (kubelet, kube-controller-manager, kube-scheduler, kube-proxy,
+# kube-network-policies, CoreDNS, pause) for `make cluster NODE=1`; built once per machine.
 node-binaries:
 	bash hack/build-node.sh
 
-# NODE=1 also runs a node: containerd, kubelet, controllers, NetworkPolicies (docs/node.md).
+# NODE=1 also runs a node: containerd, kubelet, controllers, NetworkPolicies, kube-proxy and
+# CoreDNS, and pods get API tokens (docs/node.md).
 NODE ?=
 NODE_FLAG := $(if $(filter 1 yes true,$(NODE)),--node,)
 
