@@ -3,13 +3,21 @@
 Like controller-runtime's envtest: no kubelet, scheduler or controller-manager. Both binaries
 are built from their Go modules by hack/build-control-plane.sh. The API server listens on
 loopback with a generated PKI, client-certificate admin auth, RBAC, service-account token
-issuance (TokenRequest) and the admission webhook plugins on.
+issuance (TokenRequest) and the admission webhook plugins on. With a node (``up --node``) the
+API server runs in node mode: it listens on every address (pods reach it at the node's
+10.244.0.1 through the ``kubernetes`` Service), advertises 10.244.0.1 as that Service's
+endpoint, and its ServiceAccount admission plugin is on (pods get API tokens; without the
+node's controller-manager no ``default`` ServiceAccount would exist, so the plain control plane
+keeps the plugin off). ``localnode.py up`` switches a running plain control plane to node mode
+(one API server restart, same port and data), ``localnode.py down`` back.
 
     python hack/localcluster.py up      # start in the background, wait for /readyz
     python hack/localcluster.py up --node  # ... and a node that runs pods (hack/localnode.py)
     python hack/localcluster.py down    # stop (the node too, if any), leaving no process behind
     python hack/localcluster.py status
     python hack/localcluster.py restart kube-apiserver  # or etcd: same flags, ports and data
+    python hack/localcluster.py up --pod-certificates   # ... with the Pod Certificates API
+                                                         # (or MESHLESS_POD_CERTIFICATES=1)
 
 State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, command lines, etcd data).
 """
@@ -39,7 +47,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localnode  # hack/ is not a package
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".cache" / "cluster"
+# MESHLESS_CLUSTER_STATE: another state directory runs a second, independent control plane (the
+# pod-certificate tests start one with the API on beside the default one).
+STATE = Path(os.environ.get("MESHLESS_CLUSTER_STATE") or ROOT / ".cache" / "cluster")
+
+# Pod Certificates (KEP-4317): beta and off by default in 1.35/1.36. The ONE definition of what
+# each component needs; the node (hack/localnode.py) takes the kubelet's and controller-manager's.
+POD_CERTIFICATE_GATES = {
+    "PodCertificateRequest": True,
+    "ClusterTrustBundle": True,
+    "ClusterTrustBundleProjection": True,
+}
+
+
+def pod_certificate_flags(component: str) -> list[str]:
+    """The command-line flags that turn Pod Certificates on in `component` (kube-apiserver,
+    kube-controller-manager or kubelet). The API server also serves certificates.k8s.io/v1beta1,
+    and runs the Node authorizer and NodeRestriction, which admit a node's PodCertificateRequest
+    only for a pod bound to it."""
+    gates = ",".join(f"{name}={str(on).lower()}" for name, on in POD_CERTIFICATE_GATES.items())
+    flags = [f"--feature-gates={gates}"]
+    if component == "kube-apiserver":
+        flags.append("--runtime-config=certificates.k8s.io/v1beta1=true")
+    elif component not in ("kube-controller-manager", "kubelet"):
+        raise ValueError(f"no pod-certificate flags for {component!r}")
+    return flags
+
+
+def pod_certificates_requested() -> bool:
+    """MESHLESS_POD_CERTIFICATES=1 (or true/yes): `up` turns the API on, as --pod-certificates."""
+    return os.environ.get("MESHLESS_POD_CERTIFICATES", "").lower() in ("1", "true", "yes")
+
+
 # Requests by ServiceAccounts (an operator run with a ServiceAccount token, as the chart's is)
 # are audited, metadata only, to .cache/cluster/logs/audit.log: the chart test reads which
 # verbs the operator used. Admin requests (tests, `make run`) are not audited.
@@ -53,6 +92,24 @@ rules:
 """
 READY_TIMEOUT_S = 120.0
 COMPONENTS = ("etcd", "kube-apiserver")  # in start order
+KUBERNETES_SERVICE_NAMES = (
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    f"kubernetes.default.svc.{localnode.CLUSTER_DOMAIN}",
+)
+# the API server's flags that differ between the plain control plane and node mode
+MODE_FLAGS = ("--bind-address=", "--advertise-address=", "--disable-admission-plugins=")
+
+
+def apiserver_mode_flags(node: bool) -> list[str]:
+    if node:  # the ServiceAccount admission plugin is on by default
+        return ["--bind-address=0.0.0.0", f"--advertise-address={localnode.NODE_IP}"]
+    return [
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        "--disable-admission-plugins=ServiceAccount",
+    ]
 
 
 def free_port() -> int:
@@ -101,12 +158,16 @@ def _cert(
         usages = []
         if server:
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
+            # localhost, and what pods use on a node: the `kubernetes` Service's names and IP
+            # (and the node address the Service leads to)
+            names: list[x509.GeneralName] = [
+                x509.DNSName("localhost"),
+                *(x509.DNSName(n) for n in KUBERNETES_SERVICE_NAMES),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address(localnode.KUBERNETES_SERVICE_IP)),
+                x509.IPAddress(ipaddress.ip_address(localnode.NODE_IP)),
+            ]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         if client:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -232,7 +293,10 @@ def binaries() -> Path:
     return Path(out)
 
 
-def up(node: bool = False) -> None:
+def up(node: bool = False, pod_certificates: bool = False) -> None:
+    pod_certificates = pod_certificates or pod_certificates_requested()
+    if node and STATE != localnode.STATE:
+        sys.exit(f"--node runs only with the default state directory {localnode.STATE}")
     if node:  # say why before starting anything
         try:
             localnode.check_machine()
@@ -277,12 +341,11 @@ def up(node: bool = False) -> None:
         f"--etcd-servers={etcd_url}",
         f"--cert-dir={pki}",
         f"--secure-port={api_port}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        *apiserver_mode_flags(node),
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
-        "--service-cluster-ip-range=10.0.0.0/24",
+        f"--service-cluster-ip-range={localnode.SERVICE_CIDR}",
         "--authorization-mode=RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}",
@@ -292,7 +355,6 @@ def up(node: bool = False) -> None:
         f"--kubelet-client-certificate={pki / 'admin.crt'}",
         f"--kubelet-client-key={pki / 'admin.key'}",
         "--kubelet-preferred-address-types=InternalIP",
-        "--disable-admission-plugins=ServiceAccount",
         "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
         # API Priority and Fairness on, as in a real cluster. The admin certificate (tests,
         # `make run`) is in system:masters, which APF's bootstrap "exempt" FlowSchema never
@@ -306,6 +368,8 @@ def up(node: bool = False) -> None:
         "--audit-log-maxbackup=1",
         "--v=0",
     ]
+    if pod_certificates:
+        api_cmd = _with_pod_certificates(api_cmd)
     commands = {"etcd": etcd_cmd, "kube-apiserver": api_cmd}
     # What `restart` runs again: the same flags, ports and data directory.
     (STATE / "commands.json").write_text(json.dumps(commands, indent=2))
@@ -330,6 +394,19 @@ def up(node: bool = False) -> None:
     )
     if node:
         node_up()
+
+
+def _with_pod_certificates(api_cmd: list[str]) -> list[str]:
+    """The API server's command line with Pod Certificates on: the gates and runtime-config, the
+    Node authorizer before RBAC and NodeRestriction among the admission plugins."""
+    out = []
+    for arg in api_cmd:
+        if arg == "--authorization-mode=RBAC":
+            arg = "--authorization-mode=Node,RBAC"
+        elif arg.startswith("--enable-admission-plugins="):
+            arg += ",NodeRestriction"
+        out.append(arg)
+    return out + pod_certificate_flags("kube-apiserver")
 
 
 def _start(name: str, command: list[str]) -> int:
@@ -396,6 +473,23 @@ def restart(name: str, sig: int = signal.SIGTERM, timeout: float = READY_TIMEOUT
     return pid
 
 
+def node_mode(on: bool) -> bool:
+    """Switches the running API server to node mode (`on`) or back to the plain control plane:
+    the same command line with the mode's flags, restarted (same port and etcd data). Returns
+    whether it restarted (False: already in that mode)."""
+    commands_file = STATE / "commands.json"
+    commands = json.loads(commands_file.read_text())
+    command = commands["kube-apiserver"]
+    kept = [arg for arg in command if not arg.startswith(MODE_FLAGS)]
+    wanted = [kept[0], *apiserver_mode_flags(on), *kept[1:]]
+    if sorted(wanted) == sorted(command):
+        return False
+    commands["kube-apiserver"] = wanted
+    commands_file.write_text(json.dumps(commands, indent=2))
+    restart("kube-apiserver")
+    return True
+
+
 def _cluster() -> localnode.Cluster:
     server = json.loads((STATE / "info.json").read_text())["server"]
     return localnode.Cluster(server=server, pki=STATE / "pki")
@@ -420,7 +514,8 @@ def _reaped(pid: int) -> bool:
 
 
 def down(quiet: bool = False) -> None:
-    if localnode.NODE.exists() or localnode.OWNER.exists():
+    # The node belongs to the default state directory's control plane only.
+    if STATE == localnode.STATE and (localnode.NODE.exists() or localnode.OWNER.exists()):
         localnode.down(_cluster() if is_ready() else None, quiet=quiet)
     pids = read_pids()
     # API server first, so it does not log etcd errors on its way out.
@@ -447,6 +542,12 @@ def main() -> None:
         "--node", action="store_true", help="up: also run a node (kubelet, containerd, ...)"
     )
     parser.add_argument(
+        "--pod-certificates",
+        action="store_true",
+        help="up: serve the Pod Certificates API (gates, certificates.k8s.io/v1beta1, Node "
+        "authorizer); also MESHLESS_POD_CERTIFICATES=1",
+    )
+    parser.add_argument(
         "--signal",
         default="SIGTERM",
         choices=["SIGTERM", "SIGKILL"],
@@ -454,7 +555,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.command == "up":
-        up(node=args.node)
+        up(node=args.node, pod_certificates=args.pod_certificates)
     elif args.command == "down":
         down()
     elif args.command == "restart":

@@ -23,6 +23,8 @@ PURE_CANDIDATES = (
     "meshless.api",
     "meshless.selectors",
     "meshless.durations",
+    "meshless.timestamps",
+    "meshless.settings",
     "meshless.identity.spec",
     "meshless.identity.render",
     "meshless.identity.checked",
@@ -44,6 +46,7 @@ PURE_CANDIDATES = (
     "meshless.conditions",
     "meshless.policy.netpol",
     "meshless.netpol",
+    "meshless.admission.pods",
     "meshless.admission.inject",
     "meshless.admission.validate",
     "meshless.admission.configurations",
@@ -52,6 +55,10 @@ PURE_CANDIDATES = (
     "meshless.commands.output",
     "meshless.commands.certificate",
     "meshless.commands.views",
+    "meshless.podcert.request",
+    "meshless.podcert.decide",
+    "meshless.podcert.answer",
+    "meshless.podcert.current",
 )
 MUST_EXIST = (
     "meshless.api",

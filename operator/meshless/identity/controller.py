@@ -33,7 +33,7 @@ from meshless.identity.spec import IdentitySpec, SpecError, default_secret_name,
 from meshless.identity.sweep import Sweep
 from meshless.identity.trust_bundles import TrustBundles
 from meshless.kube import IDENTITIES, ApiError, Json, Kube, transient
-from meshless.pki.reissue import CertificateSummary, Reason, summarize
+from meshless.pki.reissue import CertificateSummary, ReissueCause, summarize
 from meshless.runtime.store import Store, by_namespace
 from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
@@ -69,7 +69,7 @@ class IdentityController:
         self.on_issued = on_issued
         # The identities, from our watch (every replica) and our own status writes' answers.
         self.store: Store[Key, HeldIdentity] = Store(counts={"namespace": by_namespace})
-        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
         self.issued = 0
         self.status = StatusWriter(kube, IDENTITIES, writes, on_raced=self.queue.add)
         self.secrets = IdentitySecrets(kube, budget, writes, on_raced=self.queue.add)
@@ -226,7 +226,7 @@ class IdentityController:
         ca = self.ca.current
         if ca is None:
             return None
-        return CAView(ca, self.ca.bundle or b"", self.ca.rotation, self.settings.ca_rotation_window)
+        return CAView(ca, self.ca.bundle or b"", self.ca.rotation, self.settings.ca.rotation_window)
 
     async def _reconcile(self, key: Key) -> float | None:
         body = self.body(key)
@@ -289,10 +289,15 @@ class IdentityController:
         self, body: Json, spec: IdentitySpec, summary: CertificateSummary, until: datetime | None
     ) -> float:
         await self._ready(body, spec, summary)
-        return plan.next_check(summary, self.clock(), self.settings.resync_interval, until)
+        return plan.next_check(summary, self.clock(), self.settings.identity.resync_interval, until)
 
     async def _issue(
-        self, body: Json, spec: IdentitySpec, secret: Json | None, reason: Reason, view: CAView
+        self,
+        body: Json,
+        spec: IdentitySpec,
+        secret: Json | None,
+        reason: ReissueCause,
+        view: CAView,
     ) -> float | None:
         if self.budget.expected_wait() > ISSUING_NOTICE_S:
             await self._patch_status(body, plan.issuing_status(body, reason, self.clock()))
@@ -331,7 +336,7 @@ class IdentityController:
         log.info(
             "%s/%s: issued %s (%s)", spec.namespace, spec.name, summary.serial_number, reason.code
         )
-        return plan.next_check(summary, self.clock(), self.settings.resync_interval, None)
+        return plan.next_check(summary, self.clock(), self.settings.identity.resync_interval, None)
 
     async def _without_ca(self, body: Json) -> float:
         """No usable CA: identities with a valid certificate keep it and stay Ready; the rest

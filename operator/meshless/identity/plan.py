@@ -18,7 +18,7 @@ from typing import Any
 
 from meshless.api import ConditionType
 from meshless.api import Reason as R
-from meshless.conditions import ConditionChange, conditions_with, find_condition, rfc3339
+from meshless.conditions import ConditionChange, conditions_with, find_condition
 from meshless.identity.checked import checkmark, summary_from_status
 from meshless.identity.render import (
     certificate_status,
@@ -30,20 +30,19 @@ from meshless.identity.rotation_marks import rotation_annotations
 from meshless.identity.spec import IdentitySpec, SpecError
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
-    BUNDLE_STALE,
-    ISSUER_RETIRED,
     CertificateSummary,
     ObservedSecret,
-    Reason,
+    ReissueCause,
     reissue_reason,
     renewal_time_for,
     summarize,
 )
 from meshless.pki.rotation import RotationState, retired_issuer_deadline
 from meshless.pki.svid import parse_certificate_chain
+from meshless.timestamps import rfc3339
 
 Json = dict[str, Any]
-FIRST_ISSUE = Reason("SecretMissing", "the Secret does not exist")
+FIRST_ISSUE = ReissueCause(R.SECRET_MISSING, "the Secret does not exist")
 READY = ConditionType.READY.value
 ISSUING = ConditionType.ISSUING.value
 SECRET_FIELDS = ("name", "namespace", "resourceVersion", "labels", "annotations", "ownerReferences")
@@ -75,7 +74,7 @@ class Keep:
 
 @dataclass(frozen=True, slots=True)
 class Issue:
-    reason: Reason
+    reason: ReissueCause
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +100,7 @@ def plan_secret(
     # OpenSSL's primality tests (0.26 s for RSA4096 while holding the GIL; see pki.keys).
     reason = reissue_reason(ObservedSecret(data), spec.desired, view.ca, now)
     keep_until: datetime | None = None
-    if reason is not None and reason.code == ISSUER_RETIRED and data is not None:
+    if reason is not None and reason.code == R.ISSUER_RETIRED and data is not None:
         # A CA rotation: the leaf stays (its bundle kept current) until its place in the
         # rotation window or its own renewal, whichever comes first.
         keep_until = _retired_issuer_deadline(spec, data, view, now)
@@ -109,7 +108,7 @@ def plan_secret(
             keep_until = None
         else:
             reason = None
-    if secret is None or data is None or (reason is not None and reason.code != BUNDLE_STALE):
+    if secret is None or data is None or (reason is not None and reason.code != R.BUNDLE_STALE):
         assert reason is not None
         return Issue(reason)
     # Good as it is, or only ca.crt is behind: the same certificate and key are rewritten
@@ -251,7 +250,7 @@ def not_ready_status(body: Mapping[str, Any], reason: str, message: str, now: da
     }
 
 
-def issuing_status(body: Mapping[str, Any], reason: Reason, now: datetime) -> Json:
+def issuing_status(body: Mapping[str, Any], reason: ReissueCause, now: datetime) -> Json:
     """Issuing=True while the write budget makes the issuance wait."""
     message = f"Waiting for the write budget to issue a certificate: {reason.message}"
     return {
@@ -268,11 +267,11 @@ def failure_is_news(body: Mapping[str, Any], reason: str, message: str) -> bool:
 
 
 def issued_event(
-    spec: IdentitySpec, summary: CertificateSummary, reason: Reason
+    spec: IdentitySpec, summary: CertificateSummary, reason: ReissueCause
 ) -> tuple[str, str]:
     """The Event's reason and message for a certificate that replaced another."""
     return (
-        R.RENEWED if reason.code == "RenewalDue" else R.REISSUED,
+        R.RENEWED if reason.code == R.RENEWAL_DUE else R.REISSUED,
         f"Issued certificate {summary.serial_number} for {summary.spiffe_id} into "
         f"Secret {spec.secret_name}, valid until {rfc3339(summary.not_after)} "
         f"({reason.code}: {reason.message})",

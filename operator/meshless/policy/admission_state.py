@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from meshless.admission.inject import IdentityRef
 from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
 from meshless.api import API_VERSION, Kind, Reason
+from meshless.identity.spec import IdentityRef
 from meshless.kube import POLICIES
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
@@ -53,8 +53,7 @@ class ControllerAdmissionState:
         self.policies_listed = True
 
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
-        ref = self.controller.identity_ref_for(namespace, service_account)
-        return IdentityRef(secret_name=ref.secret_name, spiffe_id=ref.spiffe_id)
+        return self.controller.identity_ref_for(namespace, service_account)
 
     def identity_secrets(
         self, namespace: str, secrets: Sequence[str]
@@ -63,7 +62,7 @@ class ControllerAdmissionState:
         every replica; None until it has listed them all once."""
         if not (self.identities_listed or self.controller.primed):
             return None
-        trust_domain = self.controller.settings.trust_domain
+        trust_domain = self.controller.settings.identity.trust_domain
         claimed: dict[str, list[IdentitySecret]] = {}
         for secret in secrets:
             for record in self.controller.identities_with_secret(namespace, secret):
@@ -81,7 +80,7 @@ class ControllerAdmissionState:
         return identity_secrets_of(namespace, secrets, claimed, trust_domain)
 
     def dns_name_policy(self) -> DnsNamePolicy:
-        return self.controller.settings.dns_name_policy
+        return self.controller.settings.names.policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self.controller.audit.record(record.policy, record.pod)

@@ -22,6 +22,7 @@ from meshless import api, metrics
 from meshless.admission.configurations import admission_namespaces, identity_namespaces
 from meshless.api import Kind, exempt_namespaces
 from meshless.conditions import ConditionChange
+from meshless.identity.spec import IdentityRef
 from meshless.kube import (
     IDENTITIES,
     NAMESPACES,
@@ -44,7 +45,7 @@ from meshless.policy.held import (
     slim_network_policy,
 )
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef
-from meshless.policy.provision import IdentityRecord, IdentityRef, identity_record
+from meshless.policy.provision import IdentityRecord, identity_record
 from meshless.policy.resolve import PolicySet
 from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
@@ -80,9 +81,9 @@ class PolicyController:
         self.on_resolved = on_resolved
         self.enforcement = enforcement
         self.status = StatusWriter(kube, POLICIES, writes)
-        self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
         self.root_namespace = settings.effective_root_namespace
-        self.stores = PolicyStores(self.root_namespace, settings.trust_domain)
+        self.stores = PolicyStores(self.root_namespace, settings.identity.trust_domain)
         self.feeds = PolicyFeeds(self.stores, self.queue, self.status, settings)
         # What feeds the stores (Kopf's handlers, our identity watch, the priming lists).
         self.on_policy_event = self.feeds.on_policy_event
@@ -156,7 +157,7 @@ class PolicyController:
     def enforced(self, namespace: str) -> bool:
         """System namespaces and the operator's own are never enforced (admission does not
         intercept them either): a cluster-wide STRICT policy must not cut off CoreDNS."""
-        return namespace not in exempt_namespaces(self.settings.namespace)
+        return namespace not in exempt_namespaces(self.settings.runtime.namespace)
 
     async def _reconcile_namespace(self, namespace: str) -> None:
         stores = self.stores
@@ -231,7 +232,7 @@ class PolicyController:
         that hold a WorkloadIdentity: the binding webhook (failurePolicy Ignore) selects
         them."""
         namespaces = self.stores.namespaces
-        operator_namespace = self.settings.namespace
+        operator_namespace = self.settings.runtime.namespace
         holding = (str(ns) for ns in self.stores.identities.index_values("namespace"))
         wanted = (
             (

@@ -48,7 +48,7 @@ class PolicyFeeds:
         self.root_namespace = settings.effective_root_namespace
 
     def watched(self, namespace: str) -> bool:
-        patterns = self.settings.watch_namespaces
+        patterns = self.settings.runtime.watch_namespaces
         return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
 
     def known_namespaces(self) -> set[str]:
@@ -181,10 +181,10 @@ class PolicyFeeds:
         """What the schema cannot know: the operator's own limits."""
         if spec.identity.ttl:
             ttl = parse_duration(spec.identity.ttl)
-            if ttl < self.settings.ttl_floor:
+            if ttl < self.settings.identity.ttl_floor:
                 raise PolicySpecError(
                     f"spec.identity.ttl {spec.identity.ttl} is below the operator's ttl floor "
-                    f"{format_duration(self.settings.ttl_floor)}"
+                    f"{format_duration(self.settings.identity.ttl_floor)}"
                 )
         return spec
 

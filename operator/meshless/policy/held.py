@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshless.identity.spec import IdentityRef
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
-from meshless.policy.provision import IdentityRecord, IdentityRef, identity_for
+from meshless.policy.provision import IdentityRecord, identity_for
 from meshless.policy.resolve import PolicySet
 from meshless.runtime.store import Store, by_namespace
 

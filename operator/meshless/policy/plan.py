@@ -15,11 +15,11 @@ from typing import Any
 from meshless import api
 from meshless.api import ConditionType
 from meshless.conditions import ConditionChange, conditions_with, find_condition
+from meshless.identity.spec import IdentityRef
 from meshless.policy.held import HeldPolicy, Key, NamespaceInfo
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec, Scope
 from meshless.policy.provision import (
     IdentityRecord,
-    IdentityRef,
     plan_identities,
     spec_is_current,
     unusable_identities,
