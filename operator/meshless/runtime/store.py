@@ -92,17 +92,26 @@ class Store(Generic[K, V]):
     def put(self, key: K, value: V) -> V | None:
         """Hold `value` for `key`; returns what it replaced."""
         before = self._items.get(key)
-        if before is not None:
-            self._unindex(key, before)
         self._items[key] = value
         for name, fn in self._index_fns.items():
             index = self._indexes[name]
-            for found in fn(key, value):
-                index.setdefault(found, {})[key] = value
+            found = tuple(fn(key, value))
+            if before is not None:
+                gone = tuple(fn(key, before))
+                if gone != found:
+                    self._drop(index, key, gone)
+            for value_of in found:
+                index.setdefault(value_of, {})[key] = value
         for name, fn in self._count_fns.items():
             counts = self._counts[name]
-            for found in fn(key, value):
-                counts[found] = counts.get(found, 0) + 1
+            found = tuple(fn(key, value))
+            if before is not None:
+                gone = tuple(fn(key, before))
+                if gone == found:
+                    continue  # counted under the same values already
+                self._uncount(counts, gone)
+            for value_of in found:
+                counts[value_of] = counts.get(value_of, 0) + 1
         return before
 
     def pop(self, key: K) -> V | None:
@@ -121,21 +130,27 @@ class Store(Generic[K, V]):
 
     def _unindex(self, key: K, value: V) -> None:
         for name, fn in self._index_fns.items():
-            index = self._indexes[name]
-            for found in fn(key, value):
-                held = index.get(found)
-                if held is not None:
-                    held.pop(key, None)
-                    if not held:
-                        del index[found]
+            self._drop(self._indexes[name], key, tuple(fn(key, value)))
         for name, fn in self._count_fns.items():
-            counts = self._counts[name]
-            for found in fn(key, value):
-                left = counts.get(found, 0) - 1
-                if left > 0:
-                    counts[found] = left
-                else:
-                    counts.pop(found, None)
+            self._uncount(self._counts[name], tuple(fn(key, value)))
+
+    @staticmethod
+    def _drop(index: dict[Hashable, dict[K, V]], key: K, values: tuple[Hashable, ...]) -> None:
+        for value_of in values:
+            held = index.get(value_of)
+            if held is not None:
+                held.pop(key, None)
+                if not held:
+                    del index[value_of]
+
+    @staticmethod
+    def _uncount(counts: dict[Hashable, int], values: tuple[Hashable, ...]) -> None:
+        for value_of in values:
+            left = counts.get(value_of, 0) - 1
+            if left > 0:
+                counts[value_of] = left
+            else:
+                counts.pop(value_of, None)
 
 
 __all__ = ["IndexFn", "Store", "by_namespace"]
