@@ -13,7 +13,6 @@ again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -25,7 +24,7 @@ from meshless.api import Reason as R
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.identity import plan
-from meshless.identity.held import HeldIdentity, Key
+from meshless.identity.held import HeldIdentity, Key, vanished
 from meshless.identity.plan import FIRST_ISSUE, CAView, Conflict, Issue
 from meshless.identity.secrets import IdentitySecrets
 from meshless.identity.signing import Signer
@@ -132,21 +131,8 @@ class IdentityController:
             self.store.put(key, HeldIdentity.of(body))
 
     def vanished(self, namespace: str | None, listed: set[Key]) -> list[Json]:
-        """After a (re-)list of identities in `namespace` (None: all): the held identities it
-        did not return, as the DELETED events a watch would have brought had it been
-        running when they went."""
-        gone = [
-            key
-            for key in self.store
-            if key not in listed and (namespace is None or key[0] == namespace)
-        ]
-        return [
-            {
-                "metadata": {"namespace": ns, "name": name},
-                "spec": json.loads(self.store[ns, name].spec),
-            }
-            for ns, name in gone
-        ]
+        """The held identities a (re-)list did not return, as DELETED events (held.py)."""
+        return vanished(self.store, namespace, listed)
 
     def on_secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Secrets are watched through the label selector on our identity label, as metadata

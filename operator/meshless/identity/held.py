@@ -10,6 +10,7 @@ from typing import Any
 from meshless.api import ConditionType
 from meshless.conditions import find_condition
 from meshless.identity.spec import default_secret_name
+from meshless.runtime.store import Store
 
 Json = dict[str, Any]
 Key = tuple[str, str]  # namespace, name
@@ -60,8 +61,23 @@ class HeldIdentity:
         return {"metadata": meta, "spec": json.loads(self.spec), "status": json.loads(self.status)}
 
 
+def vanished(
+    store: Store[Key, HeldIdentity], namespace: str | None, listed: set[Key]
+) -> list[Json]:
+    """After a (re-)list of identities in `namespace` (None: all): the held identities it
+    did not return, as the DELETED events a watch would have brought had it been running
+    when they went (with what forgetting them needs: their Secret's name, in the spec)."""
+    gone = [
+        key for key in store if key not in listed and (namespace is None or key[0] == namespace)
+    ]
+    return [
+        {"metadata": {"namespace": ns, "name": name}, "spec": json.loads(store[ns, name].spec)}
+        for ns, name in gone
+    ]
+
+
 def _compact(value: Any) -> bytes:
     return json.dumps(dict(value or {}), separators=(",", ":")).encode()
 
 
-__all__ = ["HeldIdentity", "Key"]
+__all__ = ["HeldIdentity", "Key", "vanished"]
