@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install system-packages control-plane node-binaries helm gospiffe chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages control-plane node-binaries helm gospiffe image chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ HELM := $(CURDIR)/.cache/bin/helm-$(HELM_VERSION)/helm
 
 helm:
 	bash hack/build-helm.sh
+
+# The operator's image without a registry or a container engine (hack/operatorimage.py): the
+# Dockerfile's wheel and pinned dependencies on Debian's python3.11, imported into the running
+# node as meshless.local/meshless:<the chart's appVersion> (the node imports it at start too).
+image: install
+	$(PY) hack/operatorimage.py load
 
 # The go-spiffe peer of the name-constraint tests (tests/gospiffe); the tests build it too.
 gospiffe:

@@ -714,6 +714,9 @@ def up(cluster: Cluster) -> dict[str, str]:
     images = nodeimages.build_images(
         bindir, versions["KUBERNETES_VERSION"], ROOT / "operator" / "meshless"
     )
+    import operatorimage  # the operator's own image (`make image`), for the Helm chart
+
+    images["meshless"] = operatorimage.build_image()
     NODE.mkdir(parents=True)
     OWNER.write_text(json.dumps({"root": str(ROOT), "pid": os.getpid()}))
     (NODE / "images.json").write_text(json.dumps({k: v.name for k, v in images.items()}))
