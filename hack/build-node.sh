@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the node's binaries for `make cluster NODE=1`: kube-controller-manager,
-# kube-scheduler and kubelet from the same wrapper module and pin as the control plane
-# (hack/build-control-plane.sh), plus kube-network-policies (the NetworkPolicy engine kind
-# ships) from its own Go module, and a static `pause` from kubernetes' own pause.c.
+# kube-scheduler, kubelet and kube-proxy from the same wrapper module and pin as the control
+# plane (hack/build-control-plane.sh), plus kube-network-policies (the NetworkPolicy engine kind
+# ships) and CoreDNS (the cluster DNS) from their own Go modules, and a static `pause` from
+# kubernetes' own pause.c.
 # Output: .cache/bin/node-<versions>/, with a machine-wide copy in ~/.cache/meshless/bin/ that
 # a fresh clone on the same machine reuses. Prints the directory on its last line.
 # With --check it builds nothing and fails when a build would be needed.
@@ -13,10 +14,11 @@ root=$(cd "$here/.." && pwd)
 source "$here/versions.env"
 
 # "-xtq": kube-network-policies with the queue rule patched (hack/node/compat_queue.go)
-name="node-k8s-${KUBERNETES_VERSION}_knp-${KUBE_NETWORK_POLICIES_VERSION}-xtq"
+# kube-proxy is among the kubernetes binaries since "_proxy" (a cache without it builds anew)
+name="node-k8s-${KUBERNETES_VERSION}_proxy_knp-${KUBE_NETWORK_POLICIES_VERSION}-xtq_coredns-${COREDNS_VERSION}"
 out="$root/.cache/bin/$name"
 shared="${MESHLESS_BIN_CACHE:-$HOME/.cache/meshless/bin}/$name"
-bins=(kube-controller-manager kube-scheduler kubelet kube-network-policies pause)
+bins=(kube-controller-manager kube-scheduler kubelet kube-proxy kube-network-policies coredns pause)
 
 have_all() { local b; for b in "${bins[@]}"; do [[ -x "$1/$b" ]] || return 1; done; }
 
@@ -41,7 +43,7 @@ ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERSION}
  -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
 
 k8s_missing=0
-for b in kube-controller-manager kube-scheduler kubelet; do [[ -x "$out/$b" ]] || k8s_missing=1; done
+for b in kube-controller-manager kube-scheduler kubelet kube-proxy; do [[ -x "$out/$b" ]] || k8s_missing=1; done
 if (( k8s_missing )); then
   # The same wrapper module as the control plane's, with the node commands added. It keeps the
   # control plane's imports (etcd, kube-apiserver) so that module selection picks the very same
@@ -76,16 +78,17 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     echo "resolving modules for the node's kubernetes ${KUBERNETES_VERSION} binaries" >&2
     go get "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" >&2
     go mod tidy >&2
-    echo "building kube-controller-manager, kube-scheduler, kubelet (many minutes on a fresh machine)" >&2
+    echo "building kube-controller-manager, kube-scheduler, kubelet, kube-proxy (many minutes on a fresh machine)" >&2
     rm -rf "$out/.k8s.tmp" && mkdir -p "$out/.k8s.tmp"
     go build -trimpath -ldflags "$ldflags" -o "$out/.k8s.tmp/" \
       k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
-      k8s.io/kubernetes/cmd/kubelet >&2
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy >&2
     mv "$out/.k8s.tmp/"* "$out/" && rmdir "$out/.k8s.tmp"
   )
 fi
@@ -110,6 +113,28 @@ if [[ ! -x "$out/kube-network-policies" ]]; then
   cp "$here/node/compat_queue.go" "$pkg/"
   (cd "$knp" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out/kube-network-policies.tmp" ./cmd >&2)
   mv "$out/kube-network-policies.tmp" "$out/kube-network-policies"
+fi
+
+if [[ ! -x "$out/coredns" ]]; then
+  echo "building CoreDNS ${COREDNS_VERSION}" >&2
+  # CoreDNS's own module at the pin, its own dependency versions (go.sum), with a main that
+  # imports only the plugins the node's Corefile uses: CoreDNS's documented compile-time plugin
+  # choice. Its stock main also links the cloud DNS back ends (AWS, Azure, Google, DataDog...),
+  # which the node never uses: more modules to fetch, minutes more to build, a bigger binary.
+  # The Corefile is written by hack/localnode.py.
+  dns="$root/.cache/build/coredns-${COREDNS_VERSION}"
+  mkdir -p "$dns"
+  cp "$here/node/coredns_main.go" "$dns/main.go"
+  (
+    cd "$dns"
+    export GOFLAGS=-mod=mod
+    printf 'module meshless.dev/coredns-build\n\ngo 1.26\n\nrequire github.com/coredns/coredns %s\n' \
+      "${COREDNS_VERSION}" > go.mod
+    go mod tidy >&2
+    go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" \
+      -o "$out/coredns.tmp" . >&2
+  )
+  mv "$out/coredns.tmp" "$out/coredns"
 fi
 
 if [[ ! -x "$out/pause" ]]; then

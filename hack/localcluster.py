@@ -3,7 +3,13 @@
 Like controller-runtime's envtest: no kubelet, scheduler or controller-manager. Both binaries
 are built from their Go modules by hack/build-control-plane.sh. The API server listens on
 loopback with a generated PKI, client-certificate admin auth, RBAC, service-account token
-issuance (TokenRequest) and the admission webhook plugins on.
+issuance (TokenRequest) and the admission webhook plugins on. With a node (``up --node``) the
+API server runs in node mode: it listens on every address (pods reach it at the node's
+10.244.0.1 through the ``kubernetes`` Service), advertises 10.244.0.1 as that Service's
+endpoint, and its ServiceAccount admission plugin is on (pods get API tokens; without the
+node's controller-manager no ``default`` ServiceAccount would exist, so the plain control plane
+keeps the plugin off). ``localnode.py up`` switches a running plain control plane to node mode
+(one API server restart, same port and data), ``localnode.py down`` back.
 
     python hack/localcluster.py up      # start in the background, wait for /readyz
     python hack/localcluster.py up --node  # ... and a node that runs pods (hack/localnode.py)
@@ -53,6 +59,24 @@ rules:
 """
 READY_TIMEOUT_S = 120.0
 COMPONENTS = ("etcd", "kube-apiserver")  # in start order
+KUBERNETES_SERVICE_NAMES = (
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    f"kubernetes.default.svc.{localnode.CLUSTER_DOMAIN}",
+)
+# the API server's flags that differ between the plain control plane and node mode
+MODE_FLAGS = ("--bind-address=", "--advertise-address=", "--disable-admission-plugins=")
+
+
+def apiserver_mode_flags(node: bool) -> list[str]:
+    if node:  # the ServiceAccount admission plugin is on by default
+        return ["--bind-address=0.0.0.0", f"--advertise-address={localnode.NODE_IP}"]
+    return [
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        "--disable-admission-plugins=ServiceAccount",
+    ]
 
 
 def free_port() -> int:
@@ -101,12 +125,16 @@ def _cert(
         usages = []
         if server:
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
+            # localhost, and what pods use on a node: the `kubernetes` Service's names and IP
+            # (and the node address the Service leads to)
+            names: list[x509.GeneralName] = [
+                x509.DNSName("localhost"),
+                *(x509.DNSName(n) for n in KUBERNETES_SERVICE_NAMES),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address(localnode.KUBERNETES_SERVICE_IP)),
+                x509.IPAddress(ipaddress.ip_address(localnode.NODE_IP)),
+            ]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         if client:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -277,12 +305,11 @@ def up(node: bool = False) -> None:
         f"--etcd-servers={etcd_url}",
         f"--cert-dir={pki}",
         f"--secure-port={api_port}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        *apiserver_mode_flags(node),
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
-        "--service-cluster-ip-range=10.0.0.0/24",
+        f"--service-cluster-ip-range={localnode.SERVICE_CIDR}",
         "--authorization-mode=RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}",
@@ -292,7 +319,6 @@ def up(node: bool = False) -> None:
         f"--kubelet-client-certificate={pki / 'admin.crt'}",
         f"--kubelet-client-key={pki / 'admin.key'}",
         "--kubelet-preferred-address-types=InternalIP",
-        "--disable-admission-plugins=ServiceAccount",
         "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
         # API Priority and Fairness on, as in a real cluster. The admin certificate (tests,
         # `make run`) is in system:masters, which APF's bootstrap "exempt" FlowSchema never
@@ -394,6 +420,23 @@ def restart(name: str, sig: int = signal.SIGTERM, timeout: float = READY_TIMEOUT
             raise RuntimeError(f"control plane not ready {timeout:.0f}s after restarting {name}")
         time.sleep(0.1)
     return pid
+
+
+def node_mode(on: bool) -> bool:
+    """Switches the running API server to node mode (`on`) or back to the plain control plane:
+    the same command line with the mode's flags, restarted (same port and etcd data). Returns
+    whether it restarted (False: already in that mode)."""
+    commands_file = STATE / "commands.json"
+    commands = json.loads(commands_file.read_text())
+    command = commands["kube-apiserver"]
+    kept = [arg for arg in command if not arg.startswith(MODE_FLAGS)]
+    wanted = [kept[0], *apiserver_mode_flags(on), *kept[1:]]
+    if sorted(wanted) == sorted(command):
+        return False
+    commands["kube-apiserver"] = wanted
+    commands_file.write_text(json.dumps(commands, indent=2))
+    restart("kube-apiserver")
+    return True
 
 
 def _cluster() -> localnode.Cluster:

@@ -10,6 +10,8 @@ control plane), stopped by ``localcluster.py down``:
 - a kubelet registered as ``meshless-node`` (client certificate from the cluster CA,
   cgroupfs driver, ``failCgroupV1: false`` for this cgroup v1 machine);
 - kube-network-policies, kind's NetworkPolicy engine (nftables + nfqueue), on the host network;
+- kube-proxy (nftables mode) and CoreDNS (the ``kube-dns`` Service, cluster.local), host
+  processes: Service IPs (10.0.0.0/24) answer from pods and from the host;
 - images built locally (hack/nodeimages.py) and imported, used with ``imagePullPolicy: Never``.
 
 One node per machine: the bridge, the pod network, the cgroup root and the nftables table are
@@ -54,6 +56,16 @@ NODE_IP = "10.244.0.1"
 CGROUP_ROOT = "meshless"
 CGROUP_FS = Path("/sys/fs/cgroup")
 NFT_TABLE = "kube-network-policies"  # kube-network-policies' default table (inet family)
+# Services: the API server's --service-cluster-ip-range; `kubernetes` gets its first address,
+# the cluster DNS a fixed one. kube-proxy (nftables mode) programs the tables `ip kube-proxy`
+# and `ip6 kube-proxy`; `inet meshless-node` keeps pod packets from leaving through the host.
+SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR)[1])
+DNS_SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR)[10])
+CLUSTER_DOMAIN = "cluster.local"
+DNS_PORT = 1053  # CoreDNS on NODE_IP; the kube-dns Service maps port 53 to it
+PROXY_TABLES = (("ip", "kube-proxy"), ("ip6", "kube-proxy"))
+GUARD_TABLE = "meshless-node"  # inet family
 CNI_BIN = Path("/usr/lib/cni")
 RUNC = "/usr/sbin/runc"
 READY_TIMEOUT_S = 120.0
@@ -64,6 +76,8 @@ COMPONENTS = (
     "kube-scheduler",
     "kubelet",
     "kube-network-policies",
+    "kube-proxy",
+    "coredns",
 )
 
 
@@ -105,8 +119,10 @@ class Cluster:
 # small helpers
 
 
-def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _run(
+    *cmd: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, input=stdin)
     if check and proc.returncode != 0:
         raise NodeUnavailable(
             f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()}"
@@ -264,12 +280,43 @@ def check_machine() -> None:
                 "br_netfilter is not loaded (bridged pod traffic must pass netfilter for "
                 "NetworkPolicies): modprobe br_netfilter"
             )
+    probe = _run("nft", "--check", "-f", "-", check=False, stdin=_NFT_PROBE)
+    if probe.returncode != 0:
+        raise NodeUnavailable(
+            "this kernel lacks an nftables feature kube-proxy's nftables mode uses (nat, "
+            f"masquerade, numgen, vmap, ct, reject): {probe.stderr.strip()}"
+        )
     owner = _owner()
     if owner and owner.get("root") != str(ROOT) and _pid_alive(int(owner.get("pid", 0))):
         raise NodeUnavailable(
             f"another worktree's node runs on this machine ({owner['root']}); one node per "
             "machine: stop it there with `make cluster-down`"
         )
+
+
+# What kube-proxy's nftables mode writes, checked with `nft --check` (the kernel validates the
+# batch, nothing is committed): a kernel without one of these expressions fails here, by name.
+_NFT_PROBE = """table ip meshless-probe {
+  map endpoints {
+    type ipv4_addr . inet_proto . inet_service : verdict
+  }
+  chain nat {
+    type nat hook prerouting priority dstnat;
+    ct state new ip daddr 10.0.0.1 numgen random mod 2 vmap { 0 : accept, 1 : accept }
+    ip daddr . meta l4proto . th dport vmap @endpoints
+    meta l4proto tcp dnat to 10.244.0.2:80
+  }
+  chain post {
+    type nat hook postrouting priority srcnat;
+    meta mark 0x4000 masquerade fully-random
+  }
+  chain filter {
+    type filter hook forward priority filter;
+    ct state invalid drop
+    ip daddr 10.0.0.2 reject with icmp type host-unreachable
+  }
+}
+"""
 
 
 def _owner() -> dict[str, Any]:
@@ -333,11 +380,15 @@ def _cni_config() -> str:
                 {
                     "type": "bridge",
                     "bridge": BRIDGE,
-                    "isGateway": False,  # no default route, no ip_forward: pod IPs only
+                    "isGateway": False,  # no default route, no global ip_forward
                     "ipMasq": False,
+                    # a pod reaching itself through a Service IP (kube-proxy masquerades it)
+                    "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
                         "dataDir": str(NODE / "ipam"),
+                        # Service IPs go to the node, where kube-proxy translates them
+                        "routes": [{"dst": SERVICE_CIDR, "gw": NODE_IP}],
                         "ranges": [
                             [
                                 {
@@ -392,7 +443,8 @@ def _kubelet_config(cluster: Cluster, port: int, healthz_port: int) -> str:
             "podLogsDir": str(NODE / "pod-logs"),
             "volumePluginDir": str(NODE / "volume-plugins"),
             "resolvConf": "",
-            "clusterDomain": "cluster.local",
+            "clusterDomain": CLUSTER_DOMAIN,
+            "clusterDNS": [DNS_SERVICE_IP],
             # images are imported, never pulled: keep them
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
@@ -486,8 +538,35 @@ def _make_bridge() -> None:
     _run("ip", "link", "set", BRIDGE, "up")
 
 
-def _nft_table_exists() -> bool:
-    return _run("nft", "list", "table", "inet", NFT_TABLE, check=False).returncode == 0
+def _route_services() -> None:
+    """Service IPs: pods send them to the node (a CNI route), the node translates them
+    (kube-proxy). Everything here goes away with the bridge: the host's route to the Service
+    range (so nothing for it ever leaves by the default route), forwarding for packets that
+    came in on the bridge only (a Service IP translated to a pod IP goes back out on it; the
+    machine-wide ip_forward stays as it is), and a guard table that drops whatever a pod would
+    send through the host to another interface."""
+    if SERVICE_CIDR not in _run("ip", "route", "show", SERVICE_CIDR).stdout:
+        _run("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
+    Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/forwarding").write_text("1")
+    guard = (
+        f"table inet {GUARD_TABLE} {{\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f'    iifname "{BRIDGE}" oifname != "{BRIDGE}" drop\n'
+        "  }\n"
+        "}\n"
+    )
+    _run("nft", "-f", "-", stdin=guard)
+
+
+def _nft_table_exists(family: str = "inet", table: str = NFT_TABLE) -> bool:
+    return _run("nft", "list", "table", family, table, check=False).returncode == 0
+
+
+def _node_tables() -> list[tuple[str, str]]:
+    """The node's nftables tables that exist now (kube-network-policies', kube-proxy's, ours)."""
+    ours = [("inet", NFT_TABLE), *PROXY_TABLES, ("inet", GUARD_TABLE)]
+    return [(family, table) for family, table in ours if _nft_table_exists(family, table)]
 
 
 def _our_shims() -> list[int]:
@@ -536,8 +615,9 @@ def leftovers(pids: dict[str, int] | None = None) -> list[str]:
     found += [f"mount {m}" for m in _mounts_under(NODE)]
     if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         found.append(f"network interface {BRIDGE}")
-    if _nft_table_exists():
-        found.append(f"nftables table inet {NFT_TABLE}")
+    found += [f"nftables table {family} {table}" for family, table in _node_tables()]
+    if SERVICE_CIDR in _run("ip", "route", "show", SERVICE_CIDR, check=False).stdout:
+        found.append(f"route {SERVICE_CIDR}")
     found += [f"process {pid} in the node's cgroups" for pid in _cgroup_processes()]
     found += [f"cgroup {d}" for d in _cgroup_dirs() if d.exists()]
     if NODE.exists():
@@ -682,6 +762,163 @@ def _node_rbac(cluster: Cluster) -> None:
     )
 
 
+def _proxy_config(cluster: Cluster) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(NODE / "kube-proxy.kubeconfig")},
+            "hostnameOverride": NODE_NAME,
+            "bindAddress": NODE_IP,  # also the node IP kube-proxy assumes
+            "healthzBindAddress": f"127.0.0.1:{_free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{_free_port()}",
+            # nftables: see docs/node.md (this kernel has nftables' nat, numgen and vmaps
+            # built in; iptables would work too, through nft_compat, with more rules)
+            "mode": "nftables",
+            "clusterCIDR": POD_CIDR,
+            "detectLocalMode": "ClusterCIDR",
+            "nodePortAddresses": [f"{NODE_IP}/32"],
+            # leave the machine's conntrack sysctls alone (0: do not set)
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+            "oomScoreAdj": 0,
+            "logging": {"format": "text"},
+        },
+        indent=2,
+    )
+
+
+def _reverse_zone(cidr: str) -> str:
+    """The in-addr.arpa zone of a /24 (10.0.0.0/24 -> 0.0.10.in-addr.arpa)."""
+    net = ipaddress.ip_network(cidr)
+    assert net.prefixlen == 24, cidr
+    return net.network_address.reverse_pointer.split(".", 1)[1]
+
+
+def _corefile(ready_port: int, health_port: int) -> str:
+    """cluster.local and the reverse zones of the Service and pod ranges, from the API. No
+    upstream: pods here have no route beyond the node, so other names are refused at once."""
+    zones = [CLUSTER_DOMAIN, _reverse_zone(SERVICE_CIDR), _reverse_zone(POD_CIDR)]
+    kubeconfig = NODE / "coredns.kubeconfig"
+    return f"""{" ".join(f"{z}:{DNS_PORT}" for z in zones)} {{
+    bind {NODE_IP}
+    errors
+    ready 127.0.0.1:{ready_port}
+    health 127.0.0.1:{health_port}
+    kubernetes {" ".join(zones)} {{
+        kubeconfig {kubeconfig} local
+        pods insecure
+        ttl 5
+    }}
+    cache 5
+    loadbalance
+}}
+"""
+
+
+def _dns_rbac(cluster: Cluster) -> None:
+    """CoreDNS authenticates with a client certificate as meshless:coredns: it reads Services,
+    EndpointSlices, pods and namespaces (the rules of CoreDNS's own deployment manifests)."""
+    name = "meshless:coredns"
+    cluster.apply(
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+    )
+    cluster.apply(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}],
+        },
+    )
+
+
+def _dns_service(cluster: Cluster) -> None:
+    """The `kube-dns` Service at its fixed IP, port 53 (UDP and TCP). CoreDNS is a host
+    process, not a pod: the Service has no selector and one EndpointSlice, the node's
+    address and CoreDNS's port."""
+    labels = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}
+    cluster.apply(
+        "/api/v1/namespaces/kube-system/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "labels": labels},
+            "spec": {
+                "clusterIP": DNS_SERVICE_IP,
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": DNS_PORT},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": DNS_PORT},
+                ],
+            },
+        },
+    )
+    cluster.apply(
+        "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kube-dns-node",
+                "labels": {
+                    "kubernetes.io/service-name": "kube-dns",
+                    "endpointslice.kubernetes.io/managed-by": "localnode.meshless.dev",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": [NODE_IP], "conditions": {"ready": True}, "nodeName": NODE_NAME}
+            ],
+            "ports": [
+                {"name": "dns", "port": DNS_PORT, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": DNS_PORT, "protocol": "TCP"},
+            ],
+        },
+    )
+
+
+def _tcp_answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
 def _node_ready(cluster: Cluster) -> bool:
     node = cluster.api("GET", f"/api/v1/nodes/{NODE_NAME}")
     ready = any(
@@ -709,7 +946,12 @@ def up(cluster: Cluster) -> dict[str, str]:
     started = time.monotonic()
     versions = _versions()
     sys.path.insert(0, str(HACK))
+    import localcluster
     import nodeimages
+
+    # pods get API tokens and reach the API server: a plain control plane restarts in node mode
+    if localcluster.node_mode(True):
+        print(f"kube-apiserver restarted in node mode in {time.monotonic() - started:.1f}s")
 
     images = nodeimages.build_images(
         bindir, versions["KUBERNETES_VERSION"], ROOT / "operator" / "meshless"
@@ -732,10 +974,14 @@ def up(cluster: Cluster) -> dict[str, str]:
         client=True,
     )
     _issue(pki, "kube-scheduler", "system:kube-scheduler", ["system:masters"], client=True)
-    for user in ("kubelet", "kube-controller-manager", "kube-scheduler"):
+    # kube-proxy as the user the bootstrap binding `system:node-proxier` names; CoreDNS read-only
+    _issue(pki, "kube-proxy", "system:kube-proxy", [], client=True)
+    _issue(pki, "coredns", "meshless:coredns", [], client=True)
+    for user in ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns"):
         (NODE / f"{user}.kubeconfig").write_text(_kubeconfig(cluster, user))
 
     _make_bridge()
+    _route_services()
     _make_cgroups()
     (NODE / "cni").mkdir()
     (NODE / "cni" / "10-meshless.conflist").write_text(_cni_config())
@@ -844,10 +1090,37 @@ def up(cluster: Cluster) -> dict[str, str]:
         env=env,
     )
 
+    # Services: kube-proxy and CoreDNS on the host (docs/node.md says why)
+    (NODE / "kube-proxy.json").write_text(_proxy_config(cluster))
+    _spawn(
+        "kube-proxy",
+        [str(bindir / "kube-proxy"), f"--config={NODE / 'kube-proxy.json'}", "--v=1"],
+    )
+    _dns_rbac(cluster)
+    _dns_service(cluster)
+    ready_port = _free_port()
+    (NODE / "Corefile").write_text(_corefile(ready_port, _free_port()))
+    _spawn("coredns", [str(bindir / "coredns"), "-conf", str(NODE / "Corefile")])
+
     _wait(
         "node Ready without taints", lambda: _node_ready(cluster), READY_TIMEOUT_S, list(COMPONENTS)
     )
     _wait("kube-network-policies' nftables table", _nft_table_exists, 30, ["kube-network-policies"])
+    _wait(
+        f"the kubernetes Service ({KUBERNETES_SERVICE_IP}:443) from the host",
+        lambda: _tcp_answers(KUBERNETES_SERVICE_IP, 443),
+        60,
+        ["kube-proxy"],
+    )
+    _wait(
+        "CoreDNS ready", lambda: _http_ok(f"http://127.0.0.1:{ready_port}/ready"), 60, ["coredns"]
+    )
+    _wait(
+        f"the kube-dns Service ({DNS_SERVICE_IP}:53) from the host",
+        lambda: _tcp_answers(DNS_SERVICE_IP, 53),
+        60,
+        ["kube-proxy", "coredns"],
+    )
     print(f"node {NODE_NAME} ready in {time.monotonic() - started:.1f}s (pods on {POD_CIDR})")
     return {k: v.name for k, v in images.items()}
 
@@ -869,7 +1142,7 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
         while _nft_table_exists() and _pid_alive(netpol) and time.monotonic() < deadline:
             time.sleep(0.1)
         _stop(netpol, signal.SIGKILL, 5)
-    for name in ("kubelet", "kube-scheduler", "kube-controller-manager"):
+    for name in ("coredns", "kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"):
         if name in pids:
             _stop(pids[name], signal.SIGTERM, 15)
     sock = str(NODE / "containerd.sock")
@@ -896,8 +1169,8 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
     for point in sorted(_mounts_under(NODE), key=len, reverse=True):
         if _run("umount", point, check=False).returncode != 0:
             _run("umount", "-l", point, check=False)
-    if _nft_table_exists():
-        _run("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+    for family, table in _node_tables():
+        _run("nft", "delete", "table", family, table, check=False)
     if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         ports = _run("ip", "-o", "link", "show", "master", BRIDGE, check=False).stdout
         for line in ports.splitlines():
@@ -921,6 +1194,13 @@ def down(cluster: Cluster | None, quiet: bool = False) -> list[str]:
                     {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0},
                 )
             cluster.api("DELETE", f"/api/v1/nodes/{NODE_NAME}")
+            # the kube-dns Service led to the node's CoreDNS
+            for path in (
+                "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/kube-dns-node",
+                "/api/v1/namespaces/kube-system/services/kube-dns",
+            ):
+                with contextlib.suppress(urllib.error.HTTPError):
+                    cluster.api("DELETE", path)
         except (OSError, urllib.error.URLError, ValueError):
             pass
     if (NODE / "logs").exists():  # kept for a look after the node is gone
@@ -965,7 +1245,13 @@ def main() -> None:
             down(cluster, quiet=True)
             sys.exit(f"the node cannot start on this machine: {err}")
     elif args.command == "down":
-        problems = down(_running_cluster())
+        cluster = _running_cluster()
+        problems = down(cluster)
+        import localcluster  # hack/ is not a package
+
+        if cluster is not None and localcluster.is_ready():
+            # the control plane stays: back to plain (no controller-manager, no ServiceAccounts)
+            localcluster.node_mode(False)
         sys.exit(1 if problems else 0)
     else:
         found = leftovers()

@@ -1,10 +1,11 @@
 """Stopping the node leaves nothing behind: no process, shim, mount, network namespace,
-interface, nftables/iptables rule or cgroup. Runs last among the node tests (file name): it
+interface, route, nftables/iptables rule or cgroup. Runs last among the node tests (file name): it
 stops the session's node."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,16 @@ def test_stopping_the_node_leaves_nothing_behind(node: Node) -> None:
     ruleset = _sh("nft", "list", "ruleset").stdout
     assert "kube-network-policies" not in ruleset
     assert "KUBE-" not in ruleset
+    assert "kube-proxy" not in ruleset  # its nftables mode's tables, ip and ip6
+    assert "meshless-node" not in ruleset
+    assert _sh("ip", "route", "show", "10.0.0.0/24").stdout == ""  # the Service range's route
     assert list(Path("/sys/fs/cgroup").glob("*/meshless")) == []
     assert not NODE_STATE.exists()
     gone = node.kubectl("get", "node", "meshless-node", check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     leftover = node.kubectl("get", "pod", "-n", "default", "last", check=False)
     assert leftover.returncode != 0 and "NotFound" in leftover.stderr
+    dns = node.kubectl("get", "service", "-n", "kube-system", "kube-dns", check=False)
+    assert dns.returncode != 0 and "NotFound" in dns.stderr
+    found = _sh(sys.executable, str(ROOT / "hack" / "localnode.py"), "leftovers")
+    assert (found.returncode, found.stdout.strip()) == (0, "[]")
