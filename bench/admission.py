@@ -15,26 +15,27 @@ import asyncio
 import os
 import statistics
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import uvloop
-from kubernetes import client, config
+from kubernetes import client
 
-from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
-from run import (
+from harness import (
     KUBECONFIG,
+    LOG_DIR,
     ROOT,
     SCALE,
     Operator,
     free_port,
-    fresh_cluster,
     identity,
     log,
     percentile,
+    run_header,
     run_then_stop_cluster,
+    start_cluster,
     write_results,
 )
+from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
 
 RESULTS = ROOT / "bench" / "results" / "admission.json"
 PODS_EACH = max(50, int(500 * SCALE))
@@ -89,20 +90,16 @@ async def measure(policy_ns: str, plain_ns: str, identity_ns: str) -> dict[str, 
 
 
 def main() -> None:
-    fresh_cluster()
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    core = client.CoreV1Api(api)
+    api, core = start_cluster()
     names = {}
     for prefix in ("bench-operator", "bench-policy", "bench-plain", "bench-ids"):
         name = f"{prefix}-{os.getpid()}"
         core.create_namespace({"metadata": {"name": name}})
         names[prefix] = name
-    log_dir = ROOT / ".cache" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     op = Operator(
         names["bench-operator"],
-        log_dir / "operator-admission.log",
+        LOG_DIR / "operator-admission.log",
         MESHLESS_WEBHOOK_PORT=str(port),
         MESHLESS_WEBHOOK_HOST="127.0.0.1",
         MESHLESS_WEBHOOK_URL=f"https://127.0.0.1:{port}",
@@ -138,8 +135,7 @@ def main() -> None:
     op.stop()
     hooked, plain = timings["webhooks"], timings["none"]
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count()},
+        **run_header(),
         "pods_each": PODS_EACH,
         "concurrency": CONCURRENCY,
         "background_identities_per_s": BACKGROUND_IDENTITIES_PER_S,

@@ -13,30 +13,29 @@ Quick runs: BENCH_SCALE=0.1 scales pods, namespaces and changes down.
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
-from meshless.kube import PODS, POLICIES, Kube
-from run import (
+from harness import (
     CONCURRENCY,
-    KUBECONFIG,
+    LOG_DIR,
     ROOT,
     SCALE,
     Operator,
-    fresh_cluster,
     log,
     new_namespace,
     percentile,
+    run_header,
     run_requests,
     run_then_stop_cluster,
+    start_cluster,
     write_results,
 )
+from meshless.kube import PODS, POLICIES, Kube
 
 RESULTS = ROOT / "bench" / "results" / "policy.json"
 NAMESPACES = max(2, int(50 * SCALE))
@@ -170,20 +169,14 @@ def change_latencies(api: client.ApiClient, namespaces: list[str]) -> list[float
 
 
 def main() -> None:
-    fresh_cluster()
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    api.configuration.connection_pool_maxsize = CONCURRENCY * 2
-    core = client.CoreV1Api(api)
-    log_dir = ROOT / ".cache" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    api, core = start_cluster(pool=CONCURRENCY * 2)
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count()},
+        **run_header(),
         "scale": SCALE,
     }
     op_ns = new_namespace(core, "bench-operator")
     env = {"MESHLESS_WRITE_BUDGET_QPS": "500", "MESHLESS_WRITE_BUDGET_BURST": "500"}
-    op = Operator(op_ns, log_dir / "operator-policy-idle.log", **env)
+    op = Operator(op_ns, LOG_DIR / "operator-policy-idle.log", **env)
     op.start()
     time.sleep(2)
     results["rss_mb_idle"] = round(op.rss_mb(), 1)
@@ -192,7 +185,7 @@ def main() -> None:
     log(f"creating {NAMESPACES * PODS_PER_NAMESPACE} pods and {NAMESPACES * 4} policies")
     namespaces = populate(core)
     expected = NAMESPACES * 4
-    op = Operator(op_ns, log_dir / "operator-policy.log", **env)
+    op = Operator(op_ns, LOG_DIR / "operator-policy.log", **env)
     op.start()
     results["settle_s"] = round(wait_settled(api, op, expected, timeout=1800), 1)
     results["pods"] = NAMESPACES * PODS_PER_NAMESPACE

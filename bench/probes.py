@@ -121,7 +121,7 @@ async def unbudgeted(
 
 async def budgeted(port: int, identity: ProberIdentity, bundle: bytes) -> dict[str, float]:
     defaults = Settings()
-    budget = WriteBudget(defaults.probe_qps, max(1, int(defaults.probe_qps)))
+    budget = WriteBudget(defaults.probe.qps, max(1, int(defaults.probe.qps)))
     contexts = ProbeContexts.build(identity, bundle)
     expected = Expectation("STRICT", SERVER_ID)
     gate = asyncio.Semaphore(8)  # the operator's probe workers
@@ -135,7 +135,7 @@ async def budgeted(port: int, identity: ProberIdentity, bundle: bytes) -> dict[s
                 expected,
                 identity,
                 bundle,
-                defaults.probe_timeout.total_seconds(),
+                defaults.probe.timeout.total_seconds(),
                 contexts=contexts,
                 acquire=budget.acquire,
             )
@@ -145,7 +145,7 @@ async def budgeted(port: int, identity: ProberIdentity, bundle: bytes) -> dict[s
     await asyncio.gather(*(one() for _ in range(PORTS)))
     return {
         "ports": PORTS,
-        "budget_connections_per_s": defaults.probe_qps,
+        "budget_connections_per_s": defaults.probe.qps,
         f"verdict_{PORTS}_ports_s": round(time.monotonic() - start, 1),
         "verdicts_strict": sum(v is Verdict.STRICT for v in verdicts),
     }

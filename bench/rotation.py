@@ -20,24 +20,24 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
-from meshless.pki.rotation import RotationState
-from run import (
+from harness import (
     KUBECONFIG,
-    RESULTS,
-    ROOT,
+    LOG_DIR,
+    RESULTS_DIR,
     SCALE,
     Operator,
     create_identities,
-    fresh_cluster,
     log,
     new_namespace,
     run_then_stop_cluster,
+    start_cluster,
     write_results,
 )
+from meshless.pki.rotation import RotationState
 
-OUT = RESULTS.parent / "rotation.json"
+OUT = RESULTS_DIR / "rotation.json"
 COUNT = max(20, int(5000 * SCALE))
 NAMESPACES = 10
 SETTLE = os.environ.get("BENCH_SETTLE", "10s")
@@ -65,15 +65,11 @@ def counters(op: Operator) -> dict[str, float]:
 
 
 def main() -> None:
-    fresh_cluster()
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    core = client.CoreV1Api(api)
-    log_dir = ROOT / ".cache" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    _, core = start_cluster()
     op_ns = new_namespace(core, "bench-operator")
     op = Operator(
         op_ns,
-        log_dir / "rotation-operator.log",
+        LOG_DIR / "rotation-operator.log",
         MESHLESS_CA_SETTLE_TIME=SETTLE,
         MESHLESS_CA_ROTATION_WINDOW=WINDOW,
     )

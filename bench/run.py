@@ -25,16 +25,10 @@ import base64
 import json
 import os
 import platform
-import re
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,30 +37,42 @@ import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
+from harness import (
+    CONCURRENCY,
+    GROUP,
+    KUBECONFIG,
+    LOG_DIR,
+    PLURAL,
+    RESULTS_DIR,
+    ROOT,
+    SCALE,
+    VERSION,
+    Operator,
+    identity,
+    log,
+    new_namespace,
+    run_header,
+    run_requests,
+    run_then_stop_cluster,
+    start_cluster,
+    verify_secrets,
+    write_results,
+)
 from meshless.kube import IDENTITIES, SECRETS, Kube, load_configuration
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import bootstrap_self_signed, ca_from_secret_data
-from meshless.pki.keys import KeyAlgorithm, key_matches_certificate, load_private_key
+from meshless.pki.keys import KeyAlgorithm
 from meshless.pki.spiffe import spiffe_id
-from meshless.pki.svid import SvidRequest, issue_svid, parse_certificate_chain
+from meshless.pki.svid import SvidRequest, issue_svid
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "issuance.json"
-KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
-GROUP, VERSION, PLURAL = "meshless.dev", "v1alpha1", "workloadidentities"
-SCALE = float(os.environ.get("BENCH_SCALE", "1"))
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+RESULTS = RESULTS_DIR / "issuance.json"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))  # ideal and e2e, alternated
 
 
 def scaled(n: int) -> int:
     return max(10, int(n * SCALE))
-
-
-def log(msg: str) -> None:
-    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {msg}", flush=True)
 
 
 # --- signing --------------------------------------------------------------------------------
@@ -119,150 +125,6 @@ def bench_signing() -> dict[str, float]:
         "signing_per_s": round(ours, 1),
         "crypto_baseline_per_s": round(base, 1),
         "signing_vs_baseline": round(ours / base, 3),
-    }
-
-
-# --- cluster helpers ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    def __init__(self, namespace: str, log_path: Path, **env: str) -> None:
-        self.namespace = namespace
-        self.metrics_port = free_port()
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(KUBECONFIG),
-            "MESHLESS_NAMESPACE": namespace,
-            "MESHLESS_METRICS_PORT": str(self.metrics_port),
-            "MESHLESS_HEALTH_PORT": str(free_port()),
-            "MESHLESS_LOG_FORMAT": "json",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> float:
-        started = time.monotonic()
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshless", "run"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        while '"operator started"' not in self.log_path.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited: see {self.log_path}")
-            time.sleep(0.05)
-        return started
-
-    def wait_steady(self, timeout: float = 120) -> None:
-        """Until the operator leads, its term's sweep has queued every identity it holds and
-        the queue is empty: what it does at start (its lists, checking what it holds) is
-        not part of what a scenario measures."""
-        deadline = time.monotonic() + timeout
-        while '"message": "swept ' not in self.log_path.read_text(errors="replace") or (
-            self.counter('meshless_work_queue_depth{controller="identity"}') > 0
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"operator not steady within {timeout}s: see {self.log_path}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-
-    def rss_mb(self) -> float:
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-        return kb / 1024
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
-            return str(r.read().decode())
-
-    def health(self) -> dict[str, Any]:
-        """The operator's /healthz body: counts (`issued`, `identities_ready`) and `leading`.
-        Cheap to poll, unlike /metrics, which renders a series per identity (polling it made
-        the operator spend up to a fifth of its CPU on the benchmark's own scrapes)."""
-        import urllib.request
-
-        port = self.env["MESHLESS_HEALTH_PORT"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
-            return dict(json.loads(r.read()))
-
-    def ready_count(self) -> int:
-        """Identities the operator counts Ready."""
-        return int(self.health()["identities_ready"])
-
-    def writes(self) -> float:
-        return sum(
-            self.counter(f'meshless_api_requests_total{{verb="{v}"}}')
-            for v in ("POST", "PUT", "PATCH")
-        )
-
-    def counter(self, name: str) -> float:
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-
-def fresh_cluster() -> None:
-    """A new, empty control plane: leftovers of earlier runs (identities issued by another
-    CA) would otherwise be reissued by the operator in the middle of the measurements."""
-    launcher = [sys.executable, str(ROOT / "hack" / "localcluster.py")]
-    subprocess.run([*launcher, "down"], check=True)
-    subprocess.run([*launcher, "up"], check=True)
-    subprocess.run(
-        [
-            "kubectl",
-            f"--kubeconfig={KUBECONFIG}",
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(ROOT / "crds"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            "kubectl",
-            f"--kubeconfig={KUBECONFIG}",
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
-def new_namespace(core: client.CoreV1Api, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
-    return name
-
-
-def identity(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "WorkloadIdentity",
-        "metadata": {"name": name},
-        "spec": {"serviceAccountName": name},
     }
 
 
@@ -340,67 +202,6 @@ class ReadyWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def run_requests(
-    work: Callable[[Kube, int], Awaitable[object]], count: int, concurrency: int
-) -> None:
-    """`work(kube, i)` for i in range(count), at most `concurrency` at a time, through the same
-    async client the operator uses."""
-
-    async def main() -> None:
-        kube = Kube(load_configuration(str(KUBECONFIG)), connections=concurrency)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> None:
-            async with gate:
-                await work(kube, i)
-
-        try:
-            await asyncio.gather(*(one(i) for i in range(count)))
-        finally:
-            await kube.close()
-
-    uvloop.run(main())
-
-
-def create_identities(
-    namespaces: list[str], names: list[str], concurrency: int = CONCURRENCY
-) -> None:
-    """One WorkloadIdentity per name, spread round-robin over `namespaces`."""
-
-    async def one(kube: Kube, i: int) -> None:
-        body = identity(names[i])
-        body["metadata"]["namespace"] = namespaces[i % len(namespaces)]
-        await kube.create(IDENTITIES, body)
-
-    run_requests(one, len(names), concurrency)
-
-
-def verify_secrets(core: client.CoreV1Api, namespace: str, names: list[str], bundle: bytes) -> int:
-    """Every Secret holds a certificate for its identity that matches its key."""
-    valid = 0
-    secrets = {
-        s.metadata.name: s
-        for s in core.list_namespaced_secret(
-            namespace, label_selector="meshless.dev/identity"
-        ).items
-    }
-    for name in names:
-        secret = secrets.get(f"{name}-mtls")
-        if secret is None:
-            continue
-        data = {k: base64.b64decode(v) for k, v in secret.data.items()}
-        leaf = parse_certificate_chain(data["tls.crt"])[0]
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if (
-            uris == [spiffe_id("cluster.local", namespace, name)]
-            and key_matches_certificate(load_private_key(data["tls.key"]), leaf)
-            and data["ca.crt"] == bundle
-        ):
-            valid += 1
-    return valid
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -620,15 +421,9 @@ def bench_scale(api: client.ApiClient, op: Operator, count: int, log_dir: Path) 
 
 
 def main() -> None:
-    fresh_cluster()
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    api.configuration.connection_pool_maxsize = CONCURRENCY * 2
-    core = client.CoreV1Api(api)
-    log_dir = ROOT / ".cache" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    api, core = start_cluster(pool=CONCURRENCY * 2)
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **run_header(python=platform.python_version()),
         "scale": SCALE,
         "concurrency": CONCURRENCY,
     }
@@ -653,7 +448,7 @@ def main() -> None:
         measured = bench_ideal(api, count)
         # The operator runs only for its own half (it would issue the ideal's identities),
         # and starts clean each round: its start (lists, the sweep) is not measured.
-        op = Operator(op_ns, log_dir / "operator.log", **operator_env)
+        op = Operator(op_ns, LOG_DIR / "operator.log", **operator_env)
         op.start()
         op.wait_steady()
         log(f"round {number}/{ROUNDS} e2e: the same {count} identities through the operator")
@@ -694,7 +489,7 @@ def main() -> None:
         )
         for r in rounds
     ]
-    op = Operator(op_ns, log_dir / "operator.log", **operator_env)
+    op = Operator(op_ns, LOG_DIR / "operator.log", **operator_env)
     op.start()
     op.wait_steady()
     if os.environ.get("BENCH_ONLY") == "throughput":  # quick runs while tuning
@@ -711,38 +506,14 @@ def main() -> None:
         client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
     )
     log(f"scale: topping up to {target} identities (holding {held})")
-    results.update(bench_scale(api, op, max(10, target - held), log_dir))
+    results.update(bench_scale(api, op, max(10, target - held), LOG_DIR))
     held_now = results["identities_held"]
     log(
         f"rss {results[f'rss_mb_{held_now}']} MB holding {held_now}; restart reissued "
         f"{results['restart_reissues']} in {results['restart_ready_s']} s"
     )
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-
-
-def run_then_stop_cluster(bench: Callable[[], None]) -> None:
-    """Run a benchmark that started its own cluster, and stop that cluster whatever happens
-    (it holds thousands of objects: do not leave it around)."""
-    try:
-        bench()
-    finally:
-        subprocess.run(
-            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "down"], check=False
-        )
-
-
-def write_results(path: Path, results: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

@@ -34,33 +34,34 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from kubernetes import client, config
+from kubernetes import client
 
-from meshless.pki.bundle import bundle_pem
-from meshless.pki.ca import ca_from_secret_data
-from run import (
+from harness import (
     KUBECONFIG,
-    RESULTS,
-    ROOT,
+    LOG_DIR,
+    RESULTS_DIR,
     SCALE,
     Operator,
     create_identities,
     free_port,
-    fresh_cluster,
     identity,
+    kubectl_path,
     log,
     new_namespace,
+    run_header,
     run_then_stop_cluster,
+    start_cluster,
     verify_secrets,
     write_results,
 )
+from meshless.pki.bundle import bundle_pem
+from meshless.pki.ca import ca_from_secret_data
 
 COUNT = max(100, int(50_000 * SCALE))
 # The full run is scale.json; a scaled one is named after its count (scale-5000.json).
-OUT = RESULTS.parent / ("scale.json" if COUNT == 50_000 else f"scale-{COUNT}.json")
+OUT = RESULTS_DIR / ("scale.json" if COUNT == 50_000 else f"scale-{COUNT}.json")
 NAMESPACES = 10
 STORM_QPS = int(os.environ.get("BENCH_STORM_QPS", "200"))
-LOGS = ROOT / ".cache" / "bench"
 
 
 def ready(op: Operator) -> int:
@@ -99,7 +100,7 @@ def operator(namespace: str, name: str, **env: str) -> Operator:
     webhook_port = free_port()  # two operators on one machine: each its own port
     op = Operator(
         namespace,
-        LOGS / f"scale-{name}.log",
+        LOG_DIR / f"scale-{name}.log",
         MESHLESS_WEBHOOK_HOST="127.0.0.1",
         MESHLESS_WEBHOOK_PORT=str(webhook_port),
         MESHLESS_WEBHOOK_URL=f"https://127.0.0.1:{webhook_port}",
@@ -134,7 +135,7 @@ def apiserver_histogram() -> dict[float, float]:
     """Cumulative counts by upper bound of apiserver_request_duration_seconds over every
     non-watch request (the API server's view of how long requests took)."""
     text = subprocess.run(
-        ["kubectl", f"--kubeconfig={KUBECONFIG}", "get", "--raw", "/metrics"],
+        [kubectl_path(), f"--kubeconfig={KUBECONFIG}", "get", "--raw", "/metrics"],
         check=True,
         capture_output=True,
         text=True,
@@ -258,13 +259,9 @@ def measure_storm(
 
 
 def main() -> None:
-    fresh_cluster()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    api = config.new_client_from_config(config_file=str(KUBECONFIG))
-    core = client.CoreV1Api(api)
+    api, core = start_cluster()
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count()},
+        **run_header(),
         "scale": SCALE,
         "identities": COUNT,
         "namespaces": NAMESPACES,

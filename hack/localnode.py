@@ -538,13 +538,14 @@ def _make_bridge() -> None:
     _run("ip", "link", "set", BRIDGE, "up")
 
 
-def _route_services() -> None:
+def _route_services(api_port: int) -> None:
     """Service IPs: pods send them to the node (a CNI route), the node translates them
     (kube-proxy). Everything here goes away with the bridge: the host's route to the Service
     range (so nothing for it ever leaves by the default route), forwarding for packets that
     came in on the bridge only (a Service IP translated to a pod IP goes back out on it; the
     machine-wide ip_forward stays as it is), and a guard table that drops whatever a pod would
-    send through the host to another interface."""
+    send through the host to another interface. The guard also keeps the API server, which
+    listens on every address in node mode (for pods), to loopback and the bridge."""
     if SERVICE_CIDR not in _run("ip", "route", "show", SERVICE_CIDR).stdout:
         _run("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
     Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/forwarding").write_text("1")
@@ -553,6 +554,10 @@ def _route_services() -> None:
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
         f'    iifname "{BRIDGE}" oifname != "{BRIDGE}" drop\n'
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f'    tcp dport {api_port} iifname != {{ "lo", "{BRIDGE}" }} drop\n'
         "  }\n"
         "}\n"
     )
@@ -981,7 +986,7 @@ def up(cluster: Cluster) -> dict[str, str]:
         (NODE / f"{user}.kubeconfig").write_text(_kubeconfig(cluster, user))
 
     _make_bridge()
-    _route_services()
+    _route_services(int(cluster.server.rsplit(":", 1)[1]))
     _make_cgroups()
     (NODE / "cni").mkdir()
     (NODE / "cni" / "10-meshless.conflist").write_text(_cni_config())

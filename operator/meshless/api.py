@@ -109,6 +109,18 @@ class Reason(StrEnum):
     RENEWED = "Renewed"
     REISSUED = "Reissued"
     BUNDLE_REPAIRED = "BundleRepaired"  # on a trust-bundle ConfigMap someone else changed
+    # Why a certificate is (re)issued (pki/reissue.py's checks, in their order): the Issuing
+    # condition's reason and meshless_certificates_issued_total's label
+    SECRET_MISSING = "SecretMissing"
+    MISSING_DATA = "MissingData"
+    INVALID_CERTIFICATE = "InvalidCertificate"
+    INVALID_KEY = "InvalidKey"
+    KEY_MISMATCH = "KeyMismatch"
+    SPEC_CHANGED = "SpecChanged"
+    ISSUER_RETIRED = "IssuerRetired"
+    BUNDLE_STALE = "BundleStale"
+    EXPIRED = "Expired"
+    RENEWAL_DUE = "RenewalDue"
     # MtlsPolicy
     IN_EFFECT = "InEffect"
     NETWORK_OPEN = "NetworkOpen"

@@ -63,9 +63,9 @@ READS_AT_ONCE = 8  # own Secrets read by name at once (those the metadata does n
 
 def policy_of(settings: Settings) -> RotationPolicy:
     return RotationPolicy(
-        renewal_fraction=settings.ca_renewal_fraction,
-        settle_time=settings.ca_settle_time,
-        window=settings.ca_rotation_window,
+        renewal_fraction=settings.ca.renewal_fraction,
+        settle_time=settings.ca.settle_time,
+        window=settings.ca.rotation_window,
     )
 
 
@@ -231,6 +231,8 @@ class CARotation:
         self.policy = policy_of(settings)
         self.constraints = desired_constraints(settings)
         self.progress: Progress | None = None
+        # What else a root rotation waits for (pod certificates: podcert/wiring.py).
+        self.more_progress: Callable[[RotationState, datetime], Progress] | None = None
         self._reported = ""  # the user CA Secret version and error last reported
         set_phase_metric(Phase.IDLE)
 
@@ -245,15 +247,17 @@ class CARotation:
         if ca.roots:
             metrics.CA_ROOT_EXPIRATION.set(core.root_expiry(ca.roots).timestamp())  # type: ignore[union-attr]
         now = self.clock()
-        if self.settings.ca_source != CA_SELF_SIGNED and await self._follow_user_ca(ca, state, now):
+        if self.settings.ca.source != CA_SELF_SIGNED and await self._follow_user_ca(ca, state, now):
             return True
         annotations = (secret.get("metadata") or {}).get("annotations") or {}
         request = core.parse_request(annotations.get(ROTATE_ANNOTATION))
         progress = None
         if state.phase is not Phase.IDLE:
             progress = await observe_progress(
-                self.kube, state, ca.roots, now, self.settings.watch_namespaces
+                self.kube, state, ca.roots, now, self.settings.runtime.watch_namespaces
             )
+            if self.more_progress is not None:
+                progress += self.more_progress(state, now)
         self.progress = progress
         set_progress_metrics(progress)
         data = self.ca.data
@@ -293,7 +297,7 @@ class CARotation:
         name is signed under an intermediate that does not permit it. True when the CA Secret
         was written (the caller reloads the CA)."""
         ca = self.ca.current
-        if ca is None or self.ca.error is not None or self.settings.ca_source != CA_SELF_SIGNED:
+        if ca is None or self.ca.error is not None or self.settings.ca.source != CA_SELF_SIGNED:
             return False
         if not self.constraints_stale(ca):
             return False
@@ -326,9 +330,9 @@ class CARotation:
         if action is Action.START_ROOT_ROTATION:
             new_ca, new_root_key = core.new_self_signed_like(
                 ca,
-                self.settings.trust_domain,
+                self.settings.identity.trust_domain,
                 now,
-                self.settings.dns_name_policy.permitted_dns_subtrees(),
+                self.settings.names.policy.permitted_dns_subtrees(),
             )
             new = core.start_root_rotation(
                 data,
@@ -346,7 +350,7 @@ class CARotation:
                 "Normal",
                 f"root rotation started ({decision.reason}): phase Prepare; every trust bundle "
                 "gets the new root, then a settle time of "
-                f"{self.settings.ca_settle_time} before the new root issues",
+                f"{self.settings.ca.settle_time} before the new root issues",
             )
         if action is Action.ROTATE_INTERMEDIATE:
             root_key = root_key_from_secret_data(data)
@@ -375,7 +379,7 @@ class CARotation:
                 R.CA_ROTATION_BUNDLES_COMPLETE,
                 "Normal",
                 f"every trust bundle carries the new root ({counts}); switching after the "
-                f"settle time of {self.settings.ca_settle_time}",
+                f"settle time of {self.settings.ca.settle_time}",
             )
         if action is Action.MARK_LEAVES_DONE:
             return _Step(
@@ -383,7 +387,7 @@ class CARotation:
                 R.CA_ROTATION_LEAVES_REISSUED,
                 "Normal",
                 f"no certificate under the old root remains ({counts}); the old root leaves "
-                f"the bundles after the settle time of {self.settings.ca_settle_time}",
+                f"the bundles after the settle time of {self.settings.ca.settle_time}",
             )
         if action is Action.SWITCH:
             return _Step(
@@ -391,7 +395,7 @@ class CARotation:
                 R.CA_ROTATION_SWITCH,
                 "Normal",
                 "phase Switch: the new root's intermediate issues; existing certificates are "
-                f"reissued over {self.settings.ca_rotation_window} ({counts})",
+                f"reissued over {self.settings.ca.rotation_window} ({counts})",
             )
         if action is Action.FINISH:
             return _Step(
@@ -416,7 +420,7 @@ class CARotation:
         reported (once per version) and changes nothing; a new intermediate under a root we
         trust issues at once; one under a new root starts the phases. Acted on only when
         Idle. True when the CA Secret was written."""
-        ns, source = self.settings.namespace, self.settings.ca_source
+        ns, source = self.settings.runtime.namespace, self.settings.ca.source
         user = await self.kube.get(SECRETS, ns, source)
         if user is None:
             await self._report_user_ca(
@@ -459,7 +463,7 @@ class CARotation:
                 "Normal",
                 f"Secret {source} holds a CA under a new root: root rotation started, phase "
                 "Prepare; every trust bundle gets the new root, then a settle time of "
-                f"{self.settings.ca_settle_time} before it issues",
+                f"{self.settings.ca.settle_time} before it issues",
             )
         if not await self._write(secret, step.data):
             return False
@@ -473,7 +477,7 @@ class CARotation:
         if key == self._reported:
             return
         self._reported = key
-        ns, source = self.settings.namespace, self.settings.ca_source
+        ns, source = self.settings.runtime.namespace, self.settings.ca.source
         text = f"{message}; the CA in use keeps issuing and no rotation starts"
         log.error("CA Secret %s/%s unusable: %s", ns, source, text)
         involved = {"apiVersion": "v1", "kind": "Secret", "name": source, "namespace": ns}

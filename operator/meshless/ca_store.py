@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def desired_constraints(settings: Settings) -> x509.NameConstraints:
     """The NameConstraints the issuing intermediate must carry under these settings."""
     return name_constraints(
-        settings.trust_domain, settings.dns_name_policy.permitted_dns_subtrees()
+        settings.identity.trust_domain, settings.names.policy.permitted_dns_subtrees()
     )
 
 
@@ -104,11 +104,11 @@ class CAStore:
         found = constraints_report(ca.issuer_cert, desired_constraints(self._settings))
         if found.state is ConstraintsState.MATCHES:
             return
-        if self._settings.ca_source == CA_SELF_SIGNED:
+        if self._settings.ca.source == CA_SELF_SIGNED:
             log.info("%s; the operator replaces the intermediate", found.message)
             return
         log.warning("%s", found.message)
-        ns, name = self._settings.namespace, self._settings.ca_secret_name
+        ns, name = self._settings.runtime.namespace, self._settings.ca.secret_name
         involved = {"apiVersion": "v1", "kind": "Secret", "name": name, "namespace": ns}
         uid = (self._secret_meta or {}).get("uid")
         if uid:
@@ -123,7 +123,7 @@ class CAStore:
     async def _report(self, error: CAError) -> None:
         """Log the error and put a Warning Event on the CA Secret. While a last good CA is
         loaded it stays in use; identities only fail when there is none."""
-        ns, name = self._settings.namespace, self._settings.ca_secret_name
+        ns, name = self._settings.runtime.namespace, self._settings.ca.secret_name
         keeping = " (the last good CA stays in use)" if self.current else ""
         log.error("CA Secret %s/%s unusable: %s%s", ns, name, error, keeping)
         secret = self._secret_meta or {}
@@ -142,9 +142,9 @@ class CAStore:
         rotation too). Self-signed: bootstrapped once. User-provided: a copy of the user's
         Secret made when it first loads; later replacements reach it through a rotation
         (meshless.ca_rotation), so a broken one never replaces it, even across restarts."""
-        ns, name = self._settings.namespace, CA_SECRET_NAME
+        ns, name = self._settings.runtime.namespace, CA_SECRET_NAME
         secret = await self._kube.get(SECRETS, ns, name)
-        user_mode = self._settings.ca_source != CA_SELF_SIGNED
+        user_mode = self._settings.ca.source != CA_SELF_SIGNED
         if secret is None:
             secret = await (self._adopt(ns) if user_mode else self._bootstrap(ns))
         if not user_mode:
@@ -158,7 +158,7 @@ class CAStore:
 
     async def _adopt(self, ns: str) -> Json | None:
         """The user's CA, validated, copied into the operator's CA Secret."""
-        source = self._settings.ca_source
+        source = self._settings.ca.source
         user = await self._kube.get(SECRETS, ns, source)
         self._secret_meta = (user or {}).get("metadata")
         if user is None:
@@ -171,9 +171,9 @@ class CAStore:
     async def _bootstrap(self, ns: str) -> Json | None:
         ca, root_key = await asyncio.to_thread(
             bootstrap_self_signed,
-            self._settings.trust_domain,
+            self._settings.identity.trust_domain,
             self._clock(),
-            dns_subtrees=self._settings.dns_name_policy.permitted_dns_subtrees(),
+            dns_subtrees=self._settings.names.policy.permitted_dns_subtrees(),
         )
         created = await self._create(ns, ca_to_secret_data(ca, root_key))
         log.info(

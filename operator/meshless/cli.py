@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"meshless: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    configure_logging(settings.runtime.log_format)
     from meshless.operator import run  # imports Kopf; keep `version` light
 
     try:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from meshless.timestamps import rfc3339
+
 Condition = dict[str, Any]
 
 
@@ -18,10 +20,6 @@ class ConditionChange:
     status: bool
     reason: str
     message: str
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(

@@ -25,6 +25,7 @@ import aiohttp
 from kubernetes import client, config
 
 from meshless import api, metrics
+from meshless.timestamps import rfc3339
 
 Json = dict[str, Any]
 Page = list[Json]  # one page of a list call
@@ -474,7 +475,7 @@ class Kube:
     ) -> None:
         """A core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid). `name`
         (default: a new unique one) lets a retry be recognised: 409 means it was posted."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(datetime.now(UTC))
         ns = involved["namespace"]
         event = {
             "apiVersion": "v1",

@@ -43,6 +43,7 @@ from meshless.identity.controller import IdentityController
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.loopwatch import LoopWatch
+from meshless.podcert.wiring import PodCertificates, pod_from_cache
 from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
@@ -106,10 +107,10 @@ class Operator:
         self.rotation = CARotation(kube, settings, self.ca, utcnow)
         # The webhooks' own CA: the configurations' caBundle, never a workload root.
         self.webhook_ca = WebhookCAStore(
-            kube, settings.namespace, utcnow, settings.ca_settle_time, WEBHOOK_CONFIGURATION
+            kube, settings.runtime.namespace, utcnow, settings.ca.settle_time, WEBHOOK_CONFIGURATION
         )
         self.webhook_server: AdmissionWebhookServer | None = None
-        self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
+        self.budget = WriteBudget(settings.writes.budget_qps, settings.writes.budget_burst)
         self.events = EventRecorder(kube)
         self.identities = IdentityController(
             kube, settings, self.ca, self.budget, utcnow, self.events
@@ -130,9 +131,9 @@ class Operator:
         self.policies.enforcement = self.prober.status_for
         self.identities.on_issued = self.prober.certificate_rotated
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
-            settings.webhook_url or None, settings.webhook_service, settings.namespace
+            settings.webhook.url or None, settings.webhook.service, settings.runtime.namespace
         )
-        scopes: tuple[str | None, ...] = settings.watch_namespaces or (None,)
+        scopes: tuple[str | None, ...] = settings.runtime.watch_namespaces or (None,)
         self.watches = [
             watch
             for namespace in scopes
@@ -173,6 +174,7 @@ class Operator:
         self.health: HealthServer | None = None
         self.loopwatch = LoopWatch()
         self.startup = StartupState()
+        self.pod_certificates: PodCertificates | None = None  # when the API serves them
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
@@ -192,10 +194,11 @@ class Operator:
             log.exception("loading the webhook CA failed")
         self._tasks.append(asyncio.create_task(self._poll_webhook_ca()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
-        if self.settings.leader_election:
+        await self._start_pod_certificates()
+        if self.settings.runtime.leader_election:
             self.elector = LeaderElector(
                 self.kube,
-                self.settings.namespace,
+                self.settings.runtime.namespace,
                 default_identity(),
                 on_started=self._start_leading,
                 on_stopped=self._stop_leading,
@@ -204,6 +207,21 @@ class Operator:
         else:
             await self._start_leading()
         log.info("operator started")
+
+    async def _start_pod_certificates(self) -> None:
+        """The signer meshless.dev/spiffe and the ClusterTrustBundle, where served (podcert/)."""
+        self.pod_certificates = await PodCertificates.discover(
+            self.kube,
+            self.settings,
+            self.ca,
+            self.budget,
+            self.events,
+            utcnow,
+            pod_from_cache(self.policies.pods),  # type: ignore[arg-type]
+        )
+        if self.pod_certificates is not None:
+            self._tasks.extend(self.pod_certificates.watch_tasks())
+            self.rotation.more_progress = self.pod_certificates.rotation_progress
 
     async def _load_ca_until_it_answers(self) -> None:
         delay = 0.0
@@ -251,7 +269,7 @@ class Operator:
         if self.health is not None:
             return
         self.health = HealthServer(
-            self.settings.health_port,
+            self.settings.endpoints.health_port,
             details=lambda: {
                 "issued": self.identities.issued,
                 "identities_ready": self.identities.certificates.ready_count,
@@ -265,8 +283,8 @@ class Operator:
     def _webhook_address(self) -> tuple[str, int] | None:
         if not self.webhooks_served:
             return None
-        host = self.settings.webhook_host
-        return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook_port)
+        host = self.settings.webhook.host
+        return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook.port)
 
     def serve_webhooks(self, kopf_settings: kopf.OperatorSettings) -> None:
         """Every replica serves the admission webhooks, with a serving certificate from the
@@ -279,19 +297,19 @@ class Operator:
     ) -> AsyncIterator[kopf.WebhookClientConfig]:
         while self.webhook_ca.authority is None:
             log.warning("admission webhooks wait for a usable webhook CA (see the log)")
-            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
+            await asyncio.sleep(self.settings.ca.poll_interval.total_seconds())
         holder = kopf.OperatorSettings()
         server, keeper = serve_admission(
             holder,
             ca=lambda: self.webhook_ca.authority,
             hosts=self.webhook_hosts,
             clock=utcnow,
-            addr=self.settings.webhook_host,
-            port=self.settings.webhook_port,
+            addr=self.settings.webhook.host,
+            port=self.settings.webhook.port,
         )
         self._tasks.append(
             asyncio.create_task(
-                keeper.run(server, check_every=self.settings.ca_poll_interval.total_seconds())
+                keeper.run(server, check_every=self.settings.ca.poll_interval.total_seconds())
             )
         )
         self.webhook_server = server
@@ -306,7 +324,7 @@ class Operator:
             return
         try:
             await apply_configurations(
-                self.kube, self.webhook_endpoint, bundle, self.settings.namespace
+                self.kube, self.webhook_endpoint, bundle, self.settings.runtime.namespace
             )
         except ConfigurationMissing as exc:
             # One line while it stays missing (the next CA polls retry quietly).
@@ -337,6 +355,8 @@ class Operator:
         await self.policies.prime(on_identity=self.identities.remember)
         self.policies.queue.start()
         self.prober.start()
+        if self.pod_certificates is not None:
+            await self.pod_certificates.lead()
         self._leader_tasks.append(asyncio.create_task(self._resync()))
         log.info("reconciling as leader (%d identities not Ready went first)", urgent)
         await self._sweep()
@@ -357,7 +377,7 @@ class Operator:
         fails it (until then a resync would still reach every identity)."""
         started = time.monotonic()
         scopes = None
-        if self.settings.watch_namespaces:
+        if self.settings.runtime.watch_namespaces:
             scopes = tuple(sorted({ns for ns, _ in self.identities.store}))
         while True:
             try:
@@ -387,6 +407,8 @@ class Operator:
         await self.identities.stop()
         await self.policies.queue.stop()
         await self.prober.stop()
+        if self.pod_certificates is not None:
+            await self.pod_certificates.stop_leading()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -410,7 +432,7 @@ class Operator:
         """The CA Secret is read by name every few seconds: a changed or repaired CA reaches
         every identity (new issuer, new bundle) without a Secret watch."""
         while True:
-            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
+            await asyncio.sleep(self.settings.ca.poll_interval.total_seconds())
             try:
                 changed = await self.ca.load()
             except Exception:  # the API being away must not stop the poll
@@ -427,6 +449,8 @@ class Operator:
                 self._note_ca()
             if self.leading and (changed or self._configurations_stale):
                 await self._apply_webhook_configurations()
+            if self.leading and self.pod_certificates is not None:
+                await self.pod_certificates.ca_changed(force=self._configurations_stale)
             if changed and self.leading:
                 try:
                     await self.identities.refresh_trust_bundles()
@@ -438,7 +462,7 @@ class Operator:
         """Every replica reads the webhook CA (its serving certificate follows the signing
         root); the leader takes one rotation step per poll and writes caBundle on a change."""
         while True:
-            await asyncio.sleep(self.settings.ca_poll_interval.total_seconds())
+            await asyncio.sleep(self.settings.ca.poll_interval.total_seconds())
             try:
                 changed = await self.webhook_ca.load()
                 if self.leading:
@@ -453,7 +477,7 @@ class Operator:
 
     async def _resync(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.resync_interval.total_seconds())
+            await asyncio.sleep(self.settings.identity.resync_interval.total_seconds())
             self.identities.enqueue_all()
             self.policies.enqueue_all()
             # Applied again at the next CA poll: webhooks wiped by hand (or by `helm upgrade
@@ -484,7 +508,7 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = NoDiffBaseStorage()
         operator: Operator | None = getattr(memo, "operator", None)
         if operator is None:
-            kube = Kube(load_configuration(), connections=max(8, ours.workers * 2))
+            kube = Kube(load_configuration(), connections=max(8, ours.runtime.workers * 2))
             operator = Operator(ours, kube)
             memo.operator = operator
             memo.admission_state = operator.admission_state
@@ -539,10 +563,10 @@ def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None
         raise SettingsError(
             f"cannot load Kubernetes credentials (KUBECONFIG or in-cluster): {exc}"
         ) from None
-    start_http_server(settings.metrics_port, addr="0.0.0.0")
+    start_http_server(settings.endpoints.metrics_port, addr="0.0.0.0")
     registry = configure(settings)
     memo = kopf.Memo(meshless_settings=settings)
-    namespaces = list(settings.watch_namespaces)
+    namespaces = list(settings.runtime.watch_namespaces)
     operator = kopf.operator(
         registry=registry,
         memo=memo,

@@ -3,15 +3,19 @@
 Invalid settings stop the operator at start with one clear line (SettingsError).
 """
 
+# Settings are declared with `setting(default, doc)` (a dataclasses.field carrying its doc):
+# ruff: noqa: RUF009
+
 from __future__ import annotations
 
 import argparse
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from datetime import timedelta
 from functools import cached_property
+from typing import Any
 
 from meshless.durations import parse_duration
 from meshless.pki.names import DnsNamePolicy, PatternError
@@ -25,212 +29,244 @@ class SettingsError(Exception):
     """A setting that cannot be used; the message is one line naming flag and variable."""
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A field of a settings group: its default and its documentation (the flag's help)."""
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def group(kind: type[Any], prefix: str = "") -> Any:
+    """A group of settings in Settings; `prefix` starts its flags (`ca-` makes --ca-source)."""
+    return field(default_factory=kind, metadata={"prefix": prefix})
+
+
 @dataclass(frozen=True)
-class Settings:
-    namespace: str = "meshless-system"
-    trust_domain: str = "cluster.local"
-    root_namespace: str = ""  # empty: the operator's namespace
-    ca_source: str = CA_SELF_SIGNED  # or the name of a Secret in `namespace` with an intermediate
-    default_ttl: timedelta = timedelta(hours=24)
-    ttl_floor: timedelta = timedelta(minutes=10)
-    renewal_fraction: float = 1 / 3  # renewBefore default = ttl * fraction
-    jitter: float = 0.1  # up to this fraction of the lifetime earlier, spread per certificate
-    write_budget_qps: float = 50.0
-    write_budget_burst: int = 100
-    watch_namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all
-    webhook_port: int = 9443
-    webhook_host: str = "0.0.0.0"
-    webhook_url: str = ""  # outside a cluster: https://127.0.0.1:<port>, registered by URL
-    webhook_service: str = "meshless-webhook"
-    metrics_port: int = 8080
-    health_port: int = 8081
-    log_format: str = "text"
-    workers: int = 16
-    resync_interval: timedelta = timedelta(minutes=10)
-    ca_poll_interval: timedelta = timedelta(seconds=10)
-    # CA rotation (docs/decisions/ca-rotation.md)
-    ca_renewal_fraction: float = 2 / 3  # a CA certificate is replaced at this fraction of life
-    ca_settle_time: timedelta = timedelta(minutes=2)  # bundles everywhere -> Switch
-    ca_rotation_window: timedelta = timedelta(hours=1)  # existing leaves reissued over this
-    leader_election: bool = True
-    probe_interval: timedelta = timedelta(minutes=5)
-    probe_qps: float = 20.0  # probe connections per second, cluster-wide
-    probe_timeout: timedelta = timedelta(seconds=3)
-    service_account: str = "meshless"  # the operator's own: the prober's identity
-    # The name policy (pki/names.py): Service names of the identity's own namespace, plus
-    # these patterns ({namespace} placeholder, leading '*' for one label).
-    cluster_domain: str = "cluster.local"
-    allowed_dns_names: tuple[str, ...] = field(default_factory=tuple)
+class RuntimeSettings:
+    """The operator process: where it runs, what it watches, how much it does at once."""
+
+    namespace: str = setting("meshless-system", "the operator's own namespace")
+    service_account: str = setting(
+        "meshless", "the operator's ServiceAccount: the prober's identity is issued for it"
+    )
+    watch_namespaces: tuple[str, ...] = setting(
+        (), "comma-separated namespaces to watch (default: all)"
+    )
+    workers: int = setting(16, "concurrent reconciles")
+    log_format: str = setting("text", "text or json")
+    leader_election: bool = setting(
+        True,
+        "elect one leader among replicas on a Lease in the operator's namespace (true/false)",
+    )
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """The certificates of WorkloadIdentities: their names, lifetimes and renewal."""
+
+    trust_domain: str = setting("cluster.local", "SPIFFE trust domain")
+    default_ttl: timedelta = setting(timedelta(hours=24), "certificate lifetime")
+    ttl_floor: timedelta = setting(timedelta(minutes=10), "shortest lifetime accepted")
+    renewal_fraction: float = setting(
+        1 / 3, "default renewBefore as a fraction of the lifetime"
+    )  # renewBefore default = ttl * fraction
+    jitter: float = setting(
+        0.1, "renewal jitter as a fraction of lifetime"
+    )  # up to this fraction of the lifetime earlier, spread per certificate
+    resync_interval: timedelta = setting(
+        timedelta(minutes=10), "how often every identity is checked even without changes"
+    )
+
+
+@dataclass(frozen=True)
+class NameSettings:
+    """The name policy (pki/names.py): an identity may carry the Service names of its own
+    namespace, plus these patterns ({namespace} placeholder, leading '*' for one label)."""
+
+    cluster_domain: str = setting(
+        "cluster.local",
+        "the cluster's DNS domain: identities may carry <svc>.<ns>.svc.<cluster domain>",
+    )
+    allowed_dns_names: tuple[str, ...] = setting(
+        (),
+        "comma-separated extra DNS name patterns identities may carry, e.g. "
+        "*.{namespace}.example.com (default: only the namespace's Service names)",
+    )
 
     @cached_property
-    def dns_name_policy(self) -> DnsNamePolicy:
+    def policy(self) -> DnsNamePolicy:
         return DnsNamePolicy(cluster_domain=self.cluster_domain, allowed=self.allowed_dns_names)
+
+
+@dataclass(frozen=True)
+class PodCertificateSettings:
+    """Pod certificates (podcert/): what the signer meshless.dev/spiffe signs."""
+
+    max_ttl: timedelta = setting(
+        timedelta(hours=24),
+        "longest pod certificate signed (1h..91d): a request's maxExpirationSeconds is capped",
+    )
+    refresh_after: timedelta = setting(
+        timedelta(0),
+        "for tests: beginRefreshAt this long after notBefore (>= 10m; 0: at 2/3 of the life)",
+    )
+
+
+@dataclass(frozen=True)
+class CASettings:
+    """The issuing CA and its rotation (docs/decisions/ca-rotation.md)."""
+
+    source: str = setting(
+        CA_SELF_SIGNED,
+        "'self-signed' or the name of a Secret (tls.crt, tls.key, ca.crt) holding an intermediate",
+    )
+    poll_interval: timedelta = setting(
+        timedelta(seconds=10), "how often the CA Secret is read for changes"
+    )
+    renewal_fraction: float = setting(
+        2 / 3,
+        "the self-signed intermediate and root are rotated at this fraction of their lifetime",
+    )
+    settle_time: timedelta = setting(
+        timedelta(minutes=2),
+        "wait after every bundle carries a new root before it issues (kubelet file sync)",
+    )
+    rotation_window: timedelta = setting(
+        timedelta(hours=1),
+        "existing certificates are reissued spread over this window after a CA switch",
+    )
+
+    @property
+    def secret_name(self) -> str:
+        """The CA Secret the operator reads: its own copy, or the user's Secret."""
+        return CA_SECRET_NAME if self.source == CA_SELF_SIGNED else self.source
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """The cluster-wide budget of Secret writes (budget.py)."""
+
+    budget_qps: float = setting(50.0, "cluster-wide Secret writes per second")
+    budget_burst: int = setting(100, "Secret writes allowed in a burst")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """MtlsPolicy resolution."""
+
+    root_namespace: str = setting(
+        "", "namespace of cluster-wide MtlsPolicies (default: the operator's namespace)"
+    )
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The admission webhooks' server and how the API server reaches it."""
+
+    port: int = setting(9443, "admission webhook port")
+    host: str = setting("0.0.0.0", "address the admission webhooks listen on")
+    url: str = setting(
+        "", "register the webhooks by this https URL (outside a cluster) instead of the Service"
+    )  # outside a cluster: https://127.0.0.1:<port>, registered by URL
+    service: str = setting(
+        "meshless-webhook", "the Service in the operator's namespace that fronts the webhooks"
+    )
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The operator's own HTTP endpoints."""
+
+    metrics_port: int = setting(8080, "Prometheus /metrics port")
+    health_port: int = setting(8081, "/healthz port")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Enforcement probes (probe/): how often and how fast ports are probed."""
+
+    interval: timedelta = setting(
+        timedelta(minutes=5), "how often each STRICT and PERMISSIVE port is probed (jittered)"
+    )
+    qps: float = setting(20.0, "probe connections per second, cluster-wide")
+    timeout: timedelta = setting(timedelta(seconds=3), "time limit of each probe step")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, grouped by concern (as Kopf's OperatorSettings are): `settings.ca.source`.
+    A group's fields are its flags: `--<prefix><field>`, variable MESHLESS_<PREFIX><FIELD>,
+    Helm value `settings.<prefixField>` (see `OPTIONS`)."""
+
+    runtime: RuntimeSettings = group(RuntimeSettings)
+    identity: IdentitySettings = group(IdentitySettings)
+    names: NameSettings = group(NameSettings)
+    pod_certificates: PodCertificateSettings = group(PodCertificateSettings, "pod-certificate-")
+    ca: CASettings = group(CASettings, "ca-")
+    writes: WriteSettings = group(WriteSettings, "write-")
+    policy: PolicySettings = group(PolicySettings)
+    webhook: WebhookSettings = group(WebhookSettings, "webhook-")
+    endpoints: EndpointSettings = group(EndpointSettings)
+    probe: ProbeSettings = group(ProbeSettings, "probe-")
 
     @property
     def effective_root_namespace(self) -> str:
-        return self.root_namespace or self.namespace
-
-    @property
-    def ca_secret_name(self) -> str:
-        return CA_SECRET_NAME if self.ca_source == CA_SELF_SIGNED else self.ca_source
+        return self.policy.root_namespace or self.runtime.namespace
 
 
 @dataclass(frozen=True)
 class _Option:
+    """One `meshless run` option, derived from a settings field."""
+
+    group: str  # the Settings field of the group
+    name: str  # the field in the group
     flag: str
-    env: str
-    attr: str
     help: str
 
+    @property
+    def env(self) -> str:
+        return "MESHLESS_" + self.flag.removeprefix("--").upper().replace("-", "_")
 
-OPTIONS: tuple[_Option, ...] = (
-    _Option("--namespace", "MESHLESS_NAMESPACE", "namespace", "the operator's own namespace"),
-    _Option("--trust-domain", "MESHLESS_TRUST_DOMAIN", "trust_domain", "SPIFFE trust domain"),
-    _Option(
-        "--root-namespace",
-        "MESHLESS_ROOT_NAMESPACE",
-        "root_namespace",
-        "namespace of cluster-wide MtlsPolicies (default: the operator's namespace)",
-    ),
-    _Option(
-        "--ca-source",
-        "MESHLESS_CA_SOURCE",
-        "ca_source",
-        "'self-signed' or the name of a Secret (tls.crt, tls.key, ca.crt) holding an intermediate",
-    ),
-    _Option("--default-ttl", "MESHLESS_DEFAULT_TTL", "default_ttl", "certificate lifetime"),
-    _Option("--ttl-floor", "MESHLESS_TTL_FLOOR", "ttl_floor", "shortest lifetime accepted"),
-    _Option(
-        "--renewal-fraction",
-        "MESHLESS_RENEWAL_FRACTION",
-        "renewal_fraction",
-        "default renewBefore as a fraction of the lifetime",
-    ),
-    _Option("--jitter", "MESHLESS_JITTER", "jitter", "renewal jitter as a fraction of lifetime"),
-    _Option(
-        "--write-budget-qps",
-        "MESHLESS_WRITE_BUDGET_QPS",
-        "write_budget_qps",
-        "cluster-wide Secret writes per second",
-    ),
-    _Option(
-        "--write-budget-burst",
-        "MESHLESS_WRITE_BUDGET_BURST",
-        "write_budget_burst",
-        "Secret writes allowed in a burst",
-    ),
-    _Option(
-        "--watch-namespaces",
-        "MESHLESS_WATCH_NAMESPACES",
-        "watch_namespaces",
-        "comma-separated namespaces to watch (default: all)",
-    ),
-    _Option("--webhook-port", "MESHLESS_WEBHOOK_PORT", "webhook_port", "admission webhook port"),
-    _Option(
-        "--webhook-host",
-        "MESHLESS_WEBHOOK_HOST",
-        "webhook_host",
-        "address the admission webhooks listen on",
-    ),
-    _Option(
-        "--webhook-url",
-        "MESHLESS_WEBHOOK_URL",
-        "webhook_url",
-        "register the webhooks by this https URL (outside a cluster) instead of the Service",
-    ),
-    _Option(
-        "--webhook-service",
-        "MESHLESS_WEBHOOK_SERVICE",
-        "webhook_service",
-        "the Service in the operator's namespace that fronts the webhooks",
-    ),
-    _Option("--metrics-port", "MESHLESS_METRICS_PORT", "metrics_port", "Prometheus /metrics port"),
-    _Option("--health-port", "MESHLESS_HEALTH_PORT", "health_port", "/healthz port"),
-    _Option("--log-format", "MESHLESS_LOG_FORMAT", "log_format", "text or json"),
-    _Option("--workers", "MESHLESS_WORKERS", "workers", "concurrent reconciles"),
-    _Option(
-        "--resync-interval",
-        "MESHLESS_RESYNC_INTERVAL",
-        "resync_interval",
-        "how often every identity is checked even without changes",
-    ),
-    _Option(
-        "--ca-poll-interval",
-        "MESHLESS_CA_POLL_INTERVAL",
-        "ca_poll_interval",
-        "how often the CA Secret is read for changes",
-    ),
-    _Option(
-        "--ca-renewal-fraction",
-        "MESHLESS_CA_RENEWAL_FRACTION",
-        "ca_renewal_fraction",
-        "the self-signed intermediate and root are rotated at this fraction of their lifetime",
-    ),
-    _Option(
-        "--ca-settle-time",
-        "MESHLESS_CA_SETTLE_TIME",
-        "ca_settle_time",
-        "wait after every bundle carries a new root before it issues (kubelet file sync)",
-    ),
-    _Option(
-        "--ca-rotation-window",
-        "MESHLESS_CA_ROTATION_WINDOW",
-        "ca_rotation_window",
-        "existing certificates are reissued spread over this window after a CA switch",
-    ),
-    _Option(
-        "--probe-interval",
-        "MESHLESS_PROBE_INTERVAL",
-        "probe_interval",
-        "how often each STRICT and PERMISSIVE port is probed (jittered)",
-    ),
-    _Option(
-        "--probe-qps",
-        "MESHLESS_PROBE_QPS",
-        "probe_qps",
-        "probe connections per second, cluster-wide",
-    ),
-    _Option(
-        "--probe-timeout",
-        "MESHLESS_PROBE_TIMEOUT",
-        "probe_timeout",
-        "time limit of each probe step",
-    ),
-    _Option(
-        "--service-account",
-        "MESHLESS_SERVICE_ACCOUNT",
-        "service_account",
-        "the operator's ServiceAccount: the prober's identity is issued for it",
-    ),
-    _Option(
-        "--cluster-domain",
-        "MESHLESS_CLUSTER_DOMAIN",
-        "cluster_domain",
-        "the cluster's DNS domain: identities may carry <svc>.<ns>.svc.<cluster domain>",
-    ),
-    _Option(
-        "--allowed-dns-names",
-        "MESHLESS_ALLOWED_DNS_NAMES",
-        "allowed_dns_names",
-        "comma-separated extra DNS name patterns identities may carry, e.g. "
-        "*.{namespace}.example.com (default: only the namespace's Service names)",
-    ),
-    _Option(
-        "--leader-election",
-        "MESHLESS_LEADER_ELECTION",
-        "leader_election",
-        "elect one leader among replicas on a Lease in the operator's namespace (true/false)",
-    ),
-)
+    @property
+    def dest(self) -> str:
+        return f"{self.group}__{self.name}"  # argparse's attribute
+
+    @property
+    def helm_value(self) -> str:
+        """`--write-budget-qps` -> `writeBudgetQps`: the chart value (under `settings`)."""
+        first, *rest = self.flag.removeprefix("--").split("-")
+        return first + "".join(part.capitalize() for part in rest)
+
+    def value_of(self, settings: Settings) -> Any:
+        return getattr(getattr(settings, self.group), self.name)
+
+
+def _group_type(outer: Field[Any]) -> type[Any]:
+    kind: type[Any] = outer.default_factory  # type: ignore[assignment]
+    return kind
+
+
+def _options() -> tuple[_Option, ...]:
+    options = []
+    for outer in fields(Settings):
+        prefix = outer.metadata["prefix"]
+        for inner in fields(_group_type(outer)):
+            flag = "--" + prefix + inner.name.replace("_", "-")
+            options.append(_Option(outer.name, inner.name, flag, inner.metadata["doc"]))
+    return tuple(options)
+
+
+OPTIONS: tuple[_Option, ...] = _options()
+OPTION_OF_FLAG = {opt.flag: opt for opt in OPTIONS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.attr, default=None, help=f"{opt.help} [{opt.env}]")
+        parser.add_argument(opt.flag, dest=opt.dest, default=None, help=f"{opt.help} [{opt.env}]")
 
 
 def _convert(opt: _Option, raw: str) -> object:
-    default = getattr(Settings(), opt.attr)
+    default = opt.value_of(Settings())
     try:
         if isinstance(default, timedelta):
             return parse_duration(raw)
@@ -257,42 +293,45 @@ def load_settings(
 ) -> Settings:
     """Flags win over environment variables, which win over defaults."""
     environ = os.environ if env is None else env
-    values: dict[str, object] = {}
+    values: dict[str, dict[str, object]] = {f.name: {} for f in fields(Settings)}
     for opt in OPTIONS:
-        raw = getattr(args, opt.attr, None) if args is not None else None
+        raw = getattr(args, opt.dest, None) if args is not None else None
         if raw is None:
             raw = environ.get(opt.env)
         if raw is not None and raw != "":
-            values[opt.attr] = _convert(opt, str(raw))
-    settings = Settings(**values)  # type: ignore[arg-type]
+            values[opt.group][opt.name] = _convert(opt, str(raw))
+    groups = {f.name: _group_type(f)(**values[f.name]) for f in fields(Settings)}
+    settings = Settings(**groups)
     validate(settings)
     return settings
 
 
 def validate(s: Settings) -> None:
     def fail(flag: str, message: str) -> None:
-        env = next(o.env for o in OPTIONS if o.flag == flag)
-        raise SettingsError(f"invalid {flag} / {env}: {message}")
+        raise SettingsError(f"invalid {flag} / {OPTION_OF_FLAG[flag].env}: {message}")
 
     try:
-        validate_trust_domain(s.trust_domain)
+        validate_trust_domain(s.identity.trust_domain)
     except ValueError as exc:
         fail("--trust-domain", str(exc))
-    if not s.namespace:
+    if not s.runtime.namespace:
         fail("--namespace", "must not be empty")
-    if s.ttl_floor < timedelta(minutes=1):
+    if s.identity.ttl_floor < timedelta(minutes=1):
         fail("--ttl-floor", "must be at least 1m")
-    if s.default_ttl < s.ttl_floor:
-        fail("--default-ttl", f"{s.default_ttl} is below the ttl floor {s.ttl_floor}")
-    if s.default_ttl > timedelta(days=30):
+    if s.identity.default_ttl < s.identity.ttl_floor:
+        fail(
+            "--default-ttl",
+            f"{s.identity.default_ttl} is below the ttl floor {s.identity.ttl_floor}",
+        )
+    if s.identity.default_ttl > timedelta(days=30):
         fail("--default-ttl", "must be at most 30d")
-    if not 0 < s.renewal_fraction < 1:
-        fail("--renewal-fraction", f"{s.renewal_fraction} must be between 0 and 1")
-    if not 0 <= s.jitter < 1 - s.renewal_fraction:
-        fail("--jitter", f"{s.jitter} must be >= 0 and leave room before renewal")
-    if not s.write_budget_qps > 0:  # written so that NaN fails too
+    if not 0 < s.identity.renewal_fraction < 1:
+        fail("--renewal-fraction", f"{s.identity.renewal_fraction} must be between 0 and 1")
+    if not 0 <= s.identity.jitter < 1 - s.identity.renewal_fraction:
+        fail("--jitter", f"{s.identity.jitter} must be >= 0 and leave room before renewal")
+    if not s.writes.budget_qps > 0:  # written so that NaN fails too
         fail("--write-budget-qps", "must be positive")
-    if s.write_budget_burst < 1:
+    if s.writes.budget_burst < 1:
         fail("--write-budget-burst", "must be at least 1")
     seen: dict[int, str] = {}
     for flag, port in _listen_ports(s):
@@ -301,46 +340,51 @@ def validate(s: Settings) -> None:
         if port and port in seen:
             fail(flag, f"{port} is also {seen[port]}")
         seen[port] = flag
-    if s.log_format not in ("text", "json"):
-        fail("--log-format", f"{s.log_format!r} must be text or json")
-    if s.ca_source == CA_SECRET_NAME:
+    if s.runtime.log_format not in ("text", "json"):
+        fail("--log-format", f"{s.runtime.log_format!r} must be text or json")
+    if s.ca.source == CA_SECRET_NAME:
         fail("--ca-source", f"{CA_SECRET_NAME!r} is the operator's own copy; name your Secret")
-    if s.ca_poll_interval < timedelta(seconds=1):
+    if s.ca.poll_interval < timedelta(seconds=1):
         fail("--ca-poll-interval", "must be at least 1s")
-    if not 0 < s.ca_renewal_fraction < 1:
-        fail("--ca-renewal-fraction", f"{s.ca_renewal_fraction} must be between 0 and 1")
-    if s.ca_settle_time < timedelta(0):
+    if not 0 < s.ca.renewal_fraction < 1:
+        fail("--ca-renewal-fraction", f"{s.ca.renewal_fraction} must be between 0 and 1")
+    if s.ca.settle_time < timedelta(0):
         fail("--ca-settle-time", "must not be negative")
-    if s.ca_rotation_window < timedelta(seconds=1):
+    if s.ca.rotation_window < timedelta(seconds=1):
         fail("--ca-rotation-window", "must be at least 1s")
-    if s.webhook_url and not s.webhook_url.startswith("https://"):
-        fail("--webhook-url", f"{s.webhook_url!r} must start with https://")
-    if s.probe_interval < timedelta(seconds=1):
+    if s.webhook.url and not s.webhook.url.startswith("https://"):
+        fail("--webhook-url", f"{s.webhook.url!r} must start with https://")
+    if s.probe.interval < timedelta(seconds=1):
         fail("--probe-interval", "must be at least 1s")
-    if not s.probe_qps > 0:
+    if not s.probe.qps > 0:
         fail("--probe-qps", "must be positive")
-    if not timedelta(seconds=1) <= s.probe_timeout <= timedelta(seconds=60):
+    if not timedelta(seconds=1) <= s.probe.timeout <= timedelta(seconds=60):
         fail("--probe-timeout", "must be between 1s and 60s")
-    if not s.service_account:
+    if not timedelta(hours=1) <= s.pod_certificates.max_ttl <= timedelta(days=91):
+        fail("--pod-certificate-max-ttl", "must be between 1h (the API's minimum) and 91d")
+    refresh = s.pod_certificates.refresh_after
+    if refresh and not timedelta(minutes=10) <= refresh <= s.pod_certificates.max_ttl:
+        fail("--pod-certificate-refresh-after", "must be 0 or between 10m and the max ttl")
+    if not s.runtime.service_account:
         fail("--service-account", "must not be empty")
-    if s.workers < 1:
+    if s.runtime.workers < 1:
         fail("--workers", "must be at least 1")
     try:
-        DnsNamePolicy(cluster_domain=s.cluster_domain)
+        DnsNamePolicy(cluster_domain=s.names.cluster_domain)
     except PatternError as exc:
         fail("--cluster-domain", str(exc))
-    for pattern in s.allowed_dns_names:
+    for pattern in s.names.allowed_dns_names:
         try:
-            DnsNamePolicy(cluster_domain=s.cluster_domain, allowed=(pattern,))
+            DnsNamePolicy(cluster_domain=s.names.cluster_domain, allowed=(pattern,))
         except PatternError as exc:
             fail("--allowed-dns-names", f"pattern {exc}")
 
 
 def _listen_ports(s: Settings) -> tuple[tuple[str, int], ...]:
     return (
-        ("--webhook-port", s.webhook_port),
-        ("--metrics-port", s.metrics_port),
-        ("--health-port", s.health_port),
+        ("--webhook-port", s.webhook.port),
+        ("--metrics-port", s.endpoints.metrics_port),
+        ("--health-port", s.endpoints.health_port),
     )
 
 
@@ -349,7 +393,7 @@ def check_listen_ports(s: Settings) -> None:
     forbidden port is one line naming its flag instead of a traceback from deep inside the
     metrics, health or webhook server. (A port taken between this check and the real bind still
     fails later; this catches the common case: another process already listening.)"""
-    hosts = {"--webhook-port": s.webhook_host}
+    hosts = {"--webhook-port": s.webhook.host}
     for flag, port in _listen_ports(s):
         if port == 0:  # the OS picks one: nothing to check
             continue
@@ -360,7 +404,7 @@ def check_listen_ports(s: Settings) -> None:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                env = next(o.env for o in OPTIONS if o.flag == flag)
+                env = OPTION_OF_FLAG[flag].env
                 reason = exc.strerror or str(exc)
                 raise SettingsError(
                     f"invalid {flag} / {env}: cannot listen on {host}:{port}: {reason}"

@@ -20,7 +20,7 @@ from cryptography import x509
 from kubernetes import client
 
 from meshless.pki.bundle import fingerprint, parse_pem_certificates
-from meshless.pki.rotation import anchor_of
+from meshless.pki.x509 import anchor_of
 
 FILES = ("tls.crt", "tls.key", "ca.crt")
 

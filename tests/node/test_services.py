@@ -232,6 +232,31 @@ def test_pod_token_reaches_the_api_server_through_the_kubernetes_service(
     assert user["extra"]["authentication.kubernetes.io/pod-name"] == ["caller"]
 
 
+def test_the_api_server_certificate_names_the_kubernetes_service(node: Node) -> None:
+    """Its serving certificate, fetched through the Service's IP (kube-proxy on the host)."""
+    import ssl
+
+    with socket.create_connection((KUBERNETES_SERVICE_IP, 443), timeout=5) as raw:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # read, then checked below
+        with ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    san = (
+        x509.load_der_x509_certificate(der)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert {
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    } <= set(san.get_values_for_type(x509.DNSName))
+    assert KUBERNETES_SERVICE_IP in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
 def _webhook_tls(dns_name: str) -> tuple[bytes, dict[str, bytes]]:
     """A CA (PEM) and a serving certificate for `dns_name` signed by it (tls.crt, tls.key)."""
     now = dt.datetime.now(dt.UTC)

@@ -9,23 +9,22 @@ import pytest
 
 from meshless.admission import pods
 from meshless.admission.inject import (
-    IdentityRef,
     InjectionConflict,
-    default_identity,
     injection_patch,
 )
 from meshless.api import Mode
+from meshless.identity.spec import IdentityRef, provisioned_identity_ref
 from meshless.policy.model import PodResolution
 from meshless.policy.resolve import PolicySet
 from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
 
-IDENTITY = IdentityRef("meshless-payments-mtls", "spiffe://cluster.local/ns/shop/sa/payments")
+IDENTITY = provisioned_identity_ref("cluster.local", "shop", "payments")
 STRICT_SHOP = policy_set(policy("shop", "strict"))
 MOUNT = {"name": "meshless-identity", "mountPath": "/var/run/secrets/meshless/", "readOnly": True}
 
 
 def resolve(body: dict[str, Any], policies: PolicySet = STRICT_SHOP) -> PodResolution | None:
-    return policies.resolve(pods.admission_pod_info(body, body["metadata"]["namespace"]))
+    return policies.resolve(pods.pod_info(body, body["metadata"]["namespace"]))
 
 
 def inject(body: dict[str, Any], policies: PolicySet = STRICT_SHOP) -> list[dict[str, Any]]:
@@ -158,8 +157,14 @@ def test_inject_annotation_true_is_not_an_opt_out() -> None:
 
 def test_default_service_account_and_identity() -> None:
     body = pod(sa=None)
-    ref = default_identity("example.org", "shop", pods.service_account(body))
-    assert ref == IdentityRef("meshless-default-mtls", "spiffe://example.org/ns/shop/sa/default")
+    ref = provisioned_identity_ref("example.org", "shop", pods.service_account(body))
+    assert ref == IdentityRef(
+        "shop",
+        "meshless-default",
+        "meshless-default-mtls",
+        "spiffe://example.org/ns/shop/sa/default",
+        True,
+    )
     out = apply_patch(body, injection_patch(body, resolve(body), ref))
     assert out["metadata"]["labels"]["meshless.dev/identity"] == "default"
 

@@ -23,7 +23,7 @@ from meshless.admission.configurations import (
     mutating_configuration,
     validating_configuration,
 )
-from meshless.admission.inject import IdentityRef, injection_patch
+from meshless.admission.inject import injection_patch
 from meshless.admission.server import (
     QuietAdmissionLogs,
     ServingCertificateKeeper,
@@ -35,6 +35,7 @@ from meshless.admission.server import (
     webhook_endpoint,
 )
 from meshless.admission.serving import issue_serving_certificate, service_dns_names
+from meshless.identity.spec import IdentityRef
 from meshless.pki.ca import bootstrap_self_signed
 from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
 
@@ -102,9 +103,11 @@ def test_apply_add_ops_matches_an_independent_json_patch_applier() -> None:
     body = pod(labels={"app": "web"})
     body["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
     policies = policy_set(policy("shop", "strict"))
-    resolution = policies.resolve(pods.admission_pod_info(body, "shop"))
+    resolution = policies.resolve(pods.pod_info(body, "shop"))
     ops = injection_patch(
-        body, resolution, IdentityRef("s", "spiffe://cluster.local/ns/shop/sa/payments")
+        body,
+        resolution,
+        IdentityRef("shop", "payments", "s", "spiffe://cluster.local/ns/shop/sa/payments", False),
     )
     in_place = copy.deepcopy(body)
     apply_add_ops(ops, in_place)

@@ -9,23 +9,24 @@ from typing import Any
 import pytest
 
 from meshless.admission import pods
-from meshless.admission.inject import IdentityRef, injection_patch
+from meshless.admission.inject import injection_patch
 from meshless.admission.validate import (
     AdmissionRecord,
     judge_identity_label,
     judge_strict,
 )
 from meshless.api import AdmissionAction, Mode
+from meshless.identity.spec import provisioned_identity_ref
 from meshless.policy.model import PolicyRef
 from meshless.policy.resolve import PolicySet
 from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
 
-IDENTITY = IdentityRef("meshless-payments-mtls", "spiffe://cluster.local/ns/shop/sa/payments")
+IDENTITY = provisioned_identity_ref("cluster.local", "shop", "payments")
 
 
 def injected(body: dict[str, Any], policies: PolicySet | None = None) -> dict[str, Any]:
     policies = policies or policy_set(policy("shop", "strict"))
-    resolution = policies.resolve(pods.admission_pod_info(body, "shop"))
+    resolution = policies.resolve(pods.pod_info(body, "shop"))
     return apply_patch(body, injection_patch(body, resolution, IDENTITY))
 
 

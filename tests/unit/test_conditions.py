@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from meshless.conditions import find_condition, rfc3339, set_condition
+from meshless.conditions import find_condition, set_condition
+from meshless.timestamps import rfc3339
 
 T0 = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5, seconds=7)
@@ -33,6 +37,22 @@ def ready(
 
 def test_rfc3339_is_utc_with_z_and_whole_seconds() -> None:
     assert rfc3339(datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)) == "2026-03-04T05:06:07Z"
+
+
+def test_rfc3339_converts_another_zone_to_utc() -> None:
+    # The same moment written in UTC+02:00: labelling 07:06:07 "Z" would be two hours off.
+    plus_two = timezone(timedelta(hours=2))
+    assert rfc3339(datetime(2026, 3, 4, 7, 6, 7, tzinfo=plus_two)) == "2026-03-04T05:06:07Z"
+
+
+def test_rfc3339_takes_a_naive_moment_as_utc_whatever_the_local_zone() -> None:
+    code = (
+        "from datetime import datetime; from meshless.timestamps import rfc3339; "
+        "print(rfc3339(datetime(2026, 3, 4, 5, 6, 7)))"
+    )
+    env = {**os.environ, "TZ": "America/New_York"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "2026-03-04T05:06:07Z", out.stderr
 
 
 def test_adds_a_condition_to_an_empty_list() -> None:

@@ -40,7 +40,7 @@ def test_defaults_from_a_minimal_spec() -> None:
     assert request.algorithm is KeyAlgorithm.ECDSAP256
     assert request.dns_names == ()
     assert ident.desired.renew_before == timedelta(hours=8)  # 24h * 1/3
-    assert ident.desired.jitter_fraction == SETTINGS.jitter
+    assert ident.desired.jitter_fraction == SETTINGS.identity.jitter
     assert dict(ident.secret_labels) == {}
     assert dict(ident.secret_annotations) == {}
 
@@ -48,10 +48,13 @@ def test_defaults_from_a_minimal_spec() -> None:
 def test_defaults_follow_the_settings() -> None:
     settings = replace(
         SETTINGS,
-        trust_domain="prod.example.org",
-        default_ttl=timedelta(hours=2),
-        renewal_fraction=0.25,
-        jitter=0.05,
+        identity=replace(
+            SETTINGS.identity,
+            trust_domain="prod.example.org",
+            default_ttl=timedelta(hours=2),
+            renewal_fraction=0.25,
+            jitter=0.05,
+        ),
     )
     ident = parse({"serviceAccountName": "api"}, settings)
     assert ident.desired.request.spiffe_id == "spiffe://prod.example.org/ns/shop/sa/api"
@@ -117,7 +120,7 @@ def test_empty_optional_fields_mean_defaults(spec: dict[str, Any]) -> None:
     ident = parse(spec)
     assert ident.secret_name == "payments-mtls"
     assert ident.desired.request.algorithm is KeyAlgorithm.ECDSAP256
-    assert ident.desired.request.ttl == SETTINGS.default_ttl
+    assert ident.desired.request.ttl == SETTINGS.identity.default_ttl
     assert ident.desired.request.dns_names == ()
 
 
@@ -177,13 +180,18 @@ def test_renew_before_leaving_exactly_the_minimum_interval_is_accepted() -> None
 
 
 def test_a_default_renew_before_can_also_leave_too_little_time() -> None:
-    settings = replace(SETTINGS, ttl_floor=timedelta(minutes=1), renewal_fraction=0.6)
+    settings = replace(
+        SETTINGS,
+        identity=replace(SETTINGS.identity, ttl_floor=timedelta(minutes=1), renewal_fraction=0.6),
+    )
     with pytest.raises(SpecError, match=r"spec\.renewBefore 36s leaves less than 30s"):
         parse({"serviceAccountName": "a", "ttl": "1m"}, settings)
 
 
 def test_the_floor_is_a_setting() -> None:
-    settings = replace(SETTINGS, ttl_floor=timedelta(minutes=2))
+    settings = replace(
+        SETTINGS, identity=replace(SETTINGS.identity, ttl_floor=timedelta(minutes=2))
+    )
     assert parse({"serviceAccountName": "a", "ttl": "2m"}, settings).desired.request.ttl == (
         timedelta(minutes=2)
     )
@@ -265,7 +273,9 @@ def test_the_administrators_patterns_widen_the_policy() -> None:
     spec = {"serviceAccountName": "a", "dnsNames": ["www.shop.example.com"]}
     with pytest.raises(DnsNameNotAllowed):
         parse(spec)
-    widened = replace(SETTINGS, allowed_dns_names=("*.{namespace}.example.com",))
+    widened = replace(
+        SETTINGS, names=replace(SETTINGS.names, allowed_dns_names=("*.{namespace}.example.com",))
+    )
     assert parse(spec, widened).desired.request.dns_names == ("www.shop.example.com",)
     with pytest.raises(DnsNameNotAllowed):  # the placeholder is the identity's own namespace
         parse({"serviceAccountName": "a", "dnsNames": ["www.other.example.com"]}, widened)
@@ -275,7 +285,9 @@ def test_the_cluster_domain_is_a_setting() -> None:
     spec = {"serviceAccountName": "a", "dnsNames": ["api.shop.svc.corp.example"]}
     with pytest.raises(DnsNameNotAllowed):
         parse(spec)
-    assert parse(spec, replace(SETTINGS, cluster_domain="corp.example"))
+    assert parse(
+        spec, replace(SETTINGS, names=replace(SETTINGS.names, cluster_domain="corp.example"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -307,7 +319,7 @@ def test_the_operators_own_namespace_keeps_its_prober_identity() -> None:
     """The prober's identity, meshless-prober in the operator's namespace (no tenant writes
     there), keeps its Secret meshless-prober-mtls."""
     spec = {"serviceAccountName": "meshless"}
-    parsed = parse_identity(SETTINGS.namespace, "meshless-prober", spec, SETTINGS)
+    parsed = parse_identity(SETTINGS.runtime.namespace, "meshless-prober", spec, SETTINGS)
     assert parsed.secret_name == "meshless-prober-mtls"
     with pytest.raises(SpecError):
         parse_identity("shop", "meshless-prober", spec, SETTINGS)

@@ -504,7 +504,7 @@ def test_a_new_self_signed_ca_keeps_the_lifetimes_and_algorithm() -> None:
     # The same lifetimes (counting the one-minute back-dating once, so they do not grow).
     assert life == ca0.issuer_cert.not_valid_after_utc - ca0.issuer_cert.not_valid_before_utc
     assert root_life == ca0.roots[0].not_valid_after_utc - ca0.roots[0].not_valid_before_utc
-    assert r._algorithm(new.issuer_cert) is KeyAlgorithm.ECDSAP384
+    assert r.ca_key_algorithm(new.issuer_cert) is KeyAlgorithm.ECDSAP384
     assert r.incoming_root(new) == new.roots[0]
     assert fp(new.roots[0]) != fp(ca0.roots[0])
 

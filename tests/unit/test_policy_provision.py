@@ -172,7 +172,10 @@ def _body(
                 spec={"serviceAccountName": "web", "dnsNames": ["www.shop.example.com"]},
                 reason="DNSNameNotAllowed",
             ),
-            replace(SETTINGS, allowed_dns_names=("*.{namespace}.example.com",)),
+            replace(
+                SETTINGS,
+                names=replace(SETTINGS.names, allowed_dns_names=("*.{namespace}.example.com",)),
+            ),
             "",
             "a wider setting since: the status is behind, the spec passes",
         ),

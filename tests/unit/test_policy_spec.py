@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -429,8 +430,22 @@ def test_same_port_in_two_containers_counts_once() -> None:
 
 def test_empty_service_account_name_is_default() -> None:
     body = running_pod()
+    # The API server mirrors serviceAccountName into the deprecated serviceAccount: a pod
+    # that names no account has neither.
     body["spec"]["serviceAccountName"] = ""
+    body["spec"]["serviceAccount"] = ""
     assert pod_info(body).service_account == "default"
+
+
+def test_pod_info_is_the_same_for_admission_and_the_controller() -> None:
+    """One builder: a pod under admission (the request's namespace, no status yet) resolves as
+    the same pod does once stored, but for what only a stored pod has."""
+    stored = running_pod()
+    under_admission = copy.deepcopy(stored)
+    del under_admission["status"]
+    del under_admission["metadata"]["namespace"]
+    admitted = pod_info(under_admission, "shop")
+    assert admitted == replace(pod_info(stored), ip="", running=False)
 
 
 @pytest.mark.parametrize(

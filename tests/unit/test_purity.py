@@ -23,6 +23,8 @@ PURE_CANDIDATES = (
     "meshless.api",
     "meshless.selectors",
     "meshless.durations",
+    "meshless.timestamps",
+    "meshless.settings",
     "meshless.identity.spec",
     "meshless.identity.render",
     "meshless.identity.checked",
@@ -37,6 +39,7 @@ PURE_CANDIDATES = (
     "meshless.conditions",
     "meshless.policy.netpol",
     "meshless.netpol",
+    "meshless.admission.pods",
     "meshless.admission.inject",
     "meshless.admission.validate",
     "meshless.admission.configurations",
@@ -45,6 +48,10 @@ PURE_CANDIDATES = (
     "meshless.commands.output",
     "meshless.commands.certificate",
     "meshless.commands.views",
+    "meshless.podcert.request",
+    "meshless.podcert.decide",
+    "meshless.podcert.answer",
+    "meshless.podcert.current",
 )
 MUST_EXIST = (
     "meshless.api",

@@ -40,14 +40,14 @@ def assert_one_line_naming(exc: SettingsError, flag: str) -> None:
 def test_defaults_with_an_empty_environment() -> None:
     s = load_settings(None, env={})
     assert s == Settings()
-    assert s.trust_domain == "cluster.local"
-    assert s.default_ttl == timedelta(hours=24)
-    assert s.ttl_floor == timedelta(minutes=10)
-    assert s.renewal_fraction == pytest.approx(1 / 3)
-    assert s.watch_namespaces == ()
-    assert s.log_format == "text"
+    assert s.identity.trust_domain == "cluster.local"
+    assert s.identity.default_ttl == timedelta(hours=24)
+    assert s.identity.ttl_floor == timedelta(minutes=10)
+    assert s.identity.renewal_fraction == pytest.approx(1 / 3)
+    assert s.runtime.watch_namespaces == ()
+    assert s.runtime.log_format == "text"
     assert s.effective_root_namespace == "meshless-system"
-    assert s.ca_secret_name == CA_SECRET_NAME
+    assert s.ca.secret_name == CA_SECRET_NAME
 
 
 def test_environment_overrides_defaults() -> None:
@@ -71,22 +71,26 @@ def test_environment_overrides_defaults() -> None:
         "MESHLESS_CA_POLL_INTERVAL": "30s",
     }
     s = load_settings(None, env=env)
-    assert s.namespace == "ops"
-    assert s.trust_domain == "example.org"
+    assert s.runtime.namespace == "ops"
+    assert s.identity.trust_domain == "example.org"
     assert s.effective_root_namespace == "istio-system"
-    assert s.ca_source == "my-intermediate"
-    assert s.ca_secret_name == "my-intermediate"
-    assert s.default_ttl == timedelta(hours=1, minutes=30)
-    assert s.ttl_floor == timedelta(minutes=5)
-    assert s.renewal_fraction == 0.5
-    assert s.jitter == 0.2
-    assert s.write_budget_qps == 7.5
-    assert s.write_budget_burst == 3
-    assert (s.webhook_port, s.metrics_port, s.health_port) == (10443, 9090, 9091)
-    assert s.log_format == "json"
-    assert s.workers == 4
-    assert s.resync_interval == timedelta(minutes=2)
-    assert s.ca_poll_interval == timedelta(seconds=30)
+    assert s.ca.source == "my-intermediate"
+    assert s.ca.secret_name == "my-intermediate"
+    assert s.identity.default_ttl == timedelta(hours=1, minutes=30)
+    assert s.identity.ttl_floor == timedelta(minutes=5)
+    assert s.identity.renewal_fraction == 0.5
+    assert s.identity.jitter == 0.2
+    assert s.writes.budget_qps == 7.5
+    assert s.writes.budget_burst == 3
+    assert (s.webhook.port, s.endpoints.metrics_port, s.endpoints.health_port) == (
+        10443,
+        9090,
+        9091,
+    )
+    assert s.runtime.log_format == "json"
+    assert s.runtime.workers == 4
+    assert s.identity.resync_interval == timedelta(minutes=2)
+    assert s.ca.poll_interval == timedelta(seconds=30)
 
 
 def test_flags_override_environment() -> None:
@@ -98,32 +102,32 @@ def test_flags_override_environment() -> None:
     }
     args = parse_flags("--trust-domain", "from-flag.example", "--default-ttl", "3h")
     s = load_settings(args, env=env)
-    assert s.trust_domain == "from-flag.example"
-    assert s.default_ttl == timedelta(hours=3)
+    assert s.identity.trust_domain == "from-flag.example"
+    assert s.identity.default_ttl == timedelta(hours=3)
     # Not given as flags: the environment still applies.
-    assert s.workers == 2
-    assert s.log_format == "text"
+    assert s.runtime.workers == 2
+    assert s.runtime.log_format == "text"
 
 
 def test_a_flag_hides_a_bad_environment_value() -> None:
     args = parse_flags("--log-format", "json")
     s = load_settings(args, env={"MESHLESS_LOG_FORMAT": "xml"})
-    assert s.log_format == "json"
+    assert s.runtime.log_format == "json"
 
 
 def test_empty_values_count_as_unset() -> None:
     args = parse_flags("--workers", "")
     s = load_settings(args, env={"MESHLESS_WORKERS": "", "MESHLESS_TRUST_DOMAIN": ""})
-    assert s.workers == Settings().workers
-    assert s.trust_domain == "cluster.local"
+    assert s.runtime.workers == Settings().runtime.workers
+    assert s.identity.trust_domain == "cluster.local"
 
 
 def test_os_environ_is_the_default_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESHLESS_TRUST_DOMAIN", "env.example")
     monkeypatch.setenv("MESHLESS_WORKERS", "3")
     s = load_settings(None)
-    assert s.trust_domain == "env.example"
-    assert s.workers == 3
+    assert s.identity.trust_domain == "env.example"
+    assert s.runtime.workers == 3
 
 
 @pytest.mark.parametrize(
@@ -136,9 +140,12 @@ def test_os_environ_is_the_default_environment(monkeypatch: pytest.MonkeyPatch) 
     ],
 )
 def test_watch_namespaces_split_on_commas(raw: str, expected: tuple[str, ...]) -> None:
-    assert load_settings(None, env={"MESHLESS_WATCH_NAMESPACES": raw}).watch_namespaces == expected
+    assert (
+        load_settings(None, env={"MESHLESS_WATCH_NAMESPACES": raw}).runtime.watch_namespaces
+        == expected
+    )
     args = parse_flags("--watch-namespaces", raw)
-    assert load_settings(args, env={}).watch_namespaces == expected
+    assert load_settings(args, env={}).runtime.watch_namespaces == expected
 
 
 @pytest.mark.parametrize(
@@ -234,25 +241,29 @@ def test_boundary_values_are_accepted() -> None:
         ),
         env={},
     )
-    assert s.ttl_floor == timedelta(minutes=1)
-    assert s.default_ttl == timedelta(days=30)
-    assert s.jitter == 0.0
-    assert s.webhook_port == 65535
-    assert s.write_budget_burst == 1
+    assert s.identity.ttl_floor == timedelta(minutes=1)
+    assert s.identity.default_ttl == timedelta(days=30)
+    assert s.identity.jitter == 0.0
+    assert s.webhook.port == 65535
+    assert s.writes.budget_burst == 1
 
 
 def test_default_ttl_equal_to_the_floor_is_accepted() -> None:
     s = load_settings(None, env={"MESHLESS_TTL_FLOOR": "2m", "MESHLESS_DEFAULT_TTL": "120s"})
-    assert s.default_ttl == s.ttl_floor == timedelta(minutes=2)
+    assert s.identity.default_ttl == s.identity.ttl_floor == timedelta(minutes=2)
 
 
 def test_every_option_names_a_settings_field_and_a_prefixed_variable() -> None:
-    fields = set(Settings.__dataclass_fields__)
     for opt in OPTIONS:
-        assert opt.attr in fields
-        assert opt.env.startswith("MESHLESS_")
-        assert opt.flag == "--" + opt.attr.replace("_", "-")
-        assert opt.env == "MESHLESS_" + opt.attr.upper()
+        assert opt.name in getattr(Settings(), opt.group).__dataclass_fields__
+        assert opt.flag.startswith("--") and opt.flag.endswith(opt.name.replace("_", "-"))
+        assert opt.env == "MESHLESS_" + opt.flag.removeprefix("--").upper().replace("-", "_")
+    assert len({opt.flag for opt in OPTIONS}) == len(OPTIONS), "two fields make one flag"
+
+
+def test_every_setting_is_documented_where_it_is_declared() -> None:
+    for opt in OPTIONS:
+        assert opt.help and not opt.help.endswith("."), opt.flag
 
 
 def test_cli_rejects_a_bad_log_format_with_one_line_before_any_cluster_contact(
@@ -296,9 +307,9 @@ def test_meshless_version_prints_the_package_version() -> None:
 
 def test_ca_rotation_settings_default_and_parse() -> None:
     defaults = load_settings(None, env={})
-    assert defaults.ca_settle_time == timedelta(minutes=2)
-    assert defaults.ca_rotation_window == timedelta(hours=1)
-    assert abs(defaults.ca_renewal_fraction - 2 / 3) < 1e-9
+    assert defaults.ca.settle_time == timedelta(minutes=2)
+    assert defaults.ca.rotation_window == timedelta(hours=1)
+    assert abs(defaults.ca.renewal_fraction - 2 / 3) < 1e-9
     s = load_settings(
         None,
         env={
@@ -307,18 +318,18 @@ def test_ca_rotation_settings_default_and_parse() -> None:
             "MESHLESS_CA_RENEWAL_FRACTION": "0.5",
         },
     )
-    assert s.ca_settle_time == timedelta(0)
-    assert s.ca_rotation_window == timedelta(seconds=1)
-    assert s.ca_renewal_fraction == 0.5
+    assert s.ca.settle_time == timedelta(0)
+    assert s.ca.rotation_window == timedelta(seconds=1)
+    assert s.ca.renewal_fraction == 0.5
 
 
 def test_allowed_dns_names_are_parsed_from_a_comma_separated_list() -> None:
     settings = load_settings(
         env={"MESHLESS_ALLOWED_DNS_NAMES": "*.{namespace}.example.com, api.corp.internal"}
     )
-    assert settings.allowed_dns_names == ("*.{namespace}.example.com", "api.corp.internal")
-    assert settings.dns_name_policy.violation("shop", "www.shop.example.com") is None
-    assert settings.dns_name_policy.violation("shop", "www.other.example.com") is not None
+    assert settings.names.allowed_dns_names == ("*.{namespace}.example.com", "api.corp.internal")
+    assert settings.names.policy.violation("shop", "www.shop.example.com") is None
+    assert settings.names.policy.violation("shop", "www.other.example.com") is not None
 
 
 @pytest.mark.parametrize("pattern", ["*.{namespace}", "a.*.example.com", "{ns}.example.com"])
@@ -338,7 +349,7 @@ def test_a_malformed_cluster_domain_stops_the_operator() -> None:
 
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("False", False), ("1", True)])
 def test_a_boolean_setting_reads_true_and_false(raw: str, value: bool) -> None:
-    assert load_settings(env={"MESHLESS_LEADER_ELECTION": raw}).leader_election is value
+    assert load_settings(env={"MESHLESS_LEADER_ELECTION": raw}).runtime.leader_election is value
 
 
 def test_a_misspelt_boolean_is_refused_not_read_as_false() -> None:

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshless.settings import Settings, SettingsError, check_listen_ports, load_settings
+from meshless.settings import (
+    EndpointSettings,
+    Settings,
+    SettingsError,
+    WebhookSettings,
+    check_listen_ports,
+    load_settings,
+)
 
 
 @pytest.fixture
@@ -34,7 +41,10 @@ def test_two_options_on_one_port_are_refused() -> None:
 
 
 def test_a_busy_port_is_one_line_naming_its_flag(busy_port: int) -> None:
-    settings = Settings(metrics_port=busy_port, health_port=free_port(), webhook_port=free_port())
+    settings = Settings(
+        endpoints=EndpointSettings(metrics_port=busy_port, health_port=free_port()),
+        webhook=WebhookSettings(port=free_port()),
+    )
     with pytest.raises(SettingsError) as refused:
         check_listen_ports(settings)
     message = str(refused.value)
@@ -47,10 +57,8 @@ def test_a_busy_port_is_one_line_naming_its_flag(busy_port: int) -> None:
 
 def test_the_webhook_port_is_checked_on_its_host(busy_port: int) -> None:
     settings = Settings(
-        webhook_host="127.0.0.1",
-        webhook_port=busy_port,
-        metrics_port=free_port(),
-        health_port=free_port(),
+        webhook=WebhookSettings(host="127.0.0.1", port=busy_port),
+        endpoints=EndpointSettings(metrics_port=free_port(), health_port=free_port()),
     )
     with pytest.raises(SettingsError) as refused:
         check_listen_ports(settings)
@@ -61,7 +69,10 @@ def test_the_webhook_port_is_checked_on_its_host(busy_port: int) -> None:
 
 def test_free_ports_pass_and_stay_free() -> None:
     ports = (free_port(), free_port(), free_port())
-    settings = Settings(webhook_port=ports[0], metrics_port=ports[1], health_port=ports[2])
+    settings = Settings(
+        webhook=WebhookSettings(port=ports[0]),
+        endpoints=EndpointSettings(metrics_port=ports[1], health_port=ports[2]),
+    )
     check_listen_ports(settings)
     for port in ports:  # the probe sockets are closed again
         with socket.socket() as s:

@@ -32,7 +32,11 @@ DERIVED = {
 # Variables in the Deployment that are not options but are read by the operator.
 NOT_OPTIONS = {"POD_NAME": "leader-election identity (downward API metadata.name)"}
 # Chart defaults that deliberately differ from `meshless run`'s.
-CHART_DEFAULTS = {"log_format": "json", "renewal_fraction": 0.3333, "ca_renewal_fraction": 0.6667}
+CHART_DEFAULTS = {
+    "--log-format": "json",
+    "--renewal-fraction": 0.3333,
+    "--ca-renewal-fraction": 0.6667,
+}
 
 
 def camel(flag: str) -> str:
@@ -135,7 +139,7 @@ def test_the_check_catches_each_kind_of_drift(
     """The check above is not vacuous: a new option, a stray variable, a stray value and a
     missing README row are each reported by name."""
     env = container_env(default_objects)
-    new_option = type(OPTIONS[0])("--frobnicate", "MESHLESS_FROBNICATE", "frobnicate", "")
+    new_option = type(OPTIONS[0])("runtime", "frobnicate", "--frobnicate", "")
     assert sync_problems(
         (*OPTIONS, new_option), env, chart_values, readme_rows, chart_readme_rows
     ) == [
@@ -205,6 +209,8 @@ OVERRIDES: dict[str, tuple[Any, Any]] = {
         ["*.{namespace}.example.com", "api.corp.internal"],
         ("*.{namespace}.example.com", "api.corp.internal"),
     ),
+    "podCertificateMaxTtl": ("12h", timedelta(hours=12)),
+    "podCertificateRefreshAfter": ("15m", timedelta(minutes=15)),
 }
 
 
@@ -214,22 +220,22 @@ def test_every_value_reaches_its_option(chart_values: dict[str, Any], tmp_path: 
     values_file.write_text(yaml.safe_dump({"settings": {k: v for k, (v, _) in OVERRIDES.items()}}))
     env = container_env(render("-f", str(values_file), namespace="ops"))
     settings = load_settings(env=env_as_operator_sees_it(env, "ops"))
-    by_value = {camel(o.flag): o.attr for o in OPTIONS}
+    by_value = {o.helm_value: o for o in OPTIONS}
     for key, (_, expected) in OVERRIDES.items():
-        assert getattr(settings, by_value[key]) == expected, key
-    assert settings.namespace == "ops"
-    assert settings.webhook_service == "meshless-webhook"
-    assert settings.webhook_url == ""
+        assert by_value[key].value_of(settings) == expected, key
+    assert settings.runtime.namespace == "ops"
+    assert settings.webhook.service == "meshless-webhook"
+    assert settings.webhook.url == ""
 
 
 def test_chart_defaults_are_the_operators_defaults(default_objects: list[dict[str, Any]]) -> None:
     env = env_as_operator_sees_it(container_env(default_objects), "meshless-system")
     from_chart = load_settings(env=env)
-    plain = Settings(namespace="meshless-system", webhook_service="meshless-webhook")
+    plain = Settings()  # namespace meshless-system, webhook Service meshless-webhook
     for o in OPTIONS:
-        got, default = getattr(from_chart, o.attr), getattr(plain, o.attr)
-        if o.attr in CHART_DEFAULTS:
-            wanted = CHART_DEFAULTS[o.attr]
+        got, default = o.value_of(from_chart), o.value_of(plain)
+        if o.flag in CHART_DEFAULTS:
+            wanted = CHART_DEFAULTS[o.flag]
             assert got == wanted, o.flag
             if isinstance(wanted, float):
                 assert math.isclose(got, default, abs_tol=1e-3), o.flag

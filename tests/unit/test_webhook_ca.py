@@ -28,8 +28,8 @@ from meshless.pki.webhook_ca import (
     WebhookCA,
     apply_step,
     bundle_fingerprints,
+    chain_pem_issued_by,
     common_fingerprints,
-    issued_by,
     new_webhook_ca_data,
     next_step,
     record_from_json,
@@ -367,6 +367,6 @@ def test_a_request_wins_over_age_and_the_record_lives_in_the_secret() -> None:
 def test_issued_by_tells_the_signing_root() -> None:
     a, b = load(new_webhook_ca_data(NOW)), load(new_webhook_ca_data(NOW))
     chain = serving_chain(a)
-    assert issued_by(chain, a.root)
-    assert not issued_by(chain, b.root)
-    assert not issued_by(b"garbage", a.root)
+    assert chain_pem_issued_by(chain, a.root)
+    assert not chain_pem_issued_by(chain, b.root)
+    assert not chain_pem_issued_by(b"garbage", a.root)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from meshless.admission import pods
@@ -29,8 +28,7 @@ from meshless.api import (
     IDENTITY_MOUNT_PATH,
     IDENTITY_VOLUME,
 )
-from meshless.identity.spec import default_secret_name, provisioned_name
-from meshless.pki.spiffe import spiffe_id
+from meshless.identity.spec import IdentityRef
 from meshless.policy.model import PodResolution
 
 JSONPatchOp = dict[str, Any]
@@ -39,24 +37,6 @@ JSONPatchOp = dict[str, Any]
 class InjectionConflict(ValueError):
     """The pod already has something where injection would put its own; the message names
     the container (when there is one) and the conflicting item."""
-
-
-@dataclass(frozen=True)
-class IdentityRef:
-    """The identity Secret of one ServiceAccount and the SPIFFE ID its certificate carries."""
-
-    secret_name: str
-    spiffe_id: str
-
-
-def default_identity(trust_domain: str, namespace: str, service_account: str) -> IdentityRef:
-    """The identity of a ServiceAccount that has none yet: the operator will provision the
-    WorkloadIdentity `meshless-<sa>` with the Secret `meshless-<sa>-mtls` (the kubelet waits
-    for the Secret before it starts the pod)."""
-    return IdentityRef(
-        secret_name=default_secret_name(provisioned_name(service_account)),
-        spiffe_id=spiffe_id(trust_domain, namespace, service_account),
-    )
 
 
 def escape(segment: str) -> str:

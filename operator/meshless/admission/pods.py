@@ -1,9 +1,9 @@
-"""What admission reads from a raw Pod body (pure).
+"""What meshless reads from a raw Pod body (pure): admission, and `pod_info`, the one builder
+of the slim PodInfo that admission and the policy controller both resolve policies for.
 
 Admission sees pods before they are stored: on CREATE the name may still be empty
-(generateName) and the namespace comes from the request, so these helpers take the namespace
-as an argument. `admission_pod_info` is a private stand-in for `meshless.policy.spec.pod_info`
-(written elsewhere); both must agree on `identity_mounted`.
+(generateName) and the namespace comes from the request, so `pod_info` takes the namespace as
+an argument there.
 """
 
 from __future__ import annotations
@@ -143,17 +143,30 @@ def identity_mounted(pod: Json, secret_name: str | None = None) -> bool:
     return bool(all_containers) and all(mounts_identity(c) for c in all_containers)
 
 
-def admission_pod_info(pod: Json, namespace: str) -> PodInfo:
-    """The PodInfo the resolver needs, from a pod under admission."""
+def pod_info(pod: Json, namespace: str | None = None) -> PodInfo:
+    """The slim copy of a Pod: what resolution, rendering and status need, nothing more (it
+    runs for every pod event in the cluster, so it reads only what it returns). `namespace`:
+    the request's, for a pod under admission (else the pod's own)."""
     meta = metadata(pod)
+    status = _mapping(pod.get("status"))
     return PodInfo(
-        namespace=namespace,
+        namespace=str(meta.get("namespace") or "") if namespace is None else namespace,
         name=str(meta.get("name") or meta.get("generateName") or ""),
         labels=labels_of(pod),
         service_account=service_account(pod),
         ports=tcp_ports(pod),
         identity_mounted=identity_mounted(pod),
         uid=str(meta.get("uid") or ""),
+        ip=str(status.get("podIP") or ""),
+        running=status.get("phase") == "Running" and _ready(_list(status.get("conditions"))),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def _ready(conditions: list[Any]) -> bool:
+    return any(
+        _mapping(c).get("type") == "Ready" and _mapping(c).get("status") == "True"
+        for c in conditions
     )
 
 

@@ -46,10 +46,8 @@ from meshless.admission.configurations import (
     validating_configuration,
 )
 from meshless.admission.inject import (
-    IdentityRef,
     InjectionConflict,
     JSONPatchOp,
-    default_identity,
     injection_patch,
 )
 from meshless.admission.serving import (
@@ -71,6 +69,7 @@ from meshless.admission.validate import (
     judge_strict,
 )
 from meshless.api import GROUP, VERSION, Plural
+from meshless.identity.spec import IdentityRef, provisioned_identity_ref
 from meshless.kube import MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS, ApiError, Json, Kube
 from meshless.pki.bundle import bundle_pem, fingerprint
 from meshless.pki.ca import CertificateAuthority
@@ -109,7 +108,7 @@ class AdmissionState(Protocol):
 
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
         """The identity Secret and SPIFFE ID of a ServiceAccount: its WorkloadIdentity's, or
-        `default_identity(...)` (meshless-<sa>, Secret meshless-<sa>-mtls) for one the
+        `provisioned_identity_ref(...)` (meshless-<sa>, Secret meshless-<sa>-mtls) for one the
         controller has yet to provision. A user-made identity the operator will not issue is
         never the answer (policy/provision.py `identity_for`)."""
 
@@ -151,7 +150,7 @@ class StaticAdmissionState:
 
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
         found = self.identities.get((namespace, service_account))
-        return found or default_identity(self.trust_domain, namespace, service_account)
+        return found or provisioned_identity_ref(self.trust_domain, namespace, service_account)
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self.records.append(record)
@@ -288,7 +287,7 @@ def register_admission_handlers(
         if pods.opted_out(raw):
             return
         state, policies = _policies(state_of(memo), name)
-        resolution = policies.resolve(pods.admission_pod_info(raw, namespace))
+        resolution = policies.resolve(pods.pod_info(raw, namespace))
         if resolution is None or not resolution.needs_identity():
             return
         identity = state.identity_for(namespace, pods.service_account(raw))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshless.pki.ca import CertificateAuthority
@@ -24,7 +23,8 @@ from meshless.pki.keys import (
     private_key_to_pem,
     signature_hash_for,
 )
-from meshless.pki.svid import CLOCK_SKEW, random_serial_number
+from meshless.pki.svid import CLOCK_SKEW, leaf_key_usage, random_serial_number
+from meshless.pki.x509 import certificates_pem
 
 DEFAULT_TTL = timedelta(hours=24)
 
@@ -86,20 +86,7 @@ def issue_serving_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(leaf_key_usage(key), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -107,7 +94,7 @@ def issue_serving_certificate(
         .sign(ca.issuer_key, signature_hash_for(ca.issuer_key))
     )
     return ServingCertificate(
-        chain_pem=cert.public_bytes(serialization.Encoding.PEM) + ca.intermediates_pem,
+        chain_pem=certificates_pem([cert]) + ca.intermediates_pem,
         private_key_pem=private_key_to_pem(key),
         not_before=not_before,
         not_after=not_after,

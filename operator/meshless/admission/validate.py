@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshless.admission import pods
-from meshless.admission.inject import IdentityRef
 from meshless.api import (
     IDENTITY_LABEL,
     IDENTITY_MOUNT_PATH,
@@ -40,6 +39,7 @@ from meshless.api import (
 from meshless.identity.spec import (
     MAX_NAME,
     PROVISIONED_PREFIX,
+    IdentityRef,
     default_secret_name,
     provisioned_name,
 )
@@ -161,14 +161,14 @@ def judge_strict(
     """Enforce / Warn / Audit for a pod under STRICT that would run without its identity."""
     if pods.metadata(pod).get("deletionTimestamp") or pods.is_mirror(pod):
         return ALLOW
-    info = pods.admission_pod_info(pod, namespace)
+    info = pods.pod_info(pod, namespace)
     if info.identity_mounted:
         return ALLOW
     deciders = strict_deciders(policies.resolve(info))
     if not deciders:
         return ALLOW
     if operation == UPDATE and old_pod is not None:
-        before = strict_deciders(policies.resolve(pods.admission_pod_info(old_pod, namespace)))
+        before = strict_deciders(policies.resolve(pods.pod_info(old_pod, namespace)))
         if before:
             return ALLOW  # already under STRICT before this update: not this update's doing
     specs = _policies_by_ref(policies)

@@ -14,20 +14,21 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from meshless.api import ConditionType
 from meshless.commands.output import (
     condition,
     human_duration,
     parse_time,
-    rfc3339,
 )
 from meshless.identity.spec import default_secret_name
 from meshless.pki.bundle import parse_bundle
 from meshless.pki.ca import CA_CRT, TLS_CRT, TLS_KEY
 from meshless.pki.keys import algorithm_of_public_key
 from meshless.pki.svid import parse_certificate_chain
+from meshless.pki.x509 import dns_sans, issued_by, uri_sans
+from meshless.timestamps import rfc3339
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,6 @@ class ChainVerdict:
     @property
     def word(self) -> str:
         return "VALID" if self.ok else "INVALID"
-
-
-def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 def _name(cert: x509.Certificate) -> str:
@@ -66,13 +59,13 @@ def chain_verdict(
         if now >= cert.not_valid_after_utc:
             return ChainVerdict(False, f"{what} expired at {rfc3339(cert.not_valid_after_utc)}")
     for child, parent in itertools.pairwise(chain):
-        if not _signed_by(child, parent):
+        if not issued_by(child, parent):
             return ChainVerdict(
                 False, f"{_name(child)} is not signed by the next certificate {_name(parent)}"
             )
     top = chain[-1]
     for root in roots:
-        if root.subject == top.issuer and _signed_by(top, root):
+        if root.subject == top.issuer and issued_by(top, root):
             if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
                 return ChainVerdict(False, f"root {_name(root)} in {CA_CRT} is not valid now")
             return ChainVerdict(True, f"chains to root {_name(root)} in {CA_CRT}")
@@ -80,17 +73,6 @@ def chain_verdict(
             return ChainVerdict(True, f"ends in root {_name(root)} held in {CA_CRT}")
     return ChainVerdict(
         False, f"no root in {CA_CRT} signed {_name(top)} (issuer {top.issuer.rfc4514_string()})"
-    )
-
-
-def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return [], []
-    return (
-        list(san.get_values_for_type(x509.UniformResourceIdentifier)),
-        list(san.get_values_for_type(x509.DNSName)),
     )
 
 
@@ -143,7 +125,7 @@ def inspect_identity(
         report["problem"] = str(exc)
         return report
     leaf = chain[0]
-    uris, dns = _sans(leaf)
+    uris, dns = uri_sans(leaf), dns_sans(leaf)
     try:
         roots = parse_bundle(data.get(CA_CRT) or b"")
     except ValueError:

@@ -60,10 +60,6 @@ def parse_time(text: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def human_duration(delta: timedelta) -> str:
     """Two units at most, like kubectl's ages: 23h59m, 6d4h, 42s; negative as "-5m"."""
     seconds = int(delta.total_seconds())

@@ -22,6 +22,7 @@ from meshless.commands.output import (
     parse_time,
     table,
 )
+from meshless.podcert.current import certificate_line
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.policy.provision import IdentityRecord, identity_for, identity_record
 from meshless.policy.resolve import PolicySet, scope_of
@@ -408,6 +409,8 @@ def describe_lines(report: Mapping[str, Any]) -> str:
             )
         )
         head.append(("SPIFFE ID", identity["spiffeID"]))
+    if "podCertificate" in report:
+        head.append(("Pod certificate", certificate_line(report["podCertificate"])))
     injected = report["injected"]
     head.append(
         (

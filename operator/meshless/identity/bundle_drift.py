@@ -15,7 +15,7 @@ from typing import Any
 from cryptography import x509
 
 from meshless.api import MANAGED_BY, TRUST_BUNDLE_KEY
-from meshless.pki.bundle import fingerprint
+from meshless.pki.x509 import certificates_in, fingerprint
 
 MAX_LISTED = 5  # roots named in one Event message; the rest are counted
 MAX_SUBJECT = 80  # a root's subject is whatever its maker wrote: shortened in messages
@@ -91,7 +91,7 @@ def bundle_drift(configmap: Mapping[str, Any] | None, desired_pem: bytes) -> Bun
     labels_missing = any(labels.get(k) != v for k, v in MANAGED_BY.items())
     if current == desired_pem.decode() and not extra_keys and not labels_missing:
         return None
-    desired = {Root.of(c) for c in _certificates(desired_pem)}
+    desired = {Root.of(c) for c in certificates_in(desired_pem)}
     held, unparseable = _parse(current or "")
     return BundleDrift(
         extra=tuple(sorted(held - desired, key=lambda r: r.fingerprint)),
@@ -100,13 +100,6 @@ def bundle_drift(configmap: Mapping[str, Any] | None, desired_pem: bytes) -> Bun
         extra_keys=extra_keys,
         labels_missing=labels_missing,
     )
-
-
-def _certificates(pem: bytes) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        return []
 
 
 def _parse(text: str) -> tuple[set[Root], bool]:

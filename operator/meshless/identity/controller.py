@@ -29,7 +29,7 @@ from meshless.api import (
 from meshless.api import Reason as R
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
-from meshless.conditions import find_condition, rfc3339
+from meshless.conditions import find_condition
 from meshless.identity.checked import (
     CHECKED_ANNOTATION,
     checkmark,
@@ -50,11 +50,9 @@ from meshless.identity.trust_bundles import TrustBundles
 from meshless.kube import FIELD_MANAGER, IDENTITIES, SECRETS, ApiError, Json, Kube, transient
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.reissue import (
-    BUNDLE_STALE,
-    ISSUER_RETIRED,
     CertificateSummary,
     ObservedSecret,
-    Reason,
+    ReissueCause,
     reissue_reason,
     renewal_time_for,
     summarize,
@@ -75,6 +73,7 @@ from meshless.status import (
     conditions_with,
     involved_object,
 )
+from meshless.timestamps import rfc3339
 from meshless.watch import METADATA_ONLY_LIST
 from meshless.workqueue import WorkQueue
 
@@ -87,7 +86,7 @@ ISSUING_NOTICE_S = 1.0
 UNWRITTEN_MAX_AGE = timedelta(minutes=5)
 SWEEP_BACKLOG = 1000  # identities a sweep keeps queued (with what it vouched for) at most
 # report Issuing=True only when the write budget makes us wait
-FIRST_ISSUE = Reason("SecretMissing", "the Secret does not exist")
+FIRST_ISSUE = ReissueCause(R.SECRET_MISSING, "the Secret does not exist")
 READY = ConditionType.READY.value
 ISSUING = ConditionType.ISSUING.value
 
@@ -108,7 +107,7 @@ class IdentityController:
         self.budget = budget
         self.clock = clock
         self.store: dict[Key, HeldIdentity] = {}
-        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
         self.issued = 0
         self.events = events
         self.on_issued: Callable[[str, str], None] | None = None  # (namespace, SPIFFE ID)
@@ -382,7 +381,7 @@ class IdentityController:
         # OpenSSL's primality tests (0.26 s for RSA4096 while holding the GIL; see pki.keys).
         reason = reissue_reason(observed, spec.desired, ca, now)
         keep_until: datetime | None = None
-        if reason is not None and reason.code == ISSUER_RETIRED and data is not None:
+        if reason is not None and reason.code == R.ISSUER_RETIRED and data is not None:
             # A CA rotation: the leaf stays (its bundle kept current) until its place in the
             # rotation window or its own renewal, whichever comes first.
             keep_until = self._retired_issuer_deadline(spec, data, now)
@@ -393,7 +392,7 @@ class IdentityController:
         if (
             secret is not None
             and data is not None
-            and (reason is None or reason.code == BUNDLE_STALE)
+            and (reason is None or reason.code == R.BUNDLE_STALE)
         ):
             # Good as it is, or only ca.crt is behind: the same certificate and key are
             # rewritten with the current bundle (a new key buys nothing here).
@@ -530,7 +529,7 @@ class IdentityController:
             namespace=spec.namespace,
             name=spec.name,
             state=self.ca.rotation,
-            window=self.settings.ca_rotation_window,
+            window=self.settings.ca.rotation_window,
             now=now,
         )
 
@@ -544,7 +543,12 @@ class IdentityController:
         )
 
     async def _issue(
-        self, body: Json, spec: IdentitySpec, secret: Json | None, reason: Reason, bundle: bytes
+        self,
+        body: Json,
+        spec: IdentitySpec,
+        secret: Json | None,
+        reason: ReissueCause,
+        bundle: bytes,
     ) -> float | None:
         ca = self.ca.current
         assert ca is not None
@@ -595,7 +599,7 @@ class IdentityController:
             self._event(
                 body,
                 "Normal",
-                R.RENEWED if reason.code == "RenewalDue" else R.REISSUED,
+                R.RENEWED if reason.code == R.RENEWAL_DUE else R.REISSUED,
                 f"Issued certificate {summary.serial_number} for {summary.spiffe_id} into "
                 f"Secret {spec.secret_name}, valid until {rfc3339(summary.not_after)} "
                 f"({reason.code}: {reason.message})",
@@ -659,7 +663,7 @@ class IdentityController:
 
     def _next_check(self, summary: CertificateSummary, now: datetime) -> float:
         until_renewal = (summary.renewal_time - now).total_seconds()
-        return max(1.0, min(until_renewal, self.settings.resync_interval.total_seconds()))
+        return max(1.0, min(until_renewal, self.settings.identity.resync_interval.total_seconds()))
 
     async def _without_ca(self, body: Json) -> float:
         """No usable CA: identities with a valid certificate keep it and stay Ready; the rest
@@ -717,7 +721,7 @@ class IdentityController:
     def _conditions(self, body: Json, *changes: ConditionChange) -> list[dict[str, Any]]:
         return conditions_with(body, changes, self.clock())
 
-    def _issuing_status(self, body: Json, reason: Reason) -> Json:
+    def _issuing_status(self, body: Json, reason: ReissueCause) -> Json:
         message = f"Waiting for the write budget to issue a certificate: {reason.message}"
         change = ConditionChange(ISSUING, True, reason.code, message)
         return {"conditions": self._conditions(body, change)}

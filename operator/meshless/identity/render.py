@@ -16,11 +16,11 @@ from meshless.api import (
     TRUST_BUNDLE_NAME,
     Kind,
 )
-from meshless.conditions import rfc3339
 from meshless.identity.checked import CHECKED_ANNOTATION
 from meshless.identity.rotation_marks import rotation_annotations
 from meshless.identity.spec import IdentitySpec
 from meshless.pki.reissue import CertificateSummary
+from meshless.timestamps import rfc3339
 
 KIND = Kind.WORKLOAD_IDENTITY.value
 

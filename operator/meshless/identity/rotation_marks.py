@@ -34,8 +34,9 @@ from cryptography import x509
 
 from meshless.api import GROUP
 from meshless.identity.checked import data_written_only_by
-from meshless.pki.bundle import fingerprint, parse_pem_certificates
-from meshless.pki.rotation import Progress, RotationState, anchor_of, directly_issued
+from meshless.pki.bundle import fingerprint
+from meshless.pki.rotation import Progress, RotationState
+from meshless.pki.x509 import anchor_of, certificates_in, issued_by
 
 BUNDLE_ROOTS_ANNOTATION = f"{GROUP}/bundle-roots"
 LEAF_NOT_AFTER_ANNOTATION = f"{GROUP}/leaf-not-after"
@@ -62,7 +63,7 @@ def rotation_annotations(chain_pem: bytes | None, bundle_pem: bytes | None) -> d
     prints = sorted({fingerprint(c).hex() for c in roots})
     not_after = ""
     anchors: set[str] = set()
-    chain = _chain(chain_pem or b"")
+    chain = certificates_in(chain_pem)
     if chain:
         not_after = chain[0].not_valid_after_utc.isoformat()
         if len(chain) <= MAX_CHAIN and _chain_links(chain):
@@ -154,21 +155,7 @@ def _prints(text: str) -> frozenset[str] | None:
 @lru_cache(maxsize=8)
 def _bundle_certificates(pem: bytes) -> tuple[x509.Certificate, ...]:
     """The certificates in a bundle (every Secret carries the same few bundles)."""
-    if not pem:
-        return ()
-    try:
-        return tuple(parse_pem_certificates(pem))
-    except ValueError:
-        return ()
-
-
-def _chain(pem: bytes) -> list[x509.Certificate]:
-    if not pem:
-        return []
-    try:
-        return parse_pem_certificates(pem)
-    except ValueError:
-        return []
+    return tuple(certificates_in(pem))
 
 
 def _chain_links(chain: Sequence[x509.Certificate]) -> bool:
@@ -176,7 +163,7 @@ def _chain_links(chain: Sequence[x509.Certificate]) -> bool:
     links are the same for every leaf and cached)."""
     if len(chain) < 2:
         return True
-    if not directly_issued(chain[0], chain[1]):
+    if not issued_by(chain[0], chain[1]):
         return False
     return all(_issued(child, parent) for child, parent in itertools.pairwise(chain[1:]))
 
@@ -193,7 +180,7 @@ def _anchored_top(top: x509.Certificate, root: x509.Certificate) -> bool:
 
 @lru_cache(maxsize=64)
 def _issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    return directly_issued(child, parent)
+    return issued_by(child, parent)
 
 
 __all__ = [

@@ -52,6 +52,30 @@ def default_secret_name(identity_name: str) -> str:
     return f"{identity_name}-mtls"
 
 
+@dataclass(frozen=True)
+class IdentityRef:
+    """The identity that serves a ServiceAccount: its WorkloadIdentity, its Secret and the
+    SPIFFE ID its certificate carries (policy/provision.py `identity_for` picks it; admission
+    mounts its Secret)."""
+
+    namespace: str
+    name: str  # the WorkloadIdentity
+    secret_name: str
+    spiffe_id: str
+    provisioned: bool  # the operator's meshless-<sa>, not a user's
+
+
+def provisioned_identity_ref(
+    trust_domain: str, namespace: str, service_account: str
+) -> IdentityRef:
+    """The identity the operator provisions for a ServiceAccount: the WorkloadIdentity
+    `meshless-<sa>` with the Secret `meshless-<sa>-mtls` (which may not exist yet: the kubelet
+    waits for the Secret before it starts the pod)."""
+    name = provisioned_name(service_account)
+    sid = spiffe_id(trust_domain, namespace, service_account)
+    return IdentityRef(namespace, name, default_secret_name(name), sid, True)
+
+
 # The identities the operator provisions for a ServiceAccount are named meshless-<sa>; their
 # Secrets, meshless-<sa>-mtls, are reserved for that ServiceAccount.
 PROVISIONED_PREFIX = "meshless-"
@@ -84,11 +108,11 @@ def parse_identity(
         raise SpecError("spec.serviceAccountName is required")
     dns_names = tuple(sorted(set(spec.get("dnsNames") or ())))
     check_dns_names(namespace, dns_names, settings)
-    ttl = _duration(spec, "ttl") or settings.default_ttl
-    if ttl < settings.ttl_floor:
+    ttl = _duration(spec, "ttl") or settings.identity.default_ttl
+    if ttl < settings.identity.ttl_floor:
         raise SpecError(
             f"spec.ttl {format_duration(ttl)} is below the operator's ttl floor "
-            f"{format_duration(settings.ttl_floor)}"
+            f"{format_duration(settings.identity.ttl_floor)}"
         )
     renew_before = _duration(spec, "renewBefore")
     if renew_before is not None and renew_before >= ttl:
@@ -97,7 +121,9 @@ def parse_identity(
             f"{format_duration(ttl)}"
         )
     if renew_before is None:
-        renew_before = timedelta(seconds=int(ttl.total_seconds() * settings.renewal_fraction))
+        renew_before = timedelta(
+            seconds=int(ttl.total_seconds() * settings.identity.renewal_fraction)
+        )
     if ttl - renew_before < MIN_RENEWAL_INTERVAL:
         raise SpecError(
             f"spec.renewBefore {format_duration(renew_before)} leaves less than "
@@ -111,7 +137,7 @@ def parse_identity(
         raise SpecError(f"spec.privateKey.algorithm {algorithm_name!r} is not supported") from None
     secret_name = spec.get("secretName") or default_secret_name(name)
     # The operator's own namespace (the prober's identity, meshless-prober) is not a tenant's.
-    if namespace != settings.namespace and reserved_secret_name(secret_name, sa):
+    if namespace != settings.runtime.namespace and reserved_secret_name(secret_name, sa):
         raise SpecError(
             f"spec.secretName {secret_name!r}: Secrets named meshless-<ServiceAccount>-mtls are "
             f"reserved for the identities meshless provisions; the one for ServiceAccount "
@@ -124,7 +150,7 @@ def parse_identity(
         )
     template = spec.get("secretTemplate") or {}
     request = SvidRequest(
-        spiffe_id=spiffe_id(settings.trust_domain, namespace, sa),
+        spiffe_id=spiffe_id(settings.identity.trust_domain, namespace, sa),
         dns_names=dns_names,
         ttl=ttl,
         algorithm=algorithm,
@@ -134,7 +160,7 @@ def parse_identity(
         name=name,
         secret_name=secret_name,
         desired=DesiredIdentity(
-            request=request, renew_before=renew_before, jitter_fraction=settings.jitter
+            request=request, renew_before=renew_before, jitter_fraction=settings.identity.jitter
         ),
         secret_labels=dict(template.get("labels") or {}),
         secret_annotations=dict(template.get("annotations") or {}),
@@ -145,7 +171,7 @@ def check_dns_names(namespace: str, dns_names: Iterable[str], settings: Settings
     """Raise DnsNameNotAllowed when the name policy refuses any of `dns_names` for an
     identity in `namespace`. Checked before anything is signed, on every reconcile: a name
     that was allowed when its certificate was issued and is not any more stops its renewal."""
-    violations = settings.dns_name_policy.violations(namespace, dns_names)
+    violations = settings.names.policy.violations(namespace, dns_names)
     if not violations:
         return
     shown = "; ".join(v.message for v in violations[:MAX_LISTED_VIOLATIONS])

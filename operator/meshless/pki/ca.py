@@ -9,11 +9,9 @@ from datetime import datetime, timedelta
 from functools import cached_property
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from meshless.pki.bundle import bundle_pem, fingerprint, parse_pem_certificates
+from meshless.pki.bundle import bundle_pem
 from meshless.pki.constraints import name_constraints
 from meshless.pki.keys import (
     KeyAlgorithm,
@@ -26,6 +24,15 @@ from meshless.pki.keys import (
 )
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import trust_domain_id
+from meshless.pki.x509 import (
+    authority_key_id_for,
+    certificates_pem,
+    fingerprint,
+    is_self_signed,
+    issued_by,
+    parse_pem_certificates,
+    subject_key_id,
+)
 
 TLS_CRT = "tls.crt"
 TLS_KEY = "tls.key"
@@ -86,39 +93,12 @@ class CertificateAuthority:
 
     @cached_property
     def intermediates_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.intermediates)
+        return certificates_pem(self.intermediates)
 
     @cached_property
     def validity(self) -> tuple[datetime, datetime]:
         """The issuer's (notBefore, notAfter), timezone-aware."""
         return self.issuer_cert.not_valid_before_utc, self.issuer_cert.not_valid_after_utc
-
-
-def _subject_key_identifier(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
-
-
-def subject_key_id(cert: x509.Certificate) -> bytes:
-    """The certificate's SubjectKeyIdentifier (computed from its key if the extension is absent)."""
-    return _subject_key_identifier(cert).digest
-
-
-def authority_key_id_for(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    """The AKI extension value for a certificate issued by `issuer`."""
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-        _subject_key_identifier(issuer)
-    )
-
-
-def is_self_signed(cert: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -245,16 +225,12 @@ def self_signed_root(
     return cert, key
 
 
-def _pem(certs: Sequence[x509.Certificate]) -> bytes:
-    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certs)
-
-
 def ca_to_secret_data(ca: CertificateAuthority, root_key: PrivateKey | None) -> dict[str, bytes]:
     """Secret data: tls.crt (issuer, then further intermediates), tls.key, ca.crt (roots) and,
     when given, root.key."""
     chain = [ca.issuer_cert, *(c for c in ca.intermediates if c != ca.issuer_cert)]
     data = {
-        TLS_CRT: _pem(chain),
+        TLS_CRT: certificates_pem(chain),
         TLS_KEY: private_key_to_pem(ca.issuer_key),
         CA_CRT: bundle_pem(ca.roots),
     }
@@ -297,27 +273,19 @@ def _check_chain(
     if not intermediates and any(fingerprint(r) == fingerprint(issuer) for r in roots):
         return  # the issuer is itself a trusted anchor
     for child, parent in itertools.pairwise(path):
-        if not _directly_issued(child, parent):
+        if not issued_by(child, parent):
             raise CAError(
                 "CAChainInvalid",
                 f"certificate {child.subject.rfc4514_string()!r} in tls.crt is not signed by "
                 f"the certificate that follows it ({parent.subject.rfc4514_string()!r})",
             )
     top = path[-1]
-    if not any(_directly_issued(top, root) for root in roots):
+    if not any(issued_by(top, root) for root in roots):
         raise CAError(
             "CAChainInvalid",
             f"issuing chain ends at {top.subject.rfc4514_string()!r}, which is not signed by "
             "any root in the trust bundle",
         )
-
-
-def _directly_issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 def ca_from_secret_data(data: Mapping[str, bytes], now: datetime) -> CertificateAuthority:

@@ -24,6 +24,8 @@ from enum import StrEnum
 
 from cryptography import x509
 
+from meshless.pki.x509 import subject_alt_names
+
 EXCLUDED_IP_RANGES = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
@@ -108,11 +110,7 @@ def names_outside_constraints(chain: Sequence[x509.Certificate]) -> tuple[str, .
     was misused). Empty when every name is permitted."""
     if not chain:
         return ()
-    try:
-        san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ()
-    names = list(san)
+    names = subject_alt_names(chain[0])
     bad: dict[str, None] = {}
     for ca in chain[1:]:
         ext = constraints_of(ca)

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from functools import cached_property
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 
+from meshless.api import Reason
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CA_CRT, TLS_CRT, TLS_KEY, CertificateAuthority
 from meshless.pki.keys import (
@@ -20,16 +21,17 @@ from meshless.pki.keys import (
 )
 from meshless.pki.renewal import jitter_unit, renewal_time
 from meshless.pki.svid import CLOCK_SKEW, SvidRequest, parse_certificate_chain
+from meshless.pki.x509 import authority_key_id, dns_sans, issued_by, uri_sans
 
 TTL_TOLERANCE = timedelta(minutes=1)
-ISSUER_RETIRED = "IssuerRetired"
-BUNDLE_STALE = "BundleStale"
 REQUIRED_KEYS = (TLS_CRT, TLS_KEY, CA_CRT)
 
 
 @dataclass(frozen=True)
-class Reason:
-    code: str  # CamelCase, fit for a condition reason
+class ReissueCause:
+    """Why a certificate is (re)issued: a reason (meshless.api.Reason) and its detail."""
+
+    code: Reason  # the condition's reason, the metric's label
     message: str  # for humans; never key material
 
 
@@ -83,51 +85,41 @@ class CheckInput:
             return None
 
 
-Check = Callable[[CheckInput], Reason | None]
+Check = Callable[[CheckInput], ReissueCause | None]
 
 
-def secret_missing(c: CheckInput) -> Reason | None:
+def secret_missing(c: CheckInput) -> ReissueCause | None:
     if c.observed.data is None:
-        return Reason("SecretMissing", "the Secret does not exist")
+        return ReissueCause(Reason.SECRET_MISSING, "the Secret does not exist")
     return None
 
 
-def data_missing(c: CheckInput) -> Reason | None:
+def data_missing(c: CheckInput) -> ReissueCause | None:
     missing = [k for k in REQUIRED_KEYS if c.value(k) is None]
     if c.observed.data is not None and missing:
-        return Reason("MissingData", f"the Secret lacks {', '.join(missing)}")
+        return ReissueCause(Reason.MISSING_DATA, f"the Secret lacks {', '.join(missing)}")
     return None
 
 
-def unparseable(c: CheckInput) -> Reason | None:
+def unparseable(c: CheckInput) -> ReissueCause | None:
     if c.value(TLS_CRT) is not None and c.chain is None:
-        return Reason("InvalidCertificate", f"{TLS_CRT} holds no parseable certificate")
+        return ReissueCause(Reason.INVALID_CERTIFICATE, f"{TLS_CRT} holds no parseable certificate")
     if c.value(TLS_KEY) is not None and c.key is None:
-        return Reason("InvalidKey", f"{TLS_KEY} is not a usable unencrypted PEM private key")
+        return ReissueCause(
+            Reason.INVALID_KEY, f"{TLS_KEY} is not a usable unencrypted PEM private key"
+        )
     return None
 
 
-def key_mismatch(c: CheckInput) -> Reason | None:
+def key_mismatch(c: CheckInput) -> ReissueCause | None:
     if c.leaf is not None and c.key is not None and not key_matches_certificate(c.key, c.leaf):
-        return Reason("KeyMismatch", f"{TLS_KEY} does not belong to the certificate")
+        return ReissueCause(Reason.KEY_MISMATCH, f"{TLS_KEY} does not belong to the certificate")
     return None
-
-
-def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
-    """(URI SANs, DNS SANs) of a certificate."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return [], []
-    return (
-        san.get_values_for_type(x509.UniformResourceIdentifier),
-        san.get_values_for_type(x509.DNSName),
-    )
 
 
 def _spec_differences(c: CheckInput, leaf: x509.Certificate) -> list[str]:
     request = c.desired.request
-    uris, dns = _sans(leaf)
+    uris, dns = uri_sans(leaf), dns_sans(leaf)
     diffs: list[str] = []
     if uris != [request.spiffe_id]:
         diffs.append(f"URI SANs {uris} != [{request.spiffe_id!r}]")
@@ -148,46 +140,44 @@ def _spec_differences(c: CheckInput, leaf: x509.Certificate) -> list[str]:
     return diffs
 
 
-def spec_mismatch(c: CheckInput) -> Reason | None:
+def spec_mismatch(c: CheckInput) -> ReissueCause | None:
     if c.leaf is None:
         return None
     diffs = _spec_differences(c, c.leaf)
     if diffs:
-        return Reason("SpecChanged", "certificate does not match the spec: " + "; ".join(diffs))
+        return ReissueCause(
+            Reason.SPEC_CHANGED, "certificate does not match the spec: " + "; ".join(diffs)
+        )
     return None
 
 
-def _authority_key_id(cert: x509.Certificate) -> bytes | None:
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return None
-    return aki.key_identifier
-
-
-def issuer_retired(c: CheckInput) -> Reason | None:
+def issuer_retired(c: CheckInput) -> ReissueCause | None:
     if c.leaf is None or c.chain is None:
         return None
-    if _authority_key_id(c.leaf) != c.ca.issuer_key_id:
-        return Reason(ISSUER_RETIRED, "certificate was issued by a CA that is no longer active")
-    try:
-        c.leaf.verify_directly_issued_by(c.ca.issuer_cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return Reason(ISSUER_RETIRED, "certificate signature does not verify with the active CA")
+    if authority_key_id(c.leaf) != c.ca.issuer_key_id:
+        return ReissueCause(
+            Reason.ISSUER_RETIRED, "certificate was issued by a CA that is no longer active"
+        )
+    if not issued_by(c.leaf, c.ca.issuer_cert):
+        return ReissueCause(
+            Reason.ISSUER_RETIRED, "certificate signature does not verify with the active CA"
+        )
     if tuple(c.chain[1:]) != c.ca.intermediates:
-        return Reason(ISSUER_RETIRED, f"the chain in {TLS_CRT} differs from the active CA's")
+        return ReissueCause(
+            Reason.ISSUER_RETIRED, f"the chain in {TLS_CRT} differs from the active CA's"
+        )
     return None
 
 
-def bundle_stale(c: CheckInput) -> Reason | None:
+def bundle_stale(c: CheckInput) -> ReissueCause | None:
     if c.observed.data is not None and c.value(CA_CRT) != bundle_pem(c.ca.roots):
-        return Reason(BUNDLE_STALE, f"{CA_CRT} differs from the current trust bundle")
+        return ReissueCause(Reason.BUNDLE_STALE, f"{CA_CRT} differs from the current trust bundle")
     return None
 
 
-def expired(c: CheckInput) -> Reason | None:
+def expired(c: CheckInput) -> ReissueCause | None:
     if c.leaf is not None and c.now >= c.leaf.not_valid_after_utc:
-        return Reason("Expired", f"certificate expired at {c.leaf.not_valid_after_utc}")
+        return ReissueCause(Reason.EXPIRED, f"certificate expired at {c.leaf.not_valid_after_utc}")
     return None
 
 
@@ -202,12 +192,12 @@ def renewal_time_for(cert: x509.Certificate, desired: DesiredIdentity) -> dateti
     )
 
 
-def renewal_due(c: CheckInput) -> Reason | None:
+def renewal_due(c: CheckInput) -> ReissueCause | None:
     if c.leaf is None:
         return None
     due = renewal_time_for(c.leaf, c.desired)
     if c.now >= due:
-        return Reason("RenewalDue", f"renewal time {due} reached")
+        return ReissueCause(Reason.RENEWAL_DUE, f"renewal time {due} reached")
     return None
 
 
@@ -229,7 +219,7 @@ def reissue_reason(
     desired: DesiredIdentity,
     ca: CertificateAuthority,
     now: datetime,
-) -> Reason | None:
+) -> ReissueCause | None:
     """The first reason to reissue, or None when the Secret is good as it is."""
     checked = CheckInput(observed=observed, desired=desired, ca=ca, now=now)
     for check in CHECKS:
@@ -251,7 +241,7 @@ class CertificateSummary:
 
 def summarize(cert: x509.Certificate, desired: DesiredIdentity) -> CertificateSummary:
     """What status reports about the certificate in the Secret."""
-    uris, dns = _sans(cert)
+    uris, dns = uri_sans(cert), dns_sans(cert)
     spiffe = next((u for u in uris if u.startswith("spiffe://")), desired.request.spiffe_id)
     return CertificateSummary(
         spiffe_id=spiffe,

@@ -31,10 +31,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
-from meshless.pki.bundle import bundle_pem, fingerprint, parse_pem_certificates
+from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import (
     CA_CRT,
     TLS_CRT,
@@ -43,7 +41,6 @@ from meshless.pki.ca import (
     CertificateAuthority,
     ca_from_secret_data,
     is_ca,
-    is_self_signed,
     self_signed_root,
 )
 from meshless.pki.keys import (
@@ -51,6 +48,14 @@ from meshless.pki.keys import (
     key_matches_certificate,
     load_private_key,
     private_key_to_pem,
+)
+from meshless.pki.x509 import (
+    certificates_in,
+    certificates_pem,
+    fingerprint,
+    is_self_signed,
+    issued_by,
+    parse_pem_certificates,
 )
 
 WEBHOOK_CA_SECRET_NAME = "meshless-webhook-ca"
@@ -150,19 +155,15 @@ class WebhookCA:
         return not_before + (not_after - not_before) * ROOT_RENEWAL_FRACTION
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def new_webhook_ca_data(
     now: datetime, ttl: timedelta = ROOT_TTL, record: RotationRecord | None = None
 ) -> dict[str, bytes]:
     """The Secret data of a new webhook CA: one root that signs and is the whole bundle."""
     root, key = self_signed_root(ROOT_COMMON_NAME, now, ttl)
     return {
-        TLS_CRT: _pem(root),
+        TLS_CRT: certificates_pem([root]),
         TLS_KEY: private_key_to_pem(key),
-        CA_CRT: _pem(root),
+        CA_CRT: certificates_pem([root]),
         STATE_KEY: (record or RotationRecord(since=now)).to_json(),
     }
 
@@ -220,14 +221,10 @@ def common_fingerprints(bundles: Iterable[bytes]) -> frozenset[bytes] | None:
     return next(iter(found)) if len(found) == 1 else None
 
 
-def issued_by(chain_pem: bytes, root: x509.Certificate) -> bool:
+def chain_pem_issued_by(chain_pem: bytes, root: x509.Certificate) -> bool:
     """Whether the first certificate of `chain_pem` is signed by `root`."""
-    try:
-        leaf = parse_pem_certificates(chain_pem, "serving certificate")[0]
-        leaf.verify_directly_issued_by(root)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
+    chain = certificates_in(chain_pem)
+    return bool(chain) and issued_by(chain[0], root)
 
 
 def status_summary(data: Mapping[str, bytes], now: datetime) -> dict[str, object]:
@@ -362,7 +359,7 @@ def prepare_settles(o: Observed) -> Step | None:
 def switch_waits_for_serving(o: Observed) -> Step | None:
     if o.ca is None or o.ca.record.phase is not Phase.SWITCH:
         return None
-    if o.serving_chain is None or not issued_by(o.serving_chain, o.ca.root):
+    if o.serving_chain is None or not chain_pem_issued_by(o.serving_chain, o.ca.root):
         return Step(Action.WAIT, "the serving certificate is not from the new root yet")
     return None
 
@@ -406,13 +403,13 @@ def _data(
     next_root: tuple[x509.Certificate, PrivateKey] | None = None,
 ) -> dict[str, bytes]:
     data = {
-        TLS_CRT: _pem(authority.issuer_cert),
+        TLS_CRT: certificates_pem([authority.issuer_cert]),
         TLS_KEY: private_key_to_pem(authority.issuer_key),
         CA_CRT: bundle_pem(roots),
         STATE_KEY: record.to_json(),
     }
     if next_root is not None:
-        data[NEXT_CRT] = _pem(next_root[0])
+        data[NEXT_CRT] = certificates_pem([next_root[0]])
         data[NEXT_KEY] = private_key_to_pem(next_root[1])
     return data
 

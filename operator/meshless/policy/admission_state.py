@@ -17,9 +17,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshless.admission.inject import IdentityRef
 from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
 from meshless.api import API_VERSION, Kind, Reason
+from meshless.identity.spec import IdentityRef
 from meshless.kube import POLICIES
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
@@ -61,8 +61,7 @@ class ControllerAdmissionState:
         self.policies_listed = True
 
     def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
-        ref = self.controller.identity_ref_for(namespace, service_account)
-        return IdentityRef(secret_name=ref.secret_name, spiffe_id=ref.spiffe_id)
+        return self.controller.identity_ref_for(namespace, service_account)
 
     def identity_secrets(
         self, namespace: str, secrets: Sequence[str]
@@ -71,7 +70,7 @@ class ControllerAdmissionState:
         every replica; None until it has listed them all once."""
         if not (self.identities_listed or self.controller.primed):
             return None
-        trust_domain = self.controller.settings.trust_domain
+        trust_domain = self.controller.settings.identity.trust_domain
         claimed: dict[str, list[IdentitySecret]] = {}
         for secret in secrets:
             for record in self.controller.identities_with_secret(namespace, secret):
@@ -89,7 +88,7 @@ class ControllerAdmissionState:
         return identity_secrets_of(namespace, secrets, claimed, trust_domain)
 
     def dns_name_policy(self) -> DnsNamePolicy:
-        return self.controller.settings.dns_name_policy
+        return self.controller.settings.names.policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self._pending[record.policy].append(record.pod)

@@ -25,6 +25,7 @@ from meshless.admission.configurations import admission_namespaces, identity_nam
 from meshless.api import ConditionType, Kind, exempt_namespaces
 from meshless.conditions import ConditionChange, find_condition
 from meshless.durations import format_duration, parse_duration
+from meshless.identity.spec import IdentityRef
 from meshless.kube import (
     IDENTITIES,
     NAMESPACES,
@@ -38,7 +39,6 @@ from meshless.kube import (
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec, Scope
 from meshless.policy.provision import (
     IdentityRecord,
-    IdentityRef,
     identity_for,
     identity_record,
     plan_identities,
@@ -136,7 +136,7 @@ class PolicyController:
         self.clock = clock
         self.events = events
         self.status = StatusWriter(kube, POLICIES)
-        self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.workers)
+        self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
         self.root_namespace = settings.effective_root_namespace
 
         self.policies: dict[Key, Json] = {}
@@ -176,7 +176,7 @@ class PolicyController:
 
     # --- startup ------------------------------------------------------------------------
     def _watched(self, namespace: str) -> bool:
-        patterns = self.settings.watch_namespaces
+        patterns = self.settings.runtime.watch_namespaces
         return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
 
     async def prime(self, on_identity: Callable[[Mapping[str, Any]], None] | None = None) -> None:
@@ -381,10 +381,10 @@ class PolicyController:
         """What the schema cannot know: the operator's own limits."""
         if spec.identity.ttl:
             ttl = parse_duration(spec.identity.ttl)
-            if ttl < self.settings.ttl_floor:
+            if ttl < self.settings.identity.ttl_floor:
                 raise PolicySpecError(
                     f"spec.identity.ttl {spec.identity.ttl} is below the operator's ttl floor "
-                    f"{format_duration(self.settings.ttl_floor)}"
+                    f"{format_duration(self.settings.identity.ttl_floor)}"
                 )
         return spec
 
@@ -406,7 +406,7 @@ class PolicyController:
             namespace,
             service_account,
             self._by_account.get((namespace, service_account), {}).values(),
-            self.settings.trust_domain,
+            self.settings.identity.trust_domain,
         )
 
     # --- reconcile ----------------------------------------------------------------------
@@ -431,7 +431,7 @@ class PolicyController:
     def enforced(self, namespace: str) -> bool:
         """System namespaces and the operator's own are never enforced (admission does not
         intercept them either): a cluster-wide STRICT policy must not cut off CoreDNS."""
-        return namespace not in exempt_namespaces(self.settings.namespace)
+        return namespace not in exempt_namespaces(self.settings.runtime.namespace)
 
     async def _reconcile_namespace(self, namespace: str) -> None:
         policies = self.policy_set()
@@ -550,13 +550,15 @@ class PolicyController:
             (
                 api.ADMISSION_NAMESPACE_LABEL,
                 api.ADMISSION_NAMESPACE_VALUE,
-                admission_namespaces(self.policy_set(), self.namespaces, self.settings.namespace),
+                admission_namespaces(
+                    self.policy_set(), self.namespaces, self.settings.runtime.namespace
+                ),
             ),
             (
                 api.IDENTITIES_NAMESPACE_LABEL,
                 api.IDENTITIES_NAMESPACE_VALUE,
                 identity_namespaces(
-                    self._identities_by_ns, self.namespaces, self.settings.namespace
+                    self._identities_by_ns, self.namespaces, self.settings.runtime.namespace
                 ),
             ),
         )

@@ -22,25 +22,16 @@ from typing import Any
 from meshless.api import API_VERSION, MANAGED_BY, PROVISIONED_LABEL, ConditionType, Kind, Reason
 from meshless.conditions import find_condition
 from meshless.identity.spec import (
+    IdentityRef,
     SpecError,
     default_secret_name,
     parse_identity,
+    provisioned_identity_ref,
     provisioned_name,
 )
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.settings import Settings
-
-
-@dataclass(frozen=True)
-class IdentityRef:
-    """The identity that serves a ServiceAccount: its WorkloadIdentity and Secret."""
-
-    namespace: str
-    name: str
-    secret_name: str
-    spiffe_id: str
-    provisioned: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +120,7 @@ def identity_for(
     )
     if users:
         return IdentityRef(namespace, users[0].name, users[0].secret_name, sid, False)
-    name = provisioned_name(service_account)
-    return IdentityRef(namespace, name, default_secret_name(name), sid, True)
+    return provisioned_identity_ref(trust_domain, namespace, service_account)
 
 
 def unusable_identities(

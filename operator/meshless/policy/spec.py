@@ -2,27 +2,26 @@
 
 `parse_policy` repeats the CRD's schema and CEL checks for objects that reached the operator
 without them (an older CRD, a direct etcd write): the controller reports a PolicySpecError as
-Ready=False InvalidSpec. `pod_info` keeps the few fields of a Pod the operator needs; it runs
-for every pod event in the cluster, so it reads only what it returns.
+Ready=False InvalidSpec. `pod_info`, the few fields of a Pod the operator needs, is defined in
+meshless.admission.pods (admission builds the same PodInfo) and re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from meshless.admission import pods
+from meshless.admission.pods import pod_info as pod_info
 from meshless.api import AdmissionAction, Mode
 from meshless.durations import parse_duration
 from meshless.pki.keys import KeyAlgorithm
-from meshless.policy.model import IdentityDefaults, PodInfo, PolicySpec
+from meshless.policy.model import IdentityDefaults, PolicySpec
 from meshless.selectors import SelectorError, parse_selector
 
 MIN_PORT, MAX_PORT = 1, 65535
 # spec.identity.ttl bounds, as in the CRD (and WorkloadIdentity spec.ttl).
 MIN_TTL, MAX_TTL = timedelta(minutes=1), timedelta(days=30)
-DEFAULT_SERVICE_ACCOUNT = "default"
 
 
 E = TypeVar("E", Mode, AdmissionAction, KeyAlgorithm)
@@ -138,30 +137,3 @@ def _identity_defaults(raw: Any) -> IdentityDefaults:
             KeyAlgorithm, algorithm, "spec.identity.privateKey.algorithm", KeyAlgorithm.ECDSAP256
         ).value
     return IdentityDefaults(ttl=None if ttl is None else str(ttl), algorithm=algorithm)
-
-
-# --------------------------------------------------------------------------------------------
-# Pods
-
-
-def pod_info(body: Mapping[str, Any]) -> PodInfo:
-    """The slim copy of a Pod: what resolution, rendering and status need, nothing more."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    status = body.get("status") or {}
-    return PodInfo(
-        namespace=meta.get("namespace") or "",
-        name=meta.get("name") or "",
-        uid=meta.get("uid") or "",
-        labels=dict(meta.get("labels") or {}),
-        service_account=spec.get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT,
-        ports=pods.tcp_ports(body),
-        identity_mounted=pods.identity_mounted(body),
-        ip=status.get("podIP") or "",
-        running=status.get("phase") == "Running" and _ready(status.get("conditions") or ()),
-        deleting=bool(meta.get("deletionTimestamp")),
-    )
-
-
-def _ready(conditions: Iterable[Mapping[str, Any]]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

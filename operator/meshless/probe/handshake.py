@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from meshless.pki.x509 import uri_sans
 from meshless.probe.classify import (
     Connect,
     Handshake,
@@ -106,10 +107,9 @@ def _uri_sans(der: bytes | None) -> tuple[str, ...]:
         return ()
     try:
         cert = x509.load_der_x509_certificate(der)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
+    except ValueError:
         return ()
-    return tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+    return tuple(uri_sans(cert))
 
 
 def _is_eof(exc: ssl.SSLError) -> bool:

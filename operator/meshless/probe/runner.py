@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import heapq
-import itertools
 import logging
 import random
 from collections import defaultdict
@@ -35,6 +32,7 @@ from meshless.probe.handshake import ProbeContexts, ProberIdentity
 from meshless.probe.tally import PortProbe, enforcement_status, port_state
 from meshless.settings import Settings
 from meshless.status import EventRecorder
+from meshless.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class TargetState:
     target: Target
     verdict: Verdict | None = None
     at: datetime | None = None
-    due: float = 0.0
+    reprobe_at: float | None = None  # monotonic: a probe is owed at or after this
 
 
 class EnforcementProber:
@@ -87,14 +85,13 @@ class EnforcementProber:
         self.clock = clock
         self.monotonic = monotonic
         self.on_policy_changed = on_policy_changed
-        self.interval = settings.probe_interval.total_seconds()
+        self.interval = settings.probe.interval.total_seconds()
         self.window = timedelta(seconds=self.interval * (1 + WINDOW_SLACK))
-        self.budget = WriteBudget(settings.probe_qps, max(1, int(settings.probe_qps)))
+        self.budget = WriteBudget(settings.probe.qps, max(1, int(settings.probe.qps)))
         self.targets: dict[TargetKey, TargetState] = {}
         self.by_namespace: dict[str, set[TargetKey]] = defaultdict(set)
-        self._heap: list[tuple[float, int, TargetKey]] = []
-        self._seq = itertools.count()
-        self._wakeup = asyncio.Event()
+        # The probe schedule: one probe of a port at a time, due times kept by the queue.
+        self.queue = self._new_queue()
         self._contexts: ProbeContexts | None = None
         self._identity: ProberIdentity | None = None
         self._bundle = b""
@@ -114,7 +111,7 @@ class EnforcementProber:
         for pod, resolution in pods:
             if resolution is None or not pod.running or not pod.ip or pod.deleting:
                 continue
-            sid = spiffe_id(self.settings.trust_domain, pod.namespace, pod.service_account)
+            sid = spiffe_id(self.settings.identity.trust_domain, pod.namespace, pod.service_account)
             for port, port_mode in resolution.ports.items():
                 if port_mode.mode not in (Mode.STRICT, Mode.PERMISSIVE):
                     continue
@@ -124,6 +121,7 @@ class EnforcementProber:
         changed: set[PolicyRef] = set()
         for key in self.by_namespace.get(namespace, set()) - set(wanted):
             gone = self.targets.pop(key)
+            self.queue.forget(key)
             changed.add(gone.target.policy)
         for key, target in wanted.items():
             state = self.targets.get(key)
@@ -148,14 +146,16 @@ class EnforcementProber:
         """A workload's certificate changed: probe its ports again soon (the kubelet needs a
         moment to update the mounted files, the workload to reload them)."""
         for key in self.by_namespace.get(namespace, ()):
-            if self.targets[key].target.spiffe_id == sid:
+            state = self.targets[key]
+            if state.target.spiffe_id == sid:
+                state.reprobe_at = self.monotonic() + ROTATION_REPROBE_S
                 self._schedule(key, ROTATION_REPROBE_S)
 
     def _schedule(self, key: TargetKey, delay: float) -> None:
-        due = self.monotonic() + delay
-        self.targets[key].due = due
-        heapq.heappush(self._heap, (due, next(self._seq), key))
-        self._wakeup.set()
+        """Probe `key` in `delay` seconds, or sooner if it is due sooner. While not leading,
+        nothing is scheduled: `start` schedules every target."""
+        if self.queue.running:
+            self.queue.add_after(key, delay)
 
     # --- status -------------------------------------------------------------------------
     def probes_of(self, policy: PolicyRef) -> list[PortProbe]:
@@ -183,10 +183,13 @@ class EnforcementProber:
                 )
 
     # --- running ------------------------------------------------------------------------
+    def _new_queue(self) -> WorkQueue[TargetKey]:
+        return WorkQueue(self._probe_due, workers=PROBE_WORKERS, clock=self.monotonic)
+
     def start(self) -> None:
-        self._ready: asyncio.Queue[TargetKey] = asyncio.Queue()
-        self._tasks = [asyncio.create_task(self._scheduler())]
-        self._tasks += [asyncio.create_task(self._worker()) for _ in range(PROBE_WORKERS)]
+        self.queue = self._new_queue()  # a new term: what an earlier one scheduled is dropped
+        self.queue.start()
+        self._tasks = [asyncio.create_task(self._report_ports())]
         self._identity_requested = False
         for key in self.targets:  # a new term: everything is due
             self._schedule(key, random.uniform(0, min(self.interval, 5.0)))
@@ -195,45 +198,42 @@ class EnforcementProber:
             self._tasks.append(asyncio.create_task(self.ensure_identity()))
 
     async def stop(self) -> None:
+        await self.queue.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def _scheduler(self) -> None:
+    async def _report_ports(self) -> None:
+        """The port gauges, every IDLE_CHECK_S: a port's state ages (proven, then pending)
+        without any event."""
         while True:
-            now = self.monotonic()
-            while self._heap and self._heap[0][0] <= now:
-                due, _, key = heapq.heappop(self._heap)
-                state = self.targets.get(key)
-                if state is not None and state.due == due:
-                    state.due = float("inf")  # taken
-                    self._ready.put_nowait(key)
             self._update_port_metrics()
-            timeout = min(self._heap[0][0] - now, IDLE_CHECK_S) if self._heap else IDLE_CHECK_S
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), max(0.0, timeout))
+            await asyncio.sleep(IDLE_CHECK_S)
 
-    async def _worker(self) -> None:
-        while True:
-            key = await self._ready.get()
-            state = self.targets.get(key)
-            if state is None:
-                continue
-            probed = False
-            try:
-                probed = await self._probe(key, state)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("probing %s/%s:%d failed", *key)
-            if key in self.targets:
-                if probed:
-                    delay = self.interval * (1 + random.uniform(-0.1, 0.1))
-                else:  # no prober identity yet
-                    delay = min(self.interval, NO_IDENTITY_RETRY_S)
-                self._schedule(key, delay)
+    async def _probe_due(self, key: TargetKey) -> float | None:
+        """The queue's handler: probe one port, and say when to probe it next (None: it is
+        gone). A failed probe is logged and tried again at the interval, not backed off."""
+        state = self.targets.get(key)
+        if state is None:
+            return None
+        probed = False
+        try:
+            probed = await self._probe(key, state)
+        except Exception:
+            log.exception("probing %s/%s:%d failed", *key)
+        current = self.targets.get(key)
+        if current is None:
+            return None
+        if not probed:  # no prober identity yet
+            return min(self.interval, NO_IDENTITY_RETRY_S)
+        delay = self.interval * (1 + random.uniform(-0.1, 0.1))
+        if current.reprobe_at is not None:  # a certificate rotated: one probe after it is owed
+            owed = current.reprobe_at - self.monotonic()
+            if owed > 0:
+                return min(delay, owed)
+            current.reprobe_at = None
+        return delay
 
     async def _probe(self, key: TargetKey, state: TargetState) -> bool:
         """Probe one port; False when there is no prober identity to probe with yet."""
@@ -247,7 +247,7 @@ class EnforcementProber:
             Expectation(target.mode.value, target.spiffe_id),
             self._identity,
             self._bundle,
-            self.settings.probe_timeout.total_seconds(),
+            self.settings.probe.timeout.total_seconds(),
             contexts=contexts,
             acquire=self.budget.acquire,
         )
@@ -292,10 +292,10 @@ class EnforcementProber:
             "kind": Kind.WORKLOAD_IDENTITY.value,
             "metadata": {
                 "name": PROBER_IDENTITY,
-                "namespace": self.settings.namespace,
+                "namespace": self.settings.runtime.namespace,
                 "labels": dict(MANAGED_BY),
             },
-            "spec": {"serviceAccountName": self.settings.service_account},
+            "spec": {"serviceAccountName": self.settings.runtime.service_account},
         }
         try:
             await self.kube.apply(IDENTITIES, body)
@@ -308,7 +308,9 @@ class EnforcementProber:
         if self._contexts is not None and now - self._identity_read_at < IDENTITY_REREAD_S:
             return self._contexts
         self._identity_read_at = now
-        secret = await self.kube.get(SECRETS, self.settings.namespace, f"{PROBER_IDENTITY}-mtls")
+        secret = await self.kube.get(
+            SECRETS, self.settings.runtime.namespace, f"{PROBER_IDENTITY}-mtls"
+        )
         if secret is None:
             return None
         version = secret["metadata"].get("resourceVersion", "")

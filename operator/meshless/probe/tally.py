@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meshless.api import ConditionType, Mode, Reason
-from meshless.conditions import ConditionChange, rfc3339
+from meshless.conditions import ConditionChange
 from meshless.policy.model import PolicyRef
 from meshless.probe.classify import Verdict
+from meshless.timestamps import rfc3339
 
 MAX_FAILING_LISTED = 20
 MESSAGE_LISTED = 5
