@@ -332,7 +332,7 @@ def _write_archive(path: Path, name: str, layers: list[Layer], config: dict[str,
         },
     }
     index = {"schemaVersion": 2, "manifests": [manifest_desc]}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # builds in other work trees share the cache
     with tarfile.open(tmp, "w") as tar:
 
         def add(member: str, data: bytes) -> None:

@@ -139,7 +139,11 @@ def _cached_dir(prefix: str, key: str, fill: object) -> Path:
     try:
         assert callable(fill)
         fill(tmp)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.exists():  # another build of the same key won the race: use it
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for stale in CACHE.glob(f"{prefix}-*"):
