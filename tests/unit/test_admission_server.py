@@ -1,14 +1,10 @@
-"""The admission shell's pure edges: which requests are answered how, the add-only patch
-applier Kopf's body transformation uses, the serving certificate, and the pure core's
-imports."""
+"""The admission shell's edges: which reviews are answered how, the serving certificate and
+its keeper, the configurations the operator applies, and the pure core's imports."""
 
 from __future__ import annotations
 
 import ast
-import asyncio
-import copy
 import ipaddress
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,29 +13,29 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshless.admission import pods
+from meshless.admission.admit import admit
+from meshless.admission.configuration_writes import applied_configuration, webhook_endpoint
 from meshless.admission.configurations import (
     Endpoint,
     mutating_configuration,
     validating_configuration,
 )
-from meshless.admission.inject import IdentityRef, injection_patch
-from meshless.admission.server import (
-    QuietAdmissionLogs,
-    ServingCertificateKeeper,
-    applied_configuration,
-    apply_add_ops,
-    guarded,
-    refusal,
-    review_problem,
-    webhook_endpoint,
-)
+from meshless.admission.keeper import ServingCertificateKeeper
+from meshless.admission.review import parse_review, refusal, review_problem
 from meshless.admission.serving import issue_serving_certificate, service_dns_names
 from meshless.pki.ca import bootstrap_self_signed
-from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
+from tests.unit.test_admission_admit import READY
 
 ADMISSION = Path(__file__).resolve().parents[2] / "operator" / "meshless" / "admission"
-PURE = ("pods.py", "inject.py", "validate.py", "configurations.py", "serving.py")
+PURE = (
+    "pods.py",
+    "inject.py",
+    "validate.py",
+    "configurations.py",
+    "serving.py",
+    "admit.py",
+    "review.py",
+)
 IMPURE = ("kopf", "aiohttp", "meshless.kube")
 
 
@@ -96,19 +92,6 @@ def test_a_good_review_has_no_problem_and_a_refusal_echoes_its_uid() -> None:
         "kind": "AdmissionReview",
         "response": {"uid": "u-1", "allowed": False, "status": {"code": 404, "message": "no"}},
     }
-
-
-def test_apply_add_ops_matches_an_independent_json_patch_applier() -> None:
-    body = pod(labels={"app": "web"})
-    body["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
-    policies = policy_set(policy("shop", "strict"))
-    resolution = policies.resolve(pods.admission_pod_info(body, "shop"))
-    ops = injection_patch(
-        body, resolution, IdentityRef("s", "spiffe://cluster.local/ns/shop/sa/payments")
-    )
-    in_place = copy.deepcopy(body)
-    apply_add_ops(ops, in_place)
-    assert in_place == apply_patch(body, ops)
 
 
 def test_serving_certificate_names_the_loopback_ip_and_the_service() -> None:
@@ -191,17 +174,6 @@ def test_the_applied_configuration_is_the_webhooks_and_labels_only_on_our_own_ob
     assert applied_configuration(more, helm_owned)["webhooks"] == more["webhooks"]
 
 
-def test_kopfs_records_about_our_webhooks_are_dropped_and_others_kept() -> None:
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, message, None, None)
-
-    quiet = QuietAdmissionLogs()
-    assert not quiet.filter(record("Webhook 'meshless-strict' failed permanently: pod x"))
-    assert not quiet.filter(record("Webhook 'meshless-inject' succeeded."))
-    assert quiet.filter(record("Webhook 'someone-else' failed permanently: y"))
-    assert quiet.filter(record("Handler 'identity_event' succeeded."))
-
-
 def _review(group: str, version: str, resource: str, subresource: str = "") -> dict[str, Any]:
     request: dict[str, Any] = {
         "uid": "u-1",
@@ -232,14 +204,8 @@ SERVES = [
 def test_each_webhook_reviews_only_what_it_serves(
     webhook: str, resource: tuple[str, str, str, str], passed: bool
 ) -> None:
-    async def handler(request: Any, **_: Any) -> Any:
-        return "handled"
-
-    answer = asyncio.run(guarded(handler)(_review(*resource), webhook=webhook))
-    if passed:
-        assert answer == "handled"
-    else:
-        assert answer["response"]["allowed"] is False
-        assert (
-            f"meshless admission at /{webhook} reviews" in answer["response"]["status"]["message"]
-        )
+    answer = admit(parse_review(_review(*resource), webhook), READY)
+    refused_as_unserved = not answer.allowed and (
+        f"meshless admission at /{webhook} reviews" in answer.message
+    )
+    assert refused_as_unserved is not passed
