@@ -25,7 +25,8 @@ from meshless.admission.configuration_writes import (
 )
 from meshless.admission.handler import AdmissionHandler
 from meshless.admission.keeper import ServingCertificateKeeper
-from meshless.admission.server import AdmissionServer
+from meshless.admission.server import AdmissionServer, ServerThread
+from meshless.admission.validate import AdmissionRecord
 from meshless.api import (
     GROUP,
     IDENTITY_LABEL,
@@ -107,7 +108,7 @@ class Operator:
         self.webhook_ca = WebhookCAStore(
             kube, settings.namespace, utcnow, settings.ca_settle_time, WEBHOOK_CONFIGURATION
         )
-        self.webhook_server: AdmissionServer | None = None
+        self.webhook_server: ServerThread | None = None
         self.budget = WriteBudget(settings.write_budget_qps, settings.write_budget_burst)
         self.events = EventRecorder(kube)
         self.identities = IdentityController(
@@ -269,10 +270,11 @@ class Operator:
         return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook_port)
 
     async def _serve_webhooks(self) -> None:
-        """Every replica serves the admission webhooks (admission/server.py, answered by
-        admit.admit from the policy controller's state), with a serving certificate from the
-        webhook CA that is renewed at 2/3 of its life or when that CA's signing root changes.
-        Without a usable webhook CA yet, the server starts once one is loaded."""
+        """Every replica serves the admission webhooks (admission/server.py, in a thread of
+        their own, answered by admit.admit from the policy controller's state), with a
+        serving certificate from the webhook CA that is renewed at 2/3 of its life or when
+        that CA's signing root changes. Without a usable webhook CA yet, the server starts
+        once one is loaded."""
         poll = self.settings.ca_poll_interval.total_seconds()
         while self.webhook_ca.authority is None:
             log.warning("admission webhooks wait for a usable webhook CA (see the log)")
@@ -281,11 +283,19 @@ class Operator:
             ca=lambda: self.webhook_ca.authority, hosts=self.webhook_hosts, clock=utcnow
         )
         certificate, _ = keeper.issue()
-        handler = AdmissionHandler(
-            self.admission_state.current, self.admission_state.record_admission
-        )
-        server = AdmissionServer(
-            handler, certificate, addr=self.settings.webhook_host, port=self.settings.webhook_port
+        loop = asyncio.get_running_loop()
+
+        def record(admitted: AdmissionRecord) -> None:  # from the server's thread
+            loop.call_soon_threadsafe(self.admission_state.record_admission, admitted)
+
+        handler = AdmissionHandler(self.admission_state.current, record)
+        server = ServerThread(
+            AdmissionServer(
+                handler,
+                certificate,
+                addr=self.settings.webhook_host,
+                port=self.settings.webhook_port,
+            )
         )
         while True:
             try:

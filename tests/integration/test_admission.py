@@ -28,7 +28,7 @@ from meshless.admission.admit import AdmissionState
 from meshless.admission.configuration_writes import apply_configurations
 from meshless.admission.configurations import Endpoint, admission_namespaces
 from meshless.admission.handler import AdmissionHandler
-from meshless.admission.server import AdmissionServer
+from meshless.admission.server import AdmissionServer, ServerThread
 from meshless.admission.serving import issue_serving_certificate
 from meshless.admission.validate import AdmissionRecord
 from meshless.api import WEBHOOK_CONFIGURATION, AdmissionAction, Mode
@@ -62,15 +62,14 @@ def spec(ns: str, name: str, mode: Mode, **kw: Any) -> PolicySpec:
 
 @dataclass
 class Webhooks:
-    """The webhook server in a thread of its own, answering from a fixed state."""
+    """The webhook server in its thread, as the operator runs it, answering from a fixed
+    state."""
 
     state: AdmissionState
     ca: CertificateAuthority
     records: list[AdmissionRecord] = field(default_factory=list)
     port: int = field(default_factory=free_port)
-    server: AdmissionServer | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    server: ServerThread | None = None
 
     @property
     def url(self) -> str:
@@ -83,13 +82,10 @@ class Webhooks:
     def start(self) -> None:
         certificate = issue_serving_certificate(self.ca, ["127.0.0.1"], datetime.now(UTC))
         handler = AdmissionHandler(lambda: self.state, self.records.append)
-        self.server = AdmissionServer(handler, certificate, addr="127.0.0.1", port=self.port)
-        loop = self._loop = asyncio.new_event_loop()
-        loop.run_until_complete(self.server.start())
-        self._thread = threading.Thread(
-            target=loop.run_forever, name="admission-webhooks", daemon=True
+        self.server = ServerThread(
+            AdmissionServer(handler, certificate, addr="127.0.0.1", port=self.port)
         )
-        self._thread.start()
+        asyncio.run(self.server.start())
         self.wait_listening()
 
     def context(self) -> ssl.SSLContext:
@@ -117,15 +113,8 @@ class Webhooks:
             return exc.code, exc.read()
 
     def stop(self) -> None:
-        loop, server = self._loop, self.server
-        if loop is None or server is None or not loop.is_running():
-            return
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            assert not self._thread.is_alive(), "the webhook server did not stop"
-        loop.close()
+        if self.server is not None:
+            asyncio.run(self.server.stop())
 
 
 @dataclass

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 class Serving(Protocol):
     """What the keeper needs of a server: its certificate, and a way to swap it."""
 
-    certificate: ServingCertificate
+    @property
+    def certificate(self) -> ServingCertificate: ...
 
     def load_certificate(self, certificate: ServingCertificate) -> None: ...
 

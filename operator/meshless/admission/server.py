@@ -10,13 +10,21 @@ The certificate comes from our webhook CA and lives in one SSLContext: `load_cer
 loads a renewed one into it, which OpenSSL uses for every new handshake; the socket never
 closes (a listener restarted for a new certificate would refuse connections meanwhile, and
 with failurePolicy Fail refuse pods).
+
+`ServerThread` runs the server on an event loop of its own, in a thread of its own: a pod
+creation then never waits behind the operator's own work (issuing, reconciling, Kopf's
+watch events) on the operator's loop, only for the interpreter lock, which a busy thread
+hands over within its switch interval (docs/decisions/admission.md, "Serving").
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 
 import aiohttp.web
@@ -113,3 +121,66 @@ class AdmissionServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class ServerThread:
+    """An AdmissionServer on its own event loop in its own thread. The answer function runs
+    in that thread: what it reads must be safe to read from there, and what it hands over to
+    the operator must go through the operator's loop (`call_soon_threadsafe`)."""
+
+    def __init__(self, server: AdmissionServer, name: str = "admission-webhooks") -> None:
+        self.server = server
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def certificate(self) -> ServingCertificate:
+        return self.server.certificate
+
+    def load_certificate(self, certificate: ServingCertificate) -> None:
+        """Load `certificate` in the server's own thread (where OpenSSL makes handshakes from
+        the context) and return once it serves."""
+        if self._loop is None:
+            self.server.load_certificate(certificate)
+            return
+
+        async def load() -> None:
+            self.server.load_certificate(certificate)
+
+        asyncio.run_coroutine_threadsafe(load(), self._loop).result(timeout=30)
+
+    async def start(self) -> None:
+        """Start the thread and return once the server listens (or raise why it cannot)."""
+        if self._thread is not None:
+            return
+        loop = asyncio.new_event_loop()
+        listening: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.server.start())
+            except BaseException as exc:
+                listening.set_exception(exc)
+                loop.close()
+                return
+            listening.set_result(None)
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self.server.stop())
+                loop.close()
+
+        thread = threading.Thread(target=run, name=self.name, daemon=True)
+        thread.start()
+        await asyncio.wrap_future(listening)
+        self._loop, self._thread = loop, thread
+
+    async def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 30)

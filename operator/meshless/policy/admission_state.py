@@ -23,8 +23,9 @@ from meshless.admission.validate import AdmissionRecord
 from meshless.api import API_VERSION, Kind, Reason
 from meshless.kube import POLICIES
 from meshless.policy.controller import POLICY_WORK, PolicyController
-from meshless.policy.model import PolicyRef
+from meshless.policy.model import PolicyRef, PolicySpec
 from meshless.policy.provision import IdentityRecord
+from meshless.policy.resolve import PolicySet
 from meshless.status import involved_object
 
 MAX_RECORDED = 20  # pod names kept per policy (status lists are bounded)
@@ -63,18 +64,24 @@ class ControllerAdmissionState:
             dns_names=controller.settings.dns_name_policy,
             identities=ControllerIdentities(controller),
         )
+        self._specs: tuple[PolicySpec, ...] | None = None  # those self._state was built from
 
     def current(self) -> AdmissionState:
-        """What admission knows now, as one value (admit.AdmissionState), rebuilt only when
-        the policies or what has been listed changed. The policies are None until every
-        policy has been read once (by the leader's priming or by `read_policies`): pods in
-        labelled namespaces are refused (503) until then."""
-        ready = self.controller.primed or self.policies_listed
-        policies = self.controller.policy_set() if ready else None
-        listed = self.identities_listed or self.controller.primed
+        """What admission knows now, as one value (admit.AdmissionState). Called for every
+        admission request, in the webhook server's thread: it only reads the controller (a
+        snapshot of its policy specs, taken at once) and builds a new PolicySet only when
+        they changed. The policies are None until every policy has been read once (by the
+        leader's priming or by `read_policies`): pods in labelled namespaces are refused
+        (503) until then."""
+        controller = self.controller
+        ready = controller.primed or self.policies_listed
+        listed = self.identities_listed or controller.primed
         state = self._state
-        if state.policies is not policies or state.identities_listed != listed:
+        specs = tuple(controller.specs.values()) if ready else None
+        if specs != self._specs or state.identities_listed != listed:
+            policies = None if specs is None else PolicySet.build(specs, controller.root_namespace)
             state = self._state = replace(state, policies=policies, identities_listed=listed)
+            self._specs = specs
         return state
 
     async def read_policies(self) -> None:
