@@ -390,7 +390,9 @@ async def main() -> None:
         ("kopf_server_busy_loop", lambda p: kopf_variant(p), True),
         ("aiohttp_busy_loop", lambda p: plain_variant(p, False), True),
         ("thread_busy_loop", lambda p: plain_variant(p, True), True),
+        ("thread_busy_loop_switch_1ms", lambda p: plain_variant(p, True), True),
     ):
+        sys.setswitchinterval(0.001 if name.endswith("switch_1ms") else 0.005)
         port = free_port()
         results[name] = await measure(
             name, make(port), f"https://127.0.0.1:{port}", str(cafile), busy
