@@ -209,3 +209,32 @@ def test_each_webhook_reviews_only_what_it_serves(
         f"meshless admission at /{webhook} reviews" in answer.message
     )
     assert refused_as_unserved is not passed
+
+
+def test_the_handler_hands_over_records_and_answers_a_crash_with_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dataclasses import replace
+
+    from meshless.admission.admit import AdmissionRequest
+    from meshless.admission.handler import AdmissionHandler
+    from meshless.api import AdmissionAction
+    from tests.unit.admission_helpers import pod, policy, policy_set
+
+    warn = replace(READY, policies=policy_set(policy("shop", "w", admission=AdmissionAction.WARN)))
+    records: list[Any] = []
+    opted_out = pod(annotations={"meshless.dev/inject": "false"})
+    request = AdmissionRequest(
+        "meshless-strict", "u-1", "CREATE", ("", "v1", "pods", ""), "shop", opted_out
+    )
+    answer = AdmissionHandler(lambda: warn, records.append)(request)
+    assert answer.allowed and [str(r.policy) for r in records] == ["shop/w"]
+
+    def broken() -> Any:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level("ERROR"):
+        crashed = AdmissionHandler(broken, records.append)(request)
+    assert not crashed.allowed and crashed.code == 500
+    assert crashed.message.startswith("meshless admission at /meshless-strict failed")
+    assert "a bug" in caplog.text and len(records) == 1
