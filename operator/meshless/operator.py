@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -53,6 +54,10 @@ from meshless.watch import Key, Watch
 from meshless.webhook_ca_store import WebhookCAStore
 
 log = logging.getLogger(__name__)
+# How long the webhook server's thread may wait for the interpreter lock each time it needs it
+# back (after every socket or TLS call) while the operator's loop is busy: Python's default,
+# 5 ms, cost up to 5 ms per hand-over, several times per request (docs/decisions/admission.md).
+SWITCH_INTERVAL_S = 0.001
 
 
 def utcnow() -> datetime:
@@ -297,6 +302,7 @@ class Operator:
                 port=self.settings.webhook_port,
             )
         )
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         while True:
             try:
                 await server.start()
