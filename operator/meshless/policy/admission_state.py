@@ -1,6 +1,12 @@
 """The policy controller as the admission webhooks see it: the `admit.AdmissionState` every
 request reads, from memory, no API calls.
 
+What it reads of the controller, and all a store layer would have to give instead: the
+policy specs (`specs`, with `primed` and `root_namespace`), the WorkloadIdentities by
+ServiceAccount and by Secret (`identities_of_account`, `identities_with_secret`) and the
+settings' trust domain and name policy. `current()` runs in the webhook server's thread, so it
+only reads, each read taken at once (a dict's values copied in one call).
+
 Every replica answers, the leader and the standbys: the policies come from Kopf's watch on
 every replica, once `read_policies` has read them all (Kopf does not say when its first list
 is done); the identities from the identity watch every replica runs.
