@@ -238,3 +238,63 @@ def test_the_handler_hands_over_records_and_answers_a_crash_with_500(
     assert not crashed.allowed and crashed.code == 500
     assert crashed.message.startswith("meshless admission at /meshless-strict failed")
     assert "a bug" in caplog.text and len(records) == 1
+
+
+def test_the_server_thread_retries_a_busy_port_answers_over_tls_and_stops() -> None:
+    """A port still held (a previous start, another process) fails start() with the OS error
+    and leaves it callable again; once listening, a real TLS client gets admit's answer, and
+    a body that is not JSON gets HTTP 400 with the reason."""
+    import asyncio
+    import json
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from meshless.admission.handler import AdmissionHandler
+    from meshless.admission.server import AdmissionServer, ServerThread
+    from meshless.pki.bundle import bundle_pem
+    from meshless.pki.webhook_ca import new_webhook_ca_data, webhook_ca_from_secret_data
+
+    now = datetime.now(UTC)
+    ca = webhook_ca_from_secret_data(new_webhook_ca_data(now), now).authority
+    certificate = issue_serving_certificate(ca, ["127.0.0.1"], now)
+    client = ssl.create_default_context(cadata=bundle_pem(ca.roots).decode())
+
+    def post(port: int, body: bytes) -> tuple[int, bytes]:
+        url = f"https://127.0.0.1:{port}/meshless-strict"
+        request = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, context=client, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    async def scenario() -> None:
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        served = ServerThread(
+            AdmissionServer(AdmissionHandler(lambda: READY), certificate, port=port)
+        )
+        with pytest.raises(OSError):
+            await served.start()
+        holder.close()
+        await served.start()
+        try:
+            status, body = await asyncio.to_thread(
+                post, port, json.dumps(_review("", "v1", "configmaps")).encode()
+            )
+            assert status == 200
+            answer = json.loads(body)["response"]
+            assert answer["uid"] == "u-1" and answer["allowed"] is False
+            assert "reviews v1 pods" in answer["status"]["message"]
+            status, body = await asyncio.to_thread(post, port, b"{not json")
+            assert status == 400 and b"the body is not JSON" in body
+        finally:
+            await served.stop()
+        with pytest.raises(OSError):
+            await asyncio.to_thread(post, port, b"{}")
+
+    asyncio.run(scenario())

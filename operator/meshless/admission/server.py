@@ -173,9 +173,15 @@ class ServerThread:
                 loop.close()
 
         thread = threading.Thread(target=run, name=self.name, daemon=True)
+        self._loop, self._thread = loop, thread  # stop() can end it from here on
         thread.start()
-        await asyncio.wrap_future(listening)
-        self._loop, self._thread = loop, thread
+        try:
+            await asyncio.shield(asyncio.wrap_future(listening))
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._loop = self._thread = None  # the thread has ended: start() may run again
+            raise
 
     async def stop(self) -> None:
         loop, thread = self._loop, self._thread
