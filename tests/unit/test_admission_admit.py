@@ -21,7 +21,6 @@ from meshless.admission.admit import (
     AdmissionRequest,
     AdmissionResponse,
     AdmissionState,
-    IdentityTable,
     admit,
 )
 from meshless.admission.inject import IdentityRef, injection_patch
@@ -29,7 +28,7 @@ from meshless.admission.review import BadReview, parse_review, review_answer
 from meshless.api import AdmissionAction, Mode
 from meshless.pki.names import DnsNamePolicy
 from meshless.policy.provision import IdentityRecord
-from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
+from tests.unit.admission_helpers import IdentityTable, apply_patch, pod, policy, policy_set
 
 NS = "shop"
 TD = "cluster.local"

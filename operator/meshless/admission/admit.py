@@ -112,24 +112,17 @@ class Identities(Protocol):
         """The identities of `namespace` whose spec names this Secret."""
 
 
-@dataclass(frozen=True)
-class IdentityTable:
-    """`Identities` over a fixed list of records (tests, benchmarks, a snapshot)."""
-
-    records: tuple[IdentityRecord, ...] = ()
+class _NoIdentities:
+    """No WorkloadIdentity known (a state before the first one is read)."""
 
     def of_account(self, namespace: str, service_account: str) -> Iterable[IdentityRecord]:
-        return [
-            r
-            for r in self.records
-            if r.namespace == namespace and r.service_account == service_account
-        ]
+        return ()
 
     def naming_secret(self, namespace: str, secret: str) -> Iterable[IdentityRecord]:
-        return [r for r in self.records if r.namespace == namespace and r.secret_name == secret]
+        return ()
 
 
-NO_IDENTITIES = IdentityTable()
+NO_IDENTITIES: Identities = _NoIdentities()
 
 
 @dataclass(frozen=True)
