@@ -27,8 +27,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from meshless.admission.configuration_writes import apply_configurations
 from meshless.admission.configurations import Endpoint
-from meshless.admission.server import apply_configurations
 from meshless.api import IDENTITY_LABEL, WEBHOOK_CONFIGURATION
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LEASE_NAME

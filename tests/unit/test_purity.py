@@ -43,6 +43,8 @@ PURE_CANDIDATES = (
     "meshless.admission.inject",
     "meshless.admission.validate",
     "meshless.admission.configurations",
+    "meshless.admission.admit",
+    "meshless.admission.review",
     "meshless.probe.classify",
     "meshless.pki.rotation",
     "meshless.commands.output",
@@ -62,6 +64,7 @@ MUST_EXIST = (
     "meshless.policy.model",
     "meshless.policy.resolve",
     "meshless.policy.spec",
+    "meshless.admission.admit",
 )
 
 # Run in a fresh interpreter: import the module, print what forbidden modules got loaded.

@@ -401,6 +401,10 @@ class PolicyController:
         """The WorkloadIdentities of `namespace` that name the Secret `secret`."""
         return list(self._by_secret.get((namespace, secret), {}).values())
 
+    def identities_of_account(self, namespace: str, service_account: str) -> list[IdentityRecord]:
+        """The WorkloadIdentities of `namespace` that name this ServiceAccount."""
+        return list(self._by_account.get((namespace, service_account), {}).values())
+
     def identity_ref_for(self, namespace: str, service_account: str) -> IdentityRef:
         return identity_for(
             namespace,
