@@ -38,6 +38,7 @@ from meshless.api import (
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
+from meshless.discovery import served_certificate_apis
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
@@ -127,6 +128,7 @@ class Operator:
             ),
         )
         self.policies.on_resolved = self.prober.update_namespace
+        self.policies.bundle_needed = self.identities.keep_bundle_in
         self.policies.enforcement = self.prober.status_for
         self.identities.on_issued = self.prober.certificate_rotated
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
@@ -184,6 +186,7 @@ class Operator:
             return
         await self._load_ca_until_it_answers()
         self._note_ca()
+        await self._discover_delivery()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
         self._tasks.append(asyncio.create_task(self._read_policies_for_admission()))
         try:
@@ -222,6 +225,15 @@ class Operator:
                 continue
             self.startup.succeeded()
             return
+
+    async def _discover_delivery(self) -> None:
+        """Which certificates.k8s.io APIs are served decides `auto` delivery and the trust
+        bundle of pod certificates (read once at start: a restart picks up a change)."""
+        try:
+            self.policies.apis = await served_certificate_apis(self.kube)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("discovery of certificates.k8s.io failed (%s): no pod certificates", exc)
+        log.info("identity delivery by default: %s", self.policies.default_delivery.value)
 
     async def _read_policies_for_admission(self) -> None:
         """Every replica answers admission: a standby, which does not prime, reads the

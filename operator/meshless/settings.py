@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 
+from meshless.delivery import DeliverySetting
 from meshless.durations import parse_duration
 from meshless.pki.names import DnsNamePolicy, PatternError
 from meshless.pki.spiffe import validate_trust_domain
 
 CA_SELF_SIGNED = "self-signed"
 CA_SECRET_NAME = "meshless-ca"
+IDENTITY_DELIVERIES = tuple(setting.value for setting in DeliverySetting)
 
 
 class SettingsError(Exception):
@@ -61,6 +63,10 @@ class Settings:
     # these patterns ({namespace} placeholder, leading '*' for one label).
     cluster_domain: str = "cluster.local"
     allowed_dns_names: tuple[str, ...] = field(default_factory=tuple)
+    # How pods get their identity when their policy does not say (meshless.delivery):
+    # auto (PodCertificate where the API server serves PodCertificateRequests), Secret or
+    # PodCertificate.
+    identity_delivery: str = "auto"
 
     @cached_property
     def dns_name_policy(self) -> DnsNamePolicy:
@@ -216,6 +222,14 @@ OPTIONS: tuple[_Option, ...] = (
         "*.{namespace}.example.com (default: only the namespace's Service names)",
     ),
     _Option(
+        "--identity-delivery",
+        "MESHLESS_IDENTITY_DELIVERY",
+        "identity_delivery",
+        "how pods get their identity when their MtlsPolicy does not say: auto (PodCertificate "
+        "where the API server serves PodCertificateRequests, else Secret), Secret or "
+        "PodCertificate",
+    ),
+    _Option(
         "--leader-election",
         "MESHLESS_LEADER_ELECTION",
         "leader_election",
@@ -325,6 +339,11 @@ def validate(s: Settings) -> None:
         fail("--service-account", "must not be empty")
     if s.workers < 1:
         fail("--workers", "must be at least 1")
+    if s.identity_delivery not in IDENTITY_DELIVERIES:
+        fail(
+            "--identity-delivery",
+            f"{s.identity_delivery!r} must be one of {', '.join(IDENTITY_DELIVERIES)}",
+        )
     try:
         DnsNamePolicy(cluster_domain=s.cluster_domain)
     except PatternError as exc:

@@ -205,6 +205,7 @@ OVERRIDES: dict[str, tuple[Any, Any]] = {
         ["*.{namespace}.example.com", "api.corp.internal"],
         ("*.{namespace}.example.com", "api.corp.internal"),
     ),
+    "identityDelivery": ("PodCertificate", "PodCertificate"),
 }
 
 

@@ -2,9 +2,11 @@
 identity.
 
 For a pod whose effective mode is STRICT or PERMISSIVE on any port, the patch adds a Secret
-volume with the ServiceAccount's identity, mounts it read-only at the identity path in every
-init container and container, sets MESHLESS_SPIFFE_ID, MESHLESS_MTLS_MODE and
-MESHLESS_MTLS_PORTS, and labels the pod meshless.dev/identity=<serviceAccount>.
+volume with the ServiceAccount's identity (or, with PodCertificate delivery, a projected volume
+with the kubelet's pod certificate and the trust bundle: the same files), mounts it read-only
+at the identity path in every init container and container, sets MESHLESS_SPIFFE_ID,
+MESHLESS_MTLS_MODE and MESHLESS_MTLS_PORTS, and labels the pod
+meshless.dev/identity=<serviceAccount>.
 
 The patch only adds what is missing, so a second invocation (reinvocationPolicy IfNeeded, or a
 pod spec copied from an injected pod) yields no operations. Anything of ours that is already
@@ -29,6 +31,7 @@ from meshless.api import (
     IDENTITY_MOUNT_PATH,
     IDENTITY_VOLUME,
 )
+from meshless.delivery import SIGNER_NAME, PodCertificateMount, pod_certificate_sources
 from meshless.identity.spec import default_secret_name, provisioned_name
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.model import PodResolution
@@ -43,10 +46,13 @@ class InjectionConflict(ValueError):
 
 @dataclass(frozen=True)
 class IdentityRef:
-    """The identity Secret of one ServiceAccount and the SPIFFE ID its certificate carries."""
+    """The identity Secret of one ServiceAccount and the SPIFFE ID its certificate carries;
+    with `pod_certificate`, the pod gets a podCertificate projection instead of the Secret
+    (PodCertificate delivery, see meshless.delivery)."""
 
     secret_name: str
     spiffe_id: str
+    pod_certificate: PodCertificateMount | None = None
 
 
 def default_identity(trust_domain: str, namespace: str, service_account: str) -> IdentityRef:
@@ -79,6 +85,9 @@ def identity_env(resolution: PodResolution, identity: IdentityRef) -> list[dict[
 
 
 def identity_volume(identity: IdentityRef) -> dict[str, Any]:
+    if identity.pod_certificate is not None:
+        sources = pod_certificate_sources(identity.pod_certificate)
+        return {"name": IDENTITY_VOLUME, "projected": {"sources": sources}}
     return {"name": IDENTITY_VOLUME, "secret": {"secretName": identity.secret_name}}
 
 
@@ -88,6 +97,20 @@ def identity_mount() -> dict[str, Any]:
 
 def _is_our_volume(volume: Mapping[str, Any], identity: IdentityRef) -> bool:
     """Ours, allowing for what the API server defaults (defaultMode, optional: false)."""
+    if identity.pod_certificate is not None:
+        projected = volume.get("projected")
+        if not isinstance(projected, Mapping) or set(volume) - {"name", "projected"}:
+            return False
+        sources = projected.get("sources")
+        wanted = pod_certificate_sources(identity.pod_certificate)
+        return (
+            isinstance(sources, list)
+            and len(sources) == len(wanted)
+            and all(
+                isinstance(have, Mapping) and _covers(have, want)
+                for have, want in zip(sources, wanted, strict=True)
+            )
+        )
     secret = volume.get("secret")
     if not isinstance(secret, Mapping) or set(volume) - {"name", "secret"}:
         return False
@@ -96,6 +119,18 @@ def _is_our_volume(volume: Mapping[str, Any], identity: IdentityRef) -> bool:
         and not secret.get("items")
         and secret.get("optional") in (None, False)
     )
+
+
+def _covers(have: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    """`have` holds everything `want` does (and may hold what the API server defaults)."""
+    for key, value in want.items():
+        if isinstance(value, Mapping):
+            inner = have.get(key)
+            if not isinstance(inner, Mapping) or not _covers(inner, value):
+                return False
+        elif have.get(key) != value:
+            return False
+    return True
 
 
 def _under_identity_path(path: Any) -> bool:
@@ -137,9 +172,13 @@ def _volume_ops(pod: Mapping[str, Any], identity: IdentityRef) -> list[JSONPatch
     if existing is None:
         return [{"op": "add", "path": "/spec/volumes/-", "value": identity_volume(identity)}]
     if not _is_our_volume(existing, identity):
+        what = (
+            f"the pod certificate of signer {SIGNER_NAME}"
+            if identity.pod_certificate is not None
+            else f"the identity Secret {identity.secret_name!r}"
+        )
         raise InjectionConflict(
-            f"volume {IDENTITY_VOLUME!r} already exists and is not the identity Secret "
-            f"{identity.secret_name!r}; rename the volume"
+            f"volume {IDENTITY_VOLUME!r} already exists and is not {what}; rename the volume"
         )
     return []
 

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -71,11 +71,12 @@ from meshless.admission.validate import (
     judge_strict,
 )
 from meshless.api import GROUP, VERSION, Plural
+from meshless.delivery import DeliveryUnavailable, PodCertificateMount
 from meshless.kube import MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS, ApiError, Json, Kube
 from meshless.pki.bundle import bundle_pem, fingerprint
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.names import DnsNamePolicy
-from meshless.policy.model import PolicySpec
+from meshless.policy.model import PodResolution, PolicySpec
 from meshless.policy.resolve import PolicySet
 from meshless.tls import in_memory_files
 
@@ -128,6 +129,11 @@ class AdmissionState(Protocol):
     def dns_name_policy(self) -> DnsNamePolicy:
         """The name policy of the operator's settings (--allowed-dns-names)."""
 
+    def pod_certificate_for(self, resolution: PodResolution) -> PodCertificateMount | None:
+        """The podCertificate volume for a pod so resolved (PodCertificate delivery), None
+        for Secret delivery. Raises DeliveryUnavailable when its policy wants pod
+        certificates and the API server serves no PodCertificateRequests."""
+
 
 @dataclass
 class StaticAdmissionState:
@@ -142,6 +148,7 @@ class StaticAdmissionState:
     claimed: Mapping[tuple[str, str], Sequence[IdentitySecret]] = field(default_factory=dict)
     names: DnsNamePolicy = field(default_factory=DnsNamePolicy)
     identities_listed: bool = True
+    pod_certificate: PodCertificateMount | None = None  # every pod's, when set
 
     def __post_init__(self) -> None:
         self._set = PolicySet.build(list(self.specs), self.root_namespace)
@@ -166,6 +173,9 @@ class StaticAdmissionState:
 
     def dns_name_policy(self) -> DnsNamePolicy:
         return self.names
+
+    def pod_certificate_for(self, resolution: PodResolution) -> PodCertificateMount | None:
+        return self.pod_certificate
 
 
 StateOf = Callable[[kopf.Memo], AdmissionState | None]
@@ -292,6 +302,14 @@ def register_admission_handlers(
         if resolution is None or not resolution.needs_identity():
             return
         identity = state.identity_for(namespace, pods.service_account(raw))
+        try:
+            mount = state.pod_certificate_for(resolution)
+        except DeliveryUnavailable as exc:
+            raise kopf.AdmissionError(
+                f"meshless cannot give pod {name} its identity: {exc}", code=CONFLICT_CODE
+            ) from None
+        if mount is not None:
+            identity = replace(identity, pod_certificate=mount)
         try:
             ops = injection_patch(raw, resolution, identity)
         except InjectionConflict as exc:

@@ -20,11 +20,12 @@ from typing import Any
 from meshless.admission.inject import IdentityRef
 from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
 from meshless.api import API_VERSION, Kind, Reason
+from meshless.delivery import PodCertificateMount
 from meshless.kube import POLICIES
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
 from meshless.policy.controller import POLICY_WORK, PolicyController
-from meshless.policy.model import PolicyRef
+from meshless.policy.model import PodResolution, PolicyRef
 from meshless.policy.resolve import PolicySet
 from meshless.status import involved_object
 
@@ -90,6 +91,9 @@ class ControllerAdmissionState:
 
     def dns_name_policy(self) -> DnsNamePolicy:
         return self.controller.settings.dns_name_policy
+
+    def pod_certificate_for(self, resolution: PodResolution) -> PodCertificateMount | None:
+        return self.controller.pod_certificate_for(resolution)
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self._pending[record.policy].append(record.pod)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from meshless.admission import pods
 from meshless.api import AdmissionAction, Mode
+from meshless.delivery import Delivery, kubelet_key_type
 from meshless.durations import parse_duration
 from meshless.pki.keys import KeyAlgorithm
 from meshless.policy.model import IdentityDefaults, PodInfo, PolicySpec
@@ -25,7 +26,7 @@ MIN_TTL, MAX_TTL = timedelta(minutes=1), timedelta(days=30)
 DEFAULT_SERVICE_ACCOUNT = "default"
 
 
-E = TypeVar("E", Mode, AdmissionAction, KeyAlgorithm)
+E = TypeVar("E", Mode, AdmissionAction, KeyAlgorithm, Delivery)
 
 
 class PolicySpecError(ValueError):
@@ -137,7 +138,17 @@ def _identity_defaults(raw: Any) -> IdentityDefaults:
         algorithm = _enum(
             KeyAlgorithm, algorithm, "spec.identity.privateKey.algorithm", KeyAlgorithm.ECDSAP256
         ).value
-    return IdentityDefaults(ttl=None if ttl is None else str(ttl), algorithm=algorithm)
+    delivery = raw.get("delivery") or None
+    if delivery is not None:
+        delivery = _enum(Delivery, delivery, "spec.identity.delivery", Delivery.SECRET).value
+        if delivery == Delivery.POD_CERTIFICATE and algorithm is not None:
+            try:
+                kubelet_key_type(algorithm)
+            except ValueError as exc:
+                raise PolicySpecError(str(exc)) from None
+    return IdentityDefaults(
+        ttl=None if ttl is None else str(ttl), algorithm=algorithm, delivery=delivery
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,6 +171,9 @@ def pod_info(body: Mapping[str, Any]) -> PodInfo:
         ip=status.get("podIP") or "",
         running=status.get("phase") == "Running" and _ready(status.get("conditions") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
+        pod_certificate=pods.mounts_pod_certificate(body),
+        node=spec.get("nodeName") or "",
+        created=meta.get("creationTimestamp") or "",
     )
 
 
