@@ -10,6 +10,8 @@ issuance (TokenRequest) and the admission webhook plugins on.
     python hack/localcluster.py down    # stop (the node too, if any), leaving no process behind
     python hack/localcluster.py status
     python hack/localcluster.py restart kube-apiserver  # or etcd: same flags, ports and data
+    python hack/localcluster.py up --pod-certificates   # ... with the Pod Certificates API
+                                                         # (or MESHLESS_POD_CERTIFICATES=1)
 
 State lives in .cache/cluster/ (kubeconfig, PKI, logs, pids, command lines, etcd data).
 """
@@ -39,7 +41,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localnode  # hack/ is not a package
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".cache" / "cluster"
+# MESHLESS_CLUSTER_STATE: another state directory runs a second, independent control plane (the
+# pod-certificate tests start one with the API on beside the default one).
+STATE = Path(os.environ.get("MESHLESS_CLUSTER_STATE") or ROOT / ".cache" / "cluster")
+
+# Pod Certificates (KEP-4317): beta and off by default in 1.35/1.36. The ONE definition of what
+# each component needs; the node (hack/localnode.py) takes the kubelet's and controller-manager's.
+POD_CERTIFICATE_GATES = {
+    "PodCertificateRequest": True,
+    "ClusterTrustBundle": True,
+    "ClusterTrustBundleProjection": True,
+}
+
+
+def pod_certificate_flags(component: str) -> list[str]:
+    """The command-line flags that turn Pod Certificates on in `component` (kube-apiserver,
+    kube-controller-manager or kubelet). The API server also serves certificates.k8s.io/v1beta1,
+    and runs the Node authorizer and NodeRestriction, which admit a node's PodCertificateRequest
+    only for a pod bound to it."""
+    gates = ",".join(f"{name}={str(on).lower()}" for name, on in POD_CERTIFICATE_GATES.items())
+    flags = [f"--feature-gates={gates}"]
+    if component == "kube-apiserver":
+        flags.append("--runtime-config=certificates.k8s.io/v1beta1=true")
+    elif component not in ("kube-controller-manager", "kubelet"):
+        raise ValueError(f"no pod-certificate flags for {component!r}")
+    return flags
+
+
+def pod_certificates_requested() -> bool:
+    """MESHLESS_POD_CERTIFICATES=1 (or true/yes): `up` turns the API on, as --pod-certificates."""
+    return os.environ.get("MESHLESS_POD_CERTIFICATES", "").lower() in ("1", "true", "yes")
+
 # Requests by ServiceAccounts (an operator run with a ServiceAccount token, as the chart's is)
 # are audited, metadata only, to .cache/cluster/logs/audit.log: the chart test reads which
 # verbs the operator used. Admin requests (tests, `make run`) are not audited.
@@ -232,7 +264,10 @@ def binaries() -> Path:
     return Path(out)
 
 
-def up(node: bool = False) -> None:
+def up(node: bool = False, pod_certificates: bool = False) -> None:
+    pod_certificates = pod_certificates or pod_certificates_requested()
+    if node and STATE != localnode.STATE:
+        sys.exit(f"--node runs only with the default state directory {localnode.STATE}")
     if node:  # say why before starting anything
         try:
             localnode.check_machine()
@@ -306,6 +341,8 @@ def up(node: bool = False) -> None:
         "--audit-log-maxbackup=1",
         "--v=0",
     ]
+    if pod_certificates:
+        api_cmd = _with_pod_certificates(api_cmd)
     commands = {"etcd": etcd_cmd, "kube-apiserver": api_cmd}
     # What `restart` runs again: the same flags, ports and data directory.
     (STATE / "commands.json").write_text(json.dumps(commands, indent=2))
@@ -330,6 +367,19 @@ def up(node: bool = False) -> None:
     )
     if node:
         node_up()
+
+
+def _with_pod_certificates(api_cmd: list[str]) -> list[str]:
+    """The API server's command line with Pod Certificates on: the gates and runtime-config, the
+    Node authorizer before RBAC and NodeRestriction among the admission plugins."""
+    out = []
+    for arg in api_cmd:
+        if arg == "--authorization-mode=RBAC":
+            arg = "--authorization-mode=Node,RBAC"
+        elif arg.startswith("--enable-admission-plugins="):
+            arg += ",NodeRestriction"
+        out.append(arg)
+    return out + pod_certificate_flags("kube-apiserver")
 
 
 def _start(name: str, command: list[str]) -> int:
@@ -420,7 +470,8 @@ def _reaped(pid: int) -> bool:
 
 
 def down(quiet: bool = False) -> None:
-    if localnode.NODE.exists() or localnode.OWNER.exists():
+    # The node belongs to the default state directory's control plane only.
+    if STATE == localnode.STATE and (localnode.NODE.exists() or localnode.OWNER.exists()):
         localnode.down(_cluster() if is_ready() else None, quiet=quiet)
     pids = read_pids()
     # API server first, so it does not log etcd errors on its way out.
@@ -447,6 +498,12 @@ def main() -> None:
         "--node", action="store_true", help="up: also run a node (kubelet, containerd, ...)"
     )
     parser.add_argument(
+        "--pod-certificates",
+        action="store_true",
+        help="up: serve the Pod Certificates API (gates, certificates.k8s.io/v1beta1, Node "
+        "authorizer); also MESHLESS_POD_CERTIFICATES=1",
+    )
+    parser.add_argument(
         "--signal",
         default="SIGTERM",
         choices=["SIGTERM", "SIGKILL"],
@@ -454,7 +511,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.command == "up":
-        up(node=args.node)
+        up(node=args.node, pod_certificates=args.pod_certificates)
     elif args.command == "down":
         down()
     elif args.command == "restart":

@@ -47,6 +47,17 @@ WRITE_BUDGET_WAIT = Histogram(
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
+POD_CERTIFICATES_SIGNED = Counter(
+    "meshless_pod_certificates_signed_total",
+    "PodCertificateRequests for meshless.dev/spiffe answered, by result (issued, denied, failed)",
+    ["result"],
+)
+POD_CERTIFICATE_SIGNING_SECONDS = Histogram(
+    "meshless_pod_certificate_signing_seconds",
+    "From a PodCertificateRequest reaching the signer to its status written",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
 WORK_QUEUE_DEPTH = Gauge(
     "meshless_work_queue_depth",
     "Keys queued or being reconciled, by controller",

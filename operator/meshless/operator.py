@@ -44,6 +44,7 @@ from meshless.identity.controller import IdentityController
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
 from meshless.leader import LeaderElector, default_identity
 from meshless.loopwatch import LoopWatch
+from meshless.podcert.wiring import PodCertificates, pod_from_cache
 from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import POLICY_WORK, PolicyController
 from meshless.probe.runner import EnforcementProber
@@ -175,6 +176,7 @@ class Operator:
         self.health: HealthServer | None = None
         self.loopwatch = LoopWatch()
         self.startup = StartupState()
+        self.pod_certificates: PodCertificates | None = None  # when the API serves them
         metrics.WORK_QUEUE_DEPTH.labels("identity").set_function(lambda: len(self.identities.queue))
         metrics.WORK_QUEUE_DEPTH.labels("policy").set_function(lambda: len(self.policies.queue))
 
@@ -195,6 +197,7 @@ class Operator:
             log.exception("loading the webhook CA failed")
         self._tasks.append(asyncio.create_task(self._poll_webhook_ca()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
+        await self._start_pod_certificates()
         if self.settings.leader_election:
             self.elector = LeaderElector(
                 self.kube,
@@ -207,6 +210,20 @@ class Operator:
         else:
             await self._start_leading()
         log.info("operator started")
+
+    async def _start_pod_certificates(self) -> None:
+        """The signer meshless.dev/spiffe and the ClusterTrustBundle, where served (podcert/)."""
+        self.pod_certificates = await PodCertificates.discover(
+            self.kube,
+            self.settings,
+            self.ca,
+            self.budget,
+            self.events,
+            utcnow,
+            pod_from_cache(self.policies.pods),  # type: ignore[arg-type]
+        )
+        if self.pod_certificates is not None:
+            self._tasks.extend(self.pod_certificates.watch_tasks())
 
     async def _load_ca_until_it_answers(self) -> None:
         delay = 0.0
@@ -349,6 +366,8 @@ class Operator:
         await self.policies.prime(on_identity=self.identities.remember)
         self.policies.queue.start()
         self.prober.start()
+        if self.pod_certificates is not None:
+            await self.pod_certificates.lead()
         self._leader_tasks.append(asyncio.create_task(self._resync()))
         log.info("reconciling as leader (%d identities not Ready went first)", urgent)
         await self._sweep()
@@ -399,6 +418,8 @@ class Operator:
         await self.identities.stop()
         await self.policies.queue.stop()
         await self.prober.stop()
+        if self.pod_certificates is not None:
+            await self.pod_certificates.stop_leading()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -439,6 +460,8 @@ class Operator:
                 self._note_ca()
             if self.leading and (changed or self._configurations_stale):
                 await self._apply_webhook_configurations()
+            if self.leading and self.pod_certificates is not None:
+                await self.pod_certificates.ca_changed(force=self._configurations_stale)
             if changed and self.leading:
                 try:
                     await self.identities.refresh_trust_bundles()

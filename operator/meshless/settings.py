@@ -67,6 +67,11 @@ class Settings:
     # auto (PodCertificate where the API server serves PodCertificateRequests), Secret or
     # PodCertificate.
     identity_delivery: str = "auto"
+    # Pod certificates (podcert/): the longest lifetime signed (a request's
+    # maxExpirationSeconds is capped by it) and, for tests, beginRefreshAt this long after
+    # notBefore instead of at 2/3 of the lifetime (0: off).
+    pod_certificate_max_ttl: timedelta = timedelta(hours=24)
+    pod_certificate_refresh_after: timedelta = timedelta(0)
 
     @cached_property
     def dns_name_policy(self) -> DnsNamePolicy:
@@ -230,6 +235,18 @@ OPTIONS: tuple[_Option, ...] = (
         "PodCertificate",
     ),
     _Option(
+        "--pod-certificate-max-ttl",
+        "MESHLESS_POD_CERTIFICATE_MAX_TTL",
+        "pod_certificate_max_ttl",
+        "longest pod certificate signed (1h..91d): a request's maxExpirationSeconds is capped",
+    ),
+    _Option(
+        "--pod-certificate-refresh-after",
+        "MESHLESS_POD_CERTIFICATE_REFRESH_AFTER",
+        "pod_certificate_refresh_after",
+        "for tests: beginRefreshAt this long after notBefore (>= 10m; 0: at 2/3 of the life)",
+    ),
+    _Option(
         "--leader-election",
         "MESHLESS_LEADER_ELECTION",
         "leader_election",
@@ -335,6 +352,11 @@ def validate(s: Settings) -> None:
         fail("--probe-qps", "must be positive")
     if not timedelta(seconds=1) <= s.probe_timeout <= timedelta(seconds=60):
         fail("--probe-timeout", "must be between 1s and 60s")
+    if not timedelta(hours=1) <= s.pod_certificate_max_ttl <= timedelta(days=91):
+        fail("--pod-certificate-max-ttl", "must be between 1h (the API's minimum) and 91d")
+    refresh = s.pod_certificate_refresh_after
+    if refresh and not timedelta(minutes=10) <= refresh <= s.pod_certificate_max_ttl:
+        fail("--pod-certificate-refresh-after", "must be 0 or between 10m and the max ttl")
     if not s.service_account:
         fail("--service-account", "must not be empty")
     if s.workers < 1:

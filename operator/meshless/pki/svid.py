@@ -9,6 +9,10 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PublicKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshless.pki.bundle import parse_pem_certificates
@@ -60,11 +64,11 @@ def random_serial_number() -> int:
     return secrets.randbits(127) | (1 << 126)
 
 
-def _key_usage(key: PrivateKey) -> x509.KeyUsage:
+def _key_usage(key: PrivateKey | PublicKeyTypes) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+        key_encipherment=isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey),
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=False,
@@ -74,9 +78,9 @@ def _key_usage(key: PrivateKey) -> x509.KeyUsage:
     )
 
 
-def _san(request: SvidRequest) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(request.spiffe_id)]
-    names += [x509.DNSName(name) for name in dict.fromkeys(request.dns_names)]
+def _san(spiffe_id: str, dns_names: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    names += [x509.DNSName(name) for name in dict.fromkeys(dns_names)]
     return x509.SubjectAlternativeName(names)
 
 
@@ -99,7 +103,6 @@ def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) ->
         raise ValueError(f"not a SPIFFE ID: {request.spiffe_id!r}")
     if request.ttl <= timedelta(0):
         raise ValueError("ttl must be positive")
-    issuer = ca.issuer_cert
     issuer_not_before, issuer_not_after = ca.validity
     if now >= issuer_not_after:
         raise CAError("CAExpired", f"issuing CA expired at {issuer_not_after}")
@@ -107,30 +110,46 @@ def issue_svid(ca: CertificateAuthority, request: SvidRequest, now: datetime) ->
     not_after = min(now + request.ttl, issuer_not_after)
 
     key = generate_private_key(request.algorithm)
-    cert = (
+    cert = sign_leaf(
+        ca, key.public_key(), request.spiffe_id, request.dns_names, not_before, not_after
+    )
+    chain_pem = cert.public_bytes(serialization.Encoding.PEM) + ca.intermediates_pem
+    return IssuedSvid(
+        certificate=cert, chain_pem=chain_pem, private_key_pem=private_key_to_pem(key)
+    )
+
+
+def sign_leaf(
+    ca: CertificateAuthority,
+    public_key: CertificatePublicKeyTypes,
+    spiffe_id: str,
+    dns_names: tuple[str, ...],
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    """An X.509-SVID for `public_key` (a key made elsewhere, e.g. by a kubelet for a pod
+    certificate): the SPIFFE ID as its only URI SAN, then `dns_names`, CA:false,
+    digitalSignature, serverAuth and clientAuth, signed by the CA's issuer."""
+    return (
         x509.CertificateBuilder()
         .subject_name(SUBJECT)
-        .issuer_name(issuer.subject)
-        .public_key(key.public_key())
+        .issuer_name(ca.issuer_cert.subject)
+        .public_key(public_key)
         .serial_number(random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(key), critical=True)
+        .add_extension(_key_usage(public_key), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
-        .add_extension(_san(request), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_san(spiffe_id, dns_names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(ca.authority_key_identifier, critical=False)
         .sign(ca.issuer_key, signature_hash_for(ca.issuer_key))
-    )
-    chain_pem = cert.public_bytes(serialization.Encoding.PEM) + ca.intermediates_pem
-    return IssuedSvid(
-        certificate=cert, chain_pem=chain_pem, private_key_pem=private_key_to_pem(key)
     )
 
 
