@@ -15,7 +15,6 @@ kubelet requests from the signer `meshless.dev/spiffe` (KEP-4317, PodCertificate
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,12 +22,10 @@ from typing import Any
 
 from meshless.api import TRUST_BUNDLE_KEY, TRUST_BUNDLE_NAME
 from meshless.pki.keys import KeyAlgorithm
+from meshless.podcert.request import GROUP, PLURAL, SIGNER_NAME
 from meshless.policy.model import IdentityDefaults
 
-SIGNER_NAME = "meshless.dev/spiffe"
-CERTIFICATES_GROUP = "certificates.k8s.io"
-POD_CERTIFICATE_REQUESTS = "podcertificaterequests"
-CLUSTER_TRUST_BUNDLES = "clustertrustbundles"
+POD_CERTIFICATE_REQUESTS = PLURAL
 KEY_PATH = "tls.key"
 CHAIN_PATH = "tls.crt"
 
@@ -50,8 +47,8 @@ class DeliverySetting(StrEnum):
 
 @dataclass(frozen=True)
 class ServedApis:
-    """What discovery found in certificates.k8s.io: the version serving each resource, or
-    "" when it is not served."""
+    """What discovery found in certificates.k8s.io (meshless.podcert.discovery): the group
+    version serving each resource, "" when it is not served."""
 
     pod_certificate_requests: str = ""
     cluster_trust_bundles: str = ""
@@ -63,30 +60,6 @@ class ServedApis:
     @property
     def trust_bundles(self) -> bool:
         return bool(self.cluster_trust_bundles)
-
-
-def served_apis(discovery: Mapping[str, list[str]]) -> ServedApis:
-    """From {group version: [resource names]} of certificates.k8s.io (discovery), the served
-    version of each resource; a GA version wins over a beta, a beta over an alpha."""
-
-    def best(resource: str) -> str:
-        versions = [v for v, names in discovery.items() if resource in names]
-        return max(versions, key=_version_rank, default="")
-
-    return ServedApis(best(POD_CERTIFICATE_REQUESTS), best(CLUSTER_TRUST_BUNDLES))
-
-
-_VERSION = re.compile(r"v(\d+)(?:(alpha|beta)(\d+))?")
-_STABILITY = {"alpha": 0, "beta": 1, None: 2}
-
-
-def _version_rank(group_version: str) -> tuple[int, int, int]:
-    """certificates.k8s.io/v1 > v1beta1 > v1alpha1 (Kubernetes' version priority)."""
-    found = _VERSION.fullmatch(group_version.rsplit("/", 1)[-1])
-    if found is None:
-        return (-1, 0, 0)
-    major, stability, minor = found.groups()
-    return (_STABILITY[stability], int(major), int(minor or 0))
 
 
 def default_delivery(setting: DeliverySetting, apis: ServedApis) -> Delivery:
@@ -190,7 +163,7 @@ class DeliveryUnavailable(ValueError):
 def missing_api_message(policy: str) -> str:
     return (
         f"MtlsPolicy {policy} asks for spec.identity.delivery {Delivery.POD_CERTIFICATE.value}, "
-        f"but the API server does not serve {POD_CERTIFICATE_REQUESTS}.{CERTIFICATES_GROUP} "
+        f"but the API server does not serve {PLURAL}.{GROUP} "
         "(Kubernetes 1.35+ with the PodCertificateRequest feature gate and runtime-config); "
         f"set spec.identity.delivery: {Delivery.SECRET.value} or turn the API on"
     )

@@ -38,7 +38,7 @@ from meshless.api import (
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
-from meshless.discovery import served_certificate_apis
+from meshless.delivery import ServedApis
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
@@ -188,7 +188,6 @@ class Operator:
             return
         await self._load_ca_until_it_answers()
         self._note_ca()
-        await self._discover_delivery()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
         self._tasks.append(asyncio.create_task(self._read_policies_for_admission()))
         try:
@@ -224,6 +223,7 @@ class Operator:
         )
         if self.pod_certificates is not None:
             self._tasks.extend(self.pod_certificates.watch_tasks())
+        self._note_delivery()
 
     async def _load_ca_until_it_answers(self) -> None:
         delay = 0.0
@@ -243,13 +243,16 @@ class Operator:
             self.startup.succeeded()
             return
 
-    async def _discover_delivery(self) -> None:
-        """Which certificates.k8s.io APIs are served decides `auto` delivery and the trust
-        bundle of pod certificates (read once at start: a restart picks up a change)."""
-        try:
-            self.policies.apis = await served_certificate_apis(self.kube)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("discovery of certificates.k8s.io failed (%s): no pod certificates", exc)
+    def _note_delivery(self) -> None:
+        """What discovery found decides `auto` delivery and where pod certificates' ca.crt
+        comes from (read at start: a restart picks up an API turned on later)."""
+        api = self.pod_certificates.api if self.pod_certificates is not None else None
+        self.policies.apis = ServedApis(
+            pod_certificate_requests=api.requests.api_version if api and api.requests else "",
+            cluster_trust_bundles=(
+                api.trust_bundles.api_version if api and api.trust_bundles else ""
+            ),
+        )
         log.info("identity delivery by default: %s", self.policies.default_delivery.value)
 
     async def _read_policies_for_admission(self) -> None:

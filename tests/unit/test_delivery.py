@@ -15,7 +15,6 @@ from meshless.admission.inject import IdentityRef, InjectionConflict, injection_
 from meshless.admission.validate import judge_identity_label, judge_strict
 from meshless.api import Mode
 from meshless.delivery import (
-    SIGNER_NAME,
     Delivery,
     DeliverySetting,
     DeliveryUnavailable,
@@ -25,8 +24,8 @@ from meshless.delivery import (
     delivery_for,
     kubelet_key_type,
     pod_certificate_mount,
-    served_apis,
 )
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import IdentityDefaults, PolicyRef
 from meshless.policy.pod_certificates import pod_certificate_waits
 from meshless.policy.provision import plan_identities, uses_pod_certificate
@@ -47,33 +46,7 @@ NOTHING = ServedApis()
 IDENTITY = IdentityRef("meshless-payments-mtls", "spiffe://cluster.local/ns/shop/sa/payments")
 
 
-# --- discovery and the default --------------------------------------------------------------
-def test_discovery_finds_the_served_version_of_each_resource() -> None:
-    found = served_apis(
-        {
-            "certificates.k8s.io/v1": ["certificatesigningrequests"],
-            BETA: [
-                "podcertificaterequests",
-                "podcertificaterequests/status",
-                "clustertrustbundles",
-            ],
-        }
-    )
-    assert found == SERVED
-
-
-def test_discovery_prefers_v1_over_beta_when_both_serve_it() -> None:
-    found = served_apis(
-        {
-            "certificates.k8s.io/v1": ["podcertificaterequests"],
-            BETA: ["podcertificaterequests"],
-            "certificates.k8s.io/v1alpha1": ["clustertrustbundles"],
-        }
-    )
-    assert found.pod_certificate_requests == "certificates.k8s.io/v1"
-    assert found.cluster_trust_bundles == "certificates.k8s.io/v1alpha1"
-
-
+# --- the default ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("setting", "apis", "expected"),
     [

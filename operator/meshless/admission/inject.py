@@ -31,9 +31,10 @@ from meshless.api import (
     IDENTITY_MOUNT_PATH,
     IDENTITY_VOLUME,
 )
-from meshless.delivery import SIGNER_NAME, PodCertificateMount, pod_certificate_sources
+from meshless.delivery import PodCertificateMount, pod_certificate_sources
 from meshless.identity.spec import default_secret_name, provisioned_name
 from meshless.pki.spiffe import spiffe_id
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import PodResolution
 
 JSONPatchOp = dict[str, Any]

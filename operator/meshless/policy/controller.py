@@ -26,7 +26,6 @@ from meshless.api import ConditionType, Kind, exempt_namespaces
 from meshless.conditions import ConditionChange, find_condition
 from meshless.delivery import (
     POD_CERTIFICATE_REQUESTS,
-    SIGNER_NAME,
     Delivery,
     DeliverySetting,
     PodCertificateMount,
@@ -47,6 +46,7 @@ from meshless.kube import (
     Json,
     Kube,
 )
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import (
     IdentityDefaults,
     PodInfo,
