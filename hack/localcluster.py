@@ -72,6 +72,7 @@ def pod_certificates_requested() -> bool:
     """MESHLESS_POD_CERTIFICATES=1 (or true/yes): `up` turns the API on, as --pod-certificates."""
     return os.environ.get("MESHLESS_POD_CERTIFICATES", "").lower() in ("1", "true", "yes")
 
+
 # Requests by ServiceAccounts (an operator run with a ServiceAccount token, as the chart's is)
 # are audited, metadata only, to .cache/cluster/logs/audit.log: the chart test reads which
 # verbs the operator used. Admin requests (tests, `make run`) are not audited.
@@ -265,7 +266,8 @@ def binaries() -> Path:
 
 
 def up(node: bool = False, pod_certificates: bool = False) -> None:
-    pod_certificates = pod_certificates or pod_certificates_requested()
+    # A node asks for pod certificates (make cluster NODE=1): the API comes with it.
+    pod_certificates = pod_certificates or node or pod_certificates_requested()
     if node and STATE != localnode.STATE:
         sys.exit(f"--node runs only with the default state directory {localnode.STATE}")
     if node:  # say why before starting anything
@@ -380,6 +382,21 @@ def _with_pod_certificates(api_cmd: list[str]) -> list[str]:
             arg += ",NodeRestriction"
         out.append(arg)
     return out + pod_certificate_flags("kube-apiserver")
+
+
+def ensure_pod_certificates() -> bool:
+    """The node's kubelet asks for pod certificates: turn the API on in the running control
+    plane if its recorded command line lacks it (kube-apiserver restarted with the same ports
+    and etcd data). True when it restarted."""
+    commands_file = STATE / "commands.json"
+    commands = json.loads(commands_file.read_text())
+    flags = pod_certificate_flags("kube-apiserver")
+    if all(flag in commands["kube-apiserver"] for flag in flags):
+        return False
+    commands["kube-apiserver"] = _with_pod_certificates(commands["kube-apiserver"])
+    commands_file.write_text(json.dumps(commands, indent=2))
+    restart("kube-apiserver")
+    return True
 
 
 def _start(name: str, command: list[str]) -> int:

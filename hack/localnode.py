@@ -355,12 +355,16 @@ def _cni_config() -> str:
     )
 
 
-def _kubelet_config(cluster: Cluster, port: int, healthz_port: int) -> str:
+def _kubelet_config(
+    cluster: Cluster, port: int, healthz_port: int, gates: dict[str, bool] | None = None
+) -> str:
     pki = cluster.pki
     return json.dumps(
         {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
+            # Pod Certificates: the kubelet makes the key and sends PodCertificateRequests
+            "featureGates": dict(gates or {}),
             "failCgroupV1": False,  # this machine is cgroup v1 (hybrid); KEP-5573
             "cgroupDriver": "cgroupfs",
             "cgroupRoot": f"/{CGROUP_ROOT}",
@@ -705,10 +709,15 @@ def up(cluster: Cluster) -> dict[str, str]:
         return dict(json.loads((NODE / "images.json").read_text()))
     check_machine()
     down(cluster, quiet=True)
+    # The node's kubelet asks for pod certificates: the control plane serves the API (one
+    # definition of the flags in localcluster.py; imported here, where no cycle remains).
+    sys.path.insert(0, str(HACK))
+    import localcluster
+
+    localcluster.ensure_pod_certificates()
     bindir = node_binaries()
     started = time.monotonic()
     versions = _versions()
-    sys.path.insert(0, str(HACK))
     import nodeimages
 
     images = nodeimages.build_images(
@@ -773,6 +782,7 @@ def up(cluster: Cluster) -> dict[str, str]:
             "--controllers=*",
             "--concurrent-namespace-syncs=5",
             "--node-monitor-grace-period=40s",
+            *localcluster.pod_certificate_flags("kube-controller-manager"),
             "--v=0",
         ],
     )
@@ -792,7 +802,8 @@ def up(cluster: Cluster) -> dict[str, str]:
         ],
     )
     _node_rbac(cluster)
-    (NODE / "kubelet.yaml").write_text(_kubelet_config(cluster, _free_port(), _free_port()))
+    gates = localcluster.POD_CERTIFICATE_GATES
+    (NODE / "kubelet.yaml").write_text(_kubelet_config(cluster, _free_port(), _free_port(), gates))
     _spawn(
         "kubelet",
         [
