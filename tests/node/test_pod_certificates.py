@@ -6,6 +6,10 @@ identity, the probes' Enforced) works as with Secrets. No Secret ever holds the 
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -68,6 +72,7 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
     operator_factory: OperatorFactory,
     api_client: client.ApiClient,
     namespace: str,
+    kubeconfig: str,
 ) -> None:
     operator_factory(
         identity_delivery="PodCertificate",
@@ -149,4 +154,20 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
     assert enforced["status"]["delivery"] == "PodCertificate"
     assert enforced["status"]["injectedPods"] == 2
     assert enforced["status"]["identities"] == 0  # no WorkloadIdentity serves them
+
+    # `meshless describe pod` shows the certificate the kubelet fetched (its serial).
+    command = ["describe", "pod", "server", "-n", namespace, "-o", "json"]
+    described = subprocess.run(
+        [sys.executable, "-m", "meshless", *command],
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(described.stdout)["identity"]
+    leaf = x509.load_pem_x509_certificates(_file(node, namespace, "server", "tls.crt").encode())[0]
+    assert report["delivery"] == "PodCertificate"
+    assert report["certificate"]["serialNumber"] == format(leaf.serial_number, "x")
+    assert report["spiffeID"] == f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
     assert (condition(enforced, "Ready") or {}).get("status") == "True"

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from meshless.admission.pods import mounts_pod_certificate
 from meshless.api import Kind
 from meshless.commands.certificate import inspect_identity, inspect_lines, secret_name_of
 from meshless.commands.connect import namespace_of, run_with_kube
@@ -37,6 +38,7 @@ from meshless.commands.views import (
 from meshless.identity.render import is_owned_by
 from meshless.kube import IDENTITIES, JSON_PATCH, PODS, POLICIES, SECRETS, ApiError, Json, Kube
 from meshless.pki.ca import TLS_KEY
+from meshless.podcert.discovery import discover
 
 RENEW_POLL_S = 0.5
 
@@ -134,7 +136,12 @@ def run_describe(args: argparse.Namespace) -> int:
             kube.list(IDENTITIES, namespace),
         )
         resolved = resolve(policies, [], args.root_namespace)
-        return describe_pod(pod, resolved, identities, args.trust_domain)
+        requests: list[Json] = []
+        if mounts_pod_certificate(pod):
+            api = await discover(kube)
+            if api.requests is not None:
+                requests = await kube.list(api.requests, namespace)
+        return describe_pod(pod, resolved, identities, args.trust_domain, requests)
 
     report = run_with_kube(args.kubeconfig, work)
     _print(report, args.output, describe_lines(report))

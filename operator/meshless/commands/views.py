@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cryptography import x509
+
 from meshless.api import IDENTITY_LABEL, PROVISIONED_LABEL, ConditionType, Mode, Reason
 from meshless.commands.output import (
     NONE,
@@ -22,6 +24,8 @@ from meshless.commands.output import (
     parse_time,
     table,
 )
+from meshless.pki.spiffe import spiffe_id
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.policy.provision import IdentityRecord, identity_for, identity_record
 from meshless.policy.resolve import PolicySet, scope_of
@@ -287,12 +291,41 @@ def _probe_findings(
     return {"state": state, "failing": failing, "lastProven": enforcement.get("lastProven")}
 
 
+def current_pod_certificate(requests: Iterable[Json], pod_uid: str) -> dict[str, Any] | None:
+    """The pod's current certificate: the one in its newest Issued PodCertificateRequest (the
+    one its kubelet fetched last; the controller-manager deletes old requests). None when no
+    issued request of our signer is left for that pod."""
+    issued = [
+        r
+        for r in requests
+        if (r.get("spec") or {}).get("podUID") == pod_uid
+        and (r.get("spec") or {}).get("signerName") == SIGNER_NAME
+        and (r.get("status") or {}).get("certificateChain")
+    ]
+    if not issued:
+        return None
+    newest = max(issued, key=lambda r: str((r.get("metadata") or {}).get("creationTimestamp")))
+    status = newest["status"]
+    try:
+        leaf = x509.load_pem_x509_certificates(str(status["certificateChain"]).encode())[0]
+    except ValueError:
+        return {"request": newest["metadata"]["name"], "serialNumber": None}
+    return {
+        "request": newest["metadata"]["name"],
+        "serialNumber": format(leaf.serial_number, "x"),
+        "notAfter": status.get("notAfter"),
+        "beginRefreshAt": status.get("beginRefreshAt"),
+    }
+
+
 def describe_pod(
     pod: Json,
     resolved: Resolved,
     identities: Iterable[Json],
     trust_domain: str,
+    requests: Iterable[Json] = (),
 ) -> dict[str, Any]:
+    """`requests`: the PodCertificateRequests of the pod's namespace (pod certificates)."""
     info = pod_info(pod)
     resolution = resolved.policy_set.resolve(info)
     labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -330,7 +363,14 @@ def describe_pod(
     bodies = list(identities)
     needs = resolution is not None and resolution.needs_identity()
     identity: dict[str, Any] | None = None
-    if needs:
+    if needs and info.pod_certificate:
+        identity = {
+            "delivery": "PodCertificate",
+            "signer": SIGNER_NAME,
+            "spiffeID": spiffe_id(trust_domain, info.namespace, info.service_account),
+            "certificate": current_pod_certificate(requests, info.uid),
+        }
+    elif needs:
         records = [identity_record(b) for b in bodies]
         ref = identity_for(info.namespace, info.service_account, records, trust_domain)
         body = next(
@@ -343,6 +383,7 @@ def describe_pod(
         )
         status = (body or {}).get("status") or {}
         identity = {
+            "delivery": "Secret",
             "name": ref.name,
             "secret": ref.secret_name,
             "provisioned": ref.provisioned,
@@ -394,6 +435,18 @@ def describe_lines(report: Mapping[str, Any]) -> str:
     identity = report["identity"]
     if identity is None:
         head.append(("Identity", "none needed (no STRICT or PERMISSIVE port)"))
+    elif identity["delivery"] == "PodCertificate":
+        certificate = identity["certificate"]
+        current = (
+            f"serial {certificate['serialNumber']}, expires {certificate['notAfter'] or NONE}, "
+            f"refresh from {certificate['beginRefreshAt'] or NONE} "
+            f"(PodCertificateRequest {certificate['request']})"
+            if certificate
+            else "no issued PodCertificateRequest left for this pod"
+        )
+        head.append(("Identity", f"pod certificate from {identity['signer']} (no Secret)"))
+        head.append(("Certificate", current))
+        head.append(("SPIFFE ID", identity["spiffeID"]))
     else:
         made = "provisioned by meshless" if identity["provisioned"] else "user-made"
         state = (
