@@ -104,6 +104,7 @@ bench: install control-plane
 	$(PY) bench/probes.py
 	$(PY) bench/rotation.py
 	$(PY) bench/scale.py
+	$(PY) bench/podcert.py
 
 clean: cluster-down
 	rm -rf .cache/cluster $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -302,3 +302,35 @@ def meshless_operator(
     if op.proc is not None and op.proc.poll() is None:
         op.stop()
     remove_webhook_configurations(api_client)
+
+
+# --------------------------------------------------------------------------------------------
+# A second control plane with the Pod Certificates API (hack/localcluster.py --pod-certificates)
+# for the podcert tests; the default one stays without it (Secret delivery, as the other tests
+# expect). Its state lives in .cache/cluster-podcert; it starts in about 5 s (measured: 4.1 s
+# to /readyz), once per session, and only when a podcert test runs.
+PODCERT_STATE = Path(__file__).resolve().parents[2] / ".cache" / "cluster-podcert"
+
+
+@pytest.fixture(scope="session")
+def podcert_kubeconfig() -> Iterator[str]:
+    named = os.environ.get("MESHLESS_TEST_PODCERT_KUBECONFIG")
+    if named:
+        yield named
+        return
+    env = {**os.environ, "MESHLESS_CLUSTER_STATE": str(PODCERT_STATE)}
+    launcher = [sys.executable, str(PODCERT_STATE.parents[1] / "hack" / "localcluster.py")]
+    running = subprocess.run([*launcher, "status"], env=env, capture_output=True).returncode == 0
+    subprocess.run([*launcher, "up", "--pod-certificates"], env=env, check=True)
+    kubeconfig = str(PODCERT_STATE / "kubeconfig")
+    crds = str(PODCERT_STATE.parents[1] / "crds")
+    for args in (
+        ["apply", "--server-side", "--force-conflicts", "-f", crds],
+        ["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
+    ):
+        subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], check=True, timeout=120)
+    try:
+        yield kubeconfig
+    finally:
+        if not running:
+            subprocess.run([*launcher, "down"], env=env, check=False)

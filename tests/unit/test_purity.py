@@ -47,6 +47,9 @@ PURE_CANDIDATES = (
     "meshless.commands.output",
     "meshless.commands.certificate",
     "meshless.commands.views",
+    "meshless.podcert.request",
+    "meshless.podcert.decide",
+    "meshless.podcert.answer",
 )
 MUST_EXIST = (
     "meshless.api",

@@ -23,7 +23,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
@@ -33,6 +33,15 @@ PLURAL = "podcertificaterequests"
 # Condition types the API server knows: at most one of them, status True, ends the request.
 ISSUED, DENIED, FAILED = "Issued", "Denied", "Failed"
 TERMINAL = (ISSUED, DENIED, FAILED)
+
+
+_SIGNING_KEYS = (
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+    rsa.RSAPublicKey,
+    dsa.DSAPublicKey,
+)
 
 
 class RequestError(ValueError):
@@ -148,8 +157,8 @@ def _public_key(
         loaded = serialization.load_der_public_key(pkix)
     except (ValueError, UnsupportedAlgorithm):
         return None, "spec.pkixPublicKey is not a PKIX public key", ()
-    if isinstance(loaded, dh.DHPublicKey):
-        return None, "spec.pkixPublicKey is a Diffie-Hellman key, which cannot sign", ()
+    if not isinstance(loaded, _SIGNING_KEYS):
+        return None, "spec.pkixPublicKey is not a signing key", ()
     key = loaded
     proof = _decode(spec, "proofOfPossession") or b""
     if not proof_of_possession_holds(key, pod_uid, proof):

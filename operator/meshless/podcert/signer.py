@@ -213,8 +213,8 @@ class PodCertificateSigner:
         return pod_view(found) if found is not None else None
 
     async def _write(self, body: Json, status: Json) -> bool:
-        """PUT /status at the resourceVersion read. False when the request is gone, or was
-        answered meanwhile (a 409 after which it holds a terminal condition)."""
+        """PUT /status at the resourceVersion read. False when the request is gone or changed
+        since (409): nothing was written."""
         meta = body["metadata"]
         update = {**body, "status": status}
         path = self.resource.path(meta["namespace"], meta["name"], "status")
@@ -225,11 +225,9 @@ class PodCertificateSigner:
             if exc.status == 404:
                 return False
             if exc.status == 409:
-                fresh = await self.kube.get(self.resource, meta["namespace"], meta["name"])
-                if fresh is None or terminal_condition(fresh):
-                    return False
-                self.pending[(meta["namespace"], meta["name"])] = (fresh, time.monotonic())
-                raise  # the queue tries again with the fresh object
+                # Changed since we read it (answered by a former leader?): the watch brings
+                # the newer version, which is queued again unless it is answered.
+                return False
             if exc.status == 422 and "Issued" in str(status.get("conditions")):
                 # The API refused what we signed: say so on the request, never retry forever.
                 log.error(

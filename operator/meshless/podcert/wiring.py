@@ -13,6 +13,7 @@ from datetime import datetime
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.kube import Kube
+from meshless.pki.rotation import Phase
 from meshless.podcert.decide import PodView, SignerSettings
 from meshless.podcert.discovery import PodCertificateAPI, discover
 from meshless.podcert.signer import PodCertificateSigner, PodLookup
@@ -60,6 +61,7 @@ class PodCertificates:
                 events,
                 clock,
                 cached_pod=cached_pod,
+                refresh_by=lambda: refresh_by_during_rotation(ca, clock),
                 workers=settings.workers,
                 namespaces=settings.watch_namespaces or (None,),
             )
@@ -116,6 +118,14 @@ class PodCertificates:
         except Exception:
             log.exception("writing the ClusterTrustBundle failed; the next CA poll retries")
             self.bundle.written = None
+
+
+def refresh_by_during_rotation(ca: CAStore, clock: Callable[[], datetime]) -> datetime | None:
+    """During a root rotation's Prepare the issuer still chains to the old root, and
+    beginRefreshAt cannot change once written: what is signed then asks to be refreshed as
+    early as the API allows (10 minutes after notBefore), so the kubelet replaces it under the
+    new root soon after Switch and Finish does not wait a whole lifetime for it."""
+    return clock() if ca.rotation.phase is Phase.PREPARE else None
 
 
 def pod_from_cache(pods: dict[tuple[str, str], object]) -> PodLookup:
