@@ -22,6 +22,7 @@ from typing import Any
 
 from meshless.api import TRUST_BUNDLE_KEY, TRUST_BUNDLE_NAME
 from meshless.pki.keys import KeyAlgorithm
+from meshless.podcert.decide import SUPPORTED_KEY_TYPES, kubelet_key_type
 from meshless.podcert.request import GROUP, PLURAL, SIGNER_NAME
 from meshless.policy.model import IdentityDefaults
 
@@ -77,35 +78,32 @@ def delivery_for(explicit: str | None, algorithm: str | None, default: Delivery)
     PodCertificate itself keeps Secret."""
     if explicit:
         return Delivery(explicit)
-    if default is Delivery.POD_CERTIFICATE and algorithm not in (None, *KUBELET_KEY_TYPES):
+    if (
+        default is Delivery.POD_CERTIFICATE
+        and algorithm is not None
+        and kubelet_key_type(KeyAlgorithm(algorithm)) is None
+    ):
         return Delivery.SECRET
     return default
 
 
-# The policy's privateKey.algorithm -> the kubelet's keyType (podCertificate projection).
-KUBELET_KEY_TYPES: dict[str, str] = {
-    KeyAlgorithm.ECDSAP256.value: "ECDSAP256",
-    KeyAlgorithm.ECDSAP384.value: "ECDSAP384",
-    KeyAlgorithm.Ed25519.value: "ED25519",
-    KeyAlgorithm.RSA3072.value: "RSA3072",
-    KeyAlgorithm.RSA4096.value: "RSA4096",
-}
-DEFAULT_KEY_TYPE = KUBELET_KEY_TYPES[KeyAlgorithm.ECDSAP256.value]
+DEFAULT_KEY_TYPE = "ECDSAP256"
 
 
-def kubelet_key_type(algorithm: str | None) -> str:
-    """The kubelet's key type for a policy's algorithm (ECDSAP256 when it names none).
-    Raises ValueError for RSA2048, which the kubelet cannot make."""
+def pod_key_type(algorithm: str | None) -> str:
+    """The kubelet's keyType for a policy's algorithm (ECDSAP256 when it names none; the
+    mapping is the signer's, podcert.decide). Raises ValueError for RSA2048, which the
+    kubelet cannot make, naming the fields."""
     if algorithm is None:
         return DEFAULT_KEY_TYPE
-    try:
-        return KUBELET_KEY_TYPES[algorithm]
-    except KeyError:
+    key_type = kubelet_key_type(KeyAlgorithm(algorithm))
+    if key_type is None:
         raise ValueError(
             f"spec.identity.privateKey.algorithm {algorithm} cannot be used with "
             f"spec.identity.delivery {Delivery.POD_CERTIFICATE.value}: the kubelet makes "
-            f"{', '.join(KUBELET_KEY_TYPES)} keys"
-        ) from None
+            f"{', '.join(SUPPORTED_KEY_TYPES)} keys"
+        )
+    return key_type
 
 
 @dataclass(frozen=True)
@@ -180,6 +178,6 @@ def pod_certificate_mount(
     if not apis.pod_certificates:
         raise DeliveryUnavailable(missing_api_message(policy))
     return PodCertificateMount(
-        key_type=kubelet_key_type(identity.algorithm),
+        key_type=pod_key_type(identity.algorithm),
         cluster_trust_bundle=apis.trust_bundles,
     )

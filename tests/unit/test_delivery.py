@@ -22,8 +22,8 @@ from meshless.delivery import (
     ServedApis,
     default_delivery,
     delivery_for,
-    kubelet_key_type,
     pod_certificate_mount,
+    pod_key_type,
 )
 from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import IdentityDefaults, PolicyRef
@@ -90,7 +90,7 @@ def test_a_policy_says_or_takes_the_default() -> None:
     ],
 )
 def test_key_types_map_to_the_kubelets(algorithm: str | None, key_type: str) -> None:
-    assert kubelet_key_type(algorithm) == key_type
+    assert pod_key_type(algorithm) == key_type
 
 
 def test_rsa2048_with_pod_certificates_is_refused_naming_the_fields() -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from meshless.admission import pods
 from meshless.api import AdmissionAction, Mode
-from meshless.delivery import Delivery, kubelet_key_type
+from meshless.delivery import Delivery, pod_key_type
 from meshless.durations import parse_duration
 from meshless.pki.keys import KeyAlgorithm
 from meshless.policy.model import IdentityDefaults, PodInfo, PolicySpec
@@ -143,7 +143,7 @@ def _identity_defaults(raw: Any) -> IdentityDefaults:
         delivery = _enum(Delivery, delivery, "spec.identity.delivery", Delivery.SECRET).value
         if delivery == Delivery.POD_CERTIFICATE and algorithm is not None:
             try:
-                kubelet_key_type(algorithm)
+                pod_key_type(algorithm)
             except ValueError as exc:
                 raise PolicySpecError(str(exc)) from None
     return IdentityDefaults(
