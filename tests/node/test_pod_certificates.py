@@ -10,12 +10,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from cryptography import x509
 from kubernetes import client
 
+from tests.conftest import Kubectl
 from tests.integration.conftest import OperatorFactory
 from tests.integration.kubehelpers import condition
 from tests.integration.policyhelpers import create_policy, wait_admission_label, wait_policy
@@ -25,6 +28,7 @@ from tests.node.test_operator_on_node import IDENTITY_DIR, _switchable
 pytestmark = pytest.mark.node
 
 PROBE_INTERVAL_S = 5
+POD_CERTIFICATES = {"delivery": "PodCertificate"}  # spec.identity of the policies
 TRUST_DOMAIN = "cluster.local"  # the test operator's default
 # argv: server IP, CA bundle, identity directory or "-" for none. Speaks first (the server of
 # test_operator_on_node answers what it is sent).
@@ -79,9 +83,7 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
         probe_interval=f"{PROBE_INTERVAL_S}s",
         probe_timeout="2s",
     )
-    create_policy(
-        api_client, namespace, "strict", "STRICT", identity={"delivery": "PodCertificate"}
-    )
+    create_policy(api_client, namespace, "strict", "STRICT", identity=POD_CERTIFICATES)
     wait_admission_label(api_client, namespace)
     core = client.CoreV1Api(api_client)
     for account in ("server", "client"):
@@ -171,3 +173,86 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
     assert report["certificate"]["serialNumber"] == format(leaf.serial_number, "x")
     assert report["spiffeID"] == f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
     assert (condition(enforced, "Ready") or {}).get("status") == "True"
+
+
+# A client that handshakes once a second for as long as it runs, loading its (refreshed)
+# identity anew each time, printing "ok <server serial hex>" or "error <reason>".
+HANDSHAKE_LOOP = r"""
+import socket, ssl, sys, time
+host, identity = sys.argv[1], sys.argv[2]
+while True:
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(identity + "/ca.crt")
+        ctx.load_cert_chain(identity + "/tls.crt", identity + "/tls.key")
+        with socket.create_connection((host, 8443), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                serial = int(tls.getpeercert()["serialNumber"], 16)
+                tls.sendall(b"hi\n")
+                tls.recv(1024)
+        print("ok", format(serial, "x"), flush=True)
+    except (ssl.SSLError, OSError) as err:
+        print("error", getattr(err, "reason", None) or err, flush=True)
+    time.sleep(1)
+"""
+REFRESH_AFTER_MIN = 10  # the API's least: beginRefreshAt >= notBefore + 10 min
+REFRESH_TIMEOUT_S = (REFRESH_AFTER_MIN + 5 + 4) * 60  # + the kubelet's jitter (< 5 min) + slack
+
+
+@pytest.mark.timeout(REFRESH_TIMEOUT_S + 180)
+def test_the_kubelet_refreshes_and_the_server_serves_the_new_certificate(
+    node: Node,
+    operator_factory: OperatorFactory,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubectl: Kubectl,
+) -> None:
+    """1-hour certificates, beginRefreshAt 10 minutes after issue: the kubelet fetches a new
+    one and the server (loading its files per connection) presents it, with no failed
+    handshake from a client that keeps connecting throughout."""
+    operator_factory(
+        identity_delivery="PodCertificate",
+        pod_certificate_max_ttl="1h",
+        pod_certificate_refresh_after=f"{REFRESH_AFTER_MIN}m",
+    )
+    create_policy(api_client, namespace, "strict", "STRICT", identity=POD_CERTIFICATES)
+    wait_admission_label(api_client, namespace)
+    core = client.CoreV1Api(api_client)
+    for account in ("server", "client"):
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    python = node.images["python"]
+    server = _switchable("server", python, "STRICT")
+    server["spec"]["serviceAccountName"] = "server"
+    node.apply(namespace, server)
+    node.wait_ready(namespace, "server")
+    first = x509.load_pem_x509_certificates(_file(node, namespace, "server", "tls.crt").encode())
+    assert first[0].not_valid_after_utc - first[0].not_valid_before_utc <= timedelta(hours=1)
+    first_serial = format(first[0].serial_number, "x")
+    ip = node.pod_ip(namespace, "server")
+    loop = ["python3", "-u", "-c", HANDSHAKE_LOOP, ip, IDENTITY_DIR]
+    node.apply(namespace, pod("client", python, loop, service_account="client"))
+    node.wait_ready(namespace, "client")
+
+    deadline = time.monotonic() + REFRESH_TIMEOUT_S
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        seen = kubectl("logs", "-n", namespace, "client").stdout.splitlines()
+        if any(line.startswith("ok ") and line != f"ok {first_serial}" for line in seen):
+            break
+        time.sleep(15)
+    assert any(line == f"ok {first_serial}" for line in seen), "never served the first one"
+    served = {line.split()[1] for line in seen if line.startswith("ok ")}
+    assert served - {first_serial}, f"no refreshed certificate within {REFRESH_TIMEOUT_S}s"
+    assert [line for line in seen if not line.startswith("ok ")] == []  # no failed handshake
+    # The new certificate is the answer to the kubelet's second request for the server pod.
+    uid = core.read_namespaced_pod("server", namespace).metadata.uid
+    chains = [
+        r["status"]["certificateChain"]
+        for r in _requests(api_client, namespace)
+        if r["spec"]["podUID"] == uid and (r.get("status") or {}).get("certificateChain")
+    ]
+    issued = {
+        format(x509.load_pem_x509_certificates(c.encode())[0].serial_number, "x") for c in chains
+    }
+    assert served - {first_serial} <= issued
