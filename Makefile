@@ -5,9 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install system-packages control-plane node-binaries helm gospiffe chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages kubectl go control-plane node-binaries helm gospiffe chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
 
+# A stock Debian Python has no ensurepip without the python3-venv package: installed here (apt,
+# root or sudo) when missing, so `make install` needs only python3 itself.
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || bash hack/install-system-packages.sh python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
@@ -18,6 +21,19 @@ install: $(VENV)/.installed
 # Debian packages the tests need as real peers (openssl, nginx, ...): hack/system-packages.txt
 system-packages:
 	bash hack/install-system-packages.sh
+
+# kubectl built from the pinned kubernetes module (the API server's version), cached machine-wide
+# like the binaries below; every target and test runs it, never a kubectl from PATH.
+KUBERNETES_VERSION := $(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env)
+KUBECTL := $(CURDIR)/.cache/bin/kubectl-$(KUBERNETES_VERSION)/kubectl
+
+kubectl:
+	bash hack/build-kubectl.sh
+
+# The go the build scripts use: the machine's when at least GO_MIN_VERSION, else the pinned
+# toolchain fetched from the Go module proxy and verified (hack/go.sh; ~/.cache/meshless/go).
+go:
+	@bash hack/go.sh
 
 # Builds (or reuses) kube-apiserver and etcd; several minutes on a fresh machine, so it runs
 # before pytest rather than inside a test fixture's time limit.
@@ -33,7 +49,7 @@ node-binaries:
 NODE ?=
 NODE_FLAG := $(if $(filter 1 yes true,$(NODE)),--node,)
 
-cluster: install control-plane $(if $(NODE_FLAG),node-binaries system-packages,)
+cluster: install control-plane kubectl $(if $(NODE_FLAG),node-binaries system-packages,)
 	$(PY) hack/localcluster.py up $(NODE_FLAG)
 
 # Builds (or reuses) helm from its Go module, pinned in hack/versions.env (HELM_VERSION); the
@@ -62,17 +78,17 @@ chart-lint: helm
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else echo "nothing to stop"; fi
 
-crds: cluster
+crds: kubectl cluster
 	hack/sync-chart-crds.sh
-	kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply --server-side -f crds/
-	kubectl --kubeconfig $(KUBECONFIG_LOCAL) wait --for=condition=Established --timeout=60s crd --all
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) apply --server-side -f crds/
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) wait --for=condition=Established --timeout=60s crd --all
 
 # Foreground: Ctrl-C stops the operator, then the control plane.
 OPERATOR_NAMESPACE ?= meshless-system
 
 run: crds
-	kubectl --kubeconfig $(KUBECONFIG_LOCAL) create namespace $(OPERATOR_NAMESPACE) \
-	  --dry-run=client -o yaml | kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f -
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) create namespace $(OPERATOR_NAMESPACE) \
+	  --dry-run=client -o yaml | $(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) apply -f -
 	@trap '$(PY) hack/localcluster.py down' EXIT; \
 	KUBECONFIG=$(KUBECONFIG_LOCAL) MESHLESS_NAMESPACE=$(OPERATOR_NAMESPACE) \
 	  MESHLESS_WEBHOOK_HOST=127.0.0.1 MESHLESS_WEBHOOK_URL=https://127.0.0.1:9443 \
@@ -89,15 +105,15 @@ typecheck: install
 unit: install helm gospiffe
 	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests/unit -q
 
-integration: install control-plane helm
+integration: install control-plane helm kubectl
 	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests/integration -q
 
 # The whole suite: static checks, then unit and integration tests (the test session starts
 # the local control plane itself and stops it at the end).
-test: lint typecheck control-plane node-binaries helm gospiffe system-packages
+test: system-packages lint typecheck control-plane node-binaries helm gospiffe kubectl
 	MESHLESS_HELM=$(HELM) $(VENV)/bin/pytest tests -q -ra
 
-bench: install control-plane
+bench: install control-plane kubectl
 	$(PY) bench/run.py
 	$(PY) bench/policy.py
 	$(PY) bench/admission.py

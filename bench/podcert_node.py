@@ -30,7 +30,17 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-from run import KUBECONFIG, ROOT, SCALE, Operator, free_port, log, percentile, write_results
+from run import (
+    KUBECONFIG,
+    ROOT,
+    SCALE,
+    Operator,
+    free_port,
+    kubectl_path,
+    log,
+    percentile,
+    write_results,
+)
 
 RESULTS = ROOT / "bench" / "results" / "podcert-node.json"
 PODS = max(10, int(50 * SCALE))
@@ -40,7 +50,7 @@ IMAGES = ROOT / ".cache" / "cluster" / "node" / "images.json"
 
 
 def kubectl(*args: str) -> None:
-    subprocess.run(["kubectl", "--kubeconfig", str(KUBECONFIG), *args], check=True)
+    subprocess.run([kubectl_path(), "--kubeconfig", str(KUBECONFIG), *args], check=True)
 
 
 class ReadyWatch:

@@ -217,6 +217,17 @@ class Operator:
         return total
 
 
+def kubectl_path() -> str:
+    """The pinned kubectl (hack/build-kubectl.sh: the API server's version), never PATH's."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-kubectl.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
 def fresh_cluster() -> None:
     """A new, empty control plane: leftovers of earlier runs (identities issued by another
     CA) would otherwise be reissued by the operator in the middle of the measurements."""
@@ -225,7 +236,7 @@ def fresh_cluster() -> None:
     subprocess.run([*launcher, "up"], check=True)
     subprocess.run(
         [
-            "kubectl",
+            kubectl_path(),
             f"--kubeconfig={KUBECONFIG}",
             "apply",
             "--server-side",
@@ -238,7 +249,7 @@ def fresh_cluster() -> None:
     )
     subprocess.run(
         [
-            "kubectl",
+            kubectl_path(),
             f"--kubeconfig={KUBECONFIG}",
             "wait",
             "--for=condition=Established",

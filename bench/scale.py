@@ -48,6 +48,7 @@ from run import (
     free_port,
     fresh_cluster,
     identity,
+    kubectl_path,
     log,
     new_namespace,
     run_then_stop_cluster,
@@ -134,7 +135,7 @@ def apiserver_histogram() -> dict[float, float]:
     """Cumulative counts by upper bound of apiserver_request_duration_seconds over every
     non-watch request (the API server's view of how long requests took)."""
     text = subprocess.run(
-        ["kubectl", f"--kubeconfig={KUBECONFIG}", "get", "--raw", "/metrics"],
+        [kubectl_path(), f"--kubeconfig={KUBECONFIG}", "get", "--raw", "/metrics"],
         check=True,
         capture_output=True,
         text=True,

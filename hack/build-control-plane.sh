@@ -26,6 +26,8 @@ if [[ -x "$shared/kube-apiserver" && -x "$shared/etcd" ]]; then
   echo "$out"; exit 0
 fi
 
+# the machine's go when new enough, else the pinned toolchain from the module proxy (hack/go.sh)
+go=$("$here/go.sh"); export PATH="$(dirname "$go"):$PATH"; unset GOROOT
 work="$root/.cache/build/k8s-${KUBERNETES_VERSION}"
 mkdir -p "$work"
 cd "$work"

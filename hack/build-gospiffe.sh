@@ -21,8 +21,9 @@ if [[ -x "$shared/gospiffe" ]]; then
   echo "$out/gospiffe"; exit 0
 fi
 
-go=$(command -v go || echo /usr/local/go/bin/go)
-[[ -x "$go" ]] || { echo "go is not installed (looked on PATH and at /usr/local/go/bin/go)" >&2; exit 1; }
+# the machine's go when new enough, else the pinned toolchain from the module proxy (hack/go.sh)
+go=$("$here/go.sh")
+unset GOROOT
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
 (cd "$src" && "$go" build -trimpath -o "$out/gospiffe.tmp" .) >&2
 mv "$out/gospiffe.tmp" "$out/gospiffe"

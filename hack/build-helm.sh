@@ -21,6 +21,8 @@ if [[ -x "$shared/helm" ]]; then
   echo "$out/helm"; exit 0
 fi
 
+# the machine's go when new enough, else the pinned toolchain from the module proxy (hack/go.sh)
+go=$("$here/go.sh"); export PATH="$(dirname "$go"):$PATH"; unset GOROOT
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 # helm's own Makefile stamps its version and the Kubernetes version it was built against
 # (`helm version`, and .Capabilities.KubeVersion in `helm template`); do the same.

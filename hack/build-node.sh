@@ -32,6 +32,8 @@ if [[ "${1:-}" == "--check" ]]; then
 fi
 mkdir -p "$out"
 
+# the machine's go when new enough, else the pinned toolchain from the module proxy (hack/go.sh)
+go=$("$here/go.sh"); export PATH="$(dirname "$go"):$PATH"; unset GOROOT
 export GOTOOLCHAIN=local
 start=$(date +%s)
 minor=${KUBERNETES_VERSION#v1.}   # 36.3

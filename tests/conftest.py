@@ -18,6 +18,8 @@ from typing import Protocol
 import pytest
 from kubernetes import client, config
 
+from tests.tools import kubectl_path
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
 
@@ -55,7 +57,7 @@ def _kubectl_runner(kubeconfig: str) -> Kubectl:
         *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+            [kubectl_path(), f"--kubeconfig={kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,

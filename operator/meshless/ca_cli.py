@@ -128,6 +128,7 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
     progress = None
     if state.phase is not Phase.IDLE:
         progress = await observe_progress(kube, state, ca.roots, now)
+        progress += await _pod_certificate_progress(kube, state, ca.roots, now)
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     # Whether the issuer is name-constrained, and to what. The operator compares the subtrees
     # with its settings (a Warning Event NameConstraintsDiffer on a user's Secret).
@@ -147,6 +148,32 @@ async def _status(kube: Kube, args: argparse.Namespace, secret: Any, out: TextIO
         return 0
     out.write(render_status(doc))
     return 0
+
+
+async def _pod_certificate_progress(kube: Kube, state: Any, roots: Any, now: datetime) -> Any:
+    """Where the API serves pod certificates: each pod's newest issued certificate as a leaf
+    and the ClusterTrustBundle as a bundle, as the operator counts them (it also leaves out
+    pods that are gone, and counts pods whose last request was already cleaned up)."""
+    from meshless.ca_rotation import leaving_roots
+    from meshless.pki.rotation import Progress, count_progress
+    from meshless.podcert.current import newest_issued_chains
+    from meshless.podcert.discovery import discover
+    from meshless.podcert.request import SIGNER_NAME
+    from meshless.podcert.trust_bundle import TRUST_BUNDLE_NAME
+
+    api = await discover(kube)
+    progress = Progress()
+    if api.requests is not None:
+        requests = await kube.list(
+            api.requests, None, field_selector=f"spec.signerName={SIGNER_NAME}"
+        )
+        chains: list[bytes | None] = list(newest_issued_chains(requests))
+        progress += count_progress([], chains, state, leaving_roots(state, roots), now)
+    if api.trust_bundles is not None:
+        bundle = await kube.get(api.trust_bundles, None, TRUST_BUNDLE_NAME)
+        text = ((bundle or {}).get("spec") or {}).get("trustBundle")
+        progress += count_progress([text.encode() if text else None], [], state, [], now)
+    return progress
 
 
 def render_status(doc: dict[str, Any]) -> str:

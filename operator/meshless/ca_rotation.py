@@ -231,6 +231,8 @@ class CARotation:
         self.policy = policy_of(settings)
         self.constraints = desired_constraints(settings)
         self.progress: Progress | None = None
+        # What else a root rotation waits for (pod certificates: podcert/wiring.py).
+        self.more_progress: Callable[[RotationState, datetime], Progress] | None = None
         self._reported = ""  # the user CA Secret version and error last reported
         set_phase_metric(Phase.IDLE)
 
@@ -254,6 +256,8 @@ class CARotation:
             progress = await observe_progress(
                 self.kube, state, ca.roots, now, self.settings.watch_namespaces
             )
+            if self.more_progress is not None:
+                progress += self.more_progress(state, now)
         self.progress = progress
         set_progress_metrics(progress)
         data = self.ca.data

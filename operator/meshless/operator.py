@@ -223,6 +223,7 @@ class Operator:
         )
         if self.pod_certificates is not None:
             self._tasks.extend(self.pod_certificates.watch_tasks())
+            self.rotation.more_progress = self.pod_certificates.rotation_progress
         self._note_delivery()
 
     async def _load_ca_until_it_answers(self) -> None:

@@ -20,6 +20,7 @@ import yaml
 from kubernetes import client
 
 from meshless.api import WEBHOOK_CONFIGURATION
+from tests.tools import kubectl_path
 
 
 def free_port() -> int:
@@ -328,7 +329,9 @@ def podcert_kubeconfig() -> Iterator[str]:
         ["apply", "--server-side", "--force-conflicts", "-f", crds],
         ["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
     ):
-        subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], check=True, timeout=120)
+        subprocess.run(
+            [kubectl_path(), f"--kubeconfig={kubeconfig}", *args], check=True, timeout=120
+        )
     try:
         yield kubeconfig
     finally:

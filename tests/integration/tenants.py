@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from tests.tools import kubectl_path
+
 from .conftest import bound_token
 
 MESHLESS_TENANT_RULES = [
@@ -48,7 +50,7 @@ class Principal:
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            [kubectl_path(), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,

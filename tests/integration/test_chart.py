@@ -35,6 +35,7 @@ from meshless.leader import LEASE_NAME
 from meshless.pki.bundle import parse_pem_certificates
 from tests.conftest import ROOT
 from tests.helmtool import CHART, helm
+from tests.tools import kubectl_path
 
 from .conftest import OperatorProcess, remove_webhook_configurations
 from .kubehelpers import (
@@ -250,7 +251,7 @@ def operator_kubeconfig(
     )
     admin = json.loads(
         subprocess.run(
-            ["kubectl", f"--kubeconfig={release.kubeconfig}", "config", "view", "--raw",
+            [kubectl_path(), f"--kubeconfig={release.kubeconfig}", "config", "view", "--raw",
              "--minify", "-o", "json"],
             capture_output=True, text=True, check=True,
         ).stdout
@@ -272,7 +273,7 @@ def operator_kubeconfig(
 
 def can_i(kubeconfig: str, *args: str) -> bool:
     proc = subprocess.run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", "auth", "can-i", *args],
+        [kubectl_path(), f"--kubeconfig={kubeconfig}", "auth", "can-i", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -285,7 +286,7 @@ def test_the_token_is_the_charts_service_account(
     release: Release, operator_kubeconfig: str
 ) -> None:
     proc = subprocess.run(
-        ["kubectl", f"--kubeconfig={operator_kubeconfig}", "auth", "whoami", "-o", "json"],
+        [kubectl_path(), f"--kubeconfig={operator_kubeconfig}", "auth", "whoami", "-o", "json"],
         capture_output=True,
         text=True,
         check=True,
@@ -972,7 +973,7 @@ def test_outside_the_chart_the_operator_creates_them_and_the_chart_can_adopt_the
             for w in made["mutating"] + made["validating"]
         )
         for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
-            kubectl = ["kubectl", f"--kubeconfig={release.kubeconfig}"]
+            kubectl = [kubectl_path(), f"--kubeconfig={release.kubeconfig}"]
             subprocess.run(
                 [*kubectl, "label", kind, WEBHOOK_CONFIGURATION,
                  "app.kubernetes.io/managed-by=Helm", "--overwrite"],

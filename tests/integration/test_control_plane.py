@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client
 
 from tests.conftest import ROOT, Kubectl
+from tests.tools import kubectl_path
 
 
 def pinned_kubernetes_version() -> str:
@@ -33,6 +34,16 @@ def pinned_kubernetes_version() -> str:
 def test_the_api_server_is_the_pinned_version(kubectl: Kubectl) -> None:
     version = json.loads(kubectl("get", "--raw", "/version").stdout)
     assert version["gitVersion"] == pinned_kubernetes_version()
+
+
+def test_kubectl_is_the_pinned_build_of_the_api_servers_version(kubectl: Kubectl) -> None:
+    """The tests' kubectl is hack/build-kubectl.sh's, never a kubectl from PATH, and it is the
+    API server's own version (client and server versions agree)."""
+    path = Path(kubectl_path())
+    assert path == ROOT / ".cache" / "bin" / f"kubectl-{pinned_kubernetes_version()}" / "kubectl"
+    versions = json.loads(kubectl("version", "-o", "json").stdout)
+    assert versions["clientVersion"]["gitVersion"] == pinned_kubernetes_version()
+    assert versions["serverVersion"]["gitVersion"] == pinned_kubernetes_version()
 
 
 def test_a_secret_is_stored_and_read_back(api_client: client.ApiClient, namespace: str) -> None:

@@ -5,7 +5,6 @@ policies into effect, and applying them again with server-side apply changes not
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,15 @@ from kubernetes import client
 from tests.conftest import Kubectl
 from tests.integration.conftest import OperatorFactory
 from tests.integration.policyhelpers import wait_policy
+from tests.tools import kubectl_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def rendered_into(example: str, namespace: str) -> str:
     """The kustomization's objects, moved into `namespace` (the Namespace object dropped)."""
-    kubectl = shutil.which("kubectl")
-    assert kubectl is not None
     out = subprocess.run(
-        [kubectl, "kustomize", str(EXAMPLES / example)],
+        [kubectl_path(), "kustomize", str(EXAMPLES / example)],
         capture_output=True,
         text=True,
         check=True,

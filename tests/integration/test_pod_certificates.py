@@ -7,7 +7,10 @@ CA's roots."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -219,3 +222,23 @@ def test_the_cluster_trust_bundle_holds_the_ca_roots(
     assert bundle["spec"]["signerName"] == "meshless.dev/spiffe"
     published = parse_pem_certificates(bundle["spec"]["trustBundle"].encode())
     assert published == ca_roots(pc_api, signer)
+
+
+def test_describe_pod_shows_the_pods_current_certificate(
+    signer: OperatorProcess, pc_api: client.ApiClient, podcert_kubeconfig: str, pod: BoundPod
+) -> None:
+    kubelet = node_client(podcert_kubeconfig, pod.node)
+    body = pcr_body(**pod.request_fields(), key=kubelet_key("ECDSAP256"))
+    answered = wait_request(pc_api, create_request(kubelet, body), timeout=TIMEOUT)
+    leaf = parse_pem_certificates(answered["status"]["certificateChain"].encode())[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "meshless", "describe", "pod", pod.name, "-n", pod.namespace,
+         "-o", "json"],
+        env={**os.environ, "KUBECONFIG": podcert_kubeconfig},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    current = json.loads(done.stdout)["podCertificate"]
+    assert current["request"] == answered["metadata"]["name"]
+    assert (current["state"], current["serial"]) == ("Issued", f"{leaf.serial_number:x}")
+    assert current["notAfter"] == answered["status"]["notAfter"]

@@ -12,19 +12,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client, config
 
-from meshless.pki.bundle import parse_pem_certificates
 from meshless.podcert.trust_bundle import TRUST_BUNDLE_NAME
 from tests.helmtool import render
 from tests.pcrs import kubelet_key, pcr_body
+from tests.tools import kubectl_path
 
 from .conftest import PODCERT_STATE, OperatorProcess, remove_webhook_configurations
 from .podcerts import (
+    BoundPod,
     condition,
     create_bound_pod,
     create_node,
@@ -33,11 +36,12 @@ from .podcerts import (
     trust_bundle,
     wait_request,
 )
-from .rotationpeers import fingerprints
+from .rotationpeers import fingerprints, leaf_root
 from .test_ca_rotation import CAWatcher, meshless_cli
 from .test_chart import assert_never_refused, operator_requests
 
 TIMEOUT = 60
+Json = dict[str, Any]
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
@@ -54,7 +58,7 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     import subprocess
 
     done = subprocess.run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+        [kubectl_path(), f"--kubeconfig={kubeconfig}", *args],
         input=input,
         capture_output=True,
         text=True,
@@ -153,6 +157,10 @@ def test_requests_are_answered_with_only_the_charts_rbac(
         gone = pcr_body(**{**pod.request_fields(), "pod": "gone"}, key=kubelet_key("ECDSAP256"))
         denied = wait_request(pc_api, create_request(pc_api, gone), timeout=TIMEOUT)
         assert condition(denied)["reason"] == "PodNotFound"
+        # Gone, so that the root rotation below does not wait for its certificate.
+        client.CoreV1Api(pc_api).delete_namespaced_pod(
+            pod.name, pc_namespace, grace_period_seconds=0
+        )
     finally:
         client.CoreV1Api(pc_api).delete_node(node[0])
     bundle = trust_bundle(pc_api, TRUST_BUNDLE_NAME)
@@ -175,12 +183,16 @@ def test_requests_are_answered_with_only_the_charts_rbac(
     } <= used
 
 
-def test_the_cluster_trust_bundle_follows_a_root_rotation(
+def test_a_root_rotation_waits_for_the_pods_certificates(
     chart_signer: ChartSigner,
     pc_api: client.ApiClient,
     podcert_kubeconfig: str,
     pc_namespace: str,
 ) -> None:
+    """The ClusterTrustBundle holds both roots while the rotation runs and only the new one
+    after Finish; a certificate signed during Prepare asks to be refreshed as early as the
+    API allows; Finish waits until the pod's current certificate chains to the new root (its
+    kubelet asked again), then the old root goes."""
     ca = CAWatcher(client.CoreV1Api(pc_api), chart_signer.namespace)
     (old_root,) = fingerprints(ca.data()["ca.crt"])
 
@@ -189,33 +201,59 @@ def test_the_cluster_trust_bundle_follows_a_root_rotation(
         assert bundle is not None
         return fingerprints(bundle["spec"]["trustBundle"].encode())
 
+    def issue(pod: BoundPod) -> Json:
+        body = pcr_body(**pod.request_fields(), key=kubelet_key("ECDSAP256"))
+        kubelet = node_client(podcert_kubeconfig, pod.node)
+        answered = wait_request(pc_api, create_request(kubelet, body), timeout=TIMEOUT)
+        assert condition(answered)["type"] == "Issued", answered["status"]
+        return answered
+
+    def root_of(answered: Json) -> str | None:
+        return leaf_root(answered["status"]["certificateChain"].encode(), ca.roots())
+
     assert published() == {old_root}
-    rotate = meshless_cli(podcert_kubeconfig, "--namespace", chart_signer.namespace, "rotate")
-    assert rotate.returncode == 0, rotate.stderr
-    both_seen = False
-    deadline = time.monotonic() + 2 * TIMEOUT
-    while ca.state().last_root_rotation is None:
-        assert time.monotonic() < deadline, f"the rotation did not end: {ca.state()}"
-        roots = published()
-        both_seen = both_seen or (len(roots) == 2 and old_root in roots)
-        time.sleep(0.1)
+    node = create_node(pc_api)
+    core = client.CoreV1Api(pc_api)
+    try:
+        pod = create_bound_pod(pc_api, pc_namespace, node)
+        before = issue(pod)
+        rotate = meshless_cli(podcert_kubeconfig, "--namespace", chart_signer.namespace, "rotate")
+        assert rotate.returncode == 0, rotate.stderr
+        ca.wait(lambda s: s.phase.value == "Prepare", TIMEOUT, "Prepare")
+        during = issue(pod)  # Prepare lasts the settle time at least: signed in it
+        status = during["status"]
+        refresh = datetime.fromisoformat(status["beginRefreshAt"].replace("Z", "+00:00"))
+        start = datetime.fromisoformat(status["notBefore"].replace("Z", "+00:00"))
+        assert refresh - start == timedelta(minutes=10), status
+        ca.wait(lambda s: s.phase.value == "Switch", TIMEOUT, "Switch")
+        assert published() == {old_root} | set(fingerprints(ca.data()["ca.crt"]))
+        assert len(published()) == 2
+        # The pod's current certificate still chains to the old root: Finish must not come.
+        chart_signer.op.wait_for_metrics(
+            lambda text: 'meshless_ca_rotation_leaves{state="old_chain"} 1.0' in text, TIMEOUT
+        )
+        # `meshless ca status` counts it too (from the requests in the API).
+        status_run = meshless_cli(
+            podcert_kubeconfig, "--namespace", chart_signer.namespace, "status", "-o", "json"
+        )
+        assert status_run.returncode == 0, status_run.stderr
+        counted = json.loads(status_run.stdout)["progress"]
+        assert counted["leavesOnOldRoot"] >= 1 and counted["bundlesWithNewRoot"] >= 1, counted
+        deadline = time.monotonic() + 8  # > the rotation window (4 s) and settle time (3 s)
+        while time.monotonic() < deadline:
+            assert ca.state().phase.value == "Switch", ca.state()
+            time.sleep(0.2)
+        assert root_of(before) == root_of(during) == old_root
+        after = issue(pod)  # the kubelet's refresh: under the new root
+        ca.wait(lambda s: s.last_root_rotation is not None, 2 * TIMEOUT, "the end")
+        assert root_of(after) != old_root
+    finally:
+        core.delete_namespaced_pod(pod.name, pc_namespace, grace_period_seconds=0)
+        core.delete_node(node[0])
     (new_root,) = fingerprints(ca.data()["ca.crt"])
-    assert new_root != old_root and both_seen
+    assert new_root != old_root
     deadline = time.monotonic() + TIMEOUT
     while published() != {new_root}:
         assert time.monotonic() < deadline, f"old root still published: {published()}"
         time.sleep(0.1)
-    # A certificate signed now chains to the new root only.
-    node = create_node(pc_api)
-    try:
-        pod = create_bound_pod(pc_api, pc_namespace, node)
-        body = pcr_body(**pod.request_fields(), key=kubelet_key("ECDSAP256"))
-        issued = wait_request(
-            pc_api, create_request(node_client(podcert_kubeconfig, pod.node), body), timeout=TIMEOUT
-        )
-    finally:
-        client.CoreV1Api(pc_api).delete_node(node[0])
-    chain = parse_pem_certificates(issued["status"]["certificateChain"].encode())
-    roots = parse_pem_certificates(ca.data()["ca.crt"])
-    assert chain[-1].issuer == roots[0].subject
     assert_never_refused(chart_signer.op)

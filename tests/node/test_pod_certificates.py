@@ -167,11 +167,12 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
         timeout=60,
         check=True,
     )
-    report = json.loads(described.stdout)["identity"]
+    report = json.loads(described.stdout)
     leaf = x509.load_pem_x509_certificates(_file(node, namespace, "server", "tls.crt").encode())[0]
-    assert report["delivery"] == "PodCertificate"
-    assert report["certificate"]["serialNumber"] == format(leaf.serial_number, "x")
-    assert report["spiffeID"] == f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
+    assert report["identity"]["delivery"] == "PodCertificate"
+    assert report["identity"]["spiffeID"] == f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server"
+    assert report["podCertificate"]["state"] == "Issued"
+    assert report["podCertificate"]["serial"] == format(leaf.serial_number, "x")
     assert (condition(enforced, "Ready") or {}).get("status") == "True"
 
 

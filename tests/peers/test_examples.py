@@ -22,7 +22,7 @@ from tests.peers.servers import (
     wait_for_port,
     write_identity,
 )
-from tests.tools import require_tool
+from tests.tools import kubectl_path, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -221,9 +221,8 @@ def test_nginx_example_is_strict(
 
 
 def _rendered(example: str) -> list[dict[str, object]]:
-    kubectl = require_tool("kubectl")
     out = subprocess.run(
-        [kubectl, "kustomize", str(EXAMPLES / example)],
+        [kubectl_path(), "kustomize", str(EXAMPLES / example)],
         capture_output=True,
         text=True,
         check=True,

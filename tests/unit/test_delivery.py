@@ -9,16 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshless.admission import pods
 from meshless.admission.inject import IdentityRef, InjectionConflict, injection_patch
 from meshless.admission.validate import judge_identity_label, judge_strict
 from meshless.api import Mode
-from meshless.commands.views import current_pod_certificate
 from meshless.delivery import (
     Delivery,
     DeliverySetting,
@@ -317,49 +312,3 @@ def test_the_policy_condition_names_pod_and_node_or_the_missing_api() -> None:
         "PodCertificateAPIUnavailable",
         "no API",
     )
-
-
-# --- meshless describe pod ------------------------------------------------------------------
-def _issued(name: str, uid: str, created: str, serial: int, signer: str = SIGNER_NAME) -> Any:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([])
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(NOW)
-        .not_valid_after(NOW + timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    return {
-        "metadata": {"name": name, "creationTimestamp": created},
-        "spec": {"podUID": uid, "signerName": signer},
-        "status": {
-            "certificateChain": leaf.public_bytes(serialization.Encoding.PEM).decode(),
-            "notAfter": "2030-01-01T13:00:00Z",
-            "beginRefreshAt": "2030-01-01T12:40:00Z",
-        },
-    }
-
-
-def test_describe_shows_the_newest_issued_request_of_the_pod() -> None:
-    requests = [
-        _issued("old", "uid-a", "2030-01-01T11:00:00Z", 0xA1),
-        _issued("new", "uid-a", "2030-01-01T12:00:00Z", 0xB2),
-        _issued("other-pod", "uid-b", "2030-01-01T12:30:00Z", 0xC3),
-        _issued("other-signer", "uid-a", "2030-01-01T12:50:00Z", 0xD4, "example.com/x"),
-        {
-            "metadata": {"name": "pending", "creationTimestamp": "2030-01-01T12:55:00Z"},
-            "spec": {"podUID": "uid-a", "signerName": SIGNER_NAME},
-        },
-    ]
-    current = current_pod_certificate(requests, "uid-a")
-    assert current == {
-        "request": "new",
-        "serialNumber": "b2",
-        "notAfter": "2030-01-01T13:00:00Z",
-        "beginRefreshAt": "2030-01-01T12:40:00Z",
-    }
-    assert current_pod_certificate(requests, "uid-z") is None

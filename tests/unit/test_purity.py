@@ -50,6 +50,7 @@ PURE_CANDIDATES = (
     "meshless.podcert.request",
     "meshless.podcert.decide",
     "meshless.podcert.answer",
+    "meshless.podcert.current",
 )
 MUST_EXIST = (
     "meshless.api",

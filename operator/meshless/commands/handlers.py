@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from meshless.admission.pods import mounts_pod_certificate
 from meshless.api import Kind
 from meshless.commands.certificate import inspect_identity, inspect_lines, secret_name_of
 from meshless.commands.connect import namespace_of, run_with_kube
@@ -38,7 +37,9 @@ from meshless.commands.views import (
 from meshless.identity.render import is_owned_by
 from meshless.kube import IDENTITIES, JSON_PATCH, PODS, POLICIES, SECRETS, ApiError, Json, Kube
 from meshless.pki.ca import TLS_KEY
+from meshless.podcert.current import current_certificate
 from meshless.podcert.discovery import discover
+from meshless.podcert.request import SIGNER_NAME
 
 RENEW_POLL_S = 0.5
 
@@ -136,16 +137,24 @@ def run_describe(args: argparse.Namespace) -> int:
             kube.list(IDENTITIES, namespace),
         )
         resolved = resolve(policies, [], args.root_namespace)
-        requests: list[Json] = []
-        if mounts_pod_certificate(pod):
-            api = await discover(kube)
-            if api.requests is not None:
-                requests = await kube.list(api.requests, namespace)
-        return describe_pod(pod, resolved, identities, args.trust_domain, requests)
+        report = describe_pod(pod, resolved, identities, args.trust_domain)
+        requests = await _pod_certificate_requests(kube, namespace, args.name)
+        if requests is not None:  # the API serves pod certificates
+            report["podCertificate"] = current_certificate(requests, pod["metadata"]["uid"])
+        return report
 
     report = run_with_kube(args.kubeconfig, work)
     _print(report, args.output, describe_lines(report))
     return 0
+
+
+async def _pod_certificate_requests(kube: Kube, namespace: str, pod: str) -> list[Json] | None:
+    """The pod's PodCertificateRequests for our signer; None where the API serves none."""
+    api = await discover(kube)
+    if api.requests is None:
+        return None
+    selector = f"spec.podName={pod},spec.signerName={SIGNER_NAME}"
+    return await kube.list(api.requests, namespace, field_selector=selector)
 
 
 # --- renew --------------------------------------------------------------------------------

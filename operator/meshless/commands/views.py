@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cryptography import x509
-
 from meshless.api import IDENTITY_LABEL, PROVISIONED_LABEL, ConditionType, Mode, Reason
 from meshless.commands.output import (
     NONE,
@@ -25,6 +23,7 @@ from meshless.commands.output import (
     table,
 )
 from meshless.pki.spiffe import spiffe_id
+from meshless.podcert.current import certificate_line
 from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.policy.provision import IdentityRecord, identity_for, identity_record
@@ -291,41 +290,12 @@ def _probe_findings(
     return {"state": state, "failing": failing, "lastProven": enforcement.get("lastProven")}
 
 
-def current_pod_certificate(requests: Iterable[Json], pod_uid: str) -> dict[str, Any] | None:
-    """The pod's current certificate: the one in its newest Issued PodCertificateRequest (the
-    one its kubelet fetched last; the controller-manager deletes old requests). None when no
-    issued request of our signer is left for that pod."""
-    issued = [
-        r
-        for r in requests
-        if (r.get("spec") or {}).get("podUID") == pod_uid
-        and (r.get("spec") or {}).get("signerName") == SIGNER_NAME
-        and (r.get("status") or {}).get("certificateChain")
-    ]
-    if not issued:
-        return None
-    newest = max(issued, key=lambda r: str((r.get("metadata") or {}).get("creationTimestamp")))
-    status = newest["status"]
-    try:
-        leaf = x509.load_pem_x509_certificates(str(status["certificateChain"]).encode())[0]
-    except ValueError:
-        return {"request": newest["metadata"]["name"], "serialNumber": None}
-    return {
-        "request": newest["metadata"]["name"],
-        "serialNumber": format(leaf.serial_number, "x"),
-        "notAfter": status.get("notAfter"),
-        "beginRefreshAt": status.get("beginRefreshAt"),
-    }
-
-
 def describe_pod(
     pod: Json,
     resolved: Resolved,
     identities: Iterable[Json],
     trust_domain: str,
-    requests: Iterable[Json] = (),
 ) -> dict[str, Any]:
-    """`requests`: the PodCertificateRequests of the pod's namespace (pod certificates)."""
     info = pod_info(pod)
     resolution = resolved.policy_set.resolve(info)
     labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -368,7 +338,6 @@ def describe_pod(
             "delivery": "PodCertificate",
             "signer": SIGNER_NAME,
             "spiffeID": spiffe_id(trust_domain, info.namespace, info.service_account),
-            "certificate": current_pod_certificate(requests, info.uid),
         }
     elif needs:
         records = [identity_record(b) for b in bodies]
@@ -436,16 +405,8 @@ def describe_lines(report: Mapping[str, Any]) -> str:
     if identity is None:
         head.append(("Identity", "none needed (no STRICT or PERMISSIVE port)"))
     elif identity["delivery"] == "PodCertificate":
-        certificate = identity["certificate"]
-        current = (
-            f"serial {certificate['serialNumber']}, expires {certificate['notAfter'] or NONE}, "
-            f"refresh from {certificate['beginRefreshAt'] or NONE} "
-            f"(PodCertificateRequest {certificate['request']})"
-            if certificate
-            else "no issued PodCertificateRequest left for this pod"
-        )
+        # its current certificate: the "Pod certificate" line below (podcert.current)
         head.append(("Identity", f"pod certificate from {identity['signer']} (no Secret)"))
-        head.append(("Certificate", current))
         head.append(("SPIFFE ID", identity["spiffeID"]))
     else:
         made = "provisioned by meshless" if identity["provisioned"] else "user-made"
@@ -461,6 +422,8 @@ def describe_lines(report: Mapping[str, Any]) -> str:
             )
         )
         head.append(("SPIFFE ID", identity["spiffeID"]))
+    if "podCertificate" in report:
+        head.append(("Pod certificate", certificate_line(report["podCertificate"])))
     injected = report["injected"]
     head.append(
         (

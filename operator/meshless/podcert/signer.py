@@ -28,11 +28,14 @@ from meshless import metrics
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.kube import FIELD_MANAGER, PODS, ApiError, Json, Kube, Resource
+from meshless.pki.bundle import fingerprint, parse_pem_certificates
 from meshless.pki.ca import CertificateAuthority
+from meshless.pki.rotation import Progress, RotationState, anchor_of
 from meshless.pki.svid import sign_leaf
 from meshless.podcert.answer import issued_status, refused_status
 from meshless.podcert.decide import Deny, Fail, Issue, PodView, SignerSettings, decide
 from meshless.podcert.request import (
+    ISSUED,
     SIGNER_NAME,
     RequestError,
     is_ours,
@@ -53,12 +56,14 @@ PodLookup = Callable[[str, str], PodView | None]
 
 @dataclass(frozen=True)
 class Signed:
-    """What the signer last signed for a pod."""
+    """What the signer last signed for a pod (or saw issued for it, after a restart)."""
 
     request: str  # the PodCertificateRequest's name
+    pod_uid: str
     serial: int
+    not_before: datetime
     not_after: datetime
-    begin_refresh_at: datetime
+    anchor: str  # hex SHA-256 of the root its chain ends at ("" when none of ours)
 
 
 def pod_view(body: Json) -> PodView:
@@ -100,6 +105,9 @@ class PodCertificateSigner:
         self.refresh_by = refresh_by
         self.pending: dict[Key, tuple[Json, float]] = {}  # unanswered: body, first seen
         self.signed: OrderedDict[Key, Signed] = OrderedDict()  # (namespace, pod) -> last
+        self._anchors: dict[str, str] = {}  # intermediate fingerprint -> its root's
+        self._issuing_anchor: tuple[CertificateAuthority | None, str] = (None, "")
+        self._writing: set[Key] = set()  # answers being written: their events are ours
         self.queue: WorkQueue[Key] = WorkQueue(self._handle, workers=workers)
         self.watches = [
             Watch(
@@ -121,6 +129,8 @@ class PodCertificateSigner:
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED" or terminal_condition(body):
             self.pending.pop(key, None)
+            if event_type != "DELETED" and terminal_condition(body) == ISSUED:
+                self._learn(body)
             return
         first_seen = self.pending.get(key, (None, time.monotonic()))[1]
         self.pending[key] = (body, first_seen)
@@ -149,6 +159,9 @@ class PodCertificateSigner:
         ca = self.ca.current
         if ca is None:
             return CA_WAIT_S
+        # The token first: a certificate is dated when it is signed, and the API server wants
+        # its notBefore within 5 minutes of the write, however long the budget made us wait.
+        await self.budget.acquire()
         now = self.clock()
         pod: PodView | None = None
         try:
@@ -174,15 +187,20 @@ class PodCertificateSigner:
             status = issued_status(decision, leaf, ca.intermediates_pem, now)
         else:
             status = refused_status(decision, now)
-        written = await self._write(body, status)
-        self.pending.pop(key, None)
+        self._writing.add(key)
+        try:
+            written = await self._write(body, status)
+        finally:
+            self._writing.discard(key)
+        if self.pending.get(key, (None, 0.0))[0] is body:  # not a newer version meanwhile
+            del self.pending[key]
         if not written:
             return None
         result = {Issue: "issued", Deny: "denied", Fail: "failed"}[type(decision)]
         metrics.POD_CERTIFICATES_SIGNED.labels(result).inc()
         metrics.POD_CERTIFICATE_SIGNING_SECONDS.observe(time.monotonic() - first_seen)
         if isinstance(decision, Issue) and leaf is not None:
-            self._remember(key[0], body["spec"]["podName"], key[1], decision, leaf)
+            self._remember(body, leaf, self._anchor_of_issuer(ca))
         elif not isinstance(decision, Issue):
             self._report(body, pod, decision)
         return None
@@ -218,7 +236,6 @@ class PodCertificateSigner:
         meta = body["metadata"]
         update = {**body, "status": status}
         path = self.resource.path(meta["namespace"], meta["name"], "status")
-        await self.budget.acquire()
         try:
             await self.kube.request("PUT", path, update, query=[("fieldManager", FIELD_MANAGER)])
         except ApiError as exc:
@@ -228,7 +245,7 @@ class PodCertificateSigner:
                 # Changed since we read it (answered by a former leader?): the watch brings
                 # the newer version, which is queued again unless it is answered.
                 return False
-            if exc.status == 422 and "Issued" in str(status.get("conditions")):
+            if exc.status == 422 and status.get("certificateChain"):
                 # The API refused what we signed: say so on the request, never retry forever.
                 log.error(
                     "the API refused the certificate for %s/%s: %s",
@@ -236,22 +253,80 @@ class PodCertificateSigner:
                     meta["name"],
                     exc,
                 )
+                await self.budget.acquire()
                 return await self._write(
                     body, refused_status(Fail("SignerError", str(exc)[:1000]), self.clock())
                 )
             raise
         return True
 
-    def _remember(
-        self, namespace: str, pod: str, request: str, issue: Issue, leaf: x509.Certificate
-    ) -> None:
-        key = (namespace, pod)
+    def _remember(self, body: Json, leaf: x509.Certificate, anchor: str) -> None:
+        spec = body["spec"]
+        key = (body["metadata"]["namespace"], spec["podName"])
+        known = self.signed.get(key)
+        if known is not None and known.not_before > leaf.not_valid_before_utc:
+            return  # a newer one is known already
         self.signed.pop(key, None)
         self.signed[key] = Signed(
-            request, leaf.serial_number, issue.not_after, issue.begin_refresh_at
+            request=body["metadata"]["name"],
+            pod_uid=str(spec.get("podUID") or ""),
+            serial=leaf.serial_number,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            anchor=anchor,
         )
         while len(self.signed) > REMEMBERED_PODS:
             self.signed.popitem(last=False)
+
+    def _learn(self, body: Json) -> None:
+        """An Issued request seen on the watch (ours just written, or listed after a
+        restart): remembered as the pod's certificate unless a newer one is known."""
+        meta = body["metadata"]
+        if (meta["namespace"], meta["name"]) in self._writing:
+            return  # our own answer: remembered once its write returns
+        known = self.signed.get((meta["namespace"], body["spec"].get("podName", "")))
+        if known is not None and known.request == meta["name"]:
+            return  # what we signed
+        try:
+            chain = parse_pem_certificates(body["status"]["certificateChain"].encode())
+        except (KeyError, ValueError):
+            return
+        self._remember(body, chain[0], self._anchor_of(tuple(chain[1:]) or (chain[0],)))
+
+    def _anchor_of_issuer(self, ca: CertificateAuthority) -> str:
+        """The root the CA's issuing chain ends at, computed once per CA."""
+        if self._issuing_anchor[0] is not ca:
+            self._issuing_anchor = (ca, self._anchor_of(ca.intermediates or (ca.issuer_cert,)))
+        return self._issuing_anchor[1]
+
+    def _anchor_of(self, intermediates: tuple[x509.Certificate, ...]) -> str:
+        """The root (of the CA's trusted ones) an issuing chain ends at, computed once per
+        intermediate."""
+        ca = self.ca.current
+        if ca is None or not intermediates:
+            return ""
+        top = fingerprint(intermediates[-1]).hex()
+        if top not in self._anchors:
+            root = anchor_of(list(intermediates), ca.roots)
+            if root is None and intermediates[-1] in ca.roots:
+                root = intermediates[-1]  # the issuer is itself a trust anchor
+            self._anchors[top] = fingerprint(root).hex() if root is not None else ""
+        return self._anchors[top]
+
+    def rotation_progress(self, state: RotationState, now: datetime) -> Progress:
+        """The pods' current certificates, as leaves for a root rotation: one per pod still
+        held (the same UID), on the old root while it chains to a leaving root and is
+        valid. Finish waits until none is: beginRefreshAt cannot be moved, so the kubelets'
+        own refreshes (or expiry) end the wait."""
+        old = set(state.old_roots)
+        total = on_old = 0
+        for (namespace, name), known in self.signed.items():
+            pod = self.cached_pod(namespace, name)
+            if pod is None or pod.uid != known.pod_uid:
+                continue
+            total += 1
+            on_old += known.anchor in old and now < known.not_after
+        return Progress(leaves_total=total, leaves_on_old_root=on_old)
 
     def _report(self, body: Json, pod: PodView | None, decision: Deny | Fail) -> None:
         meta = body["metadata"]

@@ -13,7 +13,7 @@ from datetime import datetime
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.kube import Kube
-from meshless.pki.rotation import Phase
+from meshless.pki.rotation import Phase, Progress, RotationState, count_progress
 from meshless.podcert.decide import PodView, SignerSettings
 from meshless.podcert.discovery import PodCertificateAPI, discover
 from meshless.podcert.signer import PodCertificateSigner, PodLookup
@@ -108,6 +108,17 @@ class PodCertificates:
     async def stop_leading(self) -> None:
         if self.signer is not None:
             await self.signer.stop()
+
+    def rotation_progress(self, state: RotationState, now: datetime) -> Progress:
+        """What a root rotation waits for here: the ClusterTrustBundle as one more bundle
+        (Prepare ends once it carries the new root), and every pod's current certificate as
+        a leaf (Finish waits until none chains to a leaving root)."""
+        progress = Progress()
+        if self.bundle is not None:
+            progress += count_progress([self.bundle.written], [], state, [], now)
+        if self.signer is not None:
+            progress += self.signer.rotation_progress(state, now)
+        return progress
 
     async def ca_changed(self, *, force: bool = False) -> None:
         """The leader keeps the ClusterTrustBundle equal to the CA's bundle."""
