@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     _start_operator,
     remove_webhook_configurations,
 )
+from tests.integration.kubehelpers import condition
 from tests.integration.policyhelpers import create_pod, create_policy, patch_policy, wait_policy
 
 pytestmark = pytest.mark.integration
@@ -144,3 +145,40 @@ def test_auto_picks_pod_certificates_and_a_change_moves_new_pods(
     # ...until the last pod that mounts its Secret is gone.
     client.CoreV1Api(pc_api).delete_namespaced_pod("b", ns, grace_period_seconds=0)
     _wait(lambda: _identities(pc_api, ns) == [], "the identity deleted after pod b")
+
+
+def test_a_pod_whose_kubelet_never_asks_is_named_with_its_node(
+    operator: OperatorProcess, pc_api: client.ApiClient, pc_namespace: str
+) -> None:
+    """No kubelet runs here: a pod bound to a node is exactly a pod whose kubelet lacks the
+    PodCertificateRequest gate. After a minute without a request its policy names it."""
+    ns = pc_namespace
+    create_policy(pc_api, ns, "strict", "STRICT", identity={"delivery": "PodCertificate"})
+    first = _create_when_labelled(pc_api, ns, "probe-pod")  # admitted: the label is in place
+    client.CoreV1Api(pc_api).delete_namespaced_pod(
+        first["metadata"]["name"], ns, grace_period_seconds=0
+    )
+    body = {
+        "metadata": {"name": "waiting"},
+        "spec": {
+            "nodeName": "node-without-the-gate",
+            "containers": [{"name": "app", "image": "busybox"}],
+        },
+    }
+    client.CoreV1Api(pc_api).create_namespaced_pod(ns, body)
+    named = wait_policy(
+        pc_api,
+        ns,
+        "strict",
+        lambda o: (condition(o, "Ready") or {}).get("reason") == "PodCertificateNotRequested",
+        timeout=120,
+        what="Ready=False PodCertificateNotRequested",
+    )
+    ready = condition(named, "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert f"pod {ns}/waiting on node node-without-the-gate" in ready["message"]
+    assert "spec.identity.delivery: Secret" in ready["message"]
+    events = client.CoreV1Api(pc_api).list_namespaced_event(
+        ns, field_selector="involvedObject.name=strict,reason=PodCertificateNotRequested"
+    )
+    assert events.items and events.items[0].type == "Warning"
