@@ -39,6 +39,7 @@ from meshless.api import (
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
+from meshless.delivery import ServedApis
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
@@ -133,6 +134,7 @@ class Operator:
             ),
         )
         self.policies.on_resolved = self.prober.update_namespace
+        self.policies.bundle_needed = self.identities.keep_bundle_in
         self.policies.enforcement = self.prober.status_for
         self.identities.on_issued = self.prober.certificate_rotated
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
@@ -228,6 +230,7 @@ class Operator:
         if self.pod_certificates is not None:
             self._tasks.extend(self.pod_certificates.watch_tasks())
             self.rotation.more_progress = self.pod_certificates.rotation_progress
+        self._note_delivery()
 
     async def _load_ca_until_it_answers(self) -> None:
         delay = 0.0
@@ -246,6 +249,18 @@ class Operator:
                 continue
             self.startup.succeeded()
             return
+
+    def _note_delivery(self) -> None:
+        """What discovery found decides `auto` delivery and where pod certificates' ca.crt
+        comes from (read at start: a restart picks up an API turned on later)."""
+        api = self.pod_certificates.api if self.pod_certificates is not None else None
+        self.policies.apis = ServedApis(
+            pod_certificate_requests=api.requests.api_version if api and api.requests else "",
+            cluster_trust_bundles=(
+                api.trust_bundles.api_version if api and api.trust_bundles else ""
+            ),
+        )
+        log.info("identity delivery by default: %s", self.policies.default_delivery.value)
 
     async def _read_policies_for_admission(self) -> None:
         """Every replica answers admission: a standby, which does not prime, reads the

@@ -26,6 +26,7 @@ from meshless.admission.admit import (
 from meshless.admission.inject import injection_patch
 from meshless.admission.review import BadReview, parse_review, review_answer
 from meshless.api import AdmissionAction, Mode
+from meshless.delivery import Delivery, ServedApis
 from meshless.identity.spec import IdentityRef
 from meshless.pki.names import DnsNamePolicy
 from meshless.policy.provision import IdentityRecord
@@ -495,3 +496,40 @@ def test_the_answer_carries_the_patch_as_base64_json_patch() -> None:
         "status": {"code": 403, "message": "no"},
         "warnings": ["w"],
     }
+
+
+# --- delivery (meshless.delivery): which volume the injector adds -------------------------------
+APIS_SERVED = ServedApis(
+    pod_certificate_requests="certificates.k8s.io/v1beta1",
+    cluster_trust_bundles="certificates.k8s.io/v1beta1",
+)
+
+
+def _identity_volume(response: AdmissionResponse) -> dict[str, Any]:
+    stored = apply_patch(pod(), list(response.patch))
+    (volume,) = [v for v in stored["spec"]["volumes"] if v["name"] == "meshless-identity"]
+    return dict(volume)
+
+
+def test_pod_certificate_delivery_injects_the_kubelets_pod_certificate() -> None:
+    state = replace(READY, delivery=Delivery.POD_CERTIFICATE, apis=APIS_SERVED)
+    response = admit(request("meshless-inject", pod()), state)
+    assert response.allowed and response.patch
+    sources = _identity_volume(response)["projected"]["sources"]
+    assert sources[0]["podCertificate"]["signerName"] == "meshless.dev/spiffe"
+    assert sources[0]["podCertificate"]["keyPath"] == "tls.key"
+    assert sources[0]["podCertificate"]["certificateChainPath"] == "tls.crt"
+    assert sources[1]["clusterTrustBundle"]["signerName"] == "meshless.dev/spiffe"
+
+
+def test_secret_delivery_injects_the_identity_secret() -> None:
+    response = admit(request("meshless-inject", pod()), replace(READY, apis=APIS_SERVED))
+    assert _identity_volume(response)["secret"]["secretName"] == "payments-tls"
+
+
+def test_pod_certificate_delivery_without_the_api_refuses_the_pod_naming_it() -> None:
+    state = replace(READY, delivery=Delivery.POD_CERTIFICATE, apis=ServedApis())
+    response = admit(request("meshless-inject", pod()), state)
+    assert not response.allowed
+    assert "podcertificaterequests.certificates.k8s.io" in response.message
+    assert not response.patch

@@ -36,6 +36,8 @@ PURE_CANDIDATES = (
     "meshless.policy.render",
     "meshless.policy.provision",
     "meshless.policy.report",
+    "meshless.policy.pod_certificates",
+    "meshless.delivery",
     "meshless.conditions",
     "meshless.policy.netpol",
     "meshless.netpol",

@@ -74,9 +74,17 @@ from meshless.admission.validate import (
     judge_strict,
 )
 from meshless.api import GROUP, VERSION, Plural, Reason
+from meshless.delivery import (
+    Delivery,
+    DeliveryUnavailable,
+    PodCertificateMount,
+    ServedApis,
+    pod_certificate_mount,
+)
 from meshless.identity.spec import IdentityRef
 from meshless.pki.names import DnsNamePolicy
 from meshless.pki.spiffe import spiffe_id
+from meshless.policy.model import IdentityDefaults, PodResolution
 from meshless.policy.provision import IdentityRecord, identity_for
 from meshless.policy.resolve import PolicySet
 
@@ -137,6 +145,10 @@ class AdmissionState:
     identities: Identities = NO_IDENTITIES
     # Every WorkloadIdentity has been listed once (rule 5); `identities` may be partial before.
     identities_listed: bool = False
+    # Delivery (meshless.delivery): the default for policies that name none (--identity-delivery,
+    # `auto` resolved by discovery), and what the API server serves.
+    delivery: Delivery = Delivery.SECRET
+    apis: ServedApis = field(default_factory=ServedApis)
 
 
 @dataclass(frozen=True)
@@ -216,7 +228,11 @@ def _inject(request: AdmissionRequest, state: AdmissionState) -> AdmissionRespon
     if resolution is None or not resolution.needs_identity():
         return ALLOWED
     try:
-        ops = injection_patch(pod, resolution, _identity(state, namespace, pod))
+        mount = _pod_certificate(state, state.policies, resolution)
+    except DeliveryUnavailable as exc:
+        return refused(f"meshless cannot give pod {name} its identity: {exc}", CONFLICT_CODE)
+    try:
+        ops = injection_patch(pod, resolution, _identity(state, namespace, pod), mount)
     except InjectionConflict as exc:
         return refused(f"meshless cannot inject its identity into pod {name}: {exc}", CONFLICT_CODE)
     return AdmissionResponse(allowed=True, patch=tuple(ops))
@@ -282,6 +298,18 @@ def _policies_not_read(pod: str) -> AdmissionResponse:
         "refused until it has (retry shortly)",
         NOT_READY_CODE,
     )
+
+
+def _pod_certificate(
+    state: AdmissionState, policies: PolicySet, resolution: PodResolution
+) -> PodCertificateMount | None:
+    """The podCertificate volume of a pod so resolved (its governing policy's delivery, else
+    the default), None for Secret delivery; DeliveryUnavailable when the policy wants pod
+    certificates and the API server serves none."""
+    ref = resolution.governing
+    spec = policies.get(ref)
+    identity = spec.identity if spec is not None else IdentityDefaults()
+    return pod_certificate_mount(identity, state.delivery, state.apis, str(ref))
 
 
 def _identity(state: AdmissionState, namespace: str, pod: Mapping[str, Any]) -> IdentityRef:

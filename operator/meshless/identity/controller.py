@@ -126,8 +126,13 @@ class IdentityController:
             events,
             desired=lambda: self.ca.bundle,
             leading=lambda: self.queue.running,
-            holds_identities=lambda ns: any(key[0] == ns for key in self.store),
+            holds_identities=lambda ns: (
+                ns in self.bundle_namespaces or any(key[0] == ns for key in self.store)
+            ),
         )
+        # Namespaces whose pods read ca.crt from the ConfigMap next to a pod certificate (no
+        # ClusterTrustBundles served): the policy controller adds them.
+        self.bundle_namespaces: set[str] = set()
         # Identities not issued (a refused spec) whose Secret holds this trust bundle.
         self._bundle_only: dict[Key, bytes] = {}
         # Signed but not yet stored (the API refused the write): reused on the retry.
@@ -689,7 +694,15 @@ class IdentityController:
         bundle = self.ca.bundle
         if bundle is None:
             return
-        for namespace in sorted({ns for ns, _ in self.store}):
+        for namespace in sorted({ns for ns, _ in self.store} | self.bundle_namespaces):
+            await self.bundles.ensure(namespace, bundle)
+
+    async def keep_bundle_in(self, namespace: str) -> None:
+        """The trust bundle ConfigMap in `namespace` from now on (pods with pod certificates
+        read their ca.crt from it)."""
+        self.bundle_namespaces.add(namespace)
+        bundle = self.ca.bundle
+        if bundle is not None:
             await self.bundles.ensure(namespace, bundle)
 
     # --- status -----------------------------------------------------------------------------

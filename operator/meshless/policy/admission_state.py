@@ -88,6 +88,9 @@ class ControllerAdmissionState:
             policies = None if specs is None else PolicySet.build(specs, controller.root_namespace)
             state = self._state = replace(state, policies=policies, identities_listed=listed)
             self._specs = specs
+        delivery, apis = controller.default_delivery, controller.apis
+        if state.delivery is not delivery or state.apis != apis:
+            state = self._state = replace(state, delivery=delivery, apis=apis)
         return state
 
     async def read_policies(self) -> None:

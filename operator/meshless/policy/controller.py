@@ -13,7 +13,7 @@ import asyncio
 import fnmatch
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,6 +24,17 @@ from meshless import api, metrics
 from meshless.admission.configurations import admission_namespaces, identity_namespaces
 from meshless.api import ConditionType, Kind, exempt_namespaces
 from meshless.conditions import ConditionChange, find_condition
+from meshless.delivery import (
+    POD_CERTIFICATE_REQUESTS,
+    Delivery,
+    DeliverySetting,
+    PodCertificateMount,
+    ServedApis,
+    default_delivery,
+    delivery_for,
+    missing_api_message,
+    pod_certificate_mount,
+)
 from meshless.durations import format_duration, parse_duration
 from meshless.identity.spec import IdentityRef
 from meshless.kube import (
@@ -36,7 +47,16 @@ from meshless.kube import (
     Json,
     Kube,
 )
-from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec, Scope
+from meshless.podcert.request import SIGNER_NAME
+from meshless.policy.model import (
+    IdentityDefaults,
+    PodInfo,
+    PodResolution,
+    PolicyRef,
+    PolicySpec,
+    Scope,
+)
+from meshless.policy.pod_certificates import pod_certificate_waits, unrequested_message
 from meshless.policy.provision import (
     IdentityRecord,
     identity_for,
@@ -44,6 +64,7 @@ from meshless.policy.provision import (
     plan_identities,
     spec_is_current,
     unusable_identities,
+    uses_pod_certificate,
 )
 from meshless.policy.render import (
     foreign_open_ports,
@@ -75,6 +96,7 @@ POD_EVENT_DELAY_S = 0.3
 YIELD_EVERY_PODS = 200
 LABELS_WORK = "labels"  # ("labels", "", ""): the admission label on every namespace
 POLICY_WORK = "policy"
+POD_CERTIFICATE_RECHECK_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +193,11 @@ class PolicyController:
             Callable[[str, list[tuple[PodInfo, PodResolution | None]]], None] | None
         ) = None
         self.enforcement: Callable[[PolicyRef], tuple[Json, ConditionChange]] | None = None
+        # Identity delivery (meshless.delivery): what discovery found (set by the operator),
+        # and, where pods read the trust bundle from the ConfigMap (no ClusterTrustBundles),
+        # the hook that keeps it in their namespace.
+        self.apis = ServedApis()
+        self.bundle_needed: Callable[[str], Awaitable[None]] | None = None
         metrics.POLICY_PODS.labels("resolved").set_function(lambda: len(self.resolutions))
         metrics.POLICY_PODS.labels("held").set_function(lambda: len(self.pods))
 
@@ -388,6 +415,24 @@ class PolicyController:
                 )
         return spec
 
+    # --- delivery ----------------------------------------------------------------------
+    @property
+    def default_delivery(self) -> Delivery:
+        return default_delivery(DeliverySetting(self.settings.identity.delivery), self.apis)
+
+    def delivery_of(self, ref: PolicyRef) -> Delivery:
+        spec = self.specs.get((ref.namespace, ref.name))
+        identity = spec.identity if spec is not None else IdentityDefaults()
+        return delivery_for(identity.delivery, identity.algorithm, self.default_delivery)
+
+    def pod_certificate_for(self, resolution: PodResolution) -> PodCertificateMount | None:
+        """The podCertificate volume for a pod so resolved, None for Secret delivery; raises
+        DeliveryUnavailable when its policy wants pod certificates the API does not serve."""
+        ref = resolution.governing
+        spec = self.specs.get((ref.namespace, ref.name))
+        identity = spec.identity if spec is not None else IdentityDefaults()
+        return pod_certificate_mount(identity, self.default_delivery, self.apis, str(ref))
+
     # --- what admission asks ------------------------------------------------------------
     def policy_set(self) -> PolicySet:
         if self._policy_set is None:
@@ -528,7 +573,13 @@ class PolicyController:
         specs: Mapping[PolicyRef, PolicySpec],
     ) -> None:
         records = list(self._identities_by_ns.get(namespace, {}).values())
-        plan = plan_identities(namespace, resolved, specs, records)
+        plan = plan_identities(namespace, resolved, specs, records, self.delivery_of)
+        if (
+            self.bundle_needed is not None
+            and not self.apis.trust_bundles
+            and any(uses_pod_certificate(p, r, self.delivery_of) for p, r in resolved)
+        ):
+            await self.bundle_needed(namespace)  # their ca.crt comes from the ConfigMap
         for manifest in plan.create_or_update:
             name = manifest["metadata"]["name"]
             current = self._identity_spec.get((namespace, name))
@@ -593,6 +644,8 @@ class PolicyController:
         spec = self.specs.get((namespace, name))
         scope = scope_of(spec, self.root_namespace) if spec else None
         tally = self._tally(ref, spec)
+        if spec is not None:
+            await self._delivery_tally(ref, spec, tally)
         ns_info = self.namespaces.get(namespace)
         changes = policy_conditions(
             scope,
@@ -641,6 +694,40 @@ class PolicyController:
                     change.message,
                 )
 
+    async def _delivery_tally(self, ref: PolicyRef, spec: PolicySpec, tally: PolicyTally) -> None:
+        """How the policy's pods get their identity, and what keeps pod certificates away:
+        an API server without them, or pods whose kubelet asked for none within a minute."""
+        delivery = self.delivery_of(ref)
+        tally.delivery = delivery.value
+        if delivery is not Delivery.POD_CERTIFICATE:
+            return
+        if not self.apis.pod_certificates:
+            tally.delivery_unavailable = missing_api_message(str(ref))
+            return
+        governed = [self.pods[k] for k in self.governed.get(ref, ()) if k in self.pods]
+        waits = pod_certificate_waits(governed, None, self.clock())
+        if waits.recheck_after is not None:
+            self.queue.add_after((POLICY_WORK, ref.namespace, ref.name), waits.recheck_after + 1)
+        if not waits.candidates:
+            return
+        requested: set[str] = set()
+        for namespace in sorted({p.namespace for p in waits.candidates}):
+            requested |= await self._requested_pod_uids(namespace)
+        unrequested = pod_certificate_waits(waits.candidates, frozenset(requested), self.clock())
+        tally.unrequested = unrequested_message(unrequested.unrequested)
+        # Until the pods run: a kubelet may be given the gate and restarted.
+        self.queue.add_after((POLICY_WORK, ref.namespace, ref.name), POD_CERTIFICATE_RECHECK_S)
+
+    async def _requested_pod_uids(self, namespace: str) -> set[str]:
+        """The pod UIDs of the namespace's PodCertificateRequests for our signer."""
+        path = f"/apis/{self.apis.pod_certificate_requests}/namespaces/{namespace}/"
+        listed = await self.kube.request("GET", path + POD_CERTIFICATE_REQUESTS)
+        return {
+            str((item.get("spec") or {}).get("podUID") or "")
+            for item in listed.get("items") or []
+            if (item.get("spec") or {}).get("signerName") == SIGNER_NAME
+        }
+
     def _tally(self, ref: PolicyRef, spec: PolicySpec | None) -> PolicyTally:
         tally = PolicyTally()
         policies = self.policy_set()
@@ -656,7 +743,9 @@ class PolicyController:
             tally.selected += 1
             if pod.identity_mounted and pod.running:
                 tally.injected += 1
-            if resolution.needs_identity():
+            if resolution.needs_identity() and not uses_pod_certificate(
+                pod, resolution, self.delivery_of
+            ):
                 identity = self.identity_ref_for(pod.namespace, pod.service_account)
                 tally.identities.add((identity.namespace, identity.name))
                 account = (pod.namespace, pod.service_account)
