@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: install system-packages kubectl go control-plane node-binaries helm gospiffe chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
+.PHONY: install system-packages kubectl go control-plane node-binaries helm gospiffe image chart-lint cluster cluster-down crds run test lint typecheck unit integration bench clean
 
 # A stock Debian Python has no ensurepip without the python3-venv package: installed here (apt,
 # root or sudo) when missing, so `make install` needs only python3 itself.
@@ -60,6 +60,12 @@ HELM := $(CURDIR)/.cache/bin/helm-$(HELM_VERSION)/helm
 
 helm:
 	bash hack/build-helm.sh
+
+# The operator's image without a registry or a container engine (hack/operatorimage.py): the
+# Dockerfile's wheel and pinned dependencies on Debian's python3.11, imported into the running
+# node as meshless.local/meshless:<the chart's appVersion> (the node imports it at start too).
+image: install
+	$(PY) hack/operatorimage.py load
 
 # The go-spiffe peer of the name-constraint tests (tests/gospiffe); the tests build it too.
 gospiffe:

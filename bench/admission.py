@@ -129,13 +129,14 @@ def main() -> None:
         time.sleep(0.2)
     time.sleep(1)  # the webhook configurations are written before the label
     log(f"creating {PODS_EACH} pods through the webhooks and {PODS_EACH} without")
+    load = os.getloadavg()[0]  # the machine may be shared: a busy one slows both kinds
     timings = uvloop.run(measure(names["bench-policy"], names["bench-plain"], names["bench-ids"]))
     injected = core.list_namespaced_pod(names["bench-policy"]).items
     with_label = sum(1 for p in injected if "meshless.dev/identity" in (p.metadata.labels or {}))
     op.stop()
     hooked, plain = timings["webhooks"], timings["none"]
     results: dict[str, Any] = {
-        **run_header(),
+        **run_header(load_1m_at_start=round(load, 2)),
         "pods_each": PODS_EACH,
         "concurrency": CONCURRENCY,
         "background_identities_per_s": BACKGROUND_IDENTITIES_PER_S,

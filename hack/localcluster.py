@@ -294,7 +294,8 @@ def binaries() -> Path:
 
 
 def up(node: bool = False, pod_certificates: bool = False) -> None:
-    pod_certificates = pod_certificates or pod_certificates_requested()
+    # A node asks for pod certificates (make cluster NODE=1): the API comes with it.
+    pod_certificates = pod_certificates or node or pod_certificates_requested()
     if node and STATE != localnode.STATE:
         sys.exit(f"--node runs only with the default state directory {localnode.STATE}")
     if node:  # say why before starting anything
@@ -474,14 +475,18 @@ def restart(name: str, sig: int = signal.SIGTERM, timeout: float = READY_TIMEOUT
 
 
 def node_mode(on: bool) -> bool:
-    """Switches the running API server to node mode (`on`) or back to the plain control plane:
-    the same command line with the mode's flags, restarted (same port and etcd data). Returns
+    """Switches the running API server to node mode (`on`: the node's flags, and the Pod
+    Certificates API, which stays on afterwards) or back to the plain control plane: the same
+    command line with the mode's flags, restarted (same port and etcd data). Returns
     whether it restarted (False: already in that mode)."""
     commands_file = STATE / "commands.json"
     commands = json.loads(commands_file.read_text())
     command = commands["kube-apiserver"]
     kept = [arg for arg in command if not arg.startswith(MODE_FLAGS)]
     wanted = [kept[0], *apiserver_mode_flags(on), *kept[1:]]
+    flags = pod_certificate_flags("kube-apiserver")
+    if on and not all(flag in wanted for flag in flags):
+        wanted = _with_pod_certificates(wanted)  # the node's kubelet asks for pod certificates
     if sorted(wanted) == sorted(command):
         return False
     commands["kube-apiserver"] = wanted

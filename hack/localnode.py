@@ -406,12 +406,16 @@ def _cni_config() -> str:
     )
 
 
-def _kubelet_config(cluster: Cluster, port: int, healthz_port: int) -> str:
+def _kubelet_config(
+    cluster: Cluster, port: int, healthz_port: int, gates: dict[str, bool] | None = None
+) -> str:
     pki = cluster.pki
     return json.dumps(
         {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
+            # Pod Certificates: the kubelet makes the key and sends PodCertificateRequests
+            "featureGates": dict(gates or {}),
             "failCgroupV1": False,  # this machine is cgroup v1 (hybrid); KEP-5573
             "cgroupDriver": "cgroupfs",
             "cgroupRoot": f"/{CGROUP_ROOT}",
@@ -947,20 +951,27 @@ def up(cluster: Cluster) -> dict[str, str]:
         return dict(json.loads((NODE / "images.json").read_text()))
     check_machine()
     down(cluster, quiet=True)
+    # localcluster.py holds the one definition of the API server's node-mode and Pod
+    # Certificates flags (imported here, where no cycle remains)
+    sys.path.insert(0, str(HACK))
+    import localcluster
+
     bindir = node_binaries()
     started = time.monotonic()
     versions = _versions()
-    sys.path.insert(0, str(HACK))
-    import localcluster
     import nodeimages
 
-    # pods get API tokens and reach the API server: a plain control plane restarts in node mode
+    # pods get API tokens and reach the API server, and the kubelet asks for pod certificates:
+    # a plain control plane restarts in node mode, with the Pod Certificates API on
     if localcluster.node_mode(True):
         print(f"kube-apiserver restarted in node mode in {time.monotonic() - started:.1f}s")
 
     images = nodeimages.build_images(
         bindir, versions["KUBERNETES_VERSION"], ROOT / "operator" / "meshless"
     )
+    import operatorimage  # the operator's own image (`make image`), for the Helm chart
+
+    images["meshless"] = operatorimage.build_image()
     NODE.mkdir(parents=True)
     OWNER.write_text(json.dumps({"root": str(ROOT), "pid": os.getpid()}))
     (NODE / "images.json").write_text(json.dumps({k: v.name for k, v in images.items()}))
@@ -1024,6 +1035,7 @@ def up(cluster: Cluster) -> dict[str, str]:
             "--controllers=*",
             "--concurrent-namespace-syncs=5",
             "--node-monitor-grace-period=40s",
+            *localcluster.pod_certificate_flags("kube-controller-manager"),
             "--v=0",
         ],
     )
@@ -1043,7 +1055,8 @@ def up(cluster: Cluster) -> dict[str, str]:
         ],
     )
     _node_rbac(cluster)
-    (NODE / "kubelet.yaml").write_text(_kubelet_config(cluster, _free_port(), _free_port()))
+    gates = localcluster.POD_CERTIFICATE_GATES
+    (NODE / "kubelet.yaml").write_text(_kubelet_config(cluster, _free_port(), _free_port(), gates))
     _spawn(
         "kubelet",
         [

@@ -1,22 +1,26 @@
 """Container images for the local node, assembled from files on this machine: no registry.
 
 Each image is written as an OCI image archive (oci-layout, index.json, blobs) that
-`ctr -n k8s.io images import` takes, and is named after what it holds:
+`ctr -n k8s.io images import` takes. Names are stable, the same on every machine, so that
+manifests (examples/, tests) can name them; what an image holds is this machine's:
 
 - ``meshless.local/pause:<k8s version>``: kubernetes' pause.c, linked statically
   (hack/build-node.sh), the pod sandbox image;
-- ``meshless.local/busybox:<Debian busybox-static version>``: /bin/busybox and its applets;
-- ``meshless.local/python:<Debian python3.11 version>``: busybox plus Debian's python3.11, its
-  standard library and the shared libraries they load (enough for an ssl server or client);
+- ``meshless.local/busybox:local``: /bin/busybox and its applets;
+- ``meshless.local/python:local``: busybox plus Debian's python3.11, its standard library and
+  the shared libraries they load (enough for an ssl server or client);
 - ``meshless.local/python-meshless:<project version>``: the python image plus the project's
   ``meshless`` package and cryptography (what meshless.pki imports), for programs in pods
   that use the project's own code on the mounted files;
-- ``meshless.local/nginx:<version>`` and ``meshless.local/nodejs:<version>``: busybox plus the
-  machine's nginx or node binary and its libraries, when installed.
+- ``meshless.local/nginx:local`` and ``meshless.local/nodejs:local``: busybox plus the
+  machine's nginx or node binary and its libraries, when installed;
+- ``meshless.local/meshless:<the chart's appVersion>``: the operator (hack/operatorimage.py).
 
-Archives are cached in ~/.cache/meshless/images/ under a key made of the files that go in
-(Debian's by path, size and mtime; ours by content), so a changed Debian package, pause binary
-or project source builds a new archive, which replaces the older one.
+The tag ``local`` is never a package version of this machine (a Debian upgrade, or another
+machine, would make a manifest's tag name an image the node does not have). Archives are cached
+in ~/.cache/meshless/images/ under a key made of the files that go in (Debian's by path, size
+and mtime; ours by content), so a changed Debian package, pause binary or project source builds
+a new archive, which replaces the older one and is imported under the same name.
 """
 
 from __future__ import annotations
@@ -47,18 +51,14 @@ PYTHON_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3
 SYSTEM_DIRS = ("/usr/", "/bin/", "/lib", "/etc/")
 
 
+# the tag of the images made from this machine's Debian packages (see above)
+LOCAL_TAG = "local"
+
+
 @dataclass(frozen=True)
 class Image:
-    name: str  # e.g. meshless.local/busybox:1.35.0
+    name: str  # e.g. meshless.local/busybox:local
     archive: Path
-
-
-def _deb_version(package: str) -> str:
-    out = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=True
-    ).stdout
-    # "1:1.35.0-4+deb12u1+b1" -> "1.35.0-4-deb12u1-b1": a valid tag
-    return out.split(":", 1)[-1].replace("+", "-").replace("~", "-")
 
 
 def _shared_libs(binaries: Iterable[Path]) -> set[Path]:
@@ -332,7 +332,7 @@ def _write_archive(path: Path, name: str, layers: list[Layer], config: dict[str,
         },
     }
     index = {"schemaVersion": 2, "manifests": [manifest_desc]}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # builds in other work trees share the cache
     with tarfile.open(tmp, "w") as tar:
 
         def add(member: str, data: bytes) -> None:
@@ -381,12 +381,12 @@ def build_images(
             {"Entrypoint": ["/pause"]},
         ),
         "busybox": _cached(
-            f"meshless.local/busybox:{_deb_version('busybox-static')}",
+            f"meshless.local/busybox:{LOCAL_TAG}",
             [busybox],
             {"Env": path_env, "Cmd": ["sh"]},
         ),
         "python": _cached(
-            f"meshless.local/python:{_deb_version('python3.11-minimal')}",
+            f"meshless.local/python:{LOCAL_TAG}",
             [busybox, python],
             {"Env": [*path_env, "PYTHONDONTWRITEBYTECODE=1"], "Cmd": ["python3"]},
         ),
@@ -399,13 +399,13 @@ def build_images(
         )
     if NGINX.exists():
         images["nginx"] = _cached(
-            f"meshless.local/nginx:{_deb_version('nginx')}",
+            f"meshless.local/nginx:{LOCAL_TAG}",
             [busybox, _nginx_layer()],
             {"Env": path_env, "Cmd": ["nginx"]},
         )
     if NODEJS.exists():
         images["nodejs"] = _cached(
-            f"meshless.local/nodejs:{_deb_version('nodejs')}",
+            f"meshless.local/nodejs:{LOCAL_TAG}",
             [busybox, _nodejs_layer()],
             {"Env": path_env, "Cmd": ["node"]},
         )

@@ -130,6 +130,8 @@ class Reason(StrEnum):
     NO_CONFLICT = "NoConflict"
     ADMISSION_WARNED = "AdmissionWarned"
     ADMISSION_AUDITED = "AdmissionAudited"
+    POD_CERTIFICATE_API_UNAVAILABLE = "PodCertificateAPIUnavailable"
+    POD_CERTIFICATE_NOT_REQUESTED = "PodCertificateNotRequested"
     # The CA Secret (rotation; Events)
     CA_ROTATION_PREPARE = "CARotationPrepare"
     CA_ROTATION_BUNDLES_COMPLETE = "CARotationBundlesComplete"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,14 +19,15 @@ from kopf._core.reactor.inventory import ResourceMemories
 from prometheus_client import start_http_server
 
 from meshless import metrics
-from meshless.admission.server import (
-    AdmissionWebhookServer,
+from meshless.admission.configuration_writes import (
     ConfigurationMissing,
     apply_configurations,
-    register_admission_handlers,
-    serve_admission,
     webhook_endpoint,
 )
+from meshless.admission.handler import AdmissionHandler
+from meshless.admission.keeper import ServingCertificateKeeper
+from meshless.admission.server import AdmissionServer, ServerThread
+from meshless.admission.validate import AdmissionRecord
 from meshless.api import (
     GROUP,
     IDENTITY_LABEL,
@@ -38,6 +39,7 @@ from meshless.api import (
 from meshless.budget import WriteBudget
 from meshless.ca_rotation import CARotation
 from meshless.ca_store import CAStore
+from meshless.delivery import ServedApis
 from meshless.health import HealthServer
 from meshless.identity.controller import IdentityController
 from meshless.kube import CONFIGMAPS, IDENTITIES, SECRETS, ApiError, Json, Kube, load_configuration
@@ -55,6 +57,10 @@ from meshless.watch import Key, Watch
 from meshless.webhook_ca_store import WebhookCAStore
 
 log = logging.getLogger(__name__)
+# How long the webhook server's thread may wait for the interpreter lock each time it needs it
+# back (after every socket or TLS call) while the operator's loop is busy: Python's default,
+# 5 ms, cost up to 5 ms per hand-over, several times per request (docs/decisions/admission.md).
+SWITCH_INTERVAL_S = 0.001
 
 
 def utcnow() -> datetime:
@@ -110,7 +116,7 @@ class Operator:
         self.webhook_ca = WebhookCAStore(
             kube, settings.runtime.namespace, utcnow, settings.ca.settle_time, WEBHOOK_CONFIGURATION
         )
-        self.webhook_server: AdmissionWebhookServer | None = None
+        self.webhook_server: ServerThread | None = None
         self.budget = WriteBudget(settings.writes.budget_qps, settings.writes.budget_burst)
         self.events = EventRecorder(kube)
         self.writes = OwnWrites()  # our own writes, for every controller's watch echoes
@@ -140,6 +146,7 @@ class Operator:
             self.writes,
             on_resolved=self.prober.update_namespace,
             enforcement=self.prober.status_for,
+            bundle_needed=self.identities.keep_bundle_in,
         )
         self.admission_state = ControllerAdmissionState(self.policies, leading=False)
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
@@ -205,6 +212,7 @@ class Operator:
         except Exception:  # the poll tries again; the webhooks wait for it
             log.exception("loading the webhook CA failed")
         self._tasks.append(asyncio.create_task(self._poll_webhook_ca()))
+        self._tasks.append(asyncio.create_task(self._serve_webhooks()))
         self._tasks.extend(asyncio.create_task(watch.run()) for watch in self.watches)
         await self._start_pod_certificates()
         if self.settings.runtime.leader_election:
@@ -234,6 +242,7 @@ class Operator:
         if self.pod_certificates is not None:
             self._tasks.extend(self.pod_certificates.watch_tasks())
             self.rotation.more_progress = self.pod_certificates.rotation_progress
+        self._note_delivery()
 
     async def _load_ca_until_it_answers(self) -> None:
         delay = 0.0
@@ -252,6 +261,18 @@ class Operator:
                 continue
             self.startup.succeeded()
             return
+
+    def _note_delivery(self) -> None:
+        """What discovery found decides `auto` delivery and where pod certificates' ca.crt
+        comes from (read at start: a restart picks up an API turned on later)."""
+        api = self.pod_certificates.api if self.pod_certificates is not None else None
+        self.policies.apis = ServedApis(
+            pod_certificate_requests=api.requests.api_version if api and api.requests else "",
+            cluster_trust_bundles=(
+                api.trust_bundles.api_version if api and api.trust_bundles else ""
+            ),
+        )
+        log.info("identity delivery by default: %s", self.policies.default_delivery.value)
 
     async def _read_policies_for_admission(self) -> None:
         """Every replica answers admission: a standby, which does not prime, reads the
@@ -298,36 +319,45 @@ class Operator:
         host = self.settings.webhook.host
         return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook.port)
 
-    def serve_webhooks(self, kopf_settings: kopf.OperatorSettings) -> None:
-        """Every replica serves the admission webhooks, with a serving certificate from the
-        webhook CA that is renewed at 2/3 of its life or when that CA's signing root changes.
-        Without a usable webhook CA yet, Kopf gets a server that starts once one is loaded."""
-        kopf_settings.admission.server = self._admission_server
-
-    async def _admission_server(
-        self, fn: kopf.WebhookFn
-    ) -> AsyncIterator[kopf.WebhookClientConfig]:
+    async def _serve_webhooks(self) -> None:
+        """Every replica serves the admission webhooks (admission/server.py, in a thread of
+        their own, answered by admit.admit from the policy controller's state), with a
+        serving certificate from the webhook CA that is renewed at 2/3 of its life or when
+        that CA's signing root changes. Without a usable webhook CA yet, the server starts
+        once one is loaded."""
+        poll = self.settings.ca.poll_interval.total_seconds()
         while self.webhook_ca.authority is None:
             log.warning("admission webhooks wait for a usable webhook CA (see the log)")
-            await asyncio.sleep(self.settings.ca.poll_interval.total_seconds())
-        holder = kopf.OperatorSettings()
-        server, keeper = serve_admission(
-            holder,
-            ca=lambda: self.webhook_ca.authority,
-            hosts=self.webhook_hosts,
-            clock=utcnow,
-            addr=self.settings.webhook.host,
-            port=self.settings.webhook.port,
+            await asyncio.sleep(poll)
+        keeper = ServingCertificateKeeper(
+            ca=lambda: self.webhook_ca.authority, hosts=self.webhook_hosts, clock=utcnow
         )
-        self._tasks.append(
-            asyncio.create_task(
-                keeper.run(server, check_every=self.settings.ca.poll_interval.total_seconds())
+        certificate, _ = keeper.issue()
+        loop = asyncio.get_running_loop()
+
+        def record(admitted: AdmissionRecord) -> None:  # from the server's thread
+            loop.call_soon_threadsafe(self.admission_state.record_admission, admitted)
+
+        handler = AdmissionHandler(self.admission_state.current, record)
+        server = ServerThread(
+            AdmissionServer(
+                handler,
+                certificate,
+                addr=self.settings.webhook.host,
+                port=self.settings.webhook.port,
             )
         )
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        while True:
+            try:
+                await server.start()
+                break
+            except OSError as exc:
+                log.warning("cannot serve the admission webhooks yet (%s); retrying in 2 s", exc)
+                await asyncio.sleep(2)
         self.webhook_server = server
         self.webhooks_served = True
-        async for client_config in server(fn):
-            yield client_config
+        await keeper.run(server, check_every=poll)
 
     async def _apply_webhook_configurations(self) -> None:
         """The leader keeps the configurations and their caBundle in step with the webhook CA."""
@@ -426,6 +456,8 @@ class Operator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.webhook_server is not None:
+            await self.webhook_server.stop()
         if self.leading:
             await self._stop_leading()
         await self.events.close()
@@ -523,16 +555,12 @@ def configure(settings: Settings) -> kopf.OperatorRegistry:
             kube = Kube(load_configuration(), connections=max(8, ours.runtime.workers * 2))
             operator = Operator(ours, kube)
             memo.operator = operator
-            memo.admission_state = operator.admission_state
             operator.loopwatch.start()
         await operator.start_health()  # before "operator started": probes may ask at once
         await operator.start()
-        operator.serve_webhooks(settings)
         # What start-up allocated lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise stall the loop as the caches grow.
         gc.freeze()
-
-    register_admission_handlers(registry)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

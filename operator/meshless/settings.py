@@ -17,23 +17,27 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
+from meshless.delivery import DeliverySetting
 from meshless.durations import parse_duration
 from meshless.pki.names import DnsNamePolicy, PatternError
 from meshless.pki.spiffe import validate_trust_domain
 
 CA_SELF_SIGNED = "self-signed"
 CA_SECRET_NAME = "meshless-ca"
+IDENTITY_DELIVERIES = tuple(setting.value for setting in DeliverySetting)
 
 
 class SettingsError(Exception):
     """A setting that cannot be used; the message is one line naming flag and variable."""
 
 
-def setting(default: Any, doc: str) -> Any:
-    """A field of a settings group: its default and its documentation (the flag's help)."""
+def setting(default: Any, doc: str, flag: str = "") -> Any:
+    """A field of a settings group: its default and its documentation (the flag's help).
+    `flag` names the flag (without `--`) where `<group prefix><field>` would not read well."""
+    metadata = {"doc": doc, "flag": flag}
     if isinstance(default, tuple):
-        return field(default_factory=lambda: default, metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def group(kind: type[Any], prefix: str = "") -> Any:
@@ -75,6 +79,13 @@ class IdentitySettings:
     )  # up to this fraction of the lifetime earlier, spread per certificate
     resync_interval: timedelta = setting(
         timedelta(minutes=10), "how often every identity is checked even without changes"
+    )
+    delivery: str = setting(
+        "auto",
+        "how pods get their identity when their MtlsPolicy does not say: auto (PodCertificate "
+        "where the API server serves PodCertificateRequests, else Secret), Secret or "
+        "PodCertificate",
+        flag="identity-delivery",
     )
 
 
@@ -251,7 +262,7 @@ def _options() -> tuple[_Option, ...]:
     for outer in fields(Settings):
         prefix = outer.metadata["prefix"]
         for inner in fields(_group_type(outer)):
-            flag = "--" + prefix + inner.name.replace("_", "-")
+            flag = "--" + (inner.metadata["flag"] or prefix + inner.name.replace("_", "-"))
             options.append(_Option(outer.name, inner.name, flag, inner.metadata["doc"]))
     return tuple(options)
 
@@ -365,6 +376,11 @@ def validate(s: Settings) -> None:
     refresh = s.pod_certificates.refresh_after
     if refresh and not timedelta(minutes=10) <= refresh <= s.pod_certificates.max_ttl:
         fail("--pod-certificate-refresh-after", "must be 0 or between 10m and the max ttl")
+    if s.identity.delivery not in IDENTITY_DELIVERIES:
+        fail(
+            "--identity-delivery",
+            f"{s.identity.delivery!r} must be one of {', '.join(IDENTITY_DELIVERIES)}",
+        )
     if not s.runtime.service_account:
         fail("--service-account", "must not be empty")
     if s.runtime.workers < 1:

@@ -125,9 +125,12 @@ OperatorFactory = Callable[..., OperatorProcess]
 
 def operator_env(namespace: str, **settings: str) -> dict[str, str]:
     """The test operators' environment: their CA namespace, short TTL floor and fast CA polls,
-    a write budget that does not slow a storm, and `settings` as MESHLESS_* variables."""
+    a write budget that does not slow a storm, Secret delivery (the control plane may serve
+    PodCertificateRequests: `auto` would pick them; tests of pod certificates say so), and
+    `settings` as MESHLESS_* variables."""
     return {
         "MESHLESS_NAMESPACE": namespace,
+        "MESHLESS_IDENTITY_DELIVERY": "Secret",
         "MESHLESS_TTL_FLOOR": "1m",
         "MESHLESS_CA_POLL_INTERVAL": "1s",
         "MESHLESS_WRITE_BUDGET_QPS": "200",

@@ -1,8 +1,9 @@
 """The admission webhooks against the real local API server, which calls them over TLS.
 
-The webhook server is Kopf (in a thread, as the operator runs it) with our handlers and our
-serving certificate, on loopback; the configurations are registered by URL with our CA bundle.
-The policies come from a static AdmissionState built from PolicySpec objects.
+The webhook server is the operator's (admission/server.py, in a thread with its own event
+loop) with our serving certificate, on loopback, answering from `admit`; the configurations are
+registered by URL with our CA bundle. The policies come from a fixed AdmissionState built from
+PolicySpec objects, and the Warn and Audit records are kept in a list.
 """
 
 from __future__ import annotations
@@ -19,26 +20,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 import pytest
 from cryptography import x509
 from kubernetes import client
 
+from meshless.admission.admit import AdmissionState
+from meshless.admission.configuration_writes import apply_configurations
 from meshless.admission.configurations import Endpoint, admission_namespaces
-from meshless.admission.server import (
-    AdmissionWebhookServer,
-    StaticAdmissionState,
-    apply_configurations,
-    register_admission_handlers,
-    serve_admission,
-)
+from meshless.admission.handler import AdmissionHandler
+from meshless.admission.server import AdmissionServer, ServerThread
 from meshless.admission.serving import issue_serving_certificate
+from meshless.admission.validate import AdmissionRecord
 from meshless.api import WEBHOOK_CONFIGURATION, AdmissionAction, Mode
 from meshless.kube import Kube, load_configuration
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CertificateAuthority
 from meshless.pki.webhook_ca import new_webhook_ca_data, webhook_ca_from_secret_data
 from meshless.policy.model import PolicySpec
+from meshless.policy.resolve import PolicySet
 from meshless.selectors import parse_selector
 from tests.conftest import Kubectl
 from tests.integration.conftest import free_port
@@ -63,16 +62,14 @@ def spec(ns: str, name: str, mode: Mode, **kw: Any) -> PolicySpec:
 
 @dataclass
 class Webhooks:
-    """Kopf with our admission handlers in a thread of its own."""
+    """The webhook server in its thread, as the operator runs it, answering from a fixed
+    state."""
 
-    kubeconfig: str
-    state: StaticAdmissionState
+    state: AdmissionState
     ca: CertificateAuthority
+    records: list[AdmissionRecord] = field(default_factory=list)
     port: int = field(default_factory=free_port)
-    server: AdmissionWebhookServer | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _error: list[BaseException] = field(default_factory=list)
+    server: ServerThread | None = None
 
     @property
     def url(self) -> str:
@@ -83,56 +80,13 @@ class Webhooks:
         return bundle_pem(self.ca.roots)
 
     def start(self) -> None:
-        registry = kopf.OperatorRegistry()
-        state = self.state
-        register_admission_handlers(registry, lambda memo: state)
-        kube_config = load_configuration(self.kubeconfig)
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(
-                server=kube_config.host,
-                ca_path=kube_config.ssl_ca_cert,
-                certificate_path=kube_config.cert_file,
-                private_key_path=kube_config.key_file,
-            )
-
-        settings = kopf.OperatorSettings()
-        self.server, _ = serve_admission(
-            settings,
-            ca=lambda: self.ca,
-            hosts=("127.0.0.1",),
-            clock=lambda: datetime.now(UTC),
-            addr="127.0.0.1",
-            port=self.port,
+        certificate = issue_serving_certificate(self.ca, ["127.0.0.1"], datetime.now(UTC))
+        handler = AdmissionHandler(lambda: self.state, self.records.append)
+        self.server = ServerThread(
+            AdmissionServer(handler, certificate, addr="127.0.0.1", port=self.port)
         )
-        settings.scanning.disabled = True
-        settings.posting.enabled = False
-
-        def run() -> None:
-            try:
-                asyncio.run(
-                    kopf.operator(
-                        registry=registry,
-                        settings=settings,
-                        standalone=True,
-                        clusterwide=True,
-                        stop_flag=self._stop,
-                    )
-                )
-            except BaseException as exc:  # reported by stop()
-                self._error.append(exc)
-
-        self._thread = threading.Thread(target=run, name="admission-webhooks", daemon=True)
-        self._thread.start()
-        try:
-            self.wait_listening()
-        except BaseException:
-            # Kopf's executor threads are joined at interpreter exit: a server left running
-            # would keep the test session from ending.
-            self._stop.set()
-            self._thread.join(timeout=30)
-            raise
+        asyncio.run(self.server.start())
+        self.wait_listening()
 
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.bundle.decode())
@@ -144,11 +98,9 @@ class Webhooks:
                 self.post("/meshless-inject", b"{}")
                 return
             except (urllib.error.URLError, ConnectionError, ssl.SSLError):
-                if self._error:
-                    raise AssertionError(f"webhook server failed: {self._error[0]!r}") from None
                 if datetime.now(UTC).timestamp() > deadline:
                     raise AssertionError("webhook server not listening") from None
-                self._stop.wait(0.1)
+                threading.Event().wait(0.1)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         request = urllib.request.Request(
@@ -161,10 +113,8 @@ class Webhooks:
             return exc.code, exc.read()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            assert not self._thread.is_alive(), "the webhook server did not stop"
+        if self.server is not None:
+            asyncio.run(self.server.stop())
 
 
 @dataclass
@@ -192,9 +142,8 @@ def scene(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Scene]:
         spec(warn, "strict-warn", Mode.STRICT, admission=AdmissionAction.WARN),
         spec(audit, "strict-audit", Mode.STRICT, admission=AdmissionAction.AUDIT),
     ]
-    state = StaticAdmissionState(specs, root_namespace=OPERATOR_NS)
-    policies = state.policies()
-    assert policies is not None
+    policies = PolicySet.build(specs, OPERATOR_NS)
+    state = AdmissionState(trust_domain="cluster.local", policies=policies, identities_listed=True)
     labelled = admission_namespaces(policies, [strict, warn, audit, plain], OPERATOR_NS)
     assert labelled == {strict, warn, audit}
     core = client.CoreV1Api(api_client)
@@ -204,7 +153,7 @@ def scene(kubeconfig: str, api_client: client.ApiClient) -> Iterator[Scene]:
     # not sign for 127.0.0.1 (docs/security.md).
     now = datetime.now(UTC)
     ca = webhook_ca_from_secret_data(new_webhook_ca_data(now), now).authority
-    webhooks = Webhooks(kubeconfig, state, ca)
+    webhooks = Webhooks(state, ca)
     webhooks.start()
     kube = Kube(load_configuration(kubeconfig))
 
@@ -361,12 +310,12 @@ def test_warn_admits_and_the_client_prints_the_warning(live: Scene, kubectl: Kub
 
 
 def test_audit_admits_and_records_for_the_policy_status(live: Scene, kubectl: Kubectl) -> None:
-    before = len(live.webhooks.state.records)
+    before = len(live.webhooks.records)
     out = create(
         kubectl, live.audit, pod_manifest("audited", annotations={"meshless.dev/inject": "false"})
     )
     assert "Warning" not in out.stderr
-    new = live.webhooks.state.records[before:]
+    new = live.webhooks.records[before:]
     assert [(str(r.policy), r.pod, r.action) for r in new] == [
         (f"{live.audit}/strict-audit", f"{live.audit}/audited", AdmissionAction.AUDIT)
     ]
@@ -380,7 +329,7 @@ def test_audit_admits_and_records_for_the_policy_status(live: Scene, kubectl: Ku
         "-",
         input=json.dumps(pod_manifest("dry", annotations={"meshless.dev/inject": "false"})),
     )
-    assert len(live.webhooks.state.records) == before + 1
+    assert len(live.webhooks.records) == before + 1
 
 
 def test_a_forged_identity_label_is_refused_on_create(live: Scene, kubectl: Kubectl) -> None:
@@ -459,7 +408,7 @@ def test_a_rotated_certificate_serves_new_handshakes_without_a_restart(
     hooks = live.webhooks
     assert hooks.server is not None
     fresh = issue_serving_certificate(hooks.ca, ["127.0.0.1"], datetime.now(UTC))
-    hooks.server.load_certificate(fresh, hooks.bundle)
+    hooks.server.load_certificate(fresh)
     with (
         __import__("socket").create_connection(("127.0.0.1", hooks.port), timeout=5) as raw,
         hooks.context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,

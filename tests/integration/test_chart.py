@@ -27,8 +27,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from meshless.admission.configuration_writes import apply_configurations
 from meshless.admission.configurations import Endpoint
-from meshless.admission.server import apply_configurations
 from meshless.api import IDENTITY_LABEL, WEBHOOK_CONFIGURATION
 from meshless.kube import Kube, load_configuration
 from meshless.leader import LEASE_NAME
@@ -124,6 +124,7 @@ def test_helm_install_creates_every_object(release: Release, api_client: client.
             "ClusterRole", "ClusterRoleBinding", "Deployment", "MutatingWebhookConfiguration",
             "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
             "ValidatingWebhookConfiguration",
         ]
     )  # fmt: skip
@@ -182,13 +183,18 @@ def test_helm_install_creates_every_object(release: Release, api_client: client.
     ):
         assert configuration.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
         assert not configuration.webhooks
-    policy_objects = {o["kind"]: o for o in objects if "AdmissionPolicy" in o["kind"]}
-    binding_spec = policy_objects["ValidatingAdmissionPolicyBinding"]["spec"]
-    assert (
-        binding_spec["policyName"]
-        == policy_objects["ValidatingAdmissionPolicy"]["metadata"]["name"]
-    )
-    assert binding_spec["validationActions"] == ["Deny"]
+    for suffix in ("namespace-labels", "await-policy"):
+        policy_objects = {
+            o["kind"]: o
+            for o in objects
+            if "AdmissionPolicy" in o["kind"] and o["metadata"]["name"] == f"{name}-{suffix}"
+        }
+        binding_spec = policy_objects["ValidatingAdmissionPolicyBinding"]["spec"]
+        assert (
+            binding_spec["policyName"]
+            == policy_objects["ValidatingAdmissionPolicy"]["metadata"]["name"]
+        )
+        assert binding_spec["validationActions"] == ["Deny"]
 
     # The CRDs: already applied by the session (Helm skips CRDs that exist), so check that what
     # the chart ships is what the API server serves.

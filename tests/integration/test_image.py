@@ -1,19 +1,27 @@
 """The operator image, as far as it can be checked without a container engine: the Dockerfile's
-shape and every path it copies, and the wheel it installs, installed into a fresh virtualenv
-the same way, gives a working `meshless`."""
+shape and every path it copies; the wheel and pinned dependencies it installs, installed into a
+fresh virtualenv the same way, give a working `meshless`; and the image `make image` builds for
+the local node (hack/operatorimage.py) holds exactly the packages the Dockerfile installs, with
+its user, environment and entrypoint, under the chart's appVersion."""
 
 from __future__ import annotations
 
+import email.parser
 import fnmatch
+import gzip
+import importlib.util
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -89,7 +97,7 @@ def test_every_path_the_dockerfile_copies_exists(stages: list[Stage]) -> None:
                 assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
                 assert not dockerignored(source, patterns), f"COPY {source} is in .dockerignore"
                 copied += 1
-    assert copied >= 3  # pyproject.toml, README.md, operator/
+    assert copied >= 4  # pyproject.toml, README.md, hack/image-requirements.txt, operator/
 
 
 def test_the_dockerfile_is_multi_stage_slim_non_root_and_runs_the_operator(
@@ -127,9 +135,58 @@ def run(
     return proc
 
 
-def test_the_wheel_in_a_fresh_venv_gives_a_working_meshless(tmp_path: Path) -> None:
-    """What the builder stage does: `pip wheel --no-deps .`, then install it (binary wheels
-    only) into a fresh virtualenv. pip's cache is reused; nothing but PyPI is reached."""
+def dockerfile_requirements(stages: list[Stage]) -> Path:
+    """The requirements file the builder's `pip install -r` reads, as a repository path (the
+    COPY that put it into the build's working directory)."""
+    builder = stages[0]
+    run_line = " ".join(a for k, a in builder.instructions if k == "RUN")
+    words = shlex.split(run_line)
+    (named,) = [words[i + 1] for i, w in enumerate(words) if w == "-r"]
+    for keyword, args in builder.instructions:
+        if keyword == "COPY":
+            sources, _ = copy_sources(args)
+            for source in sources:
+                if Path(source).name == named:
+                    return ROOT / source
+    raise AssertionError(f"the Dockerfile installs -r {named} but copies no such file")
+
+
+def pinned(requirements: Path) -> dict[str, str]:
+    """name (normalized) -> version of every `name==version` line."""
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        assert sep and version, f"{requirements.name}: {line!r} is not pinned with =="
+        pins[normalize(name)] = version.strip()
+    return pins
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_dockerfile_installs_the_wheel_with_pinned_dependencies_only(
+    stages: list[Stage],
+) -> None:
+    builder = stages[0]
+    run_line = " ".join(a for k, a in builder.instructions if k == "RUN")
+    assert "--no-deps" in run_line and "--only-binary=:all:" in run_line
+    assert "--without-pip" in run_line  # the final image holds no pip and no setuptools
+    pins = pinned(dockerfile_requirements(stages))
+    for dependency in ("kopf", "aiohttp", "kubernetes", "cryptography", "pyyaml"):
+        assert dependency in pins, dependency
+    assert "meshless-mtls" not in pins and "pip" not in pins and "setuptools" not in pins
+
+
+def test_the_wheel_in_a_fresh_venv_gives_a_working_meshless(
+    tmp_path: Path, stages: list[Stage]
+) -> None:
+    """What the builder stage does: `pip wheel --no-deps .`, then install it and the pinned
+    dependencies (binary wheels only, no resolution) into a fresh virtualenv without pip, and
+    check that nothing is missing. pip's cache is reused; nothing but PyPI is reached."""
     started = time.monotonic()
     wheels = tmp_path / "wheels"
     run(
@@ -137,9 +194,13 @@ def test_the_wheel_in_a_fresh_venv_gives_a_working_meshless(tmp_path: Path) -> N
     )
     (wheel,) = wheels.glob("meshless*.whl")
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)])
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-    run([*pip, "install", "--quiet", "--only-binary=:all:", str(wheel)])
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    pip += ["--python", str(venv / "bin" / "python")]
+    requirements = str(dockerfile_requirements(stages))
+    run([*pip, "install", "--quiet", "--no-deps", "--only-binary=:all:", "-r", requirements])
+    run([*pip, "install", "--quiet", "--no-deps", str(wheel)])
+    run([*pip, "check"])  # the pins are complete: every dependency of every package is there
 
     meshless = str(venv / "bin" / "meshless")
     # Outside the repository and with a clean environment: nothing from the source tree.
@@ -170,3 +231,90 @@ def test_the_wheel_in_a_fresh_venv_gives_a_working_meshless(tmp_path: Path) -> N
     ]
     assert time.monotonic() - started < 120, "keep the image test quick (pip's cache)"
     assert os.access(meshless, os.X_OK)
+
+
+# --- the image `make image` builds for the local node -----------------------------------------
+
+
+def operatorimage() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "operatorimage", ROOT / "hack" / "operatorimage.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def image_files(
+    archive: Path,
+) -> tuple[dict[str, object], dict[str, tuple[tarfile.TarInfo, bytes]]]:
+    """The image's config and its root filesystem (later layers over earlier ones), read from
+    the OCI archive as containerd imports it."""
+    with tarfile.open(archive) as outer:
+
+        def blob(digest: str) -> bytes:
+            member = outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+            assert member is not None
+            return member.read()
+
+        index = json.loads(blob_of(outer, "index.json"))
+        (manifest_desc,) = index["manifests"]
+        manifest = json.loads(blob(manifest_desc["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        files: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(layer["digest"])))) as tar:
+                for member in tar.getmembers():
+                    data = b""
+                    if member.isfile() and member.name.endswith(("METADATA", "meshless")):
+                        extracted = tar.extractfile(member)
+                        data = extracted.read() if extracted else b""
+                    files[member.name] = (member, data)
+    return {**config, "name": manifest_desc["annotations"]["io.containerd.image.name"]}, files
+
+
+def blob_of(tar: tarfile.TarFile, name: str) -> bytes:
+    member = tar.extractfile(name)
+    assert member is not None
+    return member.read()
+
+
+def test_make_image_holds_the_packages_the_dockerfile_installs(stages: list[Stage]) -> None:
+    """hack/operatorimage.py (`make image`), built or reused from the machine's image cache:
+    the packages in its virtualenv are the Dockerfile's pins plus the project's wheel, no more
+    and no fewer; user, environment and entrypoint are the Dockerfile's; its name carries the
+    chart's appVersion; and the `meshless` on its PATH runs the installed package."""
+    image = operatorimage().build_image()
+    config, files = image_files(image.archive)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert config["name"] == f"meshless.local/meshless:{chart['appVersion']}"
+
+    site = "opt/meshless/lib/python3.11/site-packages/"
+    installed = {}
+    for path, (_, data) in files.items():
+        if path.startswith(site) and path.endswith(".dist-info/METADATA"):
+            meta = email.parser.BytesParser().parsebytes(data, headersonly=True)
+            installed[normalize(meta["Name"])] = meta["Version"]
+    expected = {**pinned(dockerfile_requirements(stages)), "meshless-mtls": __version__}
+    assert installed == expected
+
+    final = stages[-1]
+    (user,) = [a for k, a in final.instructions if k == "USER"]
+    (entrypoint,) = [a for k, a in final.instructions if k == "ENTRYPOINT"]
+    image_config = config["config"]
+    assert isinstance(image_config, dict)
+    assert image_config["User"] == user
+    assert image_config["Entrypoint"] == json.loads(entrypoint)
+    env = dict(e.split("=", 1) for e in image_config["Env"])
+    assert env["PATH"].split(":")[0] == "/opt/meshless/bin"  # ENV PATH=/opt/meshless/bin:$PATH
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    script, data = files["opt/meshless/bin/meshless"]
+    assert script.mode & 0o111, "bin/meshless is not executable"
+    assert data.startswith(b"#!/opt/meshless/bin/python3\n") and b"meshless.cli" in data
+    python = files["opt/meshless/bin/python3"][0]
+    assert python.issym() and python.linkname == "/usr/bin/python3.11"
+    assert "usr/bin/python3.11" in files and "opt/meshless/pyvenv.cfg" in files
+    # no pip, no setuptools, no source tree, no caches of this machine's paths
+    assert not any(p.startswith(f"{site}pip/") or p.startswith(f"{site}setuptools/") for p in files)
+    assert not any(p.startswith(("src/", "work/", "root/")) for p in files)

@@ -231,6 +231,35 @@ def _rendered(example: str) -> list[dict[str, object]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def _app_version() -> str:
+    chart = yaml.safe_load((ROOT / "charts" / "meshless" / "Chart.yaml").read_text())
+    return str(chart["appVersion"])
+
+
+# Images the local node has on every machine (hack/nodeimages.py, `make image`): names that
+# never carry a package version of the machine that built them.
+NODE_IMAGES = {
+    "meshless.local/nginx:local",
+    "meshless.local/nodejs:local",
+    f"meshless.local/meshless:{_app_version()}",
+}
+
+
+def test_all_examples_render_as_one_kustomization_in_order() -> None:
+    """`kubectl apply -k examples`: every example, each Namespace and MtlsPolicy before that
+    example's Deployments."""
+    docs = _rendered(".")
+    seen_policy: set[str] = set()
+    for doc in docs:
+        meta = doc["metadata"]
+        assert isinstance(meta, dict)
+        if doc["kind"] == "MtlsPolicy":
+            seen_policy.add(meta["namespace"])
+        if doc["kind"] == "Deployment":
+            assert meta["namespace"] in seen_policy, meta
+    assert seen_policy == {f"example-{name}" for name in SOURCES}
+
+
 SOURCES = {
     "nginx": ["nginx.conf"],
     "python": ["server.py", "client.py"],
@@ -253,6 +282,12 @@ def test_manifests_render_from_the_tested_sources(example: str) -> None:
     assert len(config_maps) == 1
     for name in SOURCES[example]:  # the ConfigMap carries exactly the files tested above
         assert config_maps[0]["data"][name] == (EXAMPLES / example / name).read_text()  # type: ignore[index]
+    # Applied in the order listed: the Namespace, then the MtlsPolicies, then the workloads
+    # (kustomize's default order would create the Deployments first; examples/README.md).
+    order = [d["kind"] for d in docs]
+    first_workload = order.index("Deployment")
+    assert order[0] == "Namespace"
+    assert all(i < first_workload for i, kind in enumerate(order) if kind == "MtlsPolicy")
     policies = [d for d in docs if d["kind"] == "MtlsPolicy"]
     assert policies and all(p["apiVersion"] == "meshless.dev/v1alpha1" for p in policies)
     assert any(p["spec"]["mode"] == "STRICT" for p in policies)  # type: ignore[index]
@@ -262,5 +297,5 @@ def test_manifests_render_from_the_tested_sources(example: str) -> None:
         pod = deployment["spec"]["template"]["spec"]  # type: ignore[index]
         for container in pod["containers"]:
             assert container["imagePullPolicy"] == "Never"
-            assert ":" in container["image"], container["image"]  # tag set by kustomization
+            assert container["image"] in NODE_IMAGES, container["image"]  # tag by kustomization
             assert container["securityContext"]["runAsNonRoot"] is True

@@ -4,10 +4,13 @@ applier (RFC 6902 add/remove/replace), so a patch is checked by what it does to 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from meshless.api import AdmissionAction, Mode
 from meshless.policy.model import PolicySpec
+from meshless.policy.provision import IdentityRecord
 from meshless.policy.resolve import PolicySet
 from meshless.selectors import parse_selector
 
@@ -112,3 +115,20 @@ def apply_patch(document: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str
         else:
             raise AssertionError(f"unexpected op {op['op']}")
     return doc
+
+
+@dataclass(frozen=True)
+class IdentityTable:
+    """admit.Identities over a fixed list of records."""
+
+    records: tuple[IdentityRecord, ...] = ()
+
+    def of_account(self, namespace: str, service_account: str) -> Iterable[IdentityRecord]:
+        return [
+            r
+            for r in self.records
+            if r.namespace == namespace and r.service_account == service_account
+        ]
+
+    def naming_secret(self, namespace: str, secret: str) -> Iterable[IdentityRecord]:
+        return [r for r in self.records if r.namespace == namespace and r.secret_name == secret]

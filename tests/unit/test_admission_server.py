@@ -1,14 +1,10 @@
-"""The admission shell's pure edges: which requests are answered how, the add-only patch
-applier Kopf's body transformation uses, the serving certificate, and the pure core's
-imports."""
+"""The admission shell's edges: which reviews are answered how, the serving certificate and
+its keeper, the configurations the operator applies, and the pure core's imports."""
 
 from __future__ import annotations
 
 import ast
-import asyncio
-import copy
 import ipaddress
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,30 +13,29 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshless.admission import pods
+from meshless.admission.admit import admit
+from meshless.admission.configuration_writes import applied_configuration, webhook_endpoint
 from meshless.admission.configurations import (
     Endpoint,
     mutating_configuration,
     validating_configuration,
 )
-from meshless.admission.inject import injection_patch
-from meshless.admission.server import (
-    QuietAdmissionLogs,
-    ServingCertificateKeeper,
-    applied_configuration,
-    apply_add_ops,
-    guarded,
-    refusal,
-    review_problem,
-    webhook_endpoint,
-)
+from meshless.admission.keeper import ServingCertificateKeeper
+from meshless.admission.review import parse_review, refusal, review_problem
 from meshless.admission.serving import issue_serving_certificate, service_dns_names
-from meshless.identity.spec import IdentityRef
 from meshless.pki.ca import bootstrap_self_signed
-from tests.unit.admission_helpers import apply_patch, pod, policy, policy_set
+from tests.unit.test_admission_admit import READY
 
 ADMISSION = Path(__file__).resolve().parents[2] / "operator" / "meshless" / "admission"
-PURE = ("pods.py", "inject.py", "validate.py", "configurations.py", "serving.py")
+PURE = (
+    "pods.py",
+    "inject.py",
+    "validate.py",
+    "configurations.py",
+    "serving.py",
+    "admit.py",
+    "review.py",
+)
 IMPURE = ("kopf", "aiohttp", "meshless.kube")
 
 
@@ -97,21 +92,6 @@ def test_a_good_review_has_no_problem_and_a_refusal_echoes_its_uid() -> None:
         "kind": "AdmissionReview",
         "response": {"uid": "u-1", "allowed": False, "status": {"code": 404, "message": "no"}},
     }
-
-
-def test_apply_add_ops_matches_an_independent_json_patch_applier() -> None:
-    body = pod(labels={"app": "web"})
-    body["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
-    policies = policy_set(policy("shop", "strict"))
-    resolution = policies.resolve(pods.pod_info(body, "shop"))
-    ops = injection_patch(
-        body,
-        resolution,
-        IdentityRef("shop", "payments", "s", "spiffe://cluster.local/ns/shop/sa/payments", False),
-    )
-    in_place = copy.deepcopy(body)
-    apply_add_ops(ops, in_place)
-    assert in_place == apply_patch(body, ops)
 
 
 def test_serving_certificate_names_the_loopback_ip_and_the_service() -> None:
@@ -194,17 +174,6 @@ def test_the_applied_configuration_is_the_webhooks_and_labels_only_on_our_own_ob
     assert applied_configuration(more, helm_owned)["webhooks"] == more["webhooks"]
 
 
-def test_kopfs_records_about_our_webhooks_are_dropped_and_others_kept() -> None:
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, message, None, None)
-
-    quiet = QuietAdmissionLogs()
-    assert not quiet.filter(record("Webhook 'meshless-strict' failed permanently: pod x"))
-    assert not quiet.filter(record("Webhook 'meshless-inject' succeeded."))
-    assert quiet.filter(record("Webhook 'someone-else' failed permanently: y"))
-    assert quiet.filter(record("Handler 'identity_event' succeeded."))
-
-
 def _review(group: str, version: str, resource: str, subresource: str = "") -> dict[str, Any]:
     request: dict[str, Any] = {
         "uid": "u-1",
@@ -235,14 +204,97 @@ SERVES = [
 def test_each_webhook_reviews_only_what_it_serves(
     webhook: str, resource: tuple[str, str, str, str], passed: bool
 ) -> None:
-    async def handler(request: Any, **_: Any) -> Any:
-        return "handled"
+    answer = admit(parse_review(_review(*resource), webhook), READY)
+    refused_as_unserved = not answer.allowed and (
+        f"meshless admission at /{webhook} reviews" in answer.message
+    )
+    assert refused_as_unserved is not passed
 
-    answer = asyncio.run(guarded(handler)(_review(*resource), webhook=webhook))
-    if passed:
-        assert answer == "handled"
-    else:
-        assert answer["response"]["allowed"] is False
-        assert (
-            f"meshless admission at /{webhook} reviews" in answer["response"]["status"]["message"]
+
+def test_the_handler_hands_over_records_and_answers_a_crash_with_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dataclasses import replace
+
+    from meshless.admission.admit import AdmissionRequest
+    from meshless.admission.handler import AdmissionHandler
+    from meshless.api import AdmissionAction
+    from tests.unit.admission_helpers import pod, policy, policy_set
+
+    warn = replace(READY, policies=policy_set(policy("shop", "w", admission=AdmissionAction.WARN)))
+    records: list[Any] = []
+    opted_out = pod(annotations={"meshless.dev/inject": "false"})
+    request = AdmissionRequest(
+        "meshless-strict", "u-1", "CREATE", ("", "v1", "pods", ""), "shop", opted_out
+    )
+    answer = AdmissionHandler(lambda: warn, records.append)(request)
+    assert answer.allowed and [str(r.policy) for r in records] == ["shop/w"]
+
+    def broken() -> Any:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level("ERROR"):
+        crashed = AdmissionHandler(broken, records.append)(request)
+    assert not crashed.allowed and crashed.code == 500
+    assert crashed.message.startswith("meshless admission at /meshless-strict failed")
+    assert "a bug" in caplog.text and len(records) == 1
+
+
+def test_the_server_thread_retries_a_busy_port_answers_over_tls_and_stops() -> None:
+    """A port still held (a previous start, another process) fails start() with the OS error
+    and leaves it callable again; once listening, a real TLS client gets admit's answer, and
+    a body that is not JSON gets HTTP 400 with the reason."""
+    import asyncio
+    import json
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from meshless.admission.handler import AdmissionHandler
+    from meshless.admission.server import AdmissionServer, ServerThread
+    from meshless.pki.bundle import bundle_pem
+    from meshless.pki.webhook_ca import new_webhook_ca_data, webhook_ca_from_secret_data
+
+    now = datetime.now(UTC)
+    ca = webhook_ca_from_secret_data(new_webhook_ca_data(now), now).authority
+    certificate = issue_serving_certificate(ca, ["127.0.0.1"], now)
+    client = ssl.create_default_context(cadata=bundle_pem(ca.roots).decode())
+
+    def post(port: int, body: bytes) -> tuple[int, bytes]:
+        url = f"https://127.0.0.1:{port}/meshless-strict"
+        request = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, context=client, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    async def scenario() -> None:
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        served = ServerThread(
+            AdmissionServer(AdmissionHandler(lambda: READY), certificate, port=port)
         )
+        with pytest.raises(OSError):
+            await served.start()
+        holder.close()
+        await served.start()
+        try:
+            status, body = await asyncio.to_thread(
+                post, port, json.dumps(_review("", "v1", "configmaps")).encode()
+            )
+            assert status == 200
+            answer = json.loads(body)["response"]
+            assert answer["uid"] == "u-1" and answer["allowed"] is False
+            assert "reviews v1 pods" in answer["status"]["message"]
+            status, body = await asyncio.to_thread(post, port, b"{not json")
+            assert status == 400 and b"the body is not JSON" in body
+        finally:
+            await served.stop()
+        with pytest.raises(OSError):
+            await asyncio.to_thread(post, port, b"{}")
+
+    asyncio.run(scenario())

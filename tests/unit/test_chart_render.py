@@ -8,10 +8,15 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 import meshless.metrics  # noqa: F401  (registers the operator's metrics)
-from meshless.api import WEBHOOK_CONFIGURATION
+from meshless.api import (
+    ADMISSION_NAMESPACE_LABEL,
+    ADMISSION_NAMESPACE_VALUE,
+    WEBHOOK_CONFIGURATION,
+)
 from tests.helmtool import CHART, ROOT, find, helm, render
 
 # Alerts on metrics another part of the operator is adding (the probe's enforcement results).
@@ -39,6 +44,7 @@ def test_defaults_render_the_expected_objects() -> None:
         [
             "ClusterRole", "ClusterRoleBinding", "Deployment", "MutatingWebhookConfiguration",
             "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
             "ValidatingWebhookConfiguration",
         ]
@@ -135,12 +141,14 @@ def test_without_rbac_and_with_an_existing_service_account() -> None:
     # and the policy binds the ServiceAccount given.
     assert kinds(objects) == [
         "Deployment", "MutatingWebhookConfiguration", "Service", "Service",
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding",
         "ValidatingWebhookConfiguration",
     ]  # fmt: skip
     pod = find(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "existing"
-    (condition,) = find(objects, "ValidatingAdmissionPolicy")["spec"]["matchConditions"]
+    namespace_policy = find(objects, "ValidatingAdmissionPolicy", "meshless-namespace-labels")
+    (condition,) = namespace_policy["spec"]["matchConditions"]
     assert condition["expression"].endswith(":meshless-system:existing'")
     proc = helm("template", "m", str(CHART), "--set", "serviceAccount.create=false", check=False)
     assert "serviceAccount.name is required" in proc.stderr
@@ -202,16 +210,41 @@ def test_the_chart_creates_the_webhook_configurations_empty_under_the_operators_
 
 def test_the_namespace_policy_binds_the_charts_service_account() -> None:
     objects = render("--set", "serviceAccount.name=op")
-    policy = find(objects, "ValidatingAdmissionPolicy")
+    policy = find(objects, "ValidatingAdmissionPolicy", "meshless-namespace-labels")
     (condition,) = policy["spec"]["matchConditions"]
     assert condition["expression"] == (
         "request.userInfo.username == 'system:serviceaccount:meshless-system:op'"
     )
-    binding = find(objects, "ValidatingAdmissionPolicyBinding")
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "meshless-namespace-labels")
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
     }
+
+
+def test_pods_in_a_namespace_awaiting_its_policy_wait_for_the_admission_label() -> None:
+    """The await-policy gate: pod CREATE in namespaces labelled meshless.dev/await-policy=true
+    is refused until the namespace carries the label that scopes the injecting webhook (the
+    API server's behaviour: tests/node/test_helm_on_node.py applies the examples with it)."""
+    objects = render()
+    policy = find(objects, "ValidatingAdmissionPolicy", "meshless-await-policy")
+    spec = policy["spec"]
+    assert spec["matchConstraints"]["namespaceSelector"] == {
+        "matchLabels": {"meshless.dev/await-policy": "true"}
+    }
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["operations"]) == (["pods"], ["CREATE"])
+    (validation,) = spec["validations"]
+    assert f"'{ADMISSION_NAMESPACE_LABEL}'" in validation["expression"]
+    assert f"== '{ADMISSION_NAMESPACE_VALUE}'" in validation["expression"]
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "meshless-await-policy")
+    assert binding["spec"] == {
+        "policyName": "meshless-await-policy",
+        "validationActions": ["Deny"],
+    }
+    for example in ("nginx", "python", "nodejs"):
+        namespace = yaml.safe_load((ROOT / "examples" / example / "namespace.yaml").read_text())
+        assert namespace["metadata"]["labels"]["meshless.dev/await-policy"] == "true"
 
 
 def _readme_permissions() -> set[tuple[str, str, tuple[str, ...]]]:

@@ -398,6 +398,9 @@ def test_running_injected_pod() -> None:
         ip="10.244.1.17",
         running=True,
         deleting=False,
+        pod_certificate=False,
+        node="node-1",
+        created="2030-01-01T00:00:00Z",
     )
 
 

@@ -43,6 +43,8 @@ PURE_CANDIDATES = (
     "meshless.policy.render",
     "meshless.policy.provision",
     "meshless.policy.report",
+    "meshless.policy.pod_certificates",
+    "meshless.delivery",
     "meshless.conditions",
     "meshless.policy.netpol",
     "meshless.netpol",
@@ -50,6 +52,8 @@ PURE_CANDIDATES = (
     "meshless.admission.inject",
     "meshless.admission.validate",
     "meshless.admission.configurations",
+    "meshless.admission.admit",
+    "meshless.admission.review",
     "meshless.probe.classify",
     "meshless.pki.rotation",
     "meshless.commands.output",
@@ -69,6 +73,7 @@ MUST_EXIST = (
     "meshless.policy.model",
     "meshless.policy.resolve",
     "meshless.policy.spec",
+    "meshless.admission.admit",
 )
 
 # Run in a fresh interpreter: import the module, print what forbidden modules got loaded.

@@ -209,6 +209,7 @@ OVERRIDES: dict[str, tuple[Any, Any]] = {
         ["*.{namespace}.example.com", "api.corp.internal"],
         ("*.{namespace}.example.com", "api.corp.internal"),
     ),
+    "identityDelivery": ("PodCertificate", "PodCertificate"),
     "podCertificateMaxTtl": ("12h", timedelta(hours=12)),
     "podCertificateRefreshAfter": ("15m", timedelta(minutes=15)),
 }

@@ -2,9 +2,11 @@
 identity.
 
 For a pod whose effective mode is STRICT or PERMISSIVE on any port, the patch adds a Secret
-volume with the ServiceAccount's identity, mounts it read-only at the identity path in every
-init container and container, sets MESHLESS_SPIFFE_ID, MESHLESS_MTLS_MODE and
-MESHLESS_MTLS_PORTS, and labels the pod meshless.dev/identity=<serviceAccount>.
+volume with the ServiceAccount's identity (or, with PodCertificate delivery, a projected volume
+with the kubelet's pod certificate and the trust bundle: the same files), mounts it read-only
+at the identity path in every init container and container, sets MESHLESS_SPIFFE_ID,
+MESHLESS_MTLS_MODE and MESHLESS_MTLS_PORTS, and labels the pod
+meshless.dev/identity=<serviceAccount>.
 
 The patch only adds what is missing, so a second invocation (reinvocationPolicy IfNeeded, or a
 pod spec copied from an injected pod) yields no operations. Anything of ours that is already
@@ -28,7 +30,9 @@ from meshless.api import (
     IDENTITY_MOUNT_PATH,
     IDENTITY_VOLUME,
 )
+from meshless.delivery import PodCertificateMount, pod_certificate_sources
 from meshless.identity.spec import IdentityRef
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import PodResolution
 
 JSONPatchOp = dict[str, Any]
@@ -58,7 +62,14 @@ def identity_env(resolution: PodResolution, identity: IdentityRef) -> list[dict[
     ]
 
 
-def identity_volume(identity: IdentityRef) -> dict[str, Any]:
+def identity_volume(
+    identity: IdentityRef, pod_certificate: PodCertificateMount | None = None
+) -> dict[str, Any]:
+    """The identity Secret's volume, or with `pod_certificate` (PodCertificate delivery) a
+    projected volume of the kubelet's pod certificate and the trust bundle: the same files."""
+    if pod_certificate is not None:
+        sources = pod_certificate_sources(pod_certificate)
+        return {"name": IDENTITY_VOLUME, "projected": {"sources": sources}}
     return {"name": IDENTITY_VOLUME, "secret": {"secretName": identity.secret_name}}
 
 
@@ -66,8 +77,24 @@ def identity_mount() -> dict[str, Any]:
     return {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_MOUNT_PATH, "readOnly": True}
 
 
-def _is_our_volume(volume: Mapping[str, Any], identity: IdentityRef) -> bool:
+def _is_our_volume(
+    volume: Mapping[str, Any], identity: IdentityRef, pod_certificate: PodCertificateMount | None
+) -> bool:
     """Ours, allowing for what the API server defaults (defaultMode, optional: false)."""
+    if pod_certificate is not None:
+        projected = volume.get("projected")
+        if not isinstance(projected, Mapping) or set(volume) - {"name", "projected"}:
+            return False
+        sources = projected.get("sources")
+        wanted = pod_certificate_sources(pod_certificate)
+        return (
+            isinstance(sources, list)
+            and len(sources) == len(wanted)
+            and all(
+                isinstance(have, Mapping) and _covers(have, want)
+                for have, want in zip(sources, wanted, strict=True)
+            )
+        )
     secret = volume.get("secret")
     if not isinstance(secret, Mapping) or set(volume) - {"name", "secret"}:
         return False
@@ -76,6 +103,18 @@ def _is_our_volume(volume: Mapping[str, Any], identity: IdentityRef) -> bool:
         and not secret.get("items")
         and secret.get("optional") in (None, False)
     )
+
+
+def _covers(have: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    """`have` holds everything `want` does (and may hold what the API server defaults)."""
+    for key, value in want.items():
+        if isinstance(value, Mapping):
+            inner = have.get(key)
+            if not isinstance(inner, Mapping) or not _covers(inner, value):
+                return False
+        elif have.get(key) != value:
+            return False
+    return True
 
 
 def _under_identity_path(path: Any) -> bool:
@@ -109,17 +148,24 @@ def _label_ops(pod: Mapping[str, Any], service_account: str) -> list[JSONPatchOp
     return []
 
 
-def _volume_ops(pod: Mapping[str, Any], identity: IdentityRef) -> list[JSONPatchOp]:
+def _volume_ops(
+    pod: Mapping[str, Any], identity: IdentityRef, pod_certificate: PodCertificateMount | None
+) -> list[JSONPatchOp]:
+    volume = identity_volume(identity, pod_certificate)
     volumes = pods.spec(pod).get("volumes")
     if not isinstance(volumes, list):
-        return [{"op": "add", "path": "/spec/volumes", "value": [identity_volume(identity)]}]
+        return [{"op": "add", "path": "/spec/volumes", "value": [volume]}]
     existing = pods.identity_volume(pod)
     if existing is None:
-        return [{"op": "add", "path": "/spec/volumes/-", "value": identity_volume(identity)}]
-    if not _is_our_volume(existing, identity):
+        return [{"op": "add", "path": "/spec/volumes/-", "value": volume}]
+    if not _is_our_volume(existing, identity, pod_certificate):
+        what = (
+            f"the pod certificate of signer {SIGNER_NAME}"
+            if pod_certificate is not None
+            else f"the identity Secret {identity.secret_name!r}"
+        )
         raise InjectionConflict(
-            f"volume {IDENTITY_VOLUME!r} already exists and is not the identity Secret "
-            f"{identity.secret_name!r}; rename the volume"
+            f"volume {IDENTITY_VOLUME!r} already exists and is not {what}; rename the volume"
         )
     return []
 
@@ -179,17 +225,21 @@ def _env_ops(
 
 
 def injection_patch(
-    pod: Mapping[str, Any], resolution: PodResolution | None, identity: IdentityRef
+    pod: Mapping[str, Any],
+    resolution: PodResolution | None,
+    identity: IdentityRef,
+    pod_certificate: PodCertificateMount | None = None,
 ) -> list[JSONPatchOp]:
-    """The JSON-patch operations that inject `identity` into `pod`; [] when the pod is opted
-    out, not under any policy, needs no identity, or already has everything. Raises
-    InjectionConflict naming what stands in the way."""
+    """The JSON-patch operations that inject `identity` into `pod` (from its Secret, or with
+    `pod_certificate` from the kubelet's pod certificate); [] when the pod is opted out, not
+    under any policy, needs no identity, or already has everything. Raises InjectionConflict
+    naming what stands in the way."""
     if resolution is None or not resolution.needs_identity():
         return []
     if pods.opted_out(pod) or pods.is_mirror(pod):
         return []
     ops = _label_ops(pod, pods.service_account(pod))
-    ops += _volume_ops(pod, identity)
+    ops += _volume_ops(pod, identity, pod_certificate)
     wanted = identity_env(resolution, identity)
     for list_name, index, container in pods.containers(pod):
         where = f"/spec/{list_name}/{index}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshless.api import IDENTITY_MOUNT_PATH, IDENTITY_VOLUME, INJECT_ANNOTATION
+from meshless.delivery import is_pod_certificate_source
 from meshless.policy.model import PodInfo
 
 Json = Mapping[str, Any]
@@ -128,17 +129,32 @@ def mounts_identity(container: Json) -> bool:
     )
 
 
+def pod_certificate_volume(volume: Json) -> bool:
+    """A projected volume whose first source is our signer's podCertificate: the kubelet
+    requests the certificate for this very pod, so it can carry no other pod's identity."""
+    sources = _list(_mapping(volume.get("projected")).get("sources"))
+    return bool(sources) and is_pod_certificate_source(sources[0])
+
+
+def mounts_pod_certificate(pod: Json) -> bool:
+    """The identity volume is a podCertificate projection (PodCertificate delivery)."""
+    volume = identity_volume(pod)
+    return volume is not None and pod_certificate_volume(volume)
+
+
 def identity_mounted(pod: Json, secret_name: str | None = None) -> bool:
-    """The pod mounts the identity volume (a Secret volume; `secret_name` when given) read-only
-    at the identity path in every container and init container."""
+    """The pod mounts the identity volume (a Secret volume, `secret_name` when given, or a
+    podCertificate projection of our signer) read-only at the identity path in every
+    container and init container."""
     volume = identity_volume(pod)
     if volume is None:
         return False
-    secret = _mapping(volume.get("secret"))
-    if not secret.get("secretName"):
-        return False
-    if secret_name is not None and secret.get("secretName") != secret_name:
-        return False
+    if not pod_certificate_volume(volume):
+        secret = _mapping(volume.get("secret"))
+        if not secret.get("secretName"):
+            return False
+        if secret_name is not None and secret.get("secretName") != secret_name:
+            return False
     all_containers = [c for _, _, c in containers(pod)]
     return bool(all_containers) and all(mounts_identity(c) for c in all_containers)
 
@@ -160,6 +176,9 @@ def pod_info(pod: Json, namespace: str | None = None) -> PodInfo:
         ip=str(status.get("podIP") or ""),
         running=status.get("phase") == "Running" and _ready(_list(status.get("conditions"))),
         deleting=bool(meta.get("deletionTimestamp")),
+        pod_certificate=mounts_pod_certificate(pod),
+        node=str(spec(pod).get("nodeName") or ""),
+        created=str(meta.get("creationTimestamp") or ""),
     )
 
 

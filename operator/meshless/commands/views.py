@@ -22,7 +22,9 @@ from meshless.commands.output import (
     parse_time,
     table,
 )
+from meshless.pki.spiffe import spiffe_id
 from meshless.podcert.current import certificate_line
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.policy.provision import IdentityRecord, identity_for, identity_record
 from meshless.policy.resolve import PolicySet, scope_of
@@ -331,7 +333,13 @@ def describe_pod(
     bodies = list(identities)
     needs = resolution is not None and resolution.needs_identity()
     identity: dict[str, Any] | None = None
-    if needs:
+    if needs and info.pod_certificate:
+        identity = {
+            "delivery": "PodCertificate",
+            "signer": SIGNER_NAME,
+            "spiffeID": spiffe_id(trust_domain, info.namespace, info.service_account),
+        }
+    elif needs:
         records = [identity_record(b) for b in bodies]
         ref = identity_for(info.namespace, info.service_account, records, trust_domain)
         body = next(
@@ -344,6 +352,7 @@ def describe_pod(
         )
         status = (body or {}).get("status") or {}
         identity = {
+            "delivery": "Secret",
             "name": ref.name,
             "secret": ref.secret_name,
             "provisioned": ref.provisioned,
@@ -395,6 +404,10 @@ def describe_lines(report: Mapping[str, Any]) -> str:
     identity = report["identity"]
     if identity is None:
         head.append(("Identity", "none needed (no STRICT or PERMISSIVE port)"))
+    elif identity["delivery"] == "PodCertificate":
+        # its current certificate: the "Pod certificate" line below (podcert.current)
+        head.append(("Identity", f"pod certificate from {identity['signer']} (no Secret)"))
+        head.append(("SPIFFE ID", identity["spiffeID"]))
     else:
         made = "provisioned by meshless" if identity["provisioned"] else "user-made"
         state = (

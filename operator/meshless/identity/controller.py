@@ -340,8 +340,14 @@ class IdentityController:
         bundle = self.ca.bundle
         if bundle is None:
             return
-        for namespace in sorted(str(ns) for ns in self.store.counted("namespace")):
+        namespaces = {str(ns) for ns in self.store.counted("namespace")}
+        for namespace in sorted(namespaces | self.bundles.for_pod_certificates):
             await self.bundles.ensure(namespace, bundle)
+
+    async def keep_bundle_in(self, namespace: str) -> None:
+        """The trust bundle ConfigMap in `namespace` from now on (pods with pod certificates
+        read their ca.crt from it)."""
+        await self.bundles.keep_in(namespace, self.ca.bundle)
 
     # --- status -----------------------------------------------------------------------------
     async def _ready(self, body: Json, spec: IdentitySpec, summary: CertificateSummary) -> None:

@@ -56,6 +56,15 @@ class TrustBundles:
         self._locks: dict[str, asyncio.Lock] = {}
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()  # namespaces changed since their repair last read them
+        # Namespaces whose pods read ca.crt from the ConfigMap next to a pod certificate (no
+        # ClusterTrustBundles served): kept there with or without identities (keep_in).
+        self.for_pod_certificates: set[str] = set()
+
+    async def keep_in(self, namespace: str, bundle: bytes | None) -> None:
+        """The ConfigMap in `namespace` from now on, identities there or not."""
+        self.for_pod_certificates.add(namespace)
+        if bundle is not None:
+            await self.ensure(namespace, bundle)
 
     async def ensure(self, namespace: str, bundle: bytes) -> None:
         """The namespace's ConfigMap holds `bundle` (read once per bundle and namespace,
@@ -139,7 +148,8 @@ class TrustBundles:
         if namespace not in self._bundles and not self.writes.knows(KIND, key):
             return  # not one this term wrote or checked: a sweep checks it when needed
         self._bundles.pop(namespace, None)  # to be read again, by this term or the next
-        if self.leading() and (event_type != "DELETED" or self.holds_identities(namespace)):
+        wanted = self.holds_identities(namespace) or namespace in self.for_pod_certificates
+        if self.leading() and (event_type != "DELETED" or wanted):
             self._dirty.add(namespace)
             self._schedule(namespace)
 

@@ -1,5 +1,12 @@
-"""The policy controller as the admission webhooks see it (meshless.admission.server's
-AdmissionState): answered from memory on every request, no API calls.
+"""The policy controller as the admission webhooks see it: the `admit.AdmissionState` every
+request reads, from memory, no API calls.
+
+What it reads of the controller's stores (policy/held.py) and settings: the policies
+(`stores.policies`, with `primed` and `root_namespace`), the WorkloadIdentities by
+ServiceAccount and by Secret (the stores' indexes), the settings' trust domain and name
+policy, and the default delivery with the APIs discovery found. `current()` runs in the
+webhook server's thread, so it only reads, each read taken at once (a dict's values copied in
+one call).
 
 Every replica answers, the leader and the standbys: the policies come from Kopf's watch on
 every replica, once `read_policies` has read them all (Kopf does not say when its first list
@@ -13,20 +20,38 @@ lost while it is not leading.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable
+from dataclasses import replace
 
-from meshless.admission.validate import AdmissionRecord, IdentitySecret, identity_secrets_of
+from meshless.admission.admit import AdmissionState
+from meshless.admission.validate import AdmissionRecord
 from meshless.api import API_VERSION, Kind, Reason
-from meshless.identity.spec import IdentityRef
 from meshless.kube import POLICIES
-from meshless.pki.names import DnsNamePolicy
-from meshless.pki.spiffe import spiffe_id
 from meshless.policy.controller import PolicyController
+from meshless.policy.model import PolicySpec
+from meshless.policy.provision import IdentityRecord
 from meshless.policy.resolve import PolicySet
 from meshless.status import involved_object
 
 
+class ControllerIdentities:
+    """admit.Identities read from the policy controller's identity store (indexed by
+    ServiceAccount and by Secret), fed by the identity watch on every replica."""
+
+    def __init__(self, controller: PolicyController) -> None:
+        self.stores = controller.stores
+
+    def of_account(self, namespace: str, service_account: str) -> Iterable[IdentityRecord]:
+        return self.stores.identities_of(namespace, service_account)
+
+    def naming_secret(self, namespace: str, secret: str) -> Iterable[IdentityRecord]:
+        return self.stores.identities_with_secret(namespace, secret)
+
+
 class ControllerAdmissionState:
+    """Feeds admission from the policy controller: `current()` is the state `admit` reads,
+    `record_admission` takes the Warn and Audit admissions into the policy's status."""
+
     def __init__(self, controller: PolicyController, *, leading: bool = True) -> None:
         self.controller = controller
         self.leading = leading
@@ -34,12 +59,36 @@ class ControllerAdmissionState:
         # runs on every replica, the leader's and the standbys').
         self.identities_listed = False
         self.policies_listed = False  # read_policies has read every MtlsPolicy once
+        self._state = AdmissionState(
+            trust_domain=controller.settings.identity.trust_domain,
+            dns_names=controller.settings.names.policy,
+            identities=ControllerIdentities(controller),
+        )
+        self._specs: tuple[PolicySpec, ...] | None = None  # those self._state was built from
 
-    def policies(self) -> PolicySet | None:
-        """None until every policy has been read once (by the leader's priming or by
-        `read_policies`): pods in labelled namespaces are refused (503) until then."""
-        ready = self.controller.primed or self.policies_listed
-        return self.controller.policy_set() if ready else None
+    def current(self) -> AdmissionState:
+        """What admission knows now, as one value (admit.AdmissionState). Called for every
+        admission request, in the webhook server's thread: it only reads the controller (a
+        snapshot of its policy store, taken at once) and builds a new PolicySet only when
+        the policies changed. The policies are None until every policy has been read once
+        (by the leader's priming or by `read_policies`): pods in labelled namespaces are
+        refused (503) until then."""
+        controller = self.controller
+        ready = controller.primed or self.policies_listed
+        listed = self.identities_listed or controller.primed
+        state = self._state
+        specs = None
+        if ready:
+            held = tuple(controller.stores.policies.values())  # one call: a consistent copy
+            specs = tuple(h.spec for h in held if h.spec is not None)
+        if specs != self._specs or state.identities_listed != listed:
+            policies = None if specs is None else PolicySet.build(specs, controller.root_namespace)
+            state = self._state = replace(state, policies=policies, identities_listed=listed)
+            self._specs = specs
+        delivery, apis = controller.default_delivery, controller.apis
+        if state.delivery is not delivery or state.apis != apis:
+            state = self._state = replace(state, delivery=delivery, apis=apis)
+        return state
 
     async def read_policies(self) -> None:
         """Read every MtlsPolicy once, so that a standby answers admission too (the leader's
@@ -51,36 +100,6 @@ class ControllerAdmissionState:
                 if (meta["namespace"], meta["name"]) not in self.controller.stores.policies:
                     self.controller.on_policy_event("ADDED", body, enqueue=False)
         self.policies_listed = True
-
-    def identity_for(self, namespace: str, service_account: str) -> IdentityRef:
-        return self.controller.identity_ref_for(namespace, service_account)
-
-    def identity_secrets(
-        self, namespace: str, secrets: Sequence[str]
-    ) -> Mapping[str, Sequence[IdentitySecret]] | None:
-        """From the controller's records of WorkloadIdentities, fed by the identity watch on
-        every replica; None until it has listed them all once."""
-        if not (self.identities_listed or self.controller.primed):
-            return None
-        trust_domain = self.controller.settings.identity.trust_domain
-        claimed: dict[str, list[IdentitySecret]] = {}
-        for secret in secrets:
-            for record in self.controller.identities_with_secret(namespace, secret):
-                if not record.service_account:
-                    continue  # an invalid spec: nothing is ever issued for it
-                if record.unusable == Reason.SECRET_CONFLICT:
-                    continue  # the Secret is not its: it never holds that identity
-                try:
-                    sid = spiffe_id(trust_domain, namespace, record.service_account)
-                except ValueError:
-                    sid = f"(ServiceAccount {record.service_account!r})"
-                claimed.setdefault(secret, []).append(
-                    IdentitySecret(secret, record.service_account, record.name, sid)
-                )
-        return identity_secrets_of(namespace, secrets, claimed, trust_domain)
-
-    def dns_name_policy(self) -> DnsNamePolicy:
-        return self.controller.settings.names.policy
 
     def record_admission(self, record: AdmissionRecord) -> None:
         self.controller.audit.record(record.policy, record.pod)

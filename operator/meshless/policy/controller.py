@@ -5,14 +5,16 @@ Watch events only update the stores and queue work. A namespace reconcile resolv
 of the namespace (pure resolver), makes one plan (policy/plan.py) and writes only what
 differs: the NetworkPolicies rendered from the per-pod answers, and the provisioned
 WorkloadIdentities. A policy reconcile writes the policy's status from what the namespace
-reconciles decided.
+reconciles decided, with how its pods get their identity (status.delivery) and, for pod
+certificates, what keeps them away (an API server without them, pods whose kubelet asked
+for none within a minute: the one API read a policy reconcile makes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,17 @@ from meshless import api, metrics
 from meshless.admission.configurations import admission_namespaces, identity_namespaces
 from meshless.api import Kind, exempt_namespaces
 from meshless.conditions import ConditionChange
+from meshless.delivery import (
+    POD_CERTIFICATE_REQUESTS,
+    Delivery,
+    DeliverySetting,
+    PodCertificateMount,
+    ServedApis,
+    default_delivery,
+    delivery_for,
+    missing_api_message,
+    pod_certificate_mount,
+)
 from meshless.identity.spec import IdentityRef
 from meshless.kube import (
     IDENTITIES,
@@ -33,6 +46,7 @@ from meshless.kube import (
     Json,
     Kube,
 )
+from meshless.podcert.request import SIGNER_NAME
 from meshless.policy import plan
 from meshless.policy.audit import AdmissionAudit
 from meshless.policy.feeds import LABELS, PolicyFeeds
@@ -45,7 +59,9 @@ from meshless.policy.held import (
     slim_network_policy,
 )
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef
+from meshless.policy.pod_certificates import pod_certificate_waits, unrequested_message
 from meshless.policy.provision import IdentityRecord, identity_record
+from meshless.policy.report import PolicyTally
 from meshless.policy.resolve import PolicySet
 from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
@@ -55,10 +71,14 @@ from meshless.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 YIELD_EVERY_PODS = 200
+POD_CERTIFICATE_RECHECK_S = 30.0
 # The prober: told each namespace's ports after a reconcile, and gives each policy's
 # status.enforcement and Enforced condition.
 ResolvedHook = Callable[[str, list[tuple[PodInfo, PodResolution | None]]], None]
 Enforcement = Callable[[PolicyRef], tuple[Json, ConditionChange]]
+# The identity controller: keep the trust bundle ConfigMap in a namespace whose pods read
+# ca.crt from it next to a pod certificate (no ClusterTrustBundles served).
+BundleNeeded = Callable[[str], Awaitable[None]]
 
 
 class PolicyController:
@@ -72,6 +92,7 @@ class PolicyController:
         *,
         on_resolved: ResolvedHook | None = None,
         enforcement: Enforcement | None = None,
+        bundle_needed: BundleNeeded | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -80,6 +101,8 @@ class PolicyController:
         self.audit = AdmissionAudit()  # admission's records for status.admission
         self.on_resolved = on_resolved
         self.enforcement = enforcement
+        self.bundle_needed = bundle_needed
+        self.apis = ServedApis()  # what discovery found (set by the operator at start)
         self.status = StatusWriter(kube, POLICIES, writes)
         self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
         self.root_namespace = settings.effective_root_namespace
@@ -126,12 +149,32 @@ class PolicyController:
         """The policy's status may have changed (a probe result, an admission record)."""
         self.queue.add(PolicyWork(ref.namespace, ref.name))
 
+    # --- delivery (meshless.delivery) ---------------------------------------------------
+    @property
+    def default_delivery(self) -> Delivery:
+        return default_delivery(DeliverySetting(self.settings.identity.delivery), self.apis)
+
+    def delivery_of(self, ref: PolicyRef) -> Delivery:
+        identity = self.stores.identity_defaults(ref)
+        return delivery_for(identity.delivery, identity.algorithm, self.default_delivery)
+
+    def pod_certificate_for(self, resolution: PodResolution) -> PodCertificateMount | None:
+        """The podCertificate volume for a pod so resolved, None for Secret delivery; raises
+        DeliveryUnavailable when its policy wants pod certificates the API does not serve."""
+        ref = resolution.governing
+        identity = self.stores.identity_defaults(ref)
+        return pod_certificate_mount(identity, self.default_delivery, self.apis, str(ref))
+
     # --- what admission asks ------------------------------------------------------------
     def policy_set(self) -> PolicySet:
         return self.stores.policy_set()
 
     def identities_with_secret(self, namespace: str, secret: str) -> list[IdentityRecord]:
         return self.stores.identities_with_secret(namespace, secret)
+
+    def identities_of_account(self, namespace: str, service_account: str) -> list[IdentityRecord]:
+        """The WorkloadIdentities of `namespace` that name this ServiceAccount."""
+        return self.stores.identities_of(namespace, service_account)
 
     def identity_ref_for(self, namespace: str, service_account: str) -> IdentityRef:
         return self.stores.identity_ref_for(namespace, service_account)
@@ -182,6 +225,8 @@ class PolicyController:
             stores.provisioned_in(namespace),
             stores.network_open.get(namespace) or (),
             write=not (info is not None and info.terminating) and self.feeds.watched(namespace),
+            delivery_of=self.delivery_of,
+            trust_bundles_served=bool(self.apis.trust_bundles),
         )
         for key in before:
             if key not in decided.resolutions:
@@ -204,6 +249,8 @@ class PolicyController:
 
     async def _write_namespace(self, namespace: str, decided: plan.NamespacePlan) -> None:
         stores = self.stores
+        if decided.bundle_needed and self.bundle_needed is not None:
+            await self.bundle_needed(namespace)  # their ca.crt comes from the ConfigMap
         for manifest in decided.apply_network_policies:
             name = manifest["metadata"]["name"]
             written = await self.kube.apply(NETWORK_POLICIES, manifest)
@@ -276,7 +323,10 @@ class PolicyController:
             self.stores.identities_of,
             self.stores.network_policies.values(),
             (entry for entries in self.stores.network_open.values() for entry in entries),
+            self.delivery_of,
         )
+        if held.spec is not None:
+            await self._pod_certificate_tally(ref, tally)
         ns_info = self.stores.namespaces.get(namespace)
         stored = (held.body.get("status") or {}).get("admission")
         admission, included = self.audit.status_for(ref, stored)
@@ -301,6 +351,39 @@ class PolicyController:
                 change.reason,
                 change.message,
             )
+
+    async def _pod_certificate_tally(self, ref: PolicyRef, tally: PolicyTally) -> None:
+        """What keeps pod certificates from the policy's pods: an API server without them,
+        or pods whose kubelet asked for none within a minute (policy/pod_certificates.py)."""
+        if self.delivery_of(ref) is not Delivery.POD_CERTIFICATE:
+            return
+        if not self.apis.pod_certificates:
+            tally.delivery_unavailable = missing_api_message(str(ref))
+            return
+        work = PolicyWork(ref.namespace, ref.name)
+        governed = [pod for pod, _ in self.stores.governed(ref)]
+        waits = pod_certificate_waits(governed, None, self.clock())
+        if waits.recheck_after is not None:
+            self.queue.add_after(work, waits.recheck_after + 1)
+        if not waits.candidates:
+            return
+        requested: set[str] = set()
+        for namespace in sorted({p.namespace for p in waits.candidates}):
+            requested |= await self._requested_pod_uids(namespace)
+        unrequested = pod_certificate_waits(waits.candidates, frozenset(requested), self.clock())
+        tally.unrequested = unrequested_message(unrequested.unrequested)
+        # Until the pods run: a kubelet may be given the gate and restarted.
+        self.queue.add_after(work, POD_CERTIFICATE_RECHECK_S)
+
+    async def _requested_pod_uids(self, namespace: str) -> set[str]:
+        """The pod UIDs of the namespace's PodCertificateRequests for our signer."""
+        path = f"/apis/{self.apis.pod_certificate_requests}/namespaces/{namespace}/"
+        listed = await self.kube.request("GET", path + POD_CERTIFICATE_REQUESTS)
+        return {
+            str((item.get("spec") or {}).get("podUID") or "")
+            for item in listed.get("items") or []
+            if (item.get("spec") or {}).get("signerName") == SIGNER_NAME
+        }
 
 
 __all__ = ["PolicyController"]

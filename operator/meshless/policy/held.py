@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshless.identity.spec import IdentityRef
-from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec
+from meshless.policy.model import IdentityDefaults, PodInfo, PodResolution, PolicyRef, PolicySpec
 from meshless.policy.provision import IdentityRecord, identity_for
 from meshless.policy.resolve import PolicySet
 from meshless.runtime.store import Store, by_namespace
@@ -150,6 +150,12 @@ class PolicyStores:
 
     def policy_specs(self) -> dict[PolicyRef, PolicySpec]:
         return {h.spec.ref: h.spec for h in self.policies.values() if h.spec is not None}
+
+    def identity_defaults(self, ref: PolicyRef) -> IdentityDefaults:
+        """The policy's `identity` block (its delivery, key algorithm), defaults if unknown."""
+        held = self.policies.get((ref.namespace, ref.name))
+        spec = held.spec if held is not None else None
+        return spec.identity if spec is not None else IdentityDefaults()
 
     def identities_with_secret(self, namespace: str, secret: str) -> list[IdentityRecord]:
         """The WorkloadIdentities of `namespace` that name the Secret `secret`."""

@@ -37,6 +37,7 @@ class IdentityDefaults:
 
     ttl: str | None = None
     algorithm: str | None = None
+    delivery: str | None = None  # Secret | PodCertificate; None: the operator's default
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ class PodInfo:
     ip: str = ""
     running: bool = False  # phase Running and condition Ready True
     deleting: bool = False  # deletionTimestamp set
+    # The identity volume is a podCertificate projection (signer meshless.dev/spiffe), not a
+    # Secret: the pod needs no WorkloadIdentity.
+    pod_certificate: bool = False
+    node: str = ""  # spec.nodeName
+    created: str = ""  # metadata.creationTimestamp (RFC 3339)
 
 
 @dataclass(frozen=True)

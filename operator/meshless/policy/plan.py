@@ -19,10 +19,13 @@ from meshless.identity.spec import IdentityRef
 from meshless.policy.held import HeldPolicy, Key, NamespaceInfo
 from meshless.policy.model import PodInfo, PodResolution, PolicyRef, PolicySpec, Scope
 from meshless.policy.provision import (
+    DeliveryOf,
     IdentityRecord,
     plan_identities,
+    secret_delivery,
     spec_is_current,
     unusable_identities,
+    uses_pod_certificate,
 )
 from meshless.policy.render import (
     foreign_open_ports,
@@ -50,6 +53,9 @@ class NamespacePlan:
     delete_identities: list[str] = field(default_factory=list)
     network_open: tuple[tuple[PolicyRef, str], ...] = ()
     touched: set[PolicyRef] = field(default_factory=set)  # whose status may have changed
+    # Pods here read ca.crt from the trust bundle ConfigMap next to a pod certificate (no
+    # ClusterTrustBundles served): the namespace must hold that ConfigMap.
+    bundle_needed: bool = False
 
 
 def plan_namespace(
@@ -63,11 +69,16 @@ def plan_namespace(
     open_before: Iterable[tuple[PolicyRef, str]],
     *,
     write: bool,
+    delivery_of: DeliveryOf = secret_delivery,
+    trust_bundles_served: bool = True,
 ) -> NamespacePlan:
     """`everyone`: each pod of the namespace with its resolution now; `before`: what the
     last reconcile decided for the namespace's pods; `provisioned`: the spec of each
     provisioned identity there, by name; `write`: the namespace is watched and not
-    terminating (otherwise nothing is written, only decided)."""
+    terminating (otherwise nothing is written, only decided); `delivery_of`: how a policy's
+    pods get their identity (pods with pod certificates need no WorkloadIdentity);
+    `trust_bundles_served`: their ca.crt comes from a ClusterTrustBundle, not the
+    ConfigMap."""
     resolutions: dict[Key, PodResolution] = {}
     touched: set[PolicyRef] = set()
     for pod, resolution in everyone:
@@ -90,7 +101,10 @@ def plan_namespace(
     if write:
         _plan_network_policies(plan, held, foreign, specs)
         resolved = [(p, r) for p, r in everyone if r is not None]
-        wanted = plan_identities(namespace, resolved, specs, identities)
+        wanted = plan_identities(namespace, resolved, specs, identities, delivery_of)
+        plan.bundle_needed = not trust_bundles_served and any(
+            uses_pod_certificate(p, r, delivery_of) for p, r in resolved
+        )
         for manifest in wanted.create_or_update:
             current = provisioned.get(manifest["metadata"]["name"])
             if current is None or not spec_is_current(current, manifest["spec"]):
@@ -137,11 +151,16 @@ def tally_policy(
     identities_of: Callable[[str, str], Iterable[IdentityRecord]],
     network_policies: Iterable[Json],
     network_open: Iterable[tuple[PolicyRef, str]],
+    delivery_of: DeliveryOf = secret_delivery,
 ) -> PolicyTally:
     """What the policy's status counts. `governed`: the pods it governs; `in_namespace`: the
     resolutions of the pods of its namespace; `identity_for(namespace, service account)`:
-    the IdentityRef serving it; `identities_of(namespace, service account)`: its records."""
+    the IdentityRef serving it; `identities_of(namespace, service account)`: its records;
+    `delivery_of`: how a policy's pods get their identity (a pod with a pod certificate
+    counts no WorkloadIdentity)."""
     tally = PolicyTally()
+    if spec is not None:
+        tally.delivery = delivery_of(ref).value
     if spec is not None:
         shadow = policies.shadowed().get(ref)
         if shadow is not None:
@@ -150,7 +169,7 @@ def tally_policy(
         tally.selected += 1
         if pod.identity_mounted and pod.running:
             tally.injected += 1
-        if resolution.needs_identity():
+        if resolution.needs_identity() and not uses_pod_certificate(pod, resolution, delivery_of):
             identity = identity_for(pod.namespace, pod.service_account)
             tally.identities.add((identity.namespace, identity.name))
             account = (pod.namespace, pod.service_account)

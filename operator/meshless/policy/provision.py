@@ -4,6 +4,7 @@ Every ServiceAccount with a pod whose effective mode is STRICT or PERMISSIVE on 
 an identity. A user-made WorkloadIdentity for that ServiceAccount is used as it is; otherwise
 the operator provisions `meshless-<serviceAccount>` (labelled as provisioned) with the
 governing policy's `identity` defaults, and deletes it when no policy needs it any more.
+Pods with PodCertificate delivery get their certificate from the kubelet and need none.
 
 A user-made identity that cannot be used is never chosen for a pod: one whose spec the
 operator refuses (InvalidSpec, DNSNameNotAllowed: decided from the spec with the operator's
@@ -15,12 +16,13 @@ user-made one did not exist, and the policies' status names the unusable one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from meshless.api import API_VERSION, MANAGED_BY, PROVISIONED_LABEL, ConditionType, Kind, Reason
 from meshless.conditions import find_condition
+from meshless.delivery import Delivery
 from meshless.identity.spec import (
     IdentityRef,
     SpecError,
@@ -140,10 +142,33 @@ def unusable_identities(
     )
 
 
+DeliveryOf = Callable[[PolicyRef], Delivery]
+
+
+def secret_delivery(_: PolicyRef) -> Delivery:
+    """Every policy delivers by Secret (the default where delivery does not matter)."""
+    return Delivery.SECRET
+
+
 @dataclass(frozen=True)
 class IdentityPlan:
     create_or_update: tuple[dict[str, Any], ...]  # manifests to apply
     delete: tuple[str, ...]  # names of provisioned identities no policy needs
+
+
+def uses_pod_certificate(
+    pod: PodInfo, resolution: PodResolution, delivery_of: DeliveryOf = secret_delivery
+) -> bool:
+    """The pod gets (or would get when re-created) its identity as a pod certificate: it
+    mounts one, or it mounts no identity and its policy's delivery is PodCertificate. A pod
+    that mounts its Secret keeps using it until it is re-created."""
+    if not resolution.needs_identity():
+        return False
+    if pod.pod_certificate:
+        return True
+    return not pod.identity_mounted and (
+        delivery_of(resolution.governing) is Delivery.POD_CERTIFICATE
+    )
 
 
 def plan_identities(
@@ -151,8 +176,11 @@ def plan_identities(
     resolved: Iterable[tuple[PodInfo, PodResolution]],
     policies: Mapping[PolicyRef, PolicySpec],
     identities: Iterable[IdentityRecord],
+    delivery_of: DeliveryOf = secret_delivery,
 ) -> IdentityPlan:
-    """The provisioned identities `namespace` should hold. Deleting pods count until gone."""
+    """The provisioned identities `namespace` should hold. Deleting pods count until gone.
+    Pods with pod certificates need none (`uses_pod_certificate`); a provisioned identity
+    stays while any pod still mounts its Secret."""
     records = [i for i in identities if i.namespace == namespace]
     user_accounts = {i.service_account for i in records if not i.provisioned and i.usable}
     # For each ServiceAccount in need, the governing policy of its oldest-named pod decides
@@ -160,6 +188,8 @@ def plan_identities(
     needed: dict[str, PolicyRef] = {}
     for pod, resolution in sorted(resolved, key=lambda pr: pr[0].name):
         if pod.namespace != namespace or not resolution.needs_identity():
+            continue
+        if uses_pod_certificate(pod, resolution, delivery_of):
             continue
         needed.setdefault(pod.service_account, resolution.governing)
     manifests = []

@@ -26,6 +26,9 @@ class PolicyTally:
     # User-made identities of the governed pods' ServiceAccounts that are passed over:
     # (namespace, name) -> (why, the identity the pods get instead).
     unusable: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    delivery: str = ""  # Secret | PodCertificate: how its pods get their identity now
+    delivery_unavailable: str = ""  # PodCertificate asked of an API server without it
+    unrequested: list[str] = field(default_factory=list)  # "pod ns/name on node N"
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -78,6 +81,23 @@ def policy_conditions(
             "NetworkPolicies not owned by meshless open STRICT ports to peers without an "
             f"identity: {_listed(tally.network_open)}. meshless never edits them.",
         )
+    elif tally.delivery_unavailable:
+        ready = ConditionChange(
+            ConditionType.READY,
+            False,
+            Reason.POD_CERTIFICATE_API_UNAVAILABLE,
+            tally.delivery_unavailable,
+        )
+    elif tally.unrequested:
+        ready = ConditionChange(
+            ConditionType.READY,
+            False,
+            Reason.POD_CERTIFICATE_NOT_REQUESTED,
+            "No PodCertificateRequest within a minute for "
+            f"{_listed(tally.unrequested)}: the kubelet on that node may not have the "
+            "PodCertificateRequest feature gate (invisible to the API). Turn it on there, "
+            "or set spec.identity.delivery: Secret and re-create the pods.",
+        )
     elif tally.beaten_by and tally.selected == 0:
         ready = ConditionChange(
             ConditionType.READY, False, Reason.CONFLICT, "Not in effect: " + conflicted.message
@@ -126,4 +146,6 @@ def policy_status_fields(scope: Scope | None, tally: PolicyTally) -> dict[str, o
     }
     if scope is not None:
         fields["scope"] = scope.value
+    if tally.delivery:
+        fields["delivery"] = tally.delivery
     return fields

@@ -71,6 +71,15 @@ class PolicySet:
         for items in self.workload.values():
             yield from items
 
+    def get(self, ref: PolicyRef) -> PolicySpec | None:
+        """The policy named `ref`, None when it is not in the set."""
+        candidates = (
+            *self.root,
+            *self.namespace_wide.get(ref.namespace, ()),
+            *self.workload.get(ref.namespace, ()),
+        )
+        return next((policy for policy in candidates if policy.ref == ref), None)
+
     def shadowed(self) -> dict[PolicyRef, PolicyRef]:
         """Root and namespace-wide policies that never take effect, each with the one that
         does: they lose whatever pods exist. Workload conflicts depend on pods (see

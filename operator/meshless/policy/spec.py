@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from meshless.admission.pods import pod_info as pod_info
 from meshless.api import AdmissionAction, Mode
+from meshless.delivery import Delivery, pod_key_type
 from meshless.durations import parse_duration
 from meshless.pki.keys import KeyAlgorithm
 from meshless.policy.model import IdentityDefaults, PolicySpec
@@ -24,7 +25,7 @@ MIN_PORT, MAX_PORT = 1, 65535
 MIN_TTL, MAX_TTL = timedelta(minutes=1), timedelta(days=30)
 
 
-E = TypeVar("E", Mode, AdmissionAction, KeyAlgorithm)
+E = TypeVar("E", Mode, AdmissionAction, KeyAlgorithm, Delivery)
 
 
 class PolicySpecError(ValueError):
@@ -136,4 +137,14 @@ def _identity_defaults(raw: Any) -> IdentityDefaults:
         algorithm = _enum(
             KeyAlgorithm, algorithm, "spec.identity.privateKey.algorithm", KeyAlgorithm.ECDSAP256
         ).value
-    return IdentityDefaults(ttl=None if ttl is None else str(ttl), algorithm=algorithm)
+    delivery = raw.get("delivery") or None
+    if delivery is not None:
+        delivery = _enum(Delivery, delivery, "spec.identity.delivery", Delivery.SECRET).value
+        if delivery == Delivery.POD_CERTIFICATE and algorithm is not None:
+            try:
+                pod_key_type(algorithm)
+            except ValueError as exc:
+                raise PolicySpecError(str(exc)) from None
+    return IdentityDefaults(
+        ttl=None if ttl is None else str(ttl), algorithm=algorithm, delivery=delivery
+    )
