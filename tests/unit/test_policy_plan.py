@@ -3,10 +3,12 @@ namespaces' admission labels: decided from what the stores hold, without the API
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from meshless.api import Mode
 from meshless.conditions import ConditionChange
+from meshless.delivery import Delivery
 from meshless.policy.held import HeldPolicy, NamespaceInfo, slim_policy
 from meshless.policy.model import PolicyRef
 from meshless.policy.plan import label_changes, plan_namespace, policy_status, tally_policy
@@ -102,6 +104,100 @@ def test_a_policy_tally_counts_what_it_governs() -> None:
     assert (tally.selected, tally.injected) == (2, 1)
     assert tally.identities == {(NS, "meshless-web")}
     assert tally.network_open == ["NetworkPolicy x opens port 1 of pod y"]
+
+
+def _pod_certificates(_: PolicyRef) -> Delivery:
+    return Delivery.POD_CERTIFICATE
+
+
+def test_pods_with_pod_certificates_get_no_identity_and_need_the_bundle_configmap() -> None:
+    strict = policy(NS, "strict", Mode.STRICT)
+    pods = [
+        pod(NS, "web-1", service_account="web"),  # re-created: a pod certificate
+        replace(pod(NS, "api-1", service_account="api"), pod_certificate=True),
+    ]
+    everyone = _everyone([strict], pods)
+    specs = {strict.ref: strict}
+    planned = plan_namespace(
+        NS,
+        everyone,
+        {},
+        specs,
+        [],
+        [],
+        {},
+        (),
+        write=True,
+        delivery_of=_pod_certificates,
+        trust_bundles_served=False,
+    )
+    assert planned.apply_identities == []
+    assert planned.bundle_needed  # their ca.crt comes from the ConfigMap
+    served = plan_namespace(
+        NS,
+        everyone,
+        {},
+        specs,
+        [],
+        [],
+        {},
+        (),
+        write=True,
+        delivery_of=_pod_certificates,
+        trust_bundles_served=True,
+    )
+    assert not served.bundle_needed  # a ClusterTrustBundle serves ca.crt
+
+    # A pod still mounting its Secret keeps its identity until it is re-created.
+    mounting = _everyone([strict], [pod(NS, "old-1", service_account="old", mounted=True)])
+    kept = plan_namespace(
+        NS, mounting, {}, specs, [], [], {}, (), write=True, delivery_of=_pod_certificates
+    )
+    assert [m["metadata"]["name"] for m in kept.apply_identities] == ["meshless-old"]
+    assert not kept.bundle_needed
+
+    # By Secret: an identity for the pod without a pod certificate; the one mounting a pod
+    # certificate still reads ca.crt from the ConfigMap until it is re-created.
+    secret = plan_namespace(
+        NS, everyone, {}, specs, [], [], {}, (), write=True, trust_bundles_served=False
+    )
+    assert [m["metadata"]["name"] for m in secret.apply_identities] == ["meshless-web"]
+    assert secret.bundle_needed
+    by_secret_only = _everyone([strict], [pod(NS, "web-1", service_account="web")])
+    plain = plan_namespace(
+        NS, by_secret_only, {}, specs, [], [], {}, (), write=True, trust_bundles_served=False
+    )
+    assert not plain.bundle_needed
+
+
+def test_a_policy_tally_names_its_delivery_and_counts_no_identity_for_pod_certificates() -> None:
+    strict = policy(NS, "strict", Mode.STRICT)
+    pods = [replace(pod(NS, "web-1", service_account="web"), pod_certificate=True)]
+    ps = PolicySet.build([strict], ROOT_NS)
+    governed = [(p, r) for p, r in _everyone([strict], pods) if r is not None]
+
+    def tally(delivery_of):  # type: ignore[no-untyped-def]
+        return tally_policy(
+            strict.ref,
+            strict,
+            ps,
+            governed,
+            [r for _, r in governed],
+            lambda ns, sa: identity_for(ns, sa, [], "cluster.local"),
+            lambda ns, sa: [],
+            [],
+            [],
+            delivery_of,
+        )
+
+    by_pod_certificate = tally(_pod_certificates)
+    assert by_pod_certificate.delivery == "PodCertificate"
+    assert by_pod_certificate.identities == set()
+    assert by_pod_certificate.selected == 1
+    by_secret = tally(lambda ref: Delivery.SECRET)
+    assert by_secret.delivery == "Secret"
+    # It mounts a pod certificate: no WorkloadIdentity serves it, whatever the policy says.
+    assert by_secret.identities == set()
 
 
 def test_a_policy_status_warns_only_when_it_turns_bad() -> None:
