@@ -12,13 +12,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
+from meshless.delivery import ServedApis
 from meshless.identity.controller import IdentityController
 from meshless.identity.held import HeldIdentity
 from meshless.kube import Kube
 from meshless.metrics import CertificateSeries
 from meshless.operator import EventOnlyMemories
+from meshless.policy.admission_state import ControllerAdmissionState
 from meshless.policy.controller import PolicyController
 from meshless.policy.held import LabelsWork, NamespaceWork
+from meshless.policy.model import PolicyRef
 from meshless.runtime.writes import OwnWrites
 from meshless.settings import Settings
 from meshless.status import EventRecorder
@@ -279,3 +282,29 @@ def test_identities_a_list_did_not_return_are_handed_back_as_deleted() -> None:
     assert sorted(identities.store) == [("other", "elsewhere"), ("shop", "kept")]
     # A cluster-wide list that returned nothing: everything held is gone.
     assert len(identities.vanished(None, set())) == 2
+
+
+def test_admission_reads_a_snapshot_of_the_policy_stores() -> None:
+    policies = _controller()
+    state = ControllerAdmissionState(policies)
+    assert state.current().policies is None  # not every policy read yet: 503
+    body = {
+        "metadata": {"name": "strict", "namespace": "shop", "uid": "u1", "generation": 1},
+        "spec": {"mode": "STRICT"},
+    }
+    policies.on_policy_event("ADDED", body, enqueue=False)
+    policies.on_identity_event("ADDED", _identity("web-id", "web", "2026-11-29T00:00:00Z"))
+    state.policies_listed = True
+    first = state.current()
+    assert first.policies is not None
+    assert [spec.ref for spec in first.policies.all()] == [PolicyRef("shop", "strict")]
+    [record] = first.identities.of_account("shop", "web")
+    assert record.name == "web-id"
+    # Nothing changed: the same state, no PolicySet built again.
+    assert state.current() is first
+    # What discovery found decides the default delivery admission mounts.
+    policies.apis = ServedApis(pod_certificate_requests="certificates.k8s.io/v1beta1")
+    served = state.current()
+    assert served.apis == policies.apis
+    assert served.delivery is policies.default_delivery
+    assert served.policies is first.policies
