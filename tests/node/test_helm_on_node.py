@@ -285,6 +285,7 @@ def test_helm_install_examples_upgrade_uninstall(
             for d in apps.list_namespaced_deployment(ns).items
         ), timeout=TIMEOUT_S, every=2)  # fmt: skip
     identities = {}
+    pod_certificates: set[tuple[str, str]] = set()  # (namespace, ServiceAccount)
     for namespace in STRICT_POLICIES:
         for p in core.list_namespaced_pod(namespace).items:
             if p.metadata.labels.get("app") == "bad-client":  # DISABLE: no identity
@@ -295,6 +296,9 @@ def test_helm_install_examples_upgrade_uninstall(
             mounts = {m.mount_path.rstrip("/") for c in p.spec.containers for m in c.volume_mounts}
             assert IDENTITY_DIR in mounts, p.metadata.name
             identities[(namespace, p.metadata.name)] = account
+            (volume,) = [v for v in p.spec.volumes if v.name == "meshless-identity"]
+            if volume.projected is not None:  # PodCertificate delivery (auto: the API is on)
+                pod_certificates.add((namespace, account))
     assert len(identities) == 5  # web, python server and client, nodejs server and client
 
     # The examples' own clients reach their servers by Service DNS name ("server") over mTLS.
@@ -454,11 +458,15 @@ def test_helm_install_examples_upgrade_uninstall(
     core.read_namespaced_secret("meshless-webhook-ca", NAMESPACE)
     coordination.read_namespaced_lease(LEASE_NAME, NAMESPACE)
     for (ns, _), account in identities.items():
+        labels = core.read_namespace(ns).metadata.labels or {}
+        assert labels.get("meshless.dev/mtls") == "enabled"
+        if (ns, account) in pod_certificates:  # the kubelet holds the key: nothing was made
+            continue
         custom.get_namespaced_custom_object(
             "meshless.dev", "v1alpha1", ns, "workloadidentities", f"meshless-{account}"
         )
         core.read_namespaced_secret(f"meshless-{account}-mtls", ns)
         core.read_namespaced_config_map("meshless-trust-bundle", ns)
-        labels = core.read_namespace(ns).metadata.labels or {}
-        assert labels.get("meshless.dev/mtls") == "enabled"
+    if pod_certificates:  # their trust bundle, kept in step with the CA by the operator
+        kubectl("get", "clustertrustbundle", "meshless.dev:spiffe:primary")
     assert client.NetworkingV1Api(api_client).list_namespaced_network_policy("example-nginx").items

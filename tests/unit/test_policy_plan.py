@@ -129,24 +129,11 @@ def test_pods_with_pod_certificates_get_no_identity_and_need_the_bundle_configma
         (),
         write=True,
         delivery_of=_pod_certificates,
-        trust_bundles_served=False,
     )
     assert planned.apply_identities == []
-    assert planned.bundle_needed  # their ca.crt comes from the ConfigMap
-    served = plan_namespace(
-        NS,
-        everyone,
-        {},
-        specs,
-        [],
-        [],
-        {},
-        (),
-        write=True,
-        delivery_of=_pod_certificates,
-        trust_bundles_served=True,
-    )
-    assert not served.bundle_needed  # a ClusterTrustBundle serves ca.crt
+    # the namespace keeps the ConfigMap bundle (their ca.crt may come from it, and it is what
+    # the namespace's other programs read to check meshless identities)
+    assert planned.bundle_needed
 
     # A pod still mounting its Secret keeps its identity until it is re-created.
     mounting = _everyone([strict], [pod(NS, "old-1", service_account="old", mounted=True)])
@@ -158,15 +145,11 @@ def test_pods_with_pod_certificates_get_no_identity_and_need_the_bundle_configma
 
     # By Secret: an identity for the pod without a pod certificate; the one mounting a pod
     # certificate still reads ca.crt from the ConfigMap until it is re-created.
-    secret = plan_namespace(
-        NS, everyone, {}, specs, [], [], {}, (), write=True, trust_bundles_served=False
-    )
+    secret = plan_namespace(NS, everyone, {}, specs, [], [], {}, (), write=True)
     assert [m["metadata"]["name"] for m in secret.apply_identities] == ["meshless-web"]
     assert secret.bundle_needed
     by_secret_only = _everyone([strict], [pod(NS, "web-1", service_account="web")])
-    plain = plan_namespace(
-        NS, by_secret_only, {}, specs, [], [], {}, (), write=True, trust_bundles_served=False
-    )
+    plain = plan_namespace(NS, by_secret_only, {}, specs, [], [], {}, (), write=True)
     assert not plain.bundle_needed
 
 

@@ -226,7 +226,6 @@ class PolicyController:
             stores.network_open.get(namespace) or (),
             write=not (info is not None and info.terminating) and self.feeds.watched(namespace),
             delivery_of=self.delivery_of,
-            trust_bundles_served=bool(self.apis.trust_bundles),
         )
         for key in before:
             if key not in decided.resolutions:

@@ -70,15 +70,13 @@ def plan_namespace(
     *,
     write: bool,
     delivery_of: DeliveryOf = secret_delivery,
-    trust_bundles_served: bool = True,
 ) -> NamespacePlan:
     """`everyone`: each pod of the namespace with its resolution now; `before`: what the
     last reconcile decided for the namespace's pods; `provisioned`: the spec of each
     provisioned identity there, by name; `write`: the namespace is watched and not
     terminating (otherwise nothing is written, only decided); `delivery_of`: how a policy's
-    pods get their identity (pods with pod certificates need no WorkloadIdentity);
-    `trust_bundles_served`: their ca.crt comes from a ClusterTrustBundle, not the
-    ConfigMap."""
+    pods get their identity (pods with pod certificates need no WorkloadIdentity, but their
+    namespace keeps the trust-bundle ConfigMap)."""
     resolutions: dict[Key, PodResolution] = {}
     touched: set[PolicyRef] = set()
     for pod, resolution in everyone:
@@ -102,9 +100,11 @@ def plan_namespace(
         _plan_network_policies(plan, held, foreign, specs)
         resolved = [(p, r) for p, r in everyone if r is not None]
         wanted = plan_identities(namespace, resolved, specs, identities, delivery_of)
-        plan.bundle_needed = not trust_bundles_served and any(
-            uses_pod_certificate(p, r, delivery_of) for p, r in resolved
-        )
+        # The ConfigMap bundle is what a namespace's other programs read to check meshless
+        # identities (a client without one, another TLS stack, the examples' bad client):
+        # kept wherever pods hold pod certificates, even where their own ca.crt comes from a
+        # ClusterTrustBundle (Secret-delivered identities keep it through the identities).
+        plan.bundle_needed = any(uses_pod_certificate(p, r, delivery_of) for p, r in resolved)
         for manifest in wanted.create_or_update:
             current = provisioned.get(manifest["metadata"]["name"])
             if current is None or not spec_is_current(current, manifest["spec"]):
