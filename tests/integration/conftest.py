@@ -337,3 +337,27 @@ def podcert_kubeconfig() -> Iterator[str]:
     finally:
         if not running:
             subprocess.run([*launcher, "down"], env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def pc_api(podcert_kubeconfig: str) -> client.ApiClient:
+    """A client of the control plane that serves the Pod Certificates API."""
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=podcert_kubeconfig)
+
+
+@contextlib.contextmanager
+def podcert_operator(
+    kubeconfig: str, api: client.ApiClient, log_dir: Path, **settings: str
+) -> Iterator[OperatorProcess]:
+    """An operator on the Pod Certificates control plane, leading, stopped afterwards with its
+    webhook configurations removed (the module fixtures of the podcert tests)."""
+    op = _start_operator(kubeconfig, client.CoreV1Api(api), log_dir, **settings)
+    op.wait_for_log("reconciling as leader", timeout=30)
+    try:
+        yield op
+    finally:
+        if op.proc is not None and op.proc.poll() is None:
+            op.stop()
+        remove_webhook_configurations(api)

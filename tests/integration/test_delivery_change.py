@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from tests.integration.conftest import (
     OperatorProcess,
-    _start_operator,
-    remove_webhook_configurations,
+    podcert_operator,
 )
 from tests.integration.kubehelpers import condition
 from tests.integration.policyhelpers import create_pod, create_policy, patch_policy, wait_policy
@@ -26,25 +25,13 @@ TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def pc_api(podcert_kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=podcert_kubeconfig)
-
-
-@pytest.fixture(scope="module")
 def operator(
     podcert_kubeconfig: str, pc_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    op = _start_operator(
-        podcert_kubeconfig,
-        client.CoreV1Api(pc_api),
-        tmp_path_factory.mktemp("delivery"),
-        identity_delivery="auto",
-    )
-    op.wait_for_log("reconciling as leader", timeout=TIMEOUT)
-    yield op
-    if op.proc is not None and op.proc.poll() is None:
-        op.stop()
-    remove_webhook_configurations(pc_api)
+    with podcert_operator(
+        podcert_kubeconfig, pc_api, tmp_path_factory.mktemp("delivery"), identity_delivery="auto"
+    ) as op:
+        yield op
 
 
 @pytest.fixture

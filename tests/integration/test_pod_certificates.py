@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from kubernetes import client, config
+from kubernetes import client
 
 from meshless.pki.bundle import bundle_pem, parse_pem_certificates
 from meshless.pki.ca import ca_from_secret_data
 from meshless.podcert.trust_bundle import TRUST_BUNDLE_NAME
 from tests.pcrs import kubelet_key, pcr_body
 
-from .conftest import OperatorProcess, _start_operator, remove_webhook_configurations
+from .conftest import OperatorProcess, podcert_operator
 from .kubehelpers import wait_event
 from .podcerts import (
     BoundPod,
@@ -45,25 +45,13 @@ MAX_TTL_S = 2 * 3600  # the operator's cap in this module
 
 
 @pytest.fixture(scope="module")
-def pc_api(podcert_kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=podcert_kubeconfig)
-
-
-@pytest.fixture(scope="module")
 def signer(
     podcert_kubeconfig: str, pc_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    op = _start_operator(
-        podcert_kubeconfig,
-        client.CoreV1Api(pc_api),
-        tmp_path_factory.mktemp("signer"),
-        pod_certificate_max_ttl="2h",
-    )
-    op.wait_for_log("reconciling as leader", timeout=TIMEOUT)
-    yield op
-    if op.proc is not None and op.proc.poll() is None:
-        op.stop()
-    remove_webhook_configurations(pc_api)
+    with podcert_operator(
+        podcert_kubeconfig, pc_api, tmp_path_factory.mktemp("signer"), pod_certificate_max_ttl="2h"
+    ) as op:
+        yield op
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 
 from meshless.podcert.trust_bundle import TRUST_BUNDLE_NAME
 from tests.helmtool import render
@@ -66,11 +66,6 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-@pytest.fixture(scope="module")
-def pc_api(podcert_kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=podcert_kubeconfig)
 
 
 @pytest.fixture(scope="module")
