@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,10 +23,8 @@ from meshless.admission.configuration_writes import (
     apply_configurations,
     webhook_endpoint,
 )
-from meshless.admission.handler import AdmissionHandler
 from meshless.admission.keeper import ServingCertificateKeeper
-from meshless.admission.server import AdmissionServer, ServerThread
-from meshless.admission.validate import AdmissionRecord
+from meshless.admission.process import AdmissionProcess
 from meshless.api import (
     GROUP,
     IDENTITY_LABEL,
@@ -57,10 +54,6 @@ from meshless.watch import Key, Watch
 from meshless.webhook_ca_store import WebhookCAStore
 
 log = logging.getLogger(__name__)
-# How long the webhook server's thread may wait for the interpreter lock each time it needs it
-# back (after every socket or TLS call) while the operator's loop is busy: Python's default,
-# 5 ms, cost up to 5 ms per hand-over, several times per request (docs/decisions/admission.md).
-SWITCH_INTERVAL_S = 0.001
 
 
 def utcnow() -> datetime:
@@ -116,7 +109,7 @@ class Operator:
         self.webhook_ca = WebhookCAStore(
             kube, settings.runtime.namespace, utcnow, settings.ca.settle_time, WEBHOOK_CONFIGURATION
         )
-        self.webhook_server: ServerThread | None = None
+        self.webhook_server: AdmissionProcess | None = None
         self.budget = WriteBudget(settings.writes.budget_qps, settings.writes.budget_burst)
         self.events = EventRecorder(kube)
         self.writes = OwnWrites()  # our own writes, for every controller's watch echoes
@@ -320,11 +313,11 @@ class Operator:
         return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook.port)
 
     async def _serve_webhooks(self) -> None:
-        """Every replica serves the admission webhooks (admission/server.py, in a thread of
-        their own, answered by admit.admit from the policy controller's state), with a
-        serving certificate from the webhook CA that is renewed at 2/3 of its life or when
-        that CA's signing root changes. Without a usable webhook CA yet, the server starts
-        once one is loaded."""
+        """Every replica serves the admission webhooks (admission/server.py, in a child
+        process, admission/process.py, answered by admit.admit from a mirror of the policy
+        controller's state), with a serving certificate from the webhook CA that is renewed
+        at 2/3 of its life or when that CA's signing root changes. Without a usable webhook
+        CA yet, the server starts once one is loaded."""
         poll = self.settings.ca.poll_interval.total_seconds()
         while self.webhook_ca.authority is None:
             log.warning("admission webhooks wait for a usable webhook CA (see the log)")
@@ -333,29 +326,18 @@ class Operator:
             ca=lambda: self.webhook_ca.authority, hosts=self.webhook_hosts, clock=utcnow
         )
         certificate, _ = keeper.issue()
-        loop = asyncio.get_running_loop()
-
-        def record(admitted: AdmissionRecord) -> None:  # from the server's thread
-            loop.call_soon_threadsafe(self.admission_state.record_admission, admitted)
-
-        handler = AdmissionHandler(self.admission_state.current, record)
-        server = ServerThread(
-            AdmissionServer(
-                handler,
-                certificate,
-                addr=self.settings.webhook.host,
-                port=self.settings.webhook.port,
-            )
+        server = AdmissionProcess(
+            self.admission_state.current,
+            self.policies.stores.identities,
+            self.policies.stores.policies,
+            self.admission_state.record_admission,
+            certificate,
+            host=self.settings.webhook.host,
+            port=self.settings.webhook.port,
+            log_format=self.settings.runtime.log_format,
         )
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        while True:
-            try:
-                await server.start()
-                break
-            except OSError as exc:
-                log.warning("cannot serve the admission webhooks yet (%s); retrying in 2 s", exc)
-                await asyncio.sleep(2)
         self.webhook_server = server
+        await server.start()  # returns once the child listens; it is restarted if it dies
         self.webhooks_served = True
         await keeper.run(server, check_every=poll)
 
