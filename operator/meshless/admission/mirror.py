@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from meshless.admission.admit import NO_IDENTITIES, AdmissionState
 from meshless.admission.serving import ServingCertificate
 from meshless.policy.provision import IdentityRecord
-from meshless.runtime.store import Store
 
 Key = tuple[str, str]  # namespace, name
 
@@ -59,36 +58,53 @@ def without_identities(state: AdmissionState) -> StateMessage:
     return StateMessage(replace(state, identities=NO_IDENTITIES))
 
 
-def _account(key: Key, record: IdentityRecord) -> tuple[Key]:
-    return ((key[0], record.service_account),)
-
-
-def _secret(key: Key, record: IdentityRecord) -> tuple[Key]:
-    return ((key[0], record.secret_name),)
-
-
 class MirroredIdentities:
-    """admit.Identities over a store of the records the operator sent, indexed as the
-    operator's own store is (policy/held.py): by ServiceAccount and by Secret."""
+    """admit.Identities over the records the operator sent, looked up as the operator's own
+    store is (policy/held.py): by ServiceAccount and by Secret.
+
+    Leaner than the operator's `runtime.store.Store` (measured with 50,000 records, about a
+    third of the child's memory is the indexes): an index value maps to the tuple of the keys
+    under it (almost always one) instead of a dict per value, and a record's key is made of
+    its own strings (the key that came with it is dropped)."""
 
     def __init__(self) -> None:
-        self.store: Store[Key, IdentityRecord] = Store({"account": _account, "secret": _secret})
+        self._records: dict[Key, IdentityRecord] = {}
+        self._by_account: dict[Key, tuple[Key, ...]] = {}
+        self._by_secret: dict[Key, tuple[Key, ...]] = {}
 
     def apply(self, changes: Iterable[tuple[Key, IdentityRecord | None]]) -> None:
         for key, record in changes:
+            before = self._records.pop(key, None)
+            if before is not None:
+                _unindex(self._by_account, (before.namespace, before.service_account), key)
+                _unindex(self._by_secret, (before.namespace, before.secret_name), key)
             if record is None:
-                self.store.pop(key)
-            else:
-                self.store.put(key, record)
+                continue
+            key = (record.namespace, record.name)
+            self._records[key] = record
+            _index(self._by_account, (record.namespace, record.service_account), key)
+            _index(self._by_secret, (record.namespace, record.secret_name), key)
 
     def of_account(self, namespace: str, service_account: str) -> Sequence[IdentityRecord]:
-        return list(self.store.indexed("account", (namespace, service_account)).values())
+        return [self._records[k] for k in self._by_account.get((namespace, service_account), ())]
 
     def naming_secret(self, namespace: str, secret: str) -> Sequence[IdentityRecord]:
-        return list(self.store.indexed("secret", (namespace, secret)).values())
+        return [self._records[k] for k in self._by_secret.get((namespace, secret), ())]
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self._records)
+
+
+def _index(index: dict[Key, tuple[Key, ...]], value: Key, key: Key) -> None:
+    index[value] = (*index.get(value, ()), key)
+
+
+def _unindex(index: dict[Key, tuple[Key, ...]], value: Key, key: Key) -> None:
+    left = tuple(k for k in index.get(value, ()) if k != key)
+    if left:
+        index[value] = left
+    else:
+        index.pop(value, None)
 
 
 class AdmissionMirror:
