@@ -10,10 +10,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from kubernetes import client
 
+from meshless.api import GROUP, VERSION
 from tests.integration.conftest import OperatorFactory, OperatorProcess
 from tests.integration.policyhelpers import create_pod, create_policy, wait_admission_label
 
@@ -65,13 +68,25 @@ def _injected(api: client.ApiClient, namespace: str, name: str) -> bool:
     return "meshless.dev/identity" in (pod["metadata"].get("labels") or {})
 
 
+@pytest.fixture
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """A namespace of its own, emptied and deleted afterwards (its policy's provisioned
+    identity would otherwise be issued by every later test's operator)."""
+    name = f"adm-proc-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    custom = client.CustomObjectsApi(api_client)
+    for plural in ("mtlspolicies", "workloadidentities"):
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
+    core.delete_namespace(name)
+
+
 def test_a_killed_admission_child_is_restarted_and_the_api_server_calls_it_again(
-    operator_factory: OperatorFactory, api_client: client.ApiClient
+    operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
 ) -> None:
     op = operator_factory()
     assert op.proc is not None
-    namespace = f"adm-proc-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
     create_policy(api_client, namespace, "strict", "STRICT")
     wait_admission_label(api_client, namespace)
     _wait(lambda: _ready(op), 30, "ready")

@@ -334,3 +334,23 @@ def test_the_child_process_serves_is_restarted_and_stops_with_its_pipe() -> None
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(") ")[1].startswith("Z")
+
+
+def test_the_child_imports_neither_kopf_nor_the_kubernetes_client() -> None:
+    """Its memory is the server, `admit` and the mirror (docs/decisions/admission.md)."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, meshless.admission.child; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "aiohttp" in loaded  # the check sees what the child imports
+    assert not {"kopf", "kubernetes", "prometheus_client"} & set(loaded)
