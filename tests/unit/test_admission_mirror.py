@@ -354,3 +354,45 @@ def test_the_child_imports_neither_kopf_nor_the_kubernetes_client() -> None:
     ).stdout.split()
     assert "aiohttp" in loaded  # the check sees what the child imports
     assert not {"kopf", "kubernetes", "prometheus_client"} & set(loaded)
+
+
+def test_a_child_that_cannot_be_kept_current_is_stopped_and_another_started() -> None:
+    """A failure on the operator's side of the pipe must not leave a child answering from a
+    stale mirror: it is killed, and the next one is filled from the start."""
+    import socket
+
+    async def scenario() -> None:
+        controller = _controller()
+        state = ControllerAdmissionState(controller)
+        calls = 0
+
+        def failing_once() -> AdmissionState:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the first child's first update
+                raise RuntimeError("the state cannot be read")
+            return state.current()
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = AdmissionProcess(
+            failing_once,
+            controller.stores.identities,
+            controller.stores.policies,
+            state.record_admission,
+            CERTIFICATE,
+            host="127.0.0.1",
+            port=port,
+            restart_delay=0.1,
+        )
+        try:
+            async with asyncio.timeout(30):
+                await process.start()
+                while process.started < 2 or not process.listening:
+                    await asyncio.sleep(0.05)
+        finally:
+            await process.stop()
+        assert calls > 2
+
+    asyncio.run(scenario())

@@ -182,6 +182,8 @@ class AdmissionProcess:
         self.started += 1
         log.info("admission child started (pid %d)", proc.pid)
         replicate = asyncio.create_task(self._replicate(proc.stdin))
+        # A child that cannot be kept current must not answer from a stale mirror.
+        replicate.add_done_callback(lambda task: self._replication_ended(task, proc))
         try:
             await self._take_replies(proc.stdout)
             return await proc.wait()
@@ -218,10 +220,25 @@ class AdmissionProcess:
                 sent = state
             await stdin.drain()
 
+    @staticmethod
+    def _replication_ended(task: asyncio.Task[None], proc: asyncio.subprocess.Process) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if proc.returncode is None:
+            log.error(
+                "keeping the admission child current failed; stopping it",
+                exc_info=task.exception(),
+            )
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
     async def _take_replies(self, stdout: asyncio.StreamReader) -> None:
         while (message := await read_frame(stdout)) is not None:
             if isinstance(message, AdmissionRecord):
-                self.record(message)
+                try:
+                    self.record(message)
+                except Exception:
+                    log.exception("recording an admission for the policy status failed")
             elif isinstance(message, Listening):
                 self.listening = True
                 log.info("admission webhooks served by the child (pid %s)", self.pid)
