@@ -109,6 +109,7 @@ async def measure() -> dict[str, Any]:
         port=port,
     )
     await idle.start()
+    await idle.wait_listening()
     await asyncio.sleep(1)
     assert idle.pid is not None
     results["rss_mb_admission_child_idle"] = round(_rss_mb(idle.pid), 1)
@@ -146,6 +147,7 @@ async def measure() -> dict[str, Any]:
     )
     started = time.monotonic()
     await full.start()
+    await full.wait_listening()
     # Another ServiceAccount's identity Secret: refused (403) once the child holds every
     # record and says so; 503 before.
     stolen = _review("ns-0", "sa-0", f"id-{COUNT - NAMESPACES}-tls")

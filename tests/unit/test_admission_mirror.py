@@ -309,7 +309,8 @@ def test_the_child_process_serves_is_restarted_and_stops_with_its_pipe() -> None
             restart_delay=0.1,
         )
         stolen = _review(_with_secret(pod(sa="payments"), "admin-tls"))
-        await asyncio.wait_for(process.start(), 30)
+        await process.start()
+        await asyncio.wait_for(process.wait_listening(), 30)
         try:
             answer = await asyncio.to_thread(_post, port, stolen)
             assert answer["allowed"] is False and "admin" in answer["status"]["message"]
@@ -389,6 +390,7 @@ def test_a_child_that_cannot_be_kept_current_is_stopped_and_another_started() ->
         try:
             async with asyncio.timeout(30):
                 await process.start()
+                await process.wait_listening()
                 while process.started < 2 or not process.listening:
                     await asyncio.sleep(0.05)
         finally:

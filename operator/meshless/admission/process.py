@@ -5,14 +5,18 @@ another when it dies. docs/decisions/admission.md, "Serving: a process of its ow
 
 Kept current down the child's stdin, in order (mirror.py has the messages):
 - at each start, the state with the identities not yet listed, then the serving certificate
-  (the child listens from then on), then every WorkloadIdentity record in batches, then the
-  state as it is: the child never says "listed" before it holds every record;
+  (once there is one: the child listens from then on), then every WorkloadIdentity record in
+  batches, then the state as it is: the child never says "listed" before it holds every
+  record;
 - after that, only what changes: the identity records a store write touched (the store is
   observed; a record written twice between two sends goes once), and the state whenever
   `state()` returns a new value (`ControllerAdmissionState.current()` builds one only when
   the policies, the flags, the delivery or the APIs changed), looked at after every write of
   the identity or policy store and at least every `resync` seconds;
-- each renewed serving certificate (`load_certificate`, the keeper's call).
+- the first serving certificate and each renewal (`load_certificate`, the keeper's call).
+
+The child is started with the operator (`start`), before the webhook CA is read: its imports
+then overlap the operator's start-up, and it listens as soon as the certificate arrives.
 
 The child's Warn/Audit records come back up its stdout and go to `record` on this loop. The
 child exits when its stdin closes: `stop()` closes it, and so does the operator's death.
@@ -62,7 +66,7 @@ class AdmissionProcess:
         identities: Store[Key, IdentityRecord],
         policies: Store[Any, Any],
         record: Callable[[AdmissionRecord], None],
-        certificate: ServingCertificate,
+        certificate: ServingCertificate | None = None,
         *,
         host: str,
         port: int,
@@ -93,23 +97,31 @@ class AdmissionProcess:
 
     # --- what the operator calls --------------------------------------------------------
     @property
-    def certificate(self) -> ServingCertificate:
+    def certificate(self) -> ServingCertificate | None:
         return self._certificate
 
     def load_certificate(self, certificate: ServingCertificate) -> None:
-        """Serve `certificate` from the next handshake on (sent to the child now)."""
+        """Serve `certificate` from the next handshake on (sent to the child now; the first
+        one makes it listen)."""
+        renewal = self._certificate is not None
         self._certificate = certificate
         if self._stdin is not None and not self._stdin.is_closing():
             self._stdin.write(frame(CertificateMessage(certificate)))
-        log.info("webhook serving certificate renewed (valid until %s)", certificate.not_after)
+        if renewal:
+            log.info("webhook serving certificate renewed (valid until %s)", certificate.not_after)
 
     async def start(self) -> None:
-        """Start the child (and its supervisor); return once it listens. A child that
-        cannot listen yet (the port taken) is started again every `restart_delay` s."""
+        """Start the child (and its supervisor) and return: it imports what it needs while
+        the operator starts, and listens once it has a certificate (`wait_listening`). A
+        child that dies or cannot listen (the port taken) is started again every
+        `restart_delay` s."""
         if self._supervisor is None:
             self._first = asyncio.get_running_loop().create_future()
             self._supervisor = asyncio.create_task(self._supervise())
-        assert self._first is not None
+
+    async def wait_listening(self) -> None:
+        """Return once a child has listened (the first time)."""
+        assert self._first is not None, "start() first"
         await asyncio.shield(self._first)
 
     async def stop(self) -> None:
@@ -178,7 +190,7 @@ class AdmissionProcess:
             env=env,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        self._proc, self._stdin, self.pid = proc, proc.stdin, proc.pid
+        self._proc, self.pid = proc, proc.pid
         self.started += 1
         log.info("admission child started (pid %d)", proc.pid)
         replicate = asyncio.create_task(self._replicate(proc.stdin))
@@ -199,7 +211,11 @@ class AdmissionProcess:
         """Fill the new child, then keep it current (see the module's docstring)."""
         first = replace(self.state(), identities_listed=False)  # no record sent yet
         stdin.write(frame(without_identities(first)))
-        stdin.write(frame(CertificateMessage(self._certificate)))
+        # From here on `load_certificate` writes to this child: after the first state, so
+        # the child never listens without it.
+        self._stdin = stdin
+        if self._certificate is not None:
+            stdin.write(frame(CertificateMessage(self._certificate)))
         self._dirty = set(self.identities.keys())
         sent: AdmissionState | None = None
         self._wake.set()
