@@ -27,6 +27,7 @@ from tests.integration.podcerts import trust_bundle
 from tests.integration.policyhelpers import create_policy, wait_admission_label, wait_policy
 from tests.integration.rotationpeers import fingerprints, leaf_root
 from tests.integration.test_ca_rotation import CAWatcher, meshless_cli
+from tests.node.identities import CLIENT
 from tests.node.pods import Node, pod
 from tests.node.test_operator_on_node import IDENTITY_DIR, _switchable
 
@@ -35,26 +36,6 @@ pytestmark = pytest.mark.node
 PROBE_INTERVAL_S = 5
 POD_CERTIFICATES = {"delivery": "PodCertificate"}  # spec.identity of the policies
 TRUST_DOMAIN = "cluster.local"  # the test operator's default
-# argv: server IP, CA bundle, identity directory or "-" for none. Speaks first (the server of
-# test_operator_on_node answers what it is sent).
-CLIENT = r"""
-import socket, ssl, sys
-host, ca, identity = sys.argv[1:4]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False  # a SPIFFE peer is named by its URI SAN, printed below
-ctx.load_verify_locations(ca)
-if identity != "-":
-    ctx.load_cert_chain(identity + "/tls.crt", identity + "/tls.key")
-try:
-    with socket.create_connection((host, 8443), timeout=10) as raw:
-        with ctx.wrap_socket(raw) as tls:
-            uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
-            print("server", ",".join(uris))
-            tls.sendall(b"hi\n")
-            print("reply", tls.recv(1024).decode().strip())
-except ssl.SSLError as err:
-    print("tls-error", err.reason)
-"""
 CAT = "import sys; sys.stdout.write(open(sys.argv[1]).read())"
 LIST = "import os, sys; print(' '.join(sorted(n for n in os.listdir(sys.argv[1]) if n[0] != '.')))"
 
@@ -143,10 +124,10 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
     # Two such pods talk mTLS; a client without an identity is refused.
     ip = node.pod_ip(namespace, "server")
     ca = f"{IDENTITY_DIR}/ca.crt"
-    mutual = node.python(namespace, "client", CLIENT, ip, ca, IDENTITY_DIR)
+    mutual = node.python(namespace, "client", CLIENT, ip, ca, IDENTITY_DIR, "hi")
     assert f"server spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server" in mutual
     assert "reply hello" in mutual
-    anonymous = node.python(namespace, "client", CLIENT, ip, ca, "-")
+    anonymous = node.python(namespace, "client", CLIENT, ip, ca, "-", "hi")
     assert "tls-error TLSV13_ALERT_CERTIFICATE_REQUIRED" in anonymous
 
     # The probes prove it: Enforced=True, and the policy says how its pods get identities.
