@@ -124,6 +124,7 @@ bench: install control-plane kubectl
 	$(PY) bench/run.py
 	$(PY) bench/policy.py
 	$(PY) bench/admission.py
+	$(PY) bench/admission_floor.py
 	$(PY) bench/probes.py
 	$(PY) bench/rotation.py
 	$(PY) bench/scale.py

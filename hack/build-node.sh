@@ -12,6 +12,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=lib/k8s-module.sh
+source "$here/lib/k8s-module.sh"
 
 # "-xtq": kube-network-policies with the queue rule patched (hack/node/compat_queue.go)
 # kube-proxy is among the kubernetes binaries since "_proxy" (a cache without it builds anew)
@@ -38,11 +40,7 @@ mkdir -p "$out"
 go=$("$here/go.sh"); export PATH="$(dirname "$go"):$PATH"; unset GOROOT
 export GOTOOLCHAIN=local
 start=$(date +%s)
-minor=${KUBERNETES_VERSION#v1.}   # 36.3
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERSION} \
- -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor%%.*} \
- -X k8s.io/component-base/version.gitTreeState=clean \
- -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+ldflags=$(k8s_ldflags)
 
 k8s_missing=0
 for b in kube-controller-manager kube-scheduler kubelet kube-proxy; do [[ -x "$out/$b" ]] || k8s_missing=1; done
@@ -55,37 +53,8 @@ if (( k8s_missing )); then
   (
     cd "$work"
     export GOFLAGS=-mod=mod
-    gomod_path=$(go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-    [[ -f "$gomod_path" ]] || { echo "cannot fetch go.mod of k8s.io/kubernetes@${KUBERNETES_VERSION}" >&2; exit 1; }
-    go_directive=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod_path")
-    {
-      echo "module meshless.dev/control-plane-build"
-      echo
-      echo "go ${go_directive}"
-      echo
-      echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
-      echo
-      echo "replace ("
-      sed -n 's#^\t\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 v0.'"${minor}"'#p' "$gomod_path"
-      echo ")"
-    } > go.mod
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "go.etcd.io/etcd/server/v3"
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-)
-GO
     echo "resolving modules for the node's kubernetes ${KUBERNETES_VERSION} binaries" >&2
-    go get "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" >&2
-    go mod tidy >&2
+    k8s_wrapper_module kube-controller-manager kube-scheduler kubelet kube-proxy
     echo "building kube-controller-manager, kube-scheduler, kubelet, kube-proxy (many minutes on a fresh machine)" >&2
     rm -rf "$out/.k8s.tmp" && mkdir -p "$out/.k8s.tmp"
     go build -trimpath -ldflags "$ldflags" -o "$out/.k8s.tmp/" \

@@ -14,10 +14,12 @@ from meshless.pki.svid import SvidRequest, issue_svid
 TRUST_DOMAIN = "node.test"
 TLS = "kubernetes.io/tls"
 
-# argv: server IP, CA bundle, identity directory or "-" for none
+# argv: server IP, CA bundle, identity directory or "-" for none, and optionally a line to send
+# before reading the reply (for servers that answer what they are sent)
 CLIENT = r"""
 import socket, ssl, sys
 host, ca, identity = sys.argv[1:4]
+greeting = sys.argv[4] if len(sys.argv) > 4 else ""
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False  # a SPIFFE peer is named by its URI SAN, printed below
 ctx.load_verify_locations(ca)
@@ -28,6 +30,8 @@ try:
         with ctx.wrap_socket(raw) as tls:
             uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
             print("server", ",".join(uris))
+            if greeting:
+                tls.sendall(greeting.encode() + b"\n")
             print("reply", tls.recv(1024).decode().strip())
 except ssl.SSLError as err:
     print("tls-error", err.reason)

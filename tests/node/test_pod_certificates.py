@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,10 +19,15 @@ import pytest
 from cryptography import x509
 from kubernetes import client
 
+from meshless.podcert.trust_bundle import TRUST_BUNDLE_NAME
 from tests.conftest import Kubectl
 from tests.integration.conftest import OperatorFactory
 from tests.integration.kubehelpers import condition
+from tests.integration.podcerts import trust_bundle
 from tests.integration.policyhelpers import create_policy, wait_admission_label, wait_policy
+from tests.integration.rotationpeers import fingerprints, leaf_root
+from tests.integration.test_ca_rotation import CAWatcher, meshless_cli
+from tests.node.identities import CLIENT
 from tests.node.pods import Node, pod
 from tests.node.test_operator_on_node import IDENTITY_DIR, _switchable
 
@@ -30,26 +36,6 @@ pytestmark = pytest.mark.node
 PROBE_INTERVAL_S = 5
 POD_CERTIFICATES = {"delivery": "PodCertificate"}  # spec.identity of the policies
 TRUST_DOMAIN = "cluster.local"  # the test operator's default
-# argv: server IP, CA bundle, identity directory or "-" for none. Speaks first (the server of
-# test_operator_on_node answers what it is sent).
-CLIENT = r"""
-import socket, ssl, sys
-host, ca, identity = sys.argv[1:4]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False  # a SPIFFE peer is named by its URI SAN, printed below
-ctx.load_verify_locations(ca)
-if identity != "-":
-    ctx.load_cert_chain(identity + "/tls.crt", identity + "/tls.key")
-try:
-    with socket.create_connection((host, 8443), timeout=10) as raw:
-        with ctx.wrap_socket(raw) as tls:
-            uris = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"]
-            print("server", ",".join(uris))
-            tls.sendall(b"hi\n")
-            print("reply", tls.recv(1024).decode().strip())
-except ssl.SSLError as err:
-    print("tls-error", err.reason)
-"""
 CAT = "import sys; sys.stdout.write(open(sys.argv[1]).read())"
 LIST = "import os, sys; print(' '.join(sorted(n for n in os.listdir(sys.argv[1]) if n[0] != '.')))"
 
@@ -138,10 +124,10 @@ def test_pods_with_pod_certificates_talk_mtls_and_no_secret_holds_a_key(
     # Two such pods talk mTLS; a client without an identity is refused.
     ip = node.pod_ip(namespace, "server")
     ca = f"{IDENTITY_DIR}/ca.crt"
-    mutual = node.python(namespace, "client", CLIENT, ip, ca, IDENTITY_DIR)
+    mutual = node.python(namespace, "client", CLIENT, ip, ca, IDENTITY_DIR, "hi")
     assert f"server spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/server" in mutual
     assert "reply hello" in mutual
-    anonymous = node.python(namespace, "client", CLIENT, ip, ca, "-")
+    anonymous = node.python(namespace, "client", CLIENT, ip, ca, "-", "hi")
     assert "tls-error TLSV13_ALERT_CERTIFICATE_REQUIRED" in anonymous
 
     # The probes prove it: Enforced=True, and the policy says how its pods get identities.
@@ -198,28 +184,48 @@ while True:
     time.sleep(1)
 """
 REFRESH_AFTER_MIN = 10  # the API's least: beginRefreshAt >= notBefore + 10 min
-REFRESH_TIMEOUT_S = (REFRESH_AFTER_MIN + 5 + 4) * 60  # + the kubelet's jitter (< 5 min) + slack
+KUBELET_JITTER_MIN = 5  # the kubelet refreshes within a few minutes after beginRefreshAt
+SETTLE_S = 60  # the CA's settle time: > the kubelet's sync period (10 s) for ca.crt
+# Issue, then each pod's refresh under the new root, then Finish and ca.crt without the old root.
+ROTATION_TIMEOUT_S = (REFRESH_AFTER_MIN + KUBELET_JITTER_MIN + 5) * 60
+AFTER_FINISH_S = 60  # handshakes go on this long with only the new root in ca.crt
 
 
-@pytest.mark.timeout(REFRESH_TIMEOUT_S + 180)
-def test_the_kubelet_refreshes_and_the_server_serves_the_new_certificate(
+def _roots_of(pem: str) -> set[str]:
+    return fingerprints(pem.encode())
+
+
+@pytest.mark.timeout(ROTATION_TIMEOUT_S + AFTER_FINISH_S + 300)
+def test_a_root_rotation_under_serving_pods_fails_no_handshake(
     node: Node,
     operator_factory: OperatorFactory,
     api_client: client.ApiClient,
     namespace: str,
     kubectl: Kubectl,
+    kubeconfig: str,
 ) -> None:
-    """1-hour certificates, beginRefreshAt 10 minutes after issue: the kubelet fetches a new
-    one and the server (loading its files per connection) presents it, with no failed
-    handshake from a client that keeps connecting throughout."""
-    operator_factory(
+    """A whole root rotation while two pods with PodCertificates talk mTLS once a second
+    (both sides loading their files anew for every connection), 1-hour certificates with
+    beginRefreshAt 10 minutes after issue:
+
+    - Prepare: the ClusterTrustBundle, and so each pod's ca.crt, carries both roots;
+    - Switch: the kubelets' refreshes bring certificates under the new root, which the
+      server presents and the client's certificate carries (the kubelet refresh, end to end);
+    - Finish only once both pods' current certificates chain to the new root; then the old
+      root leaves the ClusterTrustBundle and the pods' ca.crt;
+
+    and not one handshake fails from the first to a minute after Finish."""
+    op = operator_factory(
         identity_delivery="PodCertificate",
         pod_certificate_max_ttl="1h",
         pod_certificate_refresh_after=f"{REFRESH_AFTER_MIN}m",
+        ca_settle_time=f"{SETTLE_S}s",
+        ca_rotation_window="10s",
     )
+    core = client.CoreV1Api(api_client)
+    ca = CAWatcher(core, op.namespace)
     create_policy(api_client, namespace, "strict", "STRICT", identity=POD_CERTIFICATES)
     wait_admission_label(api_client, namespace)
-    core = client.CoreV1Api(api_client)
     for account in ("server", "client"):
         core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     python = node.images["python"]
@@ -234,19 +240,70 @@ def test_the_kubelet_refreshes_and_the_server_serves_the_new_certificate(
     loop = ["python3", "-u", "-c", HANDSHAKE_LOOP, ip, IDENTITY_DIR]
     node.apply(namespace, pod("client", python, loop, service_account="client"))
     node.wait_ready(namespace, "client")
+    (old_root,) = _roots_of(_file(node, namespace, "client", "ca.crt"))
 
-    deadline = time.monotonic() + REFRESH_TIMEOUT_S
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        seen = kubectl("logs", "-n", namespace, "client").stdout.splitlines()
-        if any(line.startswith("ok ") and line != f"ok {first_serial}" for line in seen):
-            break
-        time.sleep(15)
-    assert any(line == f"ok {first_serial}" for line in seen), "never served the first one"
-    served = {line.split()[1] for line in seen if line.startswith("ok ")}
-    assert served - {first_serial}, f"no refreshed certificate within {REFRESH_TIMEOUT_S}s"
+    def handshakes() -> list[str]:
+        return kubectl("logs", "-n", namespace, "client").stdout.splitlines()
+
+    def wait_for(what: str, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            failed = [line for line in handshakes() if not line.startswith("ok ")]
+            assert failed == [], f"failed handshakes while waiting for {what}: {failed[:5]}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s"
+            time.sleep(5)
+
+    wait_for("a first handshake", lambda: f"ok {first_serial}" in handshakes(), 60)
+    rotate = meshless_cli(kubeconfig, "--namespace", op.namespace, "rotate")
+    assert rotate.returncode == 0, rotate.stderr
+    ca.wait(lambda s: s.phase.value == "Prepare", 60, "Prepare")
+    both: dict[str, float] = {}  # pod -> seconds after rotate when its ca.crt held two roots
+    started = time.monotonic()
+
+    def both_roots_everywhere() -> bool:
+        for name in ("server", "client"):
+            if name not in both and len(_roots_of(_file(node, namespace, name, "ca.crt"))) == 2:
+                both[name] = time.monotonic() - started
+        return len(both) == 2
+
+    wait_for("both roots in every pod's ca.crt", both_roots_everywhere, SETTLE_S + 60)
+    assert ca.state().phase.value == "Prepare", "switched before the pods trusted the new root"
+    ca.wait(lambda s: s.phase.value == "Switch", SETTLE_S + 60, "Switch")
+    new_root = (_roots_of(ca.data()["ca.crt"].decode()) - {old_root}).pop()
+
+    def finished() -> bool:
+        return ca.state().last_root_rotation is not None
+
+    wait_for("Finish", finished, ROTATION_TIMEOUT_S)
+    rotated_in = time.monotonic() - started
+    # Finish came only once both pods' current certificates chain to the new root.
+    roots = ca.roots()
+    for name in ("server", "client"):
+        chain = _file(node, namespace, name, "tls.crt").encode()
+        assert leaf_root(chain, roots) == new_root, name
+
+    def new_root_only() -> bool:
+        return all(
+            _roots_of(_file(node, namespace, name, "ca.crt")) == {new_root}
+            for name in ("server", "client")
+        )
+
+    wait_for("ca.crt with the new root only", new_root_only, 120)
+    bundle = trust_bundle(api_client, TRUST_BUNDLE_NAME)
+    assert bundle is not None and _roots_of(bundle["spec"]["trustBundle"]) == {new_root}
+    until = time.monotonic() + AFTER_FINISH_S
+    wait_for("a minute after Finish", lambda: time.monotonic() > until, AFTER_FINISH_S + 30)
+
+    seen = handshakes()
     assert [line for line in seen if not line.startswith("ok ")] == []  # no failed handshake
-    # The new certificate is the answer to the kubelet's second request for the server pod.
+    served = {line.split()[1] for line in seen if line.startswith("ok ")}
+    assert first_serial in served
+    refreshed = served - {first_serial}
+    assert refreshed, "the server never presented a refreshed certificate"
+    # What the server presents at the end is the answer to the kubelet's later request, under
+    # the new root.
+    last = x509.load_pem_x509_certificates(_file(node, namespace, "server", "tls.crt").encode())
+    assert format(last[0].serial_number, "x") == seen[-1].split()[1]
     uid = core.read_namespaced_pod("server", namespace).metadata.uid
     chains = [
         r["status"]["certificateChain"]
@@ -256,4 +313,8 @@ def test_the_kubelet_refreshes_and_the_server_serves_the_new_certificate(
     issued = {
         format(x509.load_pem_x509_certificates(c.encode())[0].serial_number, "x") for c in chains
     }
-    assert served - {first_serial} <= issued
+    assert seen[-1].split()[1] in issued
+    print(
+        f"root rotation under serving pods: {len(seen)} handshakes, 0 failed; ca.crt with both"
+        f" roots after {both}; Finish {rotated_in:.0f}s after rotate; serials {sorted(served)}"
+    )
