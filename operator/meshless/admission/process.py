@@ -127,15 +127,18 @@ class AdmissionProcess:
     async def stop(self) -> None:
         """Close the child's stdin (it stops serving and exits), kill it after 10 s."""
         self._stopping = True
-        proc, stdin = self._proc, self._stdin
+        proc = self._proc
         if proc is not None and proc.returncode is None:
-            if stdin is not None:
-                stdin.close()
+            if proc.stdin is not None:  # not self._stdin: it is set only once the child is fed
+                proc.stdin.close()
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
             except TimeoutError:
-                log.warning("the admission child did not stop within %.0f s; killing it", 10.0)
-                proc.kill()
+                log.warning(
+                    "the admission child did not stop within %.0f s; killing it", STOP_TIMEOUT_S
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
                 await proc.wait()
         if self._supervisor is not None:
             self._supervisor.cancel()
