@@ -47,6 +47,28 @@ def log(msg: str) -> None:
 
 
 # --- the cluster and the operator -----------------------------------------------------------
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    return kb / 1024
+
+
+def admission_children(pid: int) -> list[int]:
+    """The admission child processes (meshless.admission.child) of process `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == pid and b"meshless.admission.child" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,10 +125,15 @@ class Operator:
         self.proc.wait(timeout=60)
 
     def rss_mb(self) -> float:
+        """The operator process's own resident memory (its admission child not counted:
+        `admission_rss_mb`)."""
         assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-        return kb / 1024
+        return _rss_mb(self.proc.pid)
+
+    def admission_rss_mb(self) -> float:
+        """The resident memory of the operator's admission child process (0 if none runs)."""
+        assert self.proc is not None
+        return sum(_rss_mb(pid) for pid in admission_children(self.proc.pid))
 
     def metrics(self) -> str:
         import urllib.request

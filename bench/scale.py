@@ -5,7 +5,9 @@ held by two operators with leader election, as the chart runs them. In order:
 
 - create_per_s: the identities created and issued (every one Ready, read from the leader).
 - rss_mb_<N>, standby_rss_mb_<N>: resident memory of the leader and of the standby holding
-  them (docs/decisions/scale.md says where the bytes go).
+  them (docs/decisions/scale.md says where the bytes go); rss_mb_admission_<N>,
+  standby_rss_mb_admission_<N>: that of their admission child processes, which mirror the
+  identities too (a replica's memory is the sum of the two).
 - failover_s: the leader SIGKILLed; a new identity created at that moment; seconds until it is
   Ready, i.e. the standby's first completed reconcile (takeover_s: until the standby logs that
   it leads; failover_all_ready_s: until it has checked every identity);
@@ -285,7 +287,12 @@ def main() -> None:
     time.sleep(10)  # let the standby's watch catch up before measuring it
     results[f"rss_mb_{COUNT}"] = round(first.rss_mb(), 1)
     results[f"standby_rss_mb_{COUNT}"] = round(second.rss_mb(), 1)
-    log(f"created at {results['create_per_s']}/s; rss leader {results[f'rss_mb_{COUNT}']} MB")
+    results[f"rss_mb_admission_{COUNT}"] = round(first.admission_rss_mb(), 1)
+    results[f"standby_rss_mb_admission_{COUNT}"] = round(second.admission_rss_mb(), 1)
+    log(
+        f"created at {results['create_per_s']}/s; rss leader {results[f'rss_mb_{COUNT}']} MB, "
+        f"its admission child {results[f'rss_mb_admission_{COUNT}']} MB"
+    )
 
     # 2. Failover: the leader killed; one new identity created at that moment.
     assert first.proc is not None
@@ -329,6 +336,7 @@ def main() -> None:
     results["restart_ready_s"] = round(time.monotonic() - started, 1)
     results["restart_reissues"] = again.counter("meshless_certificates_issued_total")
     results[f"restart_rss_mb_{COUNT}"] = round(again.rss_mb(), 1)
+    results[f"restart_rss_mb_admission_{COUNT}"] = round(again.admission_rss_mb(), 1)
     log(f"restart: Ready in {results['restart_ready_s']} s, {results['restart_reissues']} reissued")
     again.stop()
 

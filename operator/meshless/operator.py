@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,10 +23,8 @@ from meshless.admission.configuration_writes import (
     apply_configurations,
     webhook_endpoint,
 )
-from meshless.admission.handler import AdmissionHandler
 from meshless.admission.keeper import ServingCertificateKeeper
-from meshless.admission.server import AdmissionServer, ServerThread
-from meshless.admission.validate import AdmissionRecord
+from meshless.admission.process import AdmissionProcess
 from meshless.api import (
     GROUP,
     IDENTITY_LABEL,
@@ -57,10 +54,7 @@ from meshless.watch import Key, Watch
 from meshless.webhook_ca_store import WebhookCAStore
 
 log = logging.getLogger(__name__)
-# How long the webhook server's thread may wait for the interpreter lock each time it needs it
-# back (after every socket or TLS call) while the operator's loop is busy: Python's default,
-# 5 ms, cost up to 5 ms per hand-over, several times per request (docs/decisions/admission.md).
-SWITCH_INTERVAL_S = 0.001
+WEBHOOKS_SERVED_WAIT_S = 30.0  # how long start-up waits for the admission child to listen
 
 
 def utcnow() -> datetime:
@@ -116,7 +110,6 @@ class Operator:
         self.webhook_ca = WebhookCAStore(
             kube, settings.runtime.namespace, utcnow, settings.ca.settle_time, WEBHOOK_CONFIGURATION
         )
-        self.webhook_server: ServerThread | None = None
         self.budget = WriteBudget(settings.writes.budget_qps, settings.writes.budget_burst)
         self.events = EventRecorder(kube)
         self.writes = OwnWrites()  # our own writes, for every controller's watch echoes
@@ -149,6 +142,17 @@ class Operator:
             bundle_needed=self.identities.keep_bundle_in,
         )
         self.admission_state = ControllerAdmissionState(self.policies, leading=False)
+        # The admission webhooks' child process (admission/process.py), fed from the policy
+        # controller's stores; started first thing, serving once it has a certificate.
+        self.webhook_server = AdmissionProcess(
+            self.admission_state.current,
+            self.policies.stores.identities,
+            self.policies.stores.policies,
+            self.admission_state.record_admission,
+            host=settings.webhook.host,
+            port=settings.webhook.port,
+            log_format=settings.runtime.log_format,
+        )
         self.webhook_endpoint, self.webhook_hosts = webhook_endpoint(
             settings.webhook.url or None, settings.webhook.service, settings.runtime.namespace
         )
@@ -203,6 +207,7 @@ class Operator:
         before it binds a port or starts a task, so start-up can always run again."""
         if self._tasks:  # started by an earlier run of start-up
             return
+        await self.webhook_server.start()  # its imports overlap ours; it binds nothing yet
         await self._load_ca_until_it_answers()
         self._note_ca()
         self._tasks.append(asyncio.create_task(self._poll_ca()))
@@ -226,6 +231,7 @@ class Operator:
             self._tasks.append(asyncio.create_task(self.elector.run()))
         else:
             await self._start_leading()
+        await self._wait_webhooks_served()
         log.info("operator started")
 
     async def _start_pod_certificates(self) -> None:
@@ -313,6 +319,20 @@ class Operator:
         )
         await self.health.start()
 
+    async def _wait_webhooks_served(self) -> None:
+        """Start-up finishes with the webhooks served, as it did with the server in a thread
+        (bound at once): the child may take a second or two to import and listen. Not
+        waited for without a webhook CA (its poll serves them later), nor beyond 30 s (the
+        child's own restarts go on, and /readyz says the webhooks are not served)."""
+        if self.webhook_ca.authority is None:
+            return
+        try:
+            await asyncio.wait_for(self.webhook_server.wait_listening(), WEBHOOKS_SERVED_WAIT_S)
+        except TimeoutError:
+            log.warning("the admission webhooks are not served yet; start-up goes on")
+            return
+        self.webhooks_served = True
+
     def _webhook_address(self) -> tuple[str, int] | None:
         if not self.webhooks_served:
             return None
@@ -320,11 +340,11 @@ class Operator:
         return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, self.settings.webhook.port)
 
     async def _serve_webhooks(self) -> None:
-        """Every replica serves the admission webhooks (admission/server.py, in a thread of
-        their own, answered by admit.admit from the policy controller's state), with a
-        serving certificate from the webhook CA that is renewed at 2/3 of its life or when
-        that CA's signing root changes. Without a usable webhook CA yet, the server starts
-        once one is loaded."""
+        """Every replica serves the admission webhooks (admission/server.py, in a child
+        process, admission/process.py, answered by admit.admit from a mirror of the policy
+        controller's state), with a serving certificate from the webhook CA that is renewed
+        at 2/3 of its life or when that CA's signing root changes. Without a usable webhook
+        CA yet, the server starts once one is loaded."""
         poll = self.settings.ca.poll_interval.total_seconds()
         while self.webhook_ca.authority is None:
             log.warning("admission webhooks wait for a usable webhook CA (see the log)")
@@ -333,29 +353,9 @@ class Operator:
             ca=lambda: self.webhook_ca.authority, hosts=self.webhook_hosts, clock=utcnow
         )
         certificate, _ = keeper.issue()
-        loop = asyncio.get_running_loop()
-
-        def record(admitted: AdmissionRecord) -> None:  # from the server's thread
-            loop.call_soon_threadsafe(self.admission_state.record_admission, admitted)
-
-        handler = AdmissionHandler(self.admission_state.current, record)
-        server = ServerThread(
-            AdmissionServer(
-                handler,
-                certificate,
-                addr=self.settings.webhook.host,
-                port=self.settings.webhook.port,
-            )
-        )
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        while True:
-            try:
-                await server.start()
-                break
-            except OSError as exc:
-                log.warning("cannot serve the admission webhooks yet (%s); retrying in 2 s", exc)
-                await asyncio.sleep(2)
-        self.webhook_server = server
+        server = self.webhook_server
+        server.load_certificate(certificate)
+        await server.wait_listening()  # a child that dies is started again (process.py)
         self.webhooks_served = True
         await keeper.run(server, check_every=poll)
 
@@ -456,8 +456,7 @@ class Operator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.webhook_server is not None:
-            await self.webhook_server.stop()
+        await self.webhook_server.stop()
         if self.leading:
             await self._stop_leading()
         await self.events.close()
@@ -510,8 +509,8 @@ class Operator:
             try:
                 changed = await self.webhook_ca.load()
                 if self.leading:
-                    server = self.webhook_server
-                    chain = server.certificate.chain_pem if server is not None else None
+                    served = self.webhook_server.certificate
+                    chain = served.chain_pem if served is not None else None
                     if await self.webhook_ca.step(chain):
                         changed = await self.webhook_ca.load() or changed
                 if self.leading and changed:

@@ -54,6 +54,7 @@ PURE_CANDIDATES = (
     "meshless.admission.configurations",
     "meshless.admission.admit",
     "meshless.admission.review",
+    "meshless.admission.mirror",
     "meshless.probe.classify",
     "meshless.pki.rotation",
     "meshless.commands.output",

@@ -22,7 +22,7 @@ class Serving(Protocol):
     """What the keeper needs of a server: its certificate, and a way to swap it."""
 
     @property
-    def certificate(self) -> ServingCertificate: ...
+    def certificate(self) -> ServingCertificate | None: ...
 
     def load_certificate(self, certificate: ServingCertificate) -> None: ...
 
@@ -59,7 +59,7 @@ class ServingCertificateKeeper:
         while True:
             await asyncio.sleep(check_every)
             try:
-                if self.due(server.certificate):
+                if server.certificate is None or self.due(server.certificate):
                     certificate, _ = self.issue()
                     server.load_certificate(certificate)
             except Exception:

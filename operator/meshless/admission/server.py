@@ -11,10 +11,10 @@ loads a renewed one into it, which OpenSSL uses for every new handshake; the soc
 closes (a listener restarted for a new certificate would refuse connections meanwhile, and
 with failurePolicy Fail refuse pods).
 
-`ServerThread` runs the server on an event loop of its own, in a thread of its own: a pod
-creation then never waits behind the operator's own work (issuing, reconciling, Kopf's
-watch events) on the operator's loop, only for the interpreter lock, which a busy thread
-hands over within its switch interval (docs/decisions/admission.md, "Serving").
+The operator runs it in a child process of its own (admission/child.py, started and fed
+by admission/process.py; docs/decisions/admission.md, "Serving"). `ServerThread` runs it on an
+event loop of its own in a thread of the calling process: what the tests and
+bench/admission_servers.py use to serve admission from inside their own process.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ request reads, from memory, no API calls.
 What it reads of the controller's stores (policy/held.py) and settings: the policies
 (`stores.policies`, with `primed` and `root_namespace`), the WorkloadIdentities by
 ServiceAccount and by Secret (the stores' indexes), the settings' trust domain and name
-policy, and the default delivery with the APIs discovery found. `current()` runs in the
-webhook server's thread, so it only reads, each read taken at once (a dict's values copied in
-one call).
+policy, and the default delivery with the APIs discovery found. `current()` runs on the
+operator's loop: admission/process.py replicates what it returns to the admission child
+process, with the identity records as deltas.
 
 Every replica answers, the leader and the standbys: the policies come from Kopf's watch on
 every replica, once `read_policies` has read them all (Kopf does not say when its first list
@@ -67,12 +67,12 @@ class ControllerAdmissionState:
         self._specs: tuple[PolicySpec, ...] | None = None  # those self._state was built from
 
     def current(self) -> AdmissionState:
-        """What admission knows now, as one value (admit.AdmissionState). Called for every
-        admission request, in the webhook server's thread: it only reads the controller (a
-        snapshot of its policy store, taken at once) and builds a new PolicySet only when
-        the policies changed. The policies are None until every policy has been read once
-        (by the leader's priming or by `read_policies`): pods in labelled namespaces are
-        refused (503) until then."""
+        """What admission knows now, as one value (admit.AdmissionState). Called by the
+        replication to the admission child (admission/process.py, on the operator's loop): it
+        only reads the controller and builds a new value (a new PolicySet) only when
+        something changed, so an unchanged state is the same object. The policies are None
+        until every policy has been read once (by the leader's priming or by
+        `read_policies`): pods in labelled namespaces are refused (503) until then."""
         controller = self.controller
         ready = controller.primed or self.policies_listed
         listed = self.identities_listed or controller.primed

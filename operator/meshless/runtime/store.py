@@ -9,6 +9,9 @@ thousands of identities, nothing may cost a scan per event. Where a reader only 
 many objects there are under a value (does a namespace hold any identity, does a pod there
 run as this ServiceAccount), a counting index holds just the count, not a reference per
 object.
+
+A store can be observed (`observe`): the callback gets the key of every put and pop, after
+the change. Admission's child process is kept in step that way (admission/process.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Store(Generic[K, V]):
         self._indexes: dict[str, dict[Hashable, dict[K, V]]] = {n: {} for n in self._index_fns}
         self._count_fns: dict[str, IndexFn[K, V]] = dict(counts or {})
         self._counts: dict[str, dict[Hashable, int]] = {n: {} for n in self._count_fns}
+        self._observers: list[Callable[[K], None]] = []
 
     # --- reading ------------------------------------------------------------------------
     def get(self, key: K) -> V | None:
@@ -89,6 +93,11 @@ class Store(Generic[K, V]):
         return self._counts[index].keys()
 
     # --- writing ------------------------------------------------------------------------
+    def observe(self, changed: Callable[[K], None]) -> None:
+        """Call `changed(key)` after every put and pop of `key` (and for each key a `clear`
+        forgets); it must only take note (it runs inside the write)."""
+        self._observers.append(changed)
+
     def put(self, key: K, value: V) -> V | None:
         """Hold `value` for `key`; returns what it replaced."""
         before = self._items.get(key)
@@ -112,6 +121,8 @@ class Store(Generic[K, V]):
                 self._uncount(counts, gone)
             for value_of in found:
                 counts[value_of] = counts.get(value_of, 0) + 1
+        for changed in self._observers:
+            changed(key)
         return before
 
     def pop(self, key: K) -> V | None:
@@ -119,14 +130,20 @@ class Store(Generic[K, V]):
         before = self._items.pop(key, None)
         if before is not None:
             self._unindex(key, before)
+            for changed in self._observers:
+                changed(key)
         return before
 
     def clear(self) -> None:
+        forgotten = list(self._items) if self._observers else []
         self._items.clear()
         for index in self._indexes.values():
             index.clear()
         for counts in self._counts.values():
             counts.clear()
+        for key in forgotten:
+            for changed in self._observers:
+                changed(key)
 
     def _unindex(self, key: K, value: V) -> None:
         for name, fn in self._index_fns.items():

@@ -1,0 +1,107 @@
+"""The admission webhooks are served by a child process of the operator (admission/process.py):
+killed, it is started again and answers the API server's calls; the operator's death ends it
+(no orphan)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from meshless.api import GROUP, VERSION
+from tests.integration.conftest import OperatorFactory, OperatorProcess
+from tests.integration.policyhelpers import create_pod, create_policy, wait_admission_label
+
+CHILD = b"meshless.admission.child"
+
+
+def _children(pid: int) -> list[int]:
+    """The admission children of process `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(") ", 1)[1].split()[1])
+        if ppid == pid and CHILD in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited, not yet reaped by its new parent
+
+
+def _ready(op: OperatorProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/readyz", timeout=5):
+            return True
+    except urllib.error.HTTPError:
+        return False
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"not {what} after {timeout}s"
+        time.sleep(0.1)
+
+
+def _injected(api: client.ApiClient, namespace: str, name: str) -> bool:
+    pod = create_pod(api, namespace, name)
+    return "meshless.dev/identity" in (pod["metadata"].get("labels") or {})
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """A namespace of its own, emptied and deleted afterwards (its policy's provisioned
+    identity would otherwise be issued by every later test's operator)."""
+    name = f"adm-proc-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    custom = client.CustomObjectsApi(api_client)
+    for plural in ("mtlspolicies", "workloadidentities"):
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
+    core.delete_namespace(name)
+
+
+def test_a_killed_admission_child_is_restarted_and_the_api_server_calls_it_again(
+    operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
+) -> None:
+    op = operator_factory()
+    assert op.proc is not None
+    create_policy(api_client, namespace, "strict", "STRICT")
+    wait_admission_label(api_client, namespace)
+    _wait(lambda: _ready(op), 30, "ready")
+    [first] = _children(op.proc.pid)
+    assert _injected(api_client, namespace, "before")
+
+    os.kill(first, signal.SIGKILL)
+    op.wait_for_log("the admission child exited", timeout=10)
+    _wait(lambda: [p for p in _children(op.proc.pid) if p != first], 30, "restarted")
+    [second] = [p for p in _children(op.proc.pid) if p != first]
+    _wait(lambda: _ready(op), 30, "ready again")
+    # Through the API server: the mutating webhook served by the new child injects the pod.
+    assert _injected(api_client, namespace, "after")
+
+    # The operator killed outright: the child sees its pipe close and exits (no orphan).
+    op.proc.kill()
+    op.proc.wait()
+    _wait(lambda: _gone(second), 15, "the child gone after the operator's death")
