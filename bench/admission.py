@@ -54,9 +54,13 @@ def pod(name: str) -> dict[str, Any]:
     }
 
 
-async def measure(policy_ns: str, plain_ns: str, identity_ns: str) -> dict[str, list[float]]:
+async def measure(namespaces: dict[str, str], identity_ns: str) -> dict[str, list[float]]:
+    """Create PODS_EACH pods in each of `namespaces` (kind -> namespace), interleaved so that
+    every kind sees the same load at the same time, CONCURRENCY at once, while the operator
+    issues BACKGROUND_IDENTITIES_PER_S new identities in `identity_ns`; each creation's
+    latency in ms, by kind."""
     kube = Kube(load_configuration(str(KUBECONFIG)), connections=CONCURRENCY * 2 + 4)
-    timings: dict[str, list[float]] = {"webhooks": [], "none": []}
+    timings: dict[str, list[float]] = {kind: [] for kind in namespaces}
     stop = asyncio.Event()
 
     async def background() -> None:  # keep the operator issuing meanwhile
@@ -68,20 +72,15 @@ async def measure(policy_ns: str, plain_ns: str, identity_ns: str) -> dict[str, 
 
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def create(kind: str, namespace: str, i: int) -> None:
+    async def create(kind: str, i: int) -> None:
         async with gate:
             start = time.perf_counter()
-            await kube.request("POST", PODS.path(namespace), pod(f"p-{i}"))
+            await kube.request("POST", PODS.path(namespaces[kind]), pod(f"p-{i}"))
             timings[kind].append((time.perf_counter() - start) * 1000)
 
     bg = asyncio.create_task(background())
     try:
-        # Interleaved: both kinds see the same load at the same time.
-        jobs = []
-        for i in range(PODS_EACH):
-            jobs.append(create("webhooks", policy_ns, i))
-            jobs.append(create("none", plain_ns, i))
-        await asyncio.gather(*jobs)
+        await asyncio.gather(*(create(kind, i) for i in range(PODS_EACH) for kind in namespaces))
     finally:
         stop.set()
         await bg
@@ -89,17 +88,16 @@ async def measure(policy_ns: str, plain_ns: str, identity_ns: str) -> dict[str, 
     return timings
 
 
-def main() -> None:
-    api, core = start_cluster()
-    names = {}
-    for prefix in ("bench-operator", "bench-policy", "bench-plain", "bench-ids"):
-        name = f"{prefix}-{os.getpid()}"
-        core.create_namespace({"metadata": {"name": name}})
-        names[prefix] = name
+def start_operator_with_strict_policy(
+    api: client.ApiClient, core: client.CoreV1Api, namespace: str, policy_ns: str, log_name: str
+) -> Operator:
+    """The operator (its CA in `namespace`, webhooks on loopback) and a STRICT MtlsPolicy in
+    `policy_ns`, returned once the operator has labelled that namespace for admission (it
+    writes its webhook configurations before the label)."""
     port = free_port()
     op = Operator(
-        names["bench-operator"],
-        LOG_DIR / "operator-admission.log",
+        namespace,
+        LOG_DIR / log_name,
         MESHLESS_WEBHOOK_PORT=str(port),
         MESHLESS_WEBHOOK_HOST="127.0.0.1",
         MESHLESS_WEBHOOK_URL=f"https://127.0.0.1:{port}",
@@ -107,11 +105,10 @@ def main() -> None:
         MESHLESS_WRITE_BUDGET_BURST="200",
     )
     op.start()
-    custom = client.CustomObjectsApi(api)
-    custom.create_namespaced_custom_object(
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
         "meshless.dev",
         "v1alpha1",
-        names["bench-policy"],
+        policy_ns,
         "mtlspolicies",
         {
             "apiVersion": "meshless.dev/v1alpha1",
@@ -121,16 +118,29 @@ def main() -> None:
         },
     )
     deadline = time.monotonic() + 60
-    while (core.read_namespace(names["bench-policy"]).metadata.labels or {}).get(
+    while (core.read_namespace(policy_ns).metadata.labels or {}).get(
         "meshless.dev/mtls"
     ) != "enabled":
         if time.monotonic() > deadline:
             raise RuntimeError("the policy namespace was never labelled for admission")
         time.sleep(0.2)
-    time.sleep(1)  # the webhook configurations are written before the label
+    return op
+
+
+def main() -> None:
+    api, core = start_cluster()
+    names = {}
+    for prefix in ("bench-operator", "bench-policy", "bench-plain", "bench-ids"):
+        name = f"{prefix}-{os.getpid()}"
+        core.create_namespace({"metadata": {"name": name}})
+        names[prefix] = name
+    op = start_operator_with_strict_policy(
+        api, core, names["bench-operator"], names["bench-policy"], "operator-admission.log"
+    )
     log(f"creating {PODS_EACH} pods through the webhooks and {PODS_EACH} without")
     load = os.getloadavg()[0]  # the machine may be shared: a busy one slows both kinds
-    timings = uvloop.run(measure(names["bench-policy"], names["bench-plain"], names["bench-ids"]))
+    kinds = {"webhooks": names["bench-policy"], "none": names["bench-plain"]}
+    timings = uvloop.run(measure(kinds, names["bench-ids"]))
     injected = core.list_namespaced_pod(names["bench-policy"]).items
     with_label = sum(1 for p in injected if "meshless.dev/identity" in (p.metadata.labels or {}))
     op.stop()

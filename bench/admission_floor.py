@@ -17,34 +17,33 @@ Quick runs: BENCH_SCALE=0.2.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import ipaddress
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes import client
 
-from admission import BACKGROUND_IDENTITIES_PER_S, CONCURRENCY, PODS_EACH, pod
+from admission import (
+    BACKGROUND_IDENTITIES_PER_S,
+    CONCURRENCY,
+    PODS_EACH,
+    measure,
+    pod,
+    start_operator_with_strict_policy,
+)
 from harness import (
-    KUBECONFIG,
     LOG_DIR,
     ROOT,
-    Operator,
     free_port,
-    identity,
     log,
     percentile,
     run_header,
@@ -54,8 +53,10 @@ from harness import (
 )
 from meshless.admission.admit import AdmissionRequest, AdmissionState, admit
 from meshless.admission.configurations import INJECT_HANDLER
+from meshless.admission.serving import issue_serving_certificate
 from meshless.api import Mode
-from meshless.kube import IDENTITIES, PODS, Kube, load_configuration
+from meshless.pki.bundle import bundle_pem
+from meshless.pki.webhook_ca import new_webhook_ca_data, webhook_ca_from_secret_data
 from meshless.policy.model import PolicySpec
 from meshless.policy.resolve import PolicySet
 
@@ -89,37 +90,25 @@ def injector_patch(namespace: str, operator_namespace: str) -> str:
 
 
 def serving_certificate(directory: Path) -> tuple[Path, Path, bytes]:
-    """A self-signed certificate for 127.0.0.1: (certificate, key, the caBundle)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-noop-webhook")])
+    """A serving certificate for 127.0.0.1 from a webhook CA of its own, made as meshless
+    makes its own: (certificate, key, the caBundle)."""
     now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    ca = webhook_ca_from_secret_data(new_webhook_ca_data(now), now).authority
+    assert ca is not None
+    served = issue_serving_certificate(ca, ["127.0.0.1"], now)
     cert_path, key_path = directory / "noop.crt", directory / "noop.key"
-    cert_path.write_bytes(pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path, pem
+    cert_path.write_bytes(served.chain_pem)
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(served.private_key_pem)
+    return cert_path, key_path, bundle_pem(ca.roots)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def noop_configurations(port: int, ca_bundle: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -162,36 +151,6 @@ def noop_configurations(port: int, ca_bundle: bytes) -> tuple[dict[str, Any], di
     return mutating, validating
 
 
-async def measure(namespaces: dict[str, str], identity_ns: str) -> dict[str, list[float]]:
-    kube = Kube(load_configuration(str(KUBECONFIG)), connections=CONCURRENCY * 2 + 4)
-    timings: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    stop = asyncio.Event()
-
-    async def background() -> None:  # keep the operator issuing meanwhile
-        i = 0
-        while not stop.is_set():
-            await kube.request("POST", IDENTITIES.path(identity_ns), identity(f"bg-{i}"))
-            i += 1
-            await asyncio.sleep(1 / BACKGROUND_IDENTITIES_PER_S)
-
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def create(kind: str, i: int) -> None:
-        async with gate:
-            start = time.perf_counter()
-            await kube.request("POST", PODS.path(namespaces[kind]), pod(f"p-{i}"))
-            timings[kind].append((time.perf_counter() - start) * 1000)
-
-    bg = asyncio.create_task(background())
-    try:
-        await asyncio.gather(*(create(kind, i) for i in range(PODS_EACH) for kind in KINDS))
-    finally:
-        stop.set()
-        await bg
-        await kube.close()
-    return timings
-
-
 def main() -> None:
     api, core = start_cluster()
     names = {}
@@ -200,28 +159,8 @@ def main() -> None:
         labels = {FLOOR_LABEL: "true"} if prefix == "bench-noop" else {}
         core.create_namespace({"metadata": {"name": name, "labels": labels}})
         names[prefix] = name
-    port = free_port()
-    op = Operator(
-        names["bench-operator"],
-        LOG_DIR / "operator-admission-floor.log",
-        MESHLESS_WEBHOOK_PORT=str(port),
-        MESHLESS_WEBHOOK_HOST="127.0.0.1",
-        MESHLESS_WEBHOOK_URL=f"https://127.0.0.1:{port}",
-        MESHLESS_WRITE_BUDGET_QPS="200",
-        MESHLESS_WRITE_BUDGET_BURST="200",
-    )
-    op.start()
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        "meshless.dev",
-        "v1alpha1",
-        names["bench-policy"],
-        "mtlspolicies",
-        {
-            "apiVersion": "meshless.dev/v1alpha1",
-            "kind": "MtlsPolicy",
-            "metadata": {"name": "strict"},
-            "spec": {"mode": "STRICT"},
-        },
+    op = start_operator_with_strict_policy(
+        api, core, names["bench-operator"], names["bench-policy"], "operator-admission-floor.log"
     )
     patch_file = LOG_DIR / "noop-patch.json"
     patch_file.write_text(injector_patch(names["bench-noop"], names["bench-operator"]))
@@ -242,14 +181,11 @@ def main() -> None:
     registration.create_mutating_webhook_configuration(mutating)
     registration.create_validating_webhook_configuration(validating)
     try:
-        deadline = time.monotonic() + 60
-        while (core.read_namespace(names["bench-policy"]).metadata.labels or {}).get(
-            "meshless.dev/mtls"
-        ) != "enabled":
-            if time.monotonic() > deadline:
-                raise RuntimeError("the policy namespace was never labelled for admission")
-            time.sleep(0.2)
-        time.sleep(1)  # the webhook configurations are written before the label
+        deadline = time.monotonic() + 30
+        while not listening(noop_port):
+            if noop.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the no-op webhook server did not start")
+            time.sleep(0.1)
         kinds = {
             "meshless": names["bench-policy"],
             "noop": names["bench-noop"],
