@@ -99,15 +99,19 @@ async def measure() -> dict[str, Any]:
         return 200 if response["allowed"] else int(response["status"]["code"])
 
     results: dict[str, Any] = {}
-    idle = AdmissionProcess(
-        state.current,
-        controller.stores.identities,
-        controller.stores.policies,
-        state.record_admission,
-        certificate,
-        host="127.0.0.1",
-        port=port,
-    )
+
+    def child() -> AdmissionProcess:
+        return AdmissionProcess(
+            state.current,
+            controller.stores.identities,
+            controller.stores.policies,
+            state.record_admission,
+            certificate,
+            host="127.0.0.1",
+            port=port,
+        )
+
+    idle = child()
     await idle.start()
     await idle.wait_listening()
     await asyncio.sleep(1)
@@ -136,15 +140,7 @@ async def measure() -> dict[str, Any]:
         controller.on_identity_event("ADDED", body)
     state.policies_listed = state.identities_listed = True
     log(f"{COUNT} identities held; starting the child")
-    full = AdmissionProcess(
-        state.current,
-        controller.stores.identities,
-        controller.stores.policies,
-        state.record_admission,
-        certificate,
-        host="127.0.0.1",
-        port=port,
-    )
+    full = child()
     started = time.monotonic()
     await full.start()
     await full.wait_listening()

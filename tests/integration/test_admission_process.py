@@ -9,14 +9,10 @@ import signal
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from kubernetes import client
 
-from meshless.api import GROUP, VERSION
 from tests.integration.conftest import OperatorFactory, OperatorProcess
 from tests.integration.policyhelpers import create_pod, create_policy, wait_admission_label
 
@@ -66,20 +62,6 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 def _injected(api: client.ApiClient, namespace: str, name: str) -> bool:
     pod = create_pod(api, namespace, name)
     return "meshless.dev/identity" in (pod["metadata"].get("labels") or {})
-
-
-@pytest.fixture
-def namespace(api_client: client.ApiClient) -> Iterator[str]:
-    """A namespace of its own, emptied and deleted afterwards (its policy's provisioned
-    identity would otherwise be issued by every later test's operator)."""
-    name = f"adm-proc-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    custom = client.CustomObjectsApi(api_client)
-    for plural in ("mtlspolicies", "workloadidentities"):
-        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
-    core.delete_namespace(name)
 
 
 def test_a_killed_admission_child_is_restarted_and_the_api_server_calls_it_again(

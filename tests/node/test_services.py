@@ -142,9 +142,9 @@ def host_client(ip: str, port: int, within_s: float) -> str:
             time.sleep(0.3)
 
 
-def test_cluster_ip_reaches_its_endpoints_from_pods_and_from_the_host(
-    node: Node, namespace: str
-) -> None:
+def _echo_service_and_client(node: Node, namespace: str) -> str:
+    """Pods `echo` (behind the Service `echo`, port 80 -> 8080) and `client`, both Ready; the
+    Service's ClusterIP."""
     python = node.images["python"]
     node.apply(
         namespace,
@@ -153,7 +153,13 @@ def test_cluster_ip_reaches_its_endpoints_from_pods_and_from_the_host(
         service("echo", "echo", 80, 8080),
     )
     node.wait_ready(namespace, "echo", "client")
-    ip = cluster_ip(node, namespace, "echo")
+    return cluster_ip(node, namespace, "echo")
+
+
+def test_cluster_ip_reaches_its_endpoints_from_pods_and_from_the_host(
+    node: Node, namespace: str
+) -> None:
+    ip = _echo_service_and_client(node, namespace)
     within = str(PROGRAMMED_WITHIN_S)
 
     assert node.python(namespace, "client", CLIENT, ip, "80", within).strip() == "reply pong ping"
@@ -172,15 +178,7 @@ def test_cluster_ip_reaches_its_endpoints_from_pods_and_from_the_host(
 
 
 def test_service_names_resolve_in_pods(node: Node, namespace: str) -> None:
-    python = node.images["python"]
-    node.apply(
-        namespace,
-        pod("echo", python, ["python3", "-c", ECHO], labels={"app": "echo"}, ready_port=8080),
-        pod("client", python, ["sleep", "3600"]),
-        service("echo", "echo", 80, 8080),
-    )
-    node.wait_ready(namespace, "echo", "client")
-    ip = cluster_ip(node, namespace, "echo")
+    ip = _echo_service_and_client(node, namespace)
 
     resolv = node.kubectl("exec", "-n", namespace, "client", "--", "cat", "/etc/resolv.conf")
     lines = resolv.stdout.splitlines()

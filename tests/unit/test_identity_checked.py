@@ -3,7 +3,6 @@ owner (identity.checked)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,21 +14,11 @@ from meshless.identity.checked import (
     summary_from_status,
 )
 from meshless.identity.render import certificate_status
-from meshless.identity.spec import IdentitySpec, parse_identity
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
 from meshless.pki.reissue import summarize
 from meshless.pki.svid import issue_svid
-from meshless.settings import Settings
-
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-UID = "4f3c2a10-0000-4000-8000-000000000001"
-
-
-def spec(**fields: Any) -> IdentitySpec:
-    return parse_identity(
-        "shop", "payments", {"serviceAccountName": "payments", **fields}, Settings()
-    )
+from tests.unit.identity_helpers import NOW, UID, spec
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ ours; checked on real certificates and the Secret's actual bytes."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,22 +25,13 @@ from meshless.identity.plan import (
     vouched_summary,
 )
 from meshless.identity.render import decode_secret_data, identity_secret
-from meshless.identity.spec import IdentitySpec, parse_identity
+from meshless.identity.spec import IdentitySpec
 from meshless.pki.bundle import bundle_pem
 from meshless.pki.ca import CertificateAuthority, bootstrap_self_signed
 from meshless.pki.reissue import summarize
 from meshless.pki.rotation import RotationState
 from meshless.pki.svid import issue_svid
-from meshless.settings import Settings
-
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-UID = "4f3c2a10-0000-4000-8000-000000000001"
-
-
-def spec(**fields: Any) -> IdentitySpec:
-    return parse_identity(
-        "shop", "payments", {"serviceAccountName": "payments", **fields}, Settings()
-    )
+from tests.unit.identity_helpers import NOW, UID, spec
 
 
 @pytest.fixture(scope="module")
