@@ -67,6 +67,7 @@ IDENTITY_LABEL_WEBHOOK = f"identity-label.{GROUP}"
 # Pods bound to their own identity, in namespaces outside the STRICT webhook's scope that hold
 # a WorkloadIdentity: the leader labels those namespaces with this (fail open there).
 BINDING_WEBHOOK = f"binding.{GROUP}"
+BINDING_RESERVED_WEBHOOK = f"binding-reserved.{GROUP}"
 IDENTITIES_NAMESPACE_LABEL = f"{GROUP}/identities"
 IDENTITIES_NAMESPACE_VALUE = "true"
 # A WorkloadIdentity's dnsNames refused at apply time (the name policy).

@@ -202,20 +202,19 @@ def test_a_tenant_cannot_apply_names_outside_its_namespace_and_the_setting_widen
 SECRET_OF_OTHER = "backend-mtls"  # the identity of ServiceAccount backend
 
 
-def cross_account_pods() -> dict[str, dict[str, Any]]:
-    """Pods of ServiceAccount frontend that reach for backend's identity, each another way."""
+def cross_account_pods(secret: str = SECRET_OF_OTHER) -> dict[str, dict[str, Any]]:
+    """Pods of ServiceAccount frontend that reach for backend's identity Secret `secret`, each
+    another way."""
     return {
         "secret volume": pod_manifest(
             "by-volume",
             "frontend",
-            volumes=[{"name": "id", "secret": {"secretName": SECRET_OF_OTHER}}],
+            volumes=[{"name": "id", "secret": {"secretName": secret}}],
         ),
         "projected source": pod_manifest(
             "by-projected",
             "frontend",
-            volumes=[
-                {"name": "id", "projected": {"sources": [{"secret": {"name": SECRET_OF_OTHER}}]}}
-            ],
+            volumes=[{"name": "id", "projected": {"sources": [{"secret": {"name": secret}}]}}],
         ),
         "env": pod_manifest(
             "by-env",
@@ -224,7 +223,7 @@ def cross_account_pods() -> dict[str, dict[str, Any]]:
                 "env": [
                     {
                         "name": "KEY",
-                        "valueFrom": {"secretKeyRef": {"name": SECRET_OF_OTHER, "key": "tls.key"}},
+                        "valueFrom": {"secretKeyRef": {"name": secret, "key": "tls.key"}},
                     }
                 ]
             },
@@ -232,7 +231,7 @@ def cross_account_pods() -> dict[str, dict[str, Any]]:
         "envFrom": pod_manifest(
             "by-env-from",
             "frontend",
-            container={"envFrom": [{"secretRef": {"name": SECRET_OF_OTHER}}]},
+            container={"envFrom": [{"secretRef": {"name": secret}}]},
         ),
     }
 
@@ -634,3 +633,42 @@ def test_a_reserved_secret_name_cannot_be_claimed_for_another_service_account(
         "the binding webhook refusing the reserved Secret",
     )
     assert "ServiceAccount 'victim'" in out.stderr, out.stderr
+
+
+def test_a_reserved_secret_name_is_guarded_where_meshless_has_not_been_yet(
+    operator_factory: OperatorFactory,
+    kubeconfig: str,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """No policy reaches this namespace and no identity lives there yet, so neither the STRICT
+    nor the binding webhook selects it. A tenant's pod of ServiceAccount frontend mounting
+    meshless-backend-mtls would wait for that Secret and start with backend's key once a
+    policy brings the operator to provision it: refused now, every way it can be referenced.
+    Pods mounting other Secrets, or their own reserved one, are not sent."""
+    operator_factory()
+    user = tenant(kubeconfig, api_client, namespace, tmp_path)
+    labels = client.CoreV1Api(api_client).read_namespace(namespace).metadata.labels or {}
+    assert "meshless.dev/mtls" not in labels and "meshless.dev/identities" not in labels
+    reserved = "meshless-backend-mtls"
+    pods = cross_account_pods(reserved)
+    until(
+        lambda: create_pod(user, namespace, pods["secret volume"], dry_run=True),
+        lambda out: refused_by(out, "binding-reserved.meshless.dev"),
+        "the reserved-name binding webhook in effect",
+    )
+    for how, manifest in pods.items():
+        out = create_pod(user, namespace, manifest)
+        assert refused_by(out, "binding-reserved.meshless.dev"), (how, out.stderr)
+        assert "runs as ServiceAccount 'frontend'" in out.stderr, how
+        assert f"Secret {reserved!r}" in out.stderr, how
+        assert "ServiceAccount 'backend'" in out.stderr, how
+    own = pod_manifest(
+        "own", "backend", volumes=[{"name": "id", "secret": {"secretName": reserved}}]
+    )
+    assert create_pod(user, namespace, own).returncode == 0
+    plain = pod_manifest(
+        "plain", "frontend", volumes=[{"name": "s", "secret": {"secretName": "backend-mtls"}}]
+    )
+    assert create_pod(user, namespace, plain).returncode == 0

@@ -156,6 +156,7 @@ def test_the_configurations_carry_exactly_the_webhook_root_and_no_workload_root(
         "strict.meshless.dev",
         "identity-label.meshless.dev",
         "binding.meshless.dev",
+        "binding-reserved.meshless.dev",
         "dns-names.meshless.dev",
     }
     for name, roots in configured.items():

@@ -189,6 +189,28 @@ def test_the_binding_webhook_selects_namespaces_holding_identities_and_fails_ope
     assert hook["sideEffects"] == "None"
 
 
+def test_the_reserved_binding_webhook_covers_the_namespaces_the_others_do_not() -> None:
+    """Neither a policy's namespace nor one holding identities: there only pods referencing a
+    Secret named as the operator provisions them are sent, to the same binding handler."""
+    hook = webhooks(validating_configuration(LOOPBACK, CA, "ops"))["binding-reserved.meshless.dev"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/meshless-binding"
+    assert pod_rules(hook) == {("pods", "CREATE"), ("pods/ephemeralcontainers", "UPDATE")}
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {**EXCLUDED, "values": ["kube-node-lease", "kube-public", "kube-system", "ops"]},
+            {"key": "meshless.dev/mtls", "operator": "NotIn", "values": ["enabled"]},
+            {"key": "meshless.dev/identities", "operator": "NotIn", "values": ["true"]},
+        ],
+    }
+    [condition] = hook["matchConditions"]
+    for field in ("v.secret.secretName", "s.secret.name", "e.valueFrom.secretKeyRef.name"):
+        assert (
+            f"{field}.startsWith('meshless-') && {field}.endsWith('-mtls')"
+            in (condition["expression"])
+        )
+
+
 def test_the_dns_names_webhook_reviews_workload_identities_and_fails_open() -> None:
     hook = webhooks(validating_configuration(LOOPBACK, CA, "ops"))["dns-names.meshless.dev"]
     assert hook["failurePolicy"] == "Ignore"  # the operator checks again before it signs

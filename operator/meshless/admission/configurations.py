@@ -36,13 +36,14 @@ reinvocationPolicy or a short timeout, hence this module (docs/decisions/admissi
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from meshless.api import (
     ADMISSION_NAMESPACE_LABEL,
     ADMISSION_NAMESPACE_VALUE,
+    BINDING_RESERVED_WEBHOOK,
     BINDING_WEBHOOK,
     DNS_NAMES_WEBHOOK,
     GROUP,
@@ -60,6 +61,7 @@ from meshless.api import (
     Plural,
     exempt_namespaces,
 )
+from meshless.identity.spec import PROVISIONED_PREFIX, SECRET_SUFFIX
 from meshless.policy.model import PolicySpec
 from meshless.policy.resolve import PolicySet
 
@@ -150,39 +152,67 @@ IDENTITY_LABEL_SET_OR_CHANGED = (
     f"!('{IDENTITY_LABEL}' in oldObject.metadata.labels) || "
     f"oldObject.metadata.labels['{IDENTITY_LABEL}'] != object.metadata.labels['{IDENTITY_LABEL}'])"
 )
-# The pod references some Secret: a secret volume, a projected secret source, env or envFrom.
-SECRET_VOLUME = (
-    "has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.secret) || "
-    "(has(v.projected) && has(v.projected.sources) && "
-    "v.projected.sources.exists(s, has(s.secret))))"
-)
 
 
-def _env_secret(containers: str) -> str:
+# The pod references some Secret (`named`: only a Secret whose name satisfies this CEL
+# predicate on `n`): a secret volume, a projected secret source, env or envFrom.
+def _named(field: str, named: Callable[[str], str] | None) -> str:
+    return f" && has({field}.name) && {named(f'{field}.name')}" if named else ""
+
+
+def _secret_volume(named: Callable[[str], str] | None) -> str:
+    volume = f"has(v.secret.secretName) && {named('v.secret.secretName')}" if named else "true"
     return (
-        f"(has(object.spec.{containers}) && object.spec.{containers}.exists(c, "
-        "(has(c.env) && c.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef))) || "
-        "(has(c.envFrom) && c.envFrom.exists(r, has(r.secretRef)))))"
+        "has(object.spec.volumes) && object.spec.volumes.exists(v, "
+        + ("has(v.secret)" if not named else f"(has(v.secret) && {volume})")
+        + " || (has(v.projected) && has(v.projected.sources) && "
+        f"v.projected.sources.exists(s, has(s.secret){_named('s.secret', named)})))"
     )
 
 
-REFERENCES_A_SECRET = " || ".join(
-    [f"({SECRET_VOLUME})"]
-    + [_env_secret(c) for c in ("initContainers", "containers", "ephemeralContainers")]
-)
-# Ephemeral containers are only ever added (pods/ephemeralcontainers), never changed.
-EPHEMERAL_SECRET_ADDED = (
-    "has(object.spec.ephemeralContainers) && size(object.spec.ephemeralContainers) > "
-    "(has(oldObject.spec.ephemeralContainers) ? size(oldObject.spec.ephemeralContainers) : 0)"
-    f" && {_env_secret('ephemeralContainers')}"
-)
+def _env_secret(containers: str, named: Callable[[str], str] | None = None) -> str:
+    return (
+        f"(has(object.spec.{containers}) && object.spec.{containers}.exists(c, "
+        "(has(c.env) && c.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef)"
+        f"{_named('e.valueFrom.secretKeyRef', named)})) || "
+        f"(has(c.envFrom) && c.envFrom.exists(r, has(r.secretRef){_named('r.secretRef', named)}))))"
+    )
+
+
+def _references_a_secret(named: Callable[[str], str] | None = None) -> str:
+    return " || ".join(
+        [f"({_secret_volume(named)})"]
+        + [_env_secret(c, named) for c in ("initContainers", "containers", "ephemeralContainers")]
+    )
+
+
+def _ephemeral_secret_added(named: Callable[[str], str] | None = None) -> str:
+    # Ephemeral containers are only ever added (pods/ephemeralcontainers), never changed.
+    return (
+        "has(object.spec.ephemeralContainers) && size(object.spec.ephemeralContainers) > "
+        "(has(oldObject.spec.ephemeralContainers) ? size(oldObject.spec.ephemeralContainers) : 0)"
+        f" && {_env_secret('ephemeralContainers', named)}"
+    )
+
+
+def _secret_reference_added(named: Callable[[str], str] | None = None) -> str:
+    return (
+        f"(request.operation == 'CREATE' && ({_references_a_secret(named)})) || "
+        f"(request.operation == 'UPDATE' && {_ephemeral_secret_added(named)})"
+    )
+
+
+def _reserved_name(name: str) -> str:
+    """CEL: `name` has the shape of a Secret the operator provisions (meshless-<sa>-mtls)."""
+    return f"{name}.startsWith('{PROVISIONED_PREFIX}') && {name}.endsWith('{SECRET_SUFFIX}')"
+
+
 # What the binding check must see: a created pod that references a Secret, or an added
 # ephemeral container that does (other updates cannot add a reference: pod specs are
 # immutable).
-SECRET_REFERENCE_ADDED = (
-    f"(request.operation == 'CREATE' && ({REFERENCES_A_SECRET})) || "
-    f"(request.operation == 'UPDATE' && {EPHEMERAL_SECRET_ADDED})"
-)
+SECRET_REFERENCE_ADDED = _secret_reference_added()
+# The same, for a Secret named as the operator provisions them only.
+RESERVED_SECRET_REFERENCE_ADDED = _secret_reference_added(_reserved_name)
 # A WorkloadIdentity with dnsNames, created or with its dnsNames changed. The operator's own
 # (provisioned) identities carry none, so its writes are never sent.
 DNS_NAMES_SET_OR_CHANGED = (
@@ -295,6 +325,7 @@ def validating_configuration(
                 **_common(timeout_seconds),
             },
             binding_webhook(endpoint, ca_bundle, excluded, timeout_seconds),
+            reserved_binding_webhook(endpoint, ca_bundle, excluded, timeout_seconds),
             dns_names_webhook(endpoint, ca_bundle, timeout_seconds),
         ],
     }
@@ -326,6 +357,49 @@ def binding_webhook(
         },
         "matchConditions": [
             {"name": "secret-reference-added", "expression": SECRET_REFERENCE_ADDED}
+        ],
+        "sideEffects": "None",
+        **_common(timeout_seconds),
+        "failurePolicy": "Ignore",
+    }
+
+
+def reserved_binding_webhook(
+    endpoint: Endpoint, ca_bundle: bytes, excluded: Iterable[str], timeout_seconds: int
+) -> dict[str, Any]:
+    """Pods bound to their own identity in the namespaces neither webhook above serves (no
+    policy reaches them, no WorkloadIdentity there yet), for the Secrets the operator would
+    provision only (`meshless-<sa>-mtls`): the kubelet waits for a missing Secret, so a pod
+    of another ServiceAccount mounting one now would start with <sa>'s key once a policy
+    comes and the operator provisions it. Only pods referencing such a name are sent; fails
+    open like the binding webhook."""
+    return {
+        "name": BINDING_RESERVED_WEBHOOK,
+        "clientConfig": client_config(endpoint, BINDING_HANDLER, ca_bundle),
+        "rules": [
+            _pod_rule("CREATE"),
+            _pod_rule("UPDATE", subresource=EPHEMERAL_CONTAINERS),
+        ],
+        "namespaceSelector": {
+            "matchExpressions": [
+                _not_excluded(excluded),
+                {
+                    "key": ADMISSION_NAMESPACE_LABEL,
+                    "operator": "NotIn",
+                    "values": [ADMISSION_NAMESPACE_VALUE],
+                },
+                {
+                    "key": IDENTITIES_NAMESPACE_LABEL,
+                    "operator": "NotIn",
+                    "values": [IDENTITIES_NAMESPACE_VALUE],
+                },
+            ],
+        },
+        "matchConditions": [
+            {
+                "name": "reserved-secret-reference-added",
+                "expression": RESERVED_SECRET_REFERENCE_ADDED,
+            }
         ],
         "sideEffects": "None",
         **_common(timeout_seconds),

@@ -49,7 +49,7 @@ class IdentitySpec:
 
 
 def default_secret_name(identity_name: str) -> str:
-    return f"{identity_name}-mtls"
+    return f"{identity_name}{SECRET_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def provisioned_identity_ref(
 # The identities the operator provisions for a ServiceAccount are named meshless-<sa>; their
 # Secrets, meshless-<sa>-mtls, are reserved for that ServiceAccount.
 PROVISIONED_PREFIX = "meshless-"
-MAX_NAME = 253 - len("-mtls")  # the Secret name adds "-mtls"
+SECRET_SUFFIX = "-mtls"  # an identity's Secret by default: <identity>-mtls
+MAX_NAME = 253 - len(SECRET_SUFFIX)  # the Secret name adds the suffix
 
 
 def provisioned_name(service_account: str) -> str:
@@ -95,7 +96,7 @@ def reserved_secret_name(secret_name: str, service_account: str) -> bool:
     (meshless-...-mtls) without being the one of `service_account`: such a Secret is reserved
     for another ServiceAccount, and an identity naming it could hold it before the operator
     provisions that one."""
-    if not (secret_name.startswith(PROVISIONED_PREFIX) and secret_name.endswith("-mtls")):
+    if not (secret_name.startswith(PROVISIONED_PREFIX) and secret_name.endswith(SECRET_SUFFIX)):
         return False
     return secret_name != default_secret_name(provisioned_name(service_account))
 
