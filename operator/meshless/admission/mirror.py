@@ -118,11 +118,6 @@ class AdmissionMirror:
         # identities not listed); the trust domain is not needed to refuse.
         self._state = AdmissionState(trust_domain="", identities=self.identities)
 
-    @property
-    def synced(self) -> bool:
-        """The operator's first state has arrived."""
-        return bool(self._state.trust_domain)
-
     def apply(self, message: Message) -> None:
         if isinstance(message, IdentityDeltas):
             self.identities.apply(message.changes)
