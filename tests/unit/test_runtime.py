@@ -4,6 +4,8 @@ write's answer."""
 
 from __future__ import annotations
 
+import random
+
 from meshless.runtime.store import Store, by_namespace
 from meshless.runtime.writes import OwnWrites
 
@@ -52,6 +54,44 @@ def test_clear_empties_every_index() -> None:
     assert len(store) == 0
     assert store.indexed("namespace", "shop") == {}
     assert store.count("ns", "shop") == 0
+
+
+def test_indexes_agree_with_a_scan_after_any_sequence_of_puts_and_pops() -> None:
+    """Against a second implementation: each index read equals a scan of everything held,
+    whether a value holds one object (kept as its key) or several."""
+    rng = random.Random(19)
+    store = _accounts()
+    held: dict[Key, str] = {}
+    keys = [(ns, name) for ns in ("shop", "bank") for name in "abcdef"]
+    for _ in range(3000):
+        key = rng.choice(keys)
+        if rng.random() < 0.3:
+            assert store.pop(key) == held.pop(key, None)
+        else:
+            value = rng.choice(("web", "db", "cache"))
+            assert store.put(key, value) == held.get(key)
+            held[key] = value
+        for ns in ("shop", "bank"):
+            for account in ("web", "db", "cache"):
+                scan = {k: v for k, v in held.items() if k[0] == ns and v == account}
+                assert store.indexed("account", (ns, account)) == scan
+                assert store.has("account", (ns, account)) == bool(scan)
+            in_ns = {k: v for k, v in held.items() if k[0] == ns}
+            assert store.indexed("namespace", ns) == in_ns
+            assert store.count("ns", ns) == len(in_ns)
+        assert sorted(store.index_values("account")) == sorted(  # type: ignore[type-var]
+            {(k[0], v) for k, v in held.items()}
+        )
+
+
+def test_what_indexed_returns_is_not_changed_by_later_writes() -> None:
+    store = _accounts()
+    store.put(("shop", "a"), "web")
+    seen = store.indexed("namespace", "shop")
+    store.put(("shop", "b"), "web")
+    store.put(("shop", "a"), "db")
+    assert seen == {("shop", "a"): "web"}
+    assert store.indexed("namespace", "shop") == {("shop", "a"): "db", ("shop", "b"): "web"}
 
 
 def test_our_write_and_read_are_echoes_and_others_are_not() -> None:

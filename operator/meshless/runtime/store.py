@@ -10,6 +10,11 @@ many objects there are under a value (does a namespace hold any identity, does a
 run as this ServiceAccount), a counting index holds just the count, not a reference per
 object.
 
+Most index values hold one object (an identity's ServiceAccount, the Secret it names): such a
+value holds that object's key itself, and only a value with several holds a dict of their
+keys. A dict per value cost some 230 bytes per identity and index, 23 MB for the two
+per-identity indexes at 50,000 identities (docs/decisions/scale.md).
+
 A store can be observed (`observe`): the callback gets the key of every put and pop, after
 the change. Admission's child process is kept in step that way (admission/process.py).
 """
@@ -17,13 +22,16 @@ the change. Admission's child process is kept in step that way (admission/proces
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 # An index function: the index values a (key, value) is found under (none, one or several).
 IndexFn = Callable[[K, V], Iterable[Hashable]]
+# What an index holds under one value: the one key there, or a dict of the keys (2 or more).
+# Keys are hashable, so never a dict: the two cannot be confused.
+Bucket: TypeAlias = "K | dict[K, None]"
 
 
 def by_namespace(key: tuple[str, str], _: object) -> tuple[str]:
@@ -42,7 +50,7 @@ class Store(Generic[K, V]):
     ) -> None:
         self._items: dict[K, V] = {}
         self._index_fns: dict[str, IndexFn[K, V]] = dict(indexes or {})
-        self._indexes: dict[str, dict[Hashable, dict[K, V]]] = {n: {} for n in self._index_fns}
+        self._indexes: dict[str, dict[Hashable, Bucket[K]]] = {n: {} for n in self._index_fns}
         self._count_fns: dict[str, IndexFn[K, V]] = dict(counts or {})
         self._counts: dict[str, dict[Hashable, int]] = {n: {} for n in self._count_fns}
         self._observers: list[Callable[[K], None]] = []
@@ -73,9 +81,15 @@ class Store(Generic[K, V]):
         return self._items.values()
 
     def indexed(self, index: str, value: Hashable) -> Mapping[K, V]:
-        """The objects found under `value` in the index `index` (empty if none); a live
-        view: copy it before changing the store while iterating."""
-        return self._indexes[index].get(value) or {}
+        """The objects found under `value` in the index `index` (empty if none), by key: a
+        new dict, which later changes of the store do not touch."""
+        bucket = self._indexes[index].get(value)
+        if bucket is None:
+            return {}
+        items = self._items
+        if isinstance(bucket, dict):
+            return {key: items[key] for key in bucket}
+        return {bucket: items[bucket]}
 
     def index_values(self, index: str) -> Iterable[Hashable]:
         """Every value the index `index` holds objects under (each with at least one)."""
@@ -110,7 +124,13 @@ class Store(Generic[K, V]):
                 if gone != found:
                     self._drop(index, key, gone)
             for value_of in found:
-                index.setdefault(value_of, {})[key] = value
+                held = index.get(value_of)
+                if held is None or held == key:
+                    index[value_of] = key
+                elif isinstance(held, dict):
+                    held[key] = None
+                else:
+                    index[value_of] = {held: None, key: None}
         for name, fn in self._count_fns.items():
             counts = self._counts[name]
             found = tuple(fn(key, value))
@@ -152,13 +172,17 @@ class Store(Generic[K, V]):
             self._uncount(self._counts[name], tuple(fn(key, value)))
 
     @staticmethod
-    def _drop(index: dict[Hashable, dict[K, V]], key: K, values: tuple[Hashable, ...]) -> None:
+    def _drop(index: dict[Hashable, Bucket[K]], key: K, values: tuple[Hashable, ...]) -> None:
         for value_of in values:
             held = index.get(value_of)
-            if held is not None:
+            if isinstance(held, dict):
                 held.pop(key, None)
-                if not held:
+                if len(held) == 1:
+                    index[value_of] = next(iter(held))  # one left: its key itself
+                elif not held:
                     del index[value_of]
+            elif held is not None and held == key:
+                del index[value_of]
 
     @staticmethod
     def _uncount(counts: dict[Hashable, int], values: tuple[Hashable, ...]) -> None:
