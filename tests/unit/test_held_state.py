@@ -5,6 +5,7 @@ and Kopf's per-object memories (none kept). Each is checked on what a caller see
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 from kubernetes import client
@@ -14,7 +15,7 @@ from meshless.budget import WriteBudget
 from meshless.ca_store import CAStore
 from meshless.delivery import ServedApis
 from meshless.identity.controller import IdentityController
-from meshless.identity.held import HeldIdentity
+from meshless.identity.held import HeldIdentity, pack, unpack
 from meshless.kube import Kube
 from meshless.metrics import CertificateSeries
 from meshless.operator import EventOnlyMemories
@@ -69,6 +70,45 @@ def test_a_held_identity_gives_back_what_a_reconcile_reads() -> None:
     # Decoded afresh each time: a reconcile that edits its copy cannot change what is held.
     body["status"]["conditions"][0]["status"] = "False"
     assert held.body("shop", "payments")["status"] == BODY["status"]
+
+
+# A status as the controller writes it (the shape the packing preset expects).
+TYPICAL_STATUS = {
+    "conditions": [
+        {
+            "lastTransitionTime": "2026-12-05T16:59:09Z",
+            "message": "Certificate is valid until 2026-12-06T16:59:08Z",
+            "observedGeneration": 1,
+            "reason": "Ready",
+            "status": "True",
+            "type": "Ready",
+        },
+        {
+            "lastTransitionTime": "2026-12-05T16:59:09Z",
+            "message": "Renews at 2026-12-06T07:46:49Z",
+            "observedGeneration": 1,
+            "reason": "UpToDate",
+            "status": "False",
+            "type": "Issuing",
+        },
+    ],
+    "notAfter": "2026-12-06T16:59:08Z",
+    "notBefore": "2026-12-05T16:58:08Z",
+    "observedGeneration": 1,
+    "renewalTime": "2026-12-06T07:46:49Z",
+    "secretName": "id-1004-mtls",
+    "serialNumber": "4240dbc5807dcbe702a3f39dfce06e81",
+    "spiffeID": "spiffe://cluster.local/ns/bench-scale-00e9c5/sa/id-1004",
+}
+
+
+def test_packing_gives_back_any_value_and_a_typical_status_in_a_quarter() -> None:
+    long_message = {"message": "é" * 5000 + "".join(chr(0x2600 + i) for i in range(300))}
+    for value in ({}, BODY["spec"], BODY["status"], TYPICAL_STATUS, long_message):
+        assert unpack(pack(value)) == value  # type: ignore[arg-type]
+    assert unpack(pack(None)) == {}
+    as_json = len(json.dumps(TYPICAL_STATUS, separators=(",", ":")))
+    assert as_json > 600 and len(pack(TYPICAL_STATUS)) < as_json / 4
 
 
 def test_a_held_identity_without_status_or_generation() -> None:
