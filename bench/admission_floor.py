@@ -9,6 +9,9 @@ concurrent creations, the same pod), with three kinds of pods interleaved:
   bench/noop_webhook.py, which allow at once, the mutating one with the very patch meshless's
   injector returns for this pod (computed with `admit`), on the same stack (aiohttp, Python's
   ssl) in a process of its own;
+- `noop_go`: the same two answers from bench/noopwebhook (Go's net/http and crypto/tls, built
+  by hack/build-go-program.sh): what the API server's own webhook calls cost, whatever the
+  webhook is written in;
 - `none`: in a namespace no webhook selects.
 Reported: p50/p99 of each and what each webhook pair adds over `none` in the same run.
 
@@ -62,8 +65,8 @@ from meshless.policy.resolve import PolicySet
 
 RESULTS = ROOT / "bench" / "results" / "admission_floor.json"
 FLOOR_LABEL = "bench.meshless.dev/noop-webhooks"
-FLOOR_CONFIGURATION = "bench-noop"
-KINDS = ("meshless", "noop", "none")
+NOOPS = ("noop", "noop_go")  # the no-op servers: each its namespace and configurations
+KINDS = ("meshless", *NOOPS, "none")
 
 
 def injector_patch(namespace: str, operator_namespace: str) -> str:
@@ -111,10 +114,17 @@ def listening(port: int) -> bool:
     return True
 
 
-def noop_configurations(port: int, ca_bundle: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+def configuration_name(kind: str) -> str:
+    """The name of a no-op kind's webhook configurations (and of a benchmark namespace)."""
+    return f"bench-{kind.replace('_', '-')}"
+
+
+def noop_configurations(
+    kind: str, port: int, ca_bundle: bytes
+) -> tuple[dict[str, Any], dict[str, Any]]:
     def webhook(path: str) -> dict[str, Any]:
         return {
-            "name": f"{path}.noop.bench.meshless.dev",
+            "name": f"{path}.{configuration_name(kind)}.bench.meshless.dev",
             "clientConfig": {
                 "url": f"https://127.0.0.1:{port}/{path}",
                 "caBundle": base64.b64encode(ca_bundle).decode(),
@@ -128,14 +138,14 @@ def noop_configurations(port: int, ca_bundle: bytes) -> tuple[dict[str, Any], di
                     "scope": "Namespaced",
                 }
             ],
-            "namespaceSelector": {"matchLabels": {FLOOR_LABEL: "true"}},
+            "namespaceSelector": {"matchLabels": {FLOOR_LABEL: kind}},
             "failurePolicy": "Fail",
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 10,
         }
 
-    meta = {"name": FLOOR_CONFIGURATION}
+    meta = {"name": configuration_name(kind)}
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -151,62 +161,83 @@ def noop_configurations(port: int, ca_bundle: bytes) -> tuple[dict[str, Any], di
     return mutating, validating
 
 
+def noop_servers(
+    cert: Path, key: Path, patch_files: dict[str, Path]
+) -> dict[str, tuple[int, list[str]]]:
+    """Each no-op server's port and command line (`patch_files`: the patch each answers)."""
+    go_server = (
+        subprocess.run(
+            [
+                "bash",
+                str(ROOT / "hack" / "build-go-program.sh"),
+                str(ROOT / "bench" / "noopwebhook"),
+                "noopwebhook",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    python_server = [sys.executable, str(ROOT / "bench" / "noop_webhook.py")]
+    servers = {}
+    for kind, command in (("noop", python_server), ("noop_go", [go_server])):
+        port = free_port()
+        servers[kind] = (port, [*command, str(port), str(cert), str(key), str(patch_files[kind])])
+    return servers
+
+
 def main() -> None:
     api, core = start_cluster()
     names = {}
-    for prefix in ("bench-operator", "bench-policy", "bench-noop", "bench-plain", "bench-ids"):
-        name = f"{prefix}-{os.getpid()}"
-        labels = {FLOOR_LABEL: "true"} if prefix == "bench-noop" else {}
+    for role in ("operator", "policy", "plain", "ids", *NOOPS):  # a namespace each
+        name = f"{configuration_name(role)}-{os.getpid()}"
+        labels = {FLOOR_LABEL: role} if role in NOOPS else {}
         core.create_namespace({"metadata": {"name": name, "labels": labels}})
-        names[prefix] = name
+        names[role] = name
     op = start_operator_with_strict_policy(
-        api, core, names["bench-operator"], names["bench-policy"], "operator-admission-floor.log"
+        api, core, names["operator"], names["policy"], "operator-admission-floor.log"
     )
-    patch_file = LOG_DIR / "noop-patch.json"
-    patch_file.write_text(injector_patch(names["bench-noop"], names["bench-operator"]))
     cert, key, ca_bundle = serving_certificate(LOG_DIR)
-    noop_port = free_port()
-    noop = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "noop_webhook.py"),
-            str(noop_port),
-            str(cert),
-            str(key),
-            str(patch_file),
-        ]
-    )
     registration = client.AdmissionregistrationV1Api(api)
-    mutating, validating = noop_configurations(noop_port, ca_bundle)
-    registration.create_mutating_webhook_configuration(mutating)
-    registration.create_validating_webhook_configuration(validating)
+    running: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        deadline = time.monotonic() + 30
-        while not listening(noop_port):
-            if noop.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the no-op webhook server did not start")
-            time.sleep(0.1)
+        patch_files = {kind: LOG_DIR / f"{kind}-patch.json" for kind in NOOPS}
+        for kind, path in patch_files.items():  # the patch names the pod's namespace
+            path.write_text(injector_patch(names[kind], names["operator"]))
+        for kind, (port, command) in noop_servers(cert, key, patch_files).items():
+            running[kind] = subprocess.Popen(command)
+            deadline = time.monotonic() + 30
+            while not listening(port):
+                if running[kind].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {kind} webhook server did not start")
+                time.sleep(0.1)
+            mutating, validating = noop_configurations(kind, port, ca_bundle)
+            registration.create_mutating_webhook_configuration(mutating)
+            registration.create_validating_webhook_configuration(validating)
         kinds = {
-            "meshless": names["bench-policy"],
-            "noop": names["bench-noop"],
-            "none": names["bench-plain"],
+            "meshless": names["policy"],
+            **{kind: names[kind] for kind in NOOPS},
+            "none": names["plain"],
         }
         log(f"creating {PODS_EACH} pods of each kind: {', '.join(KINDS)}")
         load = os.getloadavg()[0]
-        timings = uvloop.run(measure(kinds, names["bench-ids"]))
+        timings = uvloop.run(measure(kinds, names["ids"]))
         patched = {
             kind: sum(
                 1
                 for p in core.list_namespaced_pod(kinds[kind]).items
                 if "meshless.dev/identity" in (p.metadata.labels or {})
             )
-            for kind in ("meshless", "noop")
+            for kind in ("meshless", *NOOPS)
         }
     finally:
-        registration.delete_mutating_webhook_configuration(FLOOR_CONFIGURATION)
-        registration.delete_validating_webhook_configuration(FLOOR_CONFIGURATION)
-        noop.terminate()
-        noop.wait(timeout=30)
+        for kind, server in running.items():
+            registration.delete_mutating_webhook_configuration(configuration_name(kind))
+            registration.delete_validating_webhook_configuration(configuration_name(kind))
+            server.terminate()
+            server.wait(timeout=30)
         op.stop()
     results: dict[str, Any] = {
         **run_header(load_1m_at_start=round(load, 2)),
@@ -218,14 +249,15 @@ def main() -> None:
     for kind in KINDS:
         results[f"p50_{kind}_ms"] = round(statistics.median(timings[kind]), 1)
         results[f"p99_{kind}_ms"] = round(percentile(timings[kind], 0.99), 1)
-    for kind in ("meshless", "noop"):
+    for kind in ("meshless", *NOOPS):
         for q in ("p50", "p99"):
             added = results[f"{q}_{kind}_ms"] - results[f"{q}_none_ms"]
             results[f"{q}_added_{kind}_ms"] = round(added, 1)
     log(
         f"added p50/p99: meshless {results['p50_added_meshless_ms']}/"
         f"{results['p99_added_meshless_ms']} ms, no-op webhooks "
-        f"{results['p50_added_noop_ms']}/{results['p99_added_noop_ms']} ms"
+        f"{results['p50_added_noop_ms']}/{results['p99_added_noop_ms']} ms in Python, "
+        f"{results['p50_added_noop_go_ms']}/{results['p99_added_noop_go_ms']} ms in Go"
     )
     write_results(RESULTS, results)
 

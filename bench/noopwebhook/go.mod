@@ -1,0 +1,3 @@
+module meshless.local/bench/noopwebhook
+
+go 1.22
