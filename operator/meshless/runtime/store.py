@@ -12,8 +12,8 @@ object.
 
 Most index values hold one object (an identity's ServiceAccount, the Secret it names): such a
 value holds that object's key itself, and only a value with several holds a dict of their
-keys. A dict per value cost some 230 bytes per identity and index, 23 MB for the two
-per-identity indexes at 50,000 identities (docs/decisions/scale.md).
+keys. A dict per value cost some 270 bytes per identity and index: 544 bytes per identity for
+the policy controller's two, 27 MB at 50,000 identities (docs/decisions/scale.md).
 
 A store can be observed (`observe`): the callback gets the key of every put and pop, after
 the change. Admission's child process is kept in step that way (admission/process.py).
