@@ -9,11 +9,13 @@ KUBECONFIG_LOCAL := $(CURDIR)/.cache/cluster/kubeconfig
 
 # A stock Debian Python has no ensurepip without the python3-venv package: installed here (apt,
 # root or sudo) when missing, so `make install` needs only python3 itself.
-$(VENV)/.installed: pyproject.toml
+# The versions come from hack/image-requirements.txt and hack/dev-requirements.txt (constraints:
+# what the suite last passed with; dev-requirements.txt says how to move them).
+$(VENV)/.installed: pyproject.toml hack/image-requirements.txt hack/dev-requirements.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || bash hack/install-system-packages.sh python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -c hack/image-requirements.txt -c hack/dev-requirements.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
