@@ -118,6 +118,11 @@ def _not_excluded(excluded: Iterable[str]) -> dict[str, Any]:
     return {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(set(excluded))}
 
 
+def _not_labelled(key: str, value: str) -> dict[str, Any]:
+    """A namespace selector term: namespaces whose label `key` is not `value`."""
+    return {"key": key, "operator": "NotIn", "values": [value]}
+
+
 def _labelled_namespaces(excluded: Iterable[str]) -> dict[str, Any]:
     return {
         "matchLabels": {ADMISSION_NAMESPACE_LABEL: ADMISSION_NAMESPACE_VALUE},
@@ -307,11 +312,7 @@ def validating_configuration(
                 "namespaceSelector": {
                     "matchExpressions": [
                         _not_excluded(excluded),
-                        {
-                            "key": ADMISSION_NAMESPACE_LABEL,
-                            "operator": "NotIn",
-                            "values": [ADMISSION_NAMESPACE_VALUE],
-                        },
+                        _not_labelled(ADMISSION_NAMESPACE_LABEL, ADMISSION_NAMESPACE_VALUE),
                     ]
                 },
                 # Evaluated against the old and the new object: an update adding it is seen.
@@ -348,11 +349,7 @@ def binding_webhook(
             "matchLabels": {IDENTITIES_NAMESPACE_LABEL: IDENTITIES_NAMESPACE_VALUE},
             "matchExpressions": [
                 _not_excluded(excluded),
-                {
-                    "key": ADMISSION_NAMESPACE_LABEL,
-                    "operator": "NotIn",
-                    "values": [ADMISSION_NAMESPACE_VALUE],
-                },
+                _not_labelled(ADMISSION_NAMESPACE_LABEL, ADMISSION_NAMESPACE_VALUE),
             ],
         },
         "matchConditions": [
@@ -383,16 +380,8 @@ def reserved_binding_webhook(
         "namespaceSelector": {
             "matchExpressions": [
                 _not_excluded(excluded),
-                {
-                    "key": ADMISSION_NAMESPACE_LABEL,
-                    "operator": "NotIn",
-                    "values": [ADMISSION_NAMESPACE_VALUE],
-                },
-                {
-                    "key": IDENTITIES_NAMESPACE_LABEL,
-                    "operator": "NotIn",
-                    "values": [IDENTITIES_NAMESPACE_VALUE],
-                },
+                _not_labelled(ADMISSION_NAMESPACE_LABEL, ADMISSION_NAMESPACE_VALUE),
+                _not_labelled(IDENTITIES_NAMESPACE_LABEL, IDENTITIES_NAMESPACE_VALUE),
             ],
         },
         "matchConditions": [
