@@ -26,6 +26,8 @@ import pytest
 from cryptography import x509
 from kubernetes import client
 
+from meshless.identity.spec import default_secret_name, provisioned_name
+
 from .conftest import OperatorFactory
 from .kubehelpers import GROUP, PLURAL, VERSION, is_ready, wait_identity, wait_secret, watch_until
 from .policyhelpers import create_policy, wait_admission_label
@@ -672,3 +674,20 @@ def test_a_reserved_secret_name_is_guarded_where_meshless_has_not_been_yet(
         "plain", "frontend", volumes=[{"name": "s", "secret": {"secretName": "backend-mtls"}}]
     )
     assert create_pod(user, namespace, plain).returncode == 0
+
+    # A ServiceAccount of 250 characters: its reserved Secret's name is shortened with a
+    # digest and cannot be read back, yet it is still not frontend's to mount.
+    long_account = "l" * 250
+    shortened = default_secret_name(provisioned_name(long_account))
+    assert len(shortened) == 253 and long_account not in shortened
+    grab = pod_manifest(
+        "grab-long", "frontend", volumes=[{"name": "id", "secret": {"secretName": shortened}}]
+    )
+    out = create_pod(user, namespace, grab)
+    assert refused_by(out, "binding-reserved.meshless.dev"), out.stderr
+    assert "runs as ServiceAccount 'frontend'" in out.stderr
+    assert "another ServiceAccount (one whose name is too long to read" in out.stderr
+    mine = pod_manifest(
+        "own-long", long_account, volumes=[{"name": "id", "secret": {"secretName": shortened}}]
+    )
+    assert create_pod(user, namespace, mine).returncode == 0

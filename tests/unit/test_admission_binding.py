@@ -13,12 +13,13 @@ from meshless.admission.validate import (
     RULE_NO_ITEMS,
     RULE_NOT_OPTIONAL,
     RULE_OWN_IDENTITY,
+    SHORTENED_ACCOUNT,
     IdentitySecret,
     identity_secrets_of,
     judge_binding,
     provisioned_secret,
 )
-from meshless.identity.spec import provisioned_name
+from meshless.identity.spec import MAX_NAME, provisioned_name
 from tests.unit.admission_helpers import pod
 
 NS = "shop"
@@ -42,7 +43,7 @@ CLAIMED: dict[str, list[IdentitySecret]] = {
 
 def judge(body: dict[str, Any], old: dict[str, Any] | None = None) -> Any:
     secrets = sorted({r.secret for r in pods.secret_references(body)})
-    known = identity_secrets_of(NS, secrets, CLAIMED, TD)
+    known = identity_secrets_of(NS, secrets, CLAIMED, TD, pods.service_account(body))
     return judge_binding("UPDATE" if old else "CREATE", body, old, NS, known)
 
 
@@ -249,16 +250,74 @@ def test_whose_identity_a_secret_name_is_reserved_for() -> None:
     # A reserved name stays web's even when another ServiceAccount's identity claimed it
     # first: neither batch's pods nor web's get it while both claims stand.
     claimed = {"meshless-web-mtls": [held("meshless-web-mtls", "batch")]}
-    holders = identity_secrets_of(NS, ["meshless-web-mtls"], claimed, TD)["meshless-web-mtls"]
+    holders = identity_secrets_of(NS, ["meshless-web-mtls"], claimed, TD, "batch")[
+        "meshless-web-mtls"
+    ]
     assert [h.service_account for h in holders] == ["batch", "web"]
     # An unreserved name is whatever its WorkloadIdentities say.
     claimed = {"certs": [held("certs", "batch")]}
-    [holder] = identity_secrets_of(NS, ["certs"], claimed, TD)["certs"]
+    [holder] = identity_secrets_of(NS, ["certs"], claimed, TD, "batch")["certs"]
     assert holder.service_account == "batch"
-    # At the length limit a name may be a long ServiceAccount's shortened one: not guessed.
-    long_account = "a" * 250
-    secret = f"{provisioned_name(long_account)}-mtls"
-    assert provisioned_secret(NS, secret, TD) is None
+
+
+# ServiceAccount names long enough that their provisioned identity's name is at the length
+# limit: one shortened with a digest (250 characters), one that fits exactly (239).
+SHORTENED = "a" * 250
+AT_LIMIT = "b" * (MAX_NAME - len("meshless-"))
+SHORTENED_SECRET = f"{provisioned_name(SHORTENED)}-mtls"
+AT_LIMIT_SECRET = f"{provisioned_name(AT_LIMIT)}-mtls"
+
+
+def test_long_service_account_names_are_at_the_limit() -> None:
+    assert len(SHORTENED_SECRET) == len(AT_LIMIT_SECRET) == 253
+    assert not SHORTENED_SECRET.startswith(f"meshless-{SHORTENED}")  # shortened: a digest
+    assert f"meshless-{AT_LIMIT}-mtls" == AT_LIMIT_SECRET  # fits: it reads as it is
+
+
+@pytest.mark.parametrize(
+    ("secret", "account", "owner"),
+    [
+        # The pod's own: the one reading that can be checked.
+        (SHORTENED_SECRET, SHORTENED, SHORTENED),
+        (AT_LIMIT_SECRET, AT_LIMIT, AT_LIMIT),
+        # Another ServiceAccount's: not read back, but not the pod's either.
+        (SHORTENED_SECRET, "payments", SHORTENED_ACCOUNT),
+        (AT_LIMIT_SECRET, "payments", SHORTENED_ACCOUNT),
+        (SHORTENED_SECRET, AT_LIMIT, SHORTENED_ACCOUNT),
+        (AT_LIMIT_SECRET, SHORTENED, SHORTENED_ACCOUNT),
+    ],
+)
+def test_a_name_at_the_length_limit_is_reserved_for_whom_it_can_be(
+    secret: str, account: str, owner: str
+) -> None:
+    reserved = provisioned_secret(NS, secret, TD, account)
+    assert reserved is not None
+    assert reserved.service_account == owner
+
+
+def test_a_long_service_accounts_reserved_secret_is_refused_to_other_pods() -> None:
+    """Before any identity exists, a pod of another ServiceAccount mounting the Secret a long
+    ServiceAccount's identity will be provisioned into is refused; the long one's own pod is
+    not; and once its identity claims the name, the refusal names it."""
+    for secret in (SHORTENED_SECRET, AT_LIMIT_SECRET):
+        body = with_volume(secret_volume(secret))
+        decision = judge(body)
+        assert not decision.allowed
+        assert decision.message == (
+            f"pod shop/web runs as ServiceAccount 'payments': volume 'certs' uses Secret "
+            f"{secret!r}, reserved for the identity meshless provisions for another "
+            f"ServiceAccount (one whose name is too long to read from the Secret's) "
+            f"(rule: {RULE_OWN_IDENTITY})"
+        )
+    for account, secret in ((SHORTENED, SHORTENED_SECRET), (AT_LIMIT, AT_LIMIT_SECRET)):
+        body = with_volume(secret_volume(secret))
+        body["spec"]["serviceAccountName"] = account
+        assert judge(body).allowed, account
+    claimed = {SHORTENED_SECRET: [held(SHORTENED_SECRET, SHORTENED, "meshless-long")]}
+    [holder] = identity_secrets_of(NS, [SHORTENED_SECRET], claimed, TD, "payments")[
+        SHORTENED_SECRET
+    ]
+    assert holder.service_account == SHORTENED  # the claim says whose it is: no placeholder
 
 
 def test_secret_references_cover_every_kind_and_container_list() -> None:

@@ -321,12 +321,13 @@ def _identity(state: AdmissionState, namespace: str, pod: Mapping[str, Any]) -> 
 
 
 def identity_secrets(
-    state: AdmissionState, namespace: str, secrets: Sequence[str]
+    state: AdmissionState, namespace: str, secrets: Sequence[str], account: str
 ) -> dict[str, tuple[IdentitySecret, ...]]:
     """Of the Secrets `secrets` of `namespace`, those that hold (or will hold) a meshless
     identity, with the identities they hold: those of the WorkloadIdentities that name them
     (not one with an invalid spec, nor one whose Secret another object holds) and the
-    provisioned identity a reserved name is for (`validate.identity_secrets_of`)."""
+    provisioned identity a reserved name is for (`validate.identity_secrets_of`), read for a
+    pod of ServiceAccount `account`."""
     claimed: dict[str, list[IdentitySecret]] = {}
     for secret in secrets:
         for record in state.identities.naming_secret(namespace, secret):
@@ -341,7 +342,7 @@ def identity_secrets(
             claimed.setdefault(secret, []).append(
                 IdentitySecret(secret, record.service_account, record.name, sid)
             )
-    return identity_secrets_of(namespace, secrets, claimed, state.trust_domain)
+    return identity_secrets_of(namespace, secrets, claimed, state.trust_domain, account)
 
 
 def _binding_decision(
@@ -371,7 +372,7 @@ def _binding_decision(
             "(retry shortly)",
             NOT_READY_CODE,
         )
-    known = identity_secrets(state, namespace, secrets)
+    known = identity_secrets(state, namespace, secrets, pods.service_account(pod))
     return judge_binding(request.operation, pod, request.old, namespace, known)
 
 

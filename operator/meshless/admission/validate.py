@@ -39,6 +39,7 @@ from meshless.api import (
 from meshless.identity.spec import (
     MAX_NAME,
     PROVISIONED_PREFIX,
+    SECRET_SUFFIX,
     IdentityRef,
     default_secret_name,
     provisioned_name,
@@ -229,24 +230,40 @@ class IdentitySecret:
 _PROVISIONED_SECRET = re.compile(rf"{re.escape(PROVISIONED_PREFIX)}(.+)-mtls")
 
 
-def provisioned_secret(namespace: str, secret: str, trust_domain: str) -> IdentitySecret | None:
+# Who holds a reserved name at the length limit when no reading of it is known: a name of
+# that length may be a longer ServiceAccount's, shortened with a digest (provisioned_name).
+SHORTENED_ACCOUNT = "(a long name)"  # never a ServiceAccount's: not a DNS subdomain
+
+
+def provisioned_secret(
+    namespace: str, secret: str, trust_domain: str, account: str | None = None
+) -> IdentitySecret | None:
     """The identity a Secret of this name will hold once the operator provisions it
     (`meshless-<sa>-mtls` for ServiceAccount <sa>), claimed or not: a pod that mounts it
-    before it exists would start with that identity when it comes."""
+    before it exists would start with that identity when it comes.
+
+    At the length limit the name may be a long ServiceAccount's, shortened with a digest, and
+    cannot be read back: it is `account`'s if it is the name `account`'s would be, and
+    otherwise reserved for a ServiceAccount that is not `account` (SHORTENED_ACCOUNT)."""
     match = _PROVISIONED_SECRET.fullmatch(secret)
     if match is None:
         return None
-    account = match.group(1)
-    identity = provisioned_name(account)
-    if default_secret_name(identity) != secret or len(identity) >= MAX_NAME:
-        # At the length limit the name may be a long ServiceAccount's, shortened with a
-        # digest: it cannot be read back, and the WorkloadIdentity claiming it says whose it is.
+    if account is not None and _provisioned_for(secret, account):
+        reading = account
+    elif len(secret) < MAX_NAME + len(SECRET_SUFFIX):
+        reading = match.group(1)
+    else:
+        return IdentitySecret(
+            secret, SHORTENED_ACCOUNT, secret[: -len(SECRET_SUFFIX)], "(not known before it is)"
+        )
+    identity = provisioned_name(reading)
+    if default_secret_name(identity) != secret:
         return None
     try:
-        sid = spiffe_id(trust_domain, namespace, account)
+        sid = spiffe_id(trust_domain, namespace, reading)
     except ValueError:
         return None  # no ServiceAccount can have this name
-    return IdentitySecret(secret, account, identity, sid)
+    return IdentitySecret(secret, reading, identity, sid)
 
 
 def identity_secrets_of(
@@ -254,20 +271,30 @@ def identity_secrets_of(
     secrets: Sequence[str],
     claimed: Mapping[str, Sequence[IdentitySecret]],
     trust_domain: str,
+    account: str,
 ) -> dict[str, tuple[IdentitySecret, ...]]:
     """For each of `secrets`, the identities it holds: those of the WorkloadIdentities that
     name it (`claimed`) and, always, the provisioned identity its name is reserved for: an
     identity of another ServiceAccount that claimed a reserved name first must not make the
-    Secret its own before the operator provisions the one it is reserved for."""
+    Secret its own before the operator provisions the one it is reserved for. `account`: the
+    ServiceAccount of the pod that asks, the one reading of a shortened name that can be
+    checked (see `provisioned_secret`)."""
     out: dict[str, tuple[IdentitySecret, ...]] = {}
     for secret in secrets:
         holders = tuple(claimed.get(secret) or ())
-        reserved = provisioned_secret(namespace, secret, trust_domain)
+        reserved = provisioned_secret(namespace, secret, trust_domain, account)
+        if reserved is not None and reserved.service_account == SHORTENED_ACCOUNT:
+            owners = [h for h in holders if _provisioned_for(secret, h.service_account)]
+            reserved = None if owners else reserved  # a claim says whose shortened name it is
         if reserved is not None and reserved not in holders:
             holders = (*holders, reserved)
         if holders:
             out[secret] = holders
     return out
+
+
+def _provisioned_for(secret: str, account: str) -> bool:
+    return default_secret_name(provisioned_name(account)) == secret
 
 
 def judge_binding(
@@ -293,6 +320,13 @@ def judge_binding(
         if not holders:
             continue
         for other in sorted({h for h in holders if h.service_account != account}, key=str):
+            if other.service_account == SHORTENED_ACCOUNT:
+                problems.append(
+                    f"{ref.where} uses Secret {ref.secret!r}, reserved for the identity meshless "
+                    f"provisions for another ServiceAccount (one whose name is too long to read "
+                    f"from the Secret's) (rule: {RULE_OWN_IDENTITY})"
+                )
+                continue
             problems.append(
                 f"{ref.where} uses Secret {ref.secret!r}, which holds the identity "
                 f"{other.spiffe_id} of ServiceAccount {other.service_account!r} "
