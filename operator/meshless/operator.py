@@ -140,6 +140,7 @@ class Operator:
             on_resolved=self.prober.update_namespace,
             enforcement=self.prober.status_for,
             bundle_needed=self.identities.keep_bundle_in,
+            admission_caught_up=lambda: self.webhook_server.caught_up(),
         )
         self.admission_state = ControllerAdmissionState(self.policies, leading=False)
         # The admission webhooks' child process (admission/process.py), fed from the policy

@@ -14,7 +14,13 @@ from pathlib import Path
 from kubernetes import client
 
 from tests.integration.conftest import OperatorFactory, OperatorProcess
-from tests.integration.policyhelpers import create_pod, create_policy, wait_admission_label
+from tests.integration.policyhelpers import (
+    create_pod,
+    create_policy,
+    status_is,
+    wait_admission_label,
+    wait_policy,
+)
 
 CHILD = b"meshless.admission.child"
 
@@ -87,3 +93,34 @@ def test_a_killed_admission_child_is_restarted_and_the_api_server_calls_it_again
     op.proc.kill()
     op.proc.wait()
     _wait(lambda: _gone(second), 15, "the child gone after the operator's death")
+
+
+def _labelled(api: client.ApiClient, namespace: str) -> bool:
+    labels = client.CoreV1Api(api).read_namespace(namespace).metadata.labels or {}
+    return labels.get("meshless.dev/mtls") == "enabled"
+
+
+def test_a_namespace_is_labelled_only_once_the_child_answers_from_its_policy(
+    operator_factory: OperatorFactory, api_client: client.ApiClient, namespace: str
+) -> None:
+    """The label makes the API server send pods to the webhooks, so it comes only after the
+    child holds the policy: with the child stopped (SIGSTOP) a new STRICT policy leaves the
+    namespace unlabelled; resumed, the child catches up, the label comes, and the first pod
+    created after it is injected."""
+    op = operator_factory()
+    assert op.proc is not None
+    _wait(lambda: _ready(op), 30, "ready")
+    [child] = _children(op.proc.pid)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        created = time.monotonic()
+        create_policy(api_client, namespace, "strict", "STRICT")
+        wait_policy(api_client, namespace, "strict", status_is())  # the operator has it
+        deadline = created + 3  # the operator waits up to 5 s for its child
+        while time.monotonic() < deadline:
+            assert not _labelled(api_client, namespace), "labelled before the child caught up"
+            time.sleep(0.2)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    wait_admission_label(api_client, namespace)
+    assert _injected(api_client, namespace, "first")

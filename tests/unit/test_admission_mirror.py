@@ -398,3 +398,57 @@ def test_a_child_that_cannot_be_kept_current_is_stopped_and_another_started() ->
         assert calls > 2
 
     asyncio.run(scenario())
+
+
+def test_caught_up_returns_once_the_child_answers_from_the_state_it_was_asked_after() -> None:
+    """The operator labels a namespace for the webhooks only after `caught_up()`: a real child,
+    stopped (SIGSTOP) while a STRICT policy arrives, keeps `caught_up()` waiting; resumed, it
+    answers the marker, and the next request is judged under the policy. A child that does
+    not answer in time is not waited for longer than the timeout."""
+    import os
+    import signal
+    import socket
+
+    async def scenario() -> None:
+        controller = _controller()
+        state = ControllerAdmissionState(controller)
+        state.policies_listed = state.identities_listed = True  # no policy yet
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = AdmissionProcess(
+            state.current,
+            controller.stores.identities,
+            controller.stores.policies,
+            state.record_admission,
+            CERTIFICATE,
+            host="127.0.0.1",
+            port=port,
+        )
+        plain = _review(pod(sa="payments"))  # no identity mounted: refused only under STRICT
+        await process.start()
+        await asyncio.wait_for(process.wait_listening(), 30)
+        try:
+            assert await process.caught_up() is True
+            answer = await asyncio.to_thread(_post, port, plain)
+            assert answer["allowed"] is True  # no policy: nothing to enforce
+            child = process.pid
+            assert child is not None
+            os.kill(child, signal.SIGSTOP)
+            try:
+                controller.on_policy_event("ADDED", STRICT_POLICY, enqueue=False)
+                assert await process.caught_up(timeout=0.5) is False  # not answered in time
+                waiting = asyncio.create_task(process.caught_up(timeout=30))
+                done, _ = await asyncio.wait({waiting}, timeout=0.5)
+                assert not done, "caught_up() returned while the child could not read"
+            finally:
+                os.kill(child, signal.SIGCONT)
+            assert await asyncio.wait_for(waiting, 30) is True
+            answer = await asyncio.to_thread(_post, port, plain)
+            assert answer["allowed"] is False
+            assert "STRICT" in answer["status"]["message"]
+        finally:
+            await process.stop()
+        assert await process.caught_up() is True  # no child answers: nothing to wait for
+
+    asyncio.run(scenario())

@@ -8,7 +8,8 @@ work (issuing, Kopf's watch events, its collector) runs in another process.
 
 - It listens once the first serving certificate arrives (the operator sends its state first,
   so the first request already knows the trust domain and the name policy), and says so
-  (`pipe.Listening`) on stdout; the Warn/Audit records go up the same way.
+  (`pipe.Listening`) on stdout; the Warn/Audit records go up the same way, and so does the
+  answer to each sync marker (`pipe.Synced`: every message before it applied).
 - It exits when stdin closes: the operator stopped it, or died (no orphan). It ignores
   SIGINT (a terminal's Ctrl-C reaches the whole process group: the operator stops it in
   order); SIGTERM ends it.
@@ -26,8 +27,13 @@ import signal
 import sys
 
 from meshless.admission.handler import AdmissionHandler
-from meshless.admission.mirror import AdmissionMirror, CertificateMessage, StateMessage
-from meshless.admission.pipe import Listening, frame, read_frame
+from meshless.admission.mirror import (
+    AdmissionMirror,
+    CertificateMessage,
+    StateMessage,
+    SyncMessage,
+)
+from meshless.admission.pipe import Listening, Synced, frame, read_frame
 from meshless.admission.server import AdmissionServer
 from meshless.admission.validate import AdmissionRecord
 from meshless.logs import configure_logging
@@ -76,6 +82,8 @@ async def serve(host: str, port: int) -> int:
                     log.error("admission child cannot listen on %s:%d: %s", host, port, exc)
                     return EXIT_CANNOT_LISTEN
                 writer.write(frame(Listening(port)))
+            if isinstance(message, SyncMessage):
+                writer.write(frame(Synced(message.seq)))
             if not primed and isinstance(message, StateMessage):
                 state = mirror.current()
                 if state.policies is not None and state.identities_listed:

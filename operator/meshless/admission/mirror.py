@@ -11,7 +11,9 @@ than records:
   (namespace, name), only those that changed: never every record per change. After a child
   (re)starts, every record once, in batches, before any `StateMessage` that says they have
   been listed;
-- `CertificateMessage`: the serving certificate, at start and at each renewal.
+- `CertificateMessage`: the serving certificate, at start and at each renewal;
+- `SyncMessage`: a marker the child answers (`pipe.Synced`) once it has applied everything
+  sent before it: the operator waits for it before it labels a namespace for the webhooks.
 
 Until the first `StateMessage` the mirror's state is one before priming: pods sent to the
 injecting and the STRICT webhooks are refused (503), the binding webhook admits unchecked
@@ -50,7 +52,12 @@ class CertificateMessage:
     certificate: ServingCertificate
 
 
-Message = StateMessage | IdentityDeltas | CertificateMessage
+@dataclass(frozen=True, slots=True)
+class SyncMessage:
+    seq: int
+
+
+Message = StateMessage | IdentityDeltas | CertificateMessage | SyncMessage
 
 
 def without_identities(state: AdmissionState) -> StateMessage:
@@ -125,6 +132,8 @@ class AdmissionMirror:
             self._state = replace(message.state, identities=self.identities)
         elif isinstance(message, CertificateMessage):
             self.certificate = message.certificate
+        elif isinstance(message, SyncMessage):
+            pass  # nothing to hold: the child answers it
         else:  # pragma: no cover - both ends are this module's version
             raise TypeError(f"unknown admission message {type(message).__name__}")
 

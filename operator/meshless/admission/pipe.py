@@ -3,8 +3,9 @@
 
 Pickle is safe here: both ends are this package, in the same container, on an anonymous pipe
 (the child's stdin and stdout) that nothing else can open. The operator sends
-mirror.Message values down; the child sends `Listening` once it serves, and the Warn/Audit
-`AdmissionRecord`s for the policy status back up.
+mirror.Message values down; the child sends `Listening` once it serves, `Synced` for each
+`mirror.SyncMessage` it reached, and the Warn/Audit `AdmissionRecord`s for the policy status
+back up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ class Listening:
     """The child's server accepts connections at `port`."""
 
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The child has applied every message sent before `mirror.SyncMessage(seq)`."""
+
+    seq: int
 
 
 def frame(message: object) -> bytes:

@@ -13,7 +13,12 @@ Kept current down the child's stdin, in order (mirror.py has the messages):
   `state()` returns a new value (`ControllerAdmissionState.current()` builds one only when
   the policies, the flags, the delivery or the APIs changed), looked at after every write of
   the identity or policy store and at least every `resync` seconds;
-- the first serving certificate and each renewal (`load_certificate`, the keeper's call).
+- the first serving certificate and each renewal (`load_certificate`, the keeper's call);
+- a sync marker after all that, when `caught_up()` asks: its answer says the child holds
+  what the operator held when it asked. The policy controller asks before it labels a
+  namespace for the webhooks, so the first pod the API server sends because of a label is
+  answered from a state that has the policy behind it (a CI run saw a pod created right
+  after the label pass the injector uninjected).
 
 The child is started with the operator (`start`), before the webhook CA is read: its imports
 then overlap the operator's start-up, and it listens as soon as the certificate arrives.
@@ -39,9 +44,10 @@ from meshless.admission.mirror import (
     CertificateMessage,
     IdentityDeltas,
     Key,
+    SyncMessage,
     without_identities,
 )
-from meshless.admission.pipe import Listening, frame, read_frame
+from meshless.admission.pipe import Listening, Synced, frame, read_frame
 from meshless.admission.serving import ServingCertificate
 from meshless.admission.validate import AdmissionRecord
 from meshless.policy.provision import IdentityRecord
@@ -52,6 +58,7 @@ log = logging.getLogger(__name__)
 CHILD_MODULE = "meshless.admission.child"
 BATCH = 2000  # identity records per message while a child is filled
 STOP_TIMEOUT_S = 10.0
+CAUGHT_UP_TIMEOUT_S = 5.0  # a child that cannot answer this soon is not waited for longer
 # Where the meshless package lives: the child imports it from there, whatever the operator's
 # working directory or sys.path.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -92,6 +99,9 @@ class AdmissionProcess:
         self._first: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        self._sync_asked = 0  # the newest marker asked for (0: none yet)
+        self._sync_sent = 0  # the newest marker written to the child
+        self._synced: dict[int, asyncio.Future[bool]] = {}  # answers awaited, by marker
         identities.observe(self._identity_changed)
         policies.observe(self._policy_changed)
 
@@ -123,6 +133,22 @@ class AdmissionProcess:
         """Return once a child has listened (the first time)."""
         assert self._first is not None, "start() first"
         await asyncio.shield(self._first)
+
+    async def caught_up(self, timeout: float = CAUGHT_UP_TIMEOUT_S) -> bool:
+        """Wait until the child has applied everything the operator's stores and state held
+        when this was called. True at once when no child answers (there is nothing that
+        could answer from an older state); False if it did not answer within `timeout`."""
+        if not self.listening or self._stdin is None or self._stdin.is_closing():
+            return True
+        self._sync_asked += 1
+        answered = asyncio.get_running_loop().create_future()
+        self._synced[self._sync_asked] = answered
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(answered), timeout)
+        except TimeoutError:
+            log.warning("the admission child did not catch up within %.0f s", timeout)
+            return False
 
     async def stop(self) -> None:
         """Close the child's stdin (it stops serving and exits), kill it after 10 s."""
@@ -205,6 +231,7 @@ class AdmissionProcess:
         finally:
             replicate.cancel()
             await asyncio.gather(replicate, return_exceptions=True)
+            self._answer_syncs(None)  # this child answers no more: nobody waits on it
             if proc.returncode is None:  # cancelled (the operator stops): no orphan
                 proc.kill()
                 await proc.wait()
@@ -237,6 +264,9 @@ class AdmissionProcess:
             if state is not sent:
                 stdin.write(frame(without_identities(state)))
                 sent = state
+            if self._sync_asked > self._sync_sent:  # after the records and state it covers
+                self._sync_sent = self._sync_asked
+                stdin.write(frame(SyncMessage(self._sync_sent)))
             await stdin.drain()
 
     @staticmethod
@@ -258,8 +288,18 @@ class AdmissionProcess:
                     self.record(message)
                 except Exception:
                     log.exception("recording an admission for the policy status failed")
+            elif isinstance(message, Synced):
+                self._answer_syncs(message.seq)
             elif isinstance(message, Listening):
                 self.listening = True
                 log.info("admission webhooks served by the child (pid %s)", self.pid)
                 if self._first is not None and not self._first.done():
                     self._first.set_result(None)
+
+    def _answer_syncs(self, seq: int | None) -> None:
+        """Answer the `caught_up` waits up to marker `seq` (True), or all of them (False)
+        when `seq` is None: the child they waited on is gone."""
+        for asked in [k for k in self._synced if seq is None or k <= seq]:
+            answered = self._synced.pop(asked)
+            if not answered.done():
+                answered.set_result(seq is not None)

@@ -79,6 +79,8 @@ Enforcement = Callable[[PolicyRef], tuple[Json, ConditionChange]]
 # The identity controller: keep the trust bundle ConfigMap in a namespace whose pods read
 # ca.crt from it next to a pod certificate (no ClusterTrustBundles served).
 BundleNeeded = Callable[[str], Awaitable[None]]
+# Returns once the webhooks answer from what the stores hold now (AdmissionProcess.caught_up).
+AdmissionCaughtUp = Callable[[], Awaitable[object]]
 
 
 class PolicyController:
@@ -93,6 +95,7 @@ class PolicyController:
         on_resolved: ResolvedHook | None = None,
         enforcement: Enforcement | None = None,
         bundle_needed: BundleNeeded | None = None,
+        admission_caught_up: AdmissionCaughtUp | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -102,6 +105,7 @@ class PolicyController:
         self.on_resolved = on_resolved
         self.enforcement = enforcement
         self.bundle_needed = bundle_needed
+        self.admission_caught_up = admission_caught_up
         self.apis = ServedApis()  # what discovery found (set by the operator at start)
         self.status = StatusWriter(kube, POLICIES, writes)
         self.queue: WorkQueue[Work] = WorkQueue(self.reconcile, workers=settings.runtime.workers)
@@ -297,7 +301,10 @@ class PolicyController:
             for name, info in sorted(namespaces.items())
             if not info.terminating and self.feeds.watched(name)
         )
-        for name, changes in plan.label_changes(candidates, wanted):
+        changed = plan.label_changes(candidates, wanted)
+        if changed and self.admission_caught_up is not None:
+            await self.admission_caught_up()  # a label sends pods: answer them from this state
+        for name, changes in changed:
             try:
                 await self.kube.patch(NAMESPACES, None, name, {"metadata": {"labels": changes}})
             except ApiError as exc:
