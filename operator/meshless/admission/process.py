@@ -231,11 +231,11 @@ class AdmissionProcess:
         finally:
             replicate.cancel()
             await asyncio.gather(replicate, return_exceptions=True)
+            self._stdin = None  # nothing more is sent to it, no marker asked of it
             self._answer_syncs(None)  # this child answers no more: nobody waits on it
             if proc.returncode is None:  # cancelled (the operator stops): no orphan
                 proc.kill()
                 await proc.wait()
-            self._stdin = None
 
     async def _replicate(self, stdin: asyncio.StreamWriter) -> None:
         """Fill the new child, then keep it current (see the module's docstring)."""
