@@ -17,7 +17,7 @@ from tests.integration.conftest import (
     OperatorProcess,
     podcert_operator,
 )
-from tests.integration.kubehelpers import condition
+from tests.integration.kubehelpers import condition, wait_event
 from tests.integration.policyhelpers import create_pod, create_policy, patch_policy, wait_policy
 
 pytestmark = pytest.mark.integration
@@ -165,7 +165,6 @@ def test_a_pod_whose_kubelet_never_asks_is_named_with_its_node(
     assert ready is not None and ready["status"] == "False"
     assert f"pod {ns}/waiting on node node-without-the-gate" in ready["message"]
     assert "spec.identity.delivery: Secret" in ready["message"]
-    events = client.CoreV1Api(pc_api).list_namespaced_event(
-        ns, field_selector="involvedObject.name=strict,reason=PodCertificateNotRequested"
-    )
-    assert events.items and events.items[0].type == "Warning"
+    # The Event is posted after the status it describes: waited for, not listed once.
+    event = wait_event(pc_api, ns, "strict", "PodCertificateNotRequested")
+    assert event.type == "Warning"
