@@ -9,9 +9,11 @@ import asyncio
 import copy
 import json
 import pickle
+import socket
 import ssl
 import struct
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,6 +141,29 @@ def _process(controller: PolicyController, state: ControllerAdmissionState) -> A
         port=0,
         resync=0.01,
     )
+
+
+def _real_child(
+    controller: PolicyController,
+    state: Callable[[], AdmissionState],
+    record: Callable[[Any], None],
+    restart_delay: float = 2.0,
+) -> tuple[AdmissionProcess, int]:
+    """An AdmissionProcess that runs a real child on a free loopback port, and the port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = AdmissionProcess(
+        state,
+        controller.stores.identities,
+        controller.stores.policies,
+        record,
+        CERTIFICATE,
+        host="127.0.0.1",
+        port=port,
+        restart_delay=restart_delay,
+    )
+    return process, port
 
 
 def test_the_stream_applied_in_order_answers_as_the_operators_state() -> None:
@@ -287,7 +312,6 @@ def test_the_child_process_serves_is_restarted_and_stops_with_its_pipe() -> None
     killed, and it exits when the operator closes its pipe."""
     import os
     import signal
-    import socket
 
     async def scenario() -> None:
         controller = _controller()
@@ -295,18 +319,8 @@ def test_the_child_process_serves_is_restarted_and_stops_with_its_pipe() -> None
         controller.on_policy_event("ADDED", STRICT_POLICY, enqueue=False)
         controller.on_identity_event("ADDED", _identity("admin-id", "admin", "admin-tls"))
         state.policies_listed = state.identities_listed = True
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        process = AdmissionProcess(
-            state.current,
-            controller.stores.identities,
-            controller.stores.policies,
-            state.record_admission,
-            CERTIFICATE,
-            host="127.0.0.1",
-            port=port,
-            restart_delay=0.1,
+        process, port = _real_child(
+            controller, state.current, state.record_admission, restart_delay=0.1
         )
         stolen = _review(_with_secret(pod(sa="payments"), "admin-tls"))
         await process.start()
@@ -360,7 +374,6 @@ def test_the_child_imports_neither_kopf_nor_the_kubernetes_client() -> None:
 def test_a_child_that_cannot_be_kept_current_is_stopped_and_another_started() -> None:
     """A failure on the operator's side of the pipe must not leave a child answering from a
     stale mirror: it is killed, and the next one is filled from the start."""
-    import socket
 
     async def scenario() -> None:
         controller = _controller()
@@ -374,18 +387,8 @@ def test_a_child_that_cannot_be_kept_current_is_stopped_and_another_started() ->
                 raise RuntimeError("the state cannot be read")
             return state.current()
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        process = AdmissionProcess(
-            failing_once,
-            controller.stores.identities,
-            controller.stores.policies,
-            state.record_admission,
-            CERTIFICATE,
-            host="127.0.0.1",
-            port=port,
-            restart_delay=0.1,
+        process, _ = _real_child(
+            controller, failing_once, state.record_admission, restart_delay=0.1
         )
         try:
             async with asyncio.timeout(30):
@@ -407,24 +410,12 @@ def test_caught_up_returns_once_the_child_answers_from_the_state_it_was_asked_af
     not answer in time is not waited for longer than the timeout."""
     import os
     import signal
-    import socket
 
     async def scenario() -> None:
         controller = _controller()
         state = ControllerAdmissionState(controller)
         state.policies_listed = state.identities_listed = True  # no policy yet
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        process = AdmissionProcess(
-            state.current,
-            controller.stores.identities,
-            controller.stores.policies,
-            state.record_admission,
-            CERTIFICATE,
-            host="127.0.0.1",
-            port=port,
-        )
+        process, port = _real_child(controller, state.current, state.record_admission)
         plain = _review(pod(sa="payments"))  # no identity mounted: refused only under STRICT
         await process.start()
         await asyncio.wait_for(process.wait_listening(), 30)
